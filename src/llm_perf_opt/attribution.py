@@ -1,0 +1,502 @@
+"""Attribute GPU operations to the NVTX ranges that launched them.
+
+The rule, in one place:
+
+1. A GPU op (kernel, memcpy, memset) is joined to its launching CUDA API call on
+   `(globalPid, correlationId)`; CUDA-graph node kernels share their `cudaGraphLaunch` call.
+2. **Inclusive**: the op belongs to every NVTX range on the launching thread whose CPU interval
+   `[start, end]` contains the call's start — the whole push/pop stack, as NVIDIA's `nvtxgpuproj`
+   and `nvtxkernsum` count it. Open ranges end at the end of the trace.
+3. **Exclusive**: the op belongs only to the innermost *selected* range among those (the one that
+   started last; nested push/pop ranges make this the deepest). Library ranges left out of the
+   selection (CCCL, `aten::`) therefore do not take kernels away from the stage around them.
+4. Ops with no launch call, launched on a thread outside every range, or outside every selected
+   range, keep a null `range_id`: they are reported as unattributed, never dropped.
+5. Opt-in heuristic (`other_threads=True`): an op launched on a thread where no range contains the
+   call is given to the innermost selected range of *another* thread of the same process that
+   contains the call's start in time. This is a guess (a worker thread launching on behalf of the
+   main thread) and is labelled as such in `ops.attributed_by`.
+
+Per range: `n_gpu_ops` (launching calls with GPU work, NVIDIA's `NumGPUOps`: a CUDA graph launch
+counts once; `n_op_rows` counts every kernel/memcpy/memset row), projected start (first op start)
+and duration (last op end − first op start: a span, idle gaps included), `kernel_sum_ns`
+(kernels only, as `nvtxkernsum`), `gpu_busy_ns` (the union of all op intervals per device,
+summed over devices, so overlapping ops are not counted twice), and the same three sums for
+exclusive ops. All work is columnar: sorted searches and joins over whole tables, no Python loop
+per op or per range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+import polars as pl
+
+from llm_perf_opt.errors import SelectionError
+from llm_perf_opt.trace import Trace
+
+RANGES_OUT_COLUMNS: Final = (
+    "name",
+    "domain",
+    "style",
+    "pid",
+    "tid",
+    "depth",
+    "range_id",
+    "parent_id",
+    "cpu_start_ns",
+    "cpu_duration_ns",
+    "n_gpu_ops",
+    "proj_start_ns",
+    "proj_duration_ns",
+    "kernel_sum_ns",
+    "gpu_busy_ns",
+    "excl_n_gpu_ops",
+    "excl_kernel_sum_ns",
+    "excl_gpu_busy_ns",
+)
+
+
+@dataclass(frozen=True)
+class RangeSelection:
+    """Which ranges take ops in exclusive attribution: a name list and/or a domain list.
+
+    A range is selected when its name is in `names` (or `names` is None) and its domain is in
+    `domains` (or `domains` is None). Names are matched without the domain prefix.
+    """
+
+    names: tuple[str, ...] | None = None
+    domains: tuple[str, ...] | None = None
+
+    def expr(self) -> pl.Expr:
+        """Boolean expression over a ranges frame: true for selected ranges."""
+        expr = pl.lit(True)
+        if self.names is not None:
+            expr = expr & pl.col("name").is_in(list(self.names))
+        if self.domains is not None:
+            expr = expr & pl.col("domain").is_in(list(self.domains))
+        return expr
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Result of `attribute`: per-range statistics and the per-op assignment."""
+
+    ranges: pl.DataFrame
+    ops: pl.DataFrame
+
+    def unattributed(self) -> pl.DataFrame:
+        """Ops with no selected range, counted and timed by reason (`reason, n_gpu_ops,
+        kernel_sum_ns, duration_sum_ns`)."""
+        free = self.ops.filter(pl.col("range_id").is_null())
+        return (
+            free.group_by("unattributed_reason")
+            .agg(
+                n_gpu_ops=pl.len(),
+                kernel_sum_ns=_kernel_duration().sum(),
+                duration_sum_ns=(pl.col("end_ns") - pl.col("start_ns")).sum(),
+            )
+            .rename({"unattributed_reason": "reason"})
+            .sort("reason")
+        )
+
+    def ranges_out(self) -> pl.DataFrame:
+        """The `--ranges-out` contract: exactly `RANGES_OUT_COLUMNS`, in order."""
+        return self.ranges.select(RANGES_OUT_COLUMNS)
+
+
+def attribute(
+    trace: Trace, selection: RangeSelection | None = None, *, other_threads: bool = False
+) -> Attribution:
+    """Attribute every GPU op of `trace` to NVTX ranges (see the module docstring for the rule).
+
+    Args:
+        trace: an open export.
+        selection: ranges that take ops in exclusive attribution (default: all ranges).
+        other_threads: also attribute launches from range-less threads by time containment.
+
+    Returns:
+        Attribution with one row per range instance and one row per GPU op.
+
+    Raises:
+        NoNvtxEventsError, NoGpuOpsError: the export lacks ranges or GPU ops.
+        SelectionError: the selection matches no range.
+    """
+    return attribute_frames(
+        trace.nvtx_ranges(),
+        trace.gpu_ops(),
+        trace.api_calls(),
+        selection,
+        other_threads=other_threads,
+    )
+
+
+def attribute_frames(
+    ranges: pl.DataFrame,
+    ops: pl.DataFrame,
+    calls: pl.DataFrame,
+    selection: RangeSelection | None = None,
+    *,
+    other_threads: bool = False,
+) -> Attribution:
+    """`attribute` on frames shaped like `Trace.nvtx_ranges()`, `gpu_ops()` and `api_calls()`."""
+    selection = selection or RangeSelection()
+    ranges = _with_structure(ranges)
+    ranges = ranges.with_columns(selected=selection.expr())
+    if selection != RangeSelection() and not ranges["selected"].any():
+        raise SelectionError(
+            f"no NVTX range matches the selection (names={selection.names}, "
+            f"domains={selection.domains}); names present: "
+            f"{', '.join(sorted(set(ranges['name'].to_list()))[:20])}"
+        )
+    launched = _join_launches(ops, calls)
+    members, by_thread = _inclusive_members(ranges, launched)
+    excl = _exclusive_ranges(ranges, launched)
+    if other_threads:
+        guessed = _other_thread_ranges(ranges, launched, has_own_range=by_thread)
+        excl = excl.with_columns(
+            attributed_by=pl.when(pl.col("range_id").is_not_null())
+            .then(pl.col("attributed_by"))
+            .otherwise(pl.when(guessed.is_not_null()).then(pl.lit("other_thread_time"))),
+            range_id=pl.coalesce(pl.col("range_id"), guessed),
+        )
+        members = pl.concat([members, _ancestor_members(ranges, excl, guessed)], how="vertical")
+    op_table = _op_table(excl, by_thread)
+    inclusive = _range_stats(members, prefix="")
+    exclusive = _range_stats(
+        op_table.filter(pl.col("range_id").is_not_null()).select(
+            "range_id", "kind", "device_id", "start_ns", "end_ns", "correlation_id"
+        ),
+        prefix="excl_",
+    )
+    stats = (
+        ranges.join(inclusive, on="range_id", how="left")
+        .join(exclusive, on="range_id", how="left")
+        .with_columns(
+            pl.col(
+                "n_gpu_ops",
+                "n_op_rows",
+                "kernel_sum_ns",
+                "gpu_busy_ns",
+                "excl_n_gpu_ops",
+                "excl_n_op_rows",
+                "excl_kernel_sum_ns",
+                "excl_gpu_busy_ns",
+            ).fill_null(0),
+            proj_duration_ns=pl.col("proj_end_ns") - pl.col("proj_start_ns"),
+        )
+        .drop("proj_end_ns")
+        .sort("range_id")
+    )
+    return Attribution(ranges=stats, ops=op_table)
+
+
+def _max_depth(ranges: pl.DataFrame) -> int:
+    """Deepest nesting level present (0 for an empty frame)."""
+    return int(ranges.select(pl.col("depth").max().fill_null(0)).item())
+
+
+def _kernel_duration() -> pl.Expr:
+    return pl.when(pl.col("kind") == "kernel").then(pl.col("end_ns") - pl.col("start_ns"))
+
+
+def _with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
+    """Add `range_id` (the NVTX_EVENTS rowid, as NVIDIA numbers ranges), `depth`, `parent_id`,
+    `path`, and the CPU columns. Ranges nest by containment on their thread, whatever their style
+    (a push/pop range inside a start/end range is its child, as in NVIDIA's report); ranges ended
+    on another thread stay at depth 0 without a parent (NVIDIA leaves them out)."""
+    base = ranges.rename({"event_id": "range_id"}).with_columns(
+        cpu_start_ns=pl.col("start_ns"),
+        cpu_duration_ns=pl.col("end_ns") - pl.col("start_ns"),
+    )
+    pushpop = base.filter(~pl.col("ends_on_other_thread"))
+    # Sweep of +1 (push) / -1 (pop) events per thread: the running sum at a push is depth + 1.
+    # At equal times pops come before pushes, and an enclosing push before the one it encloses.
+    events = pl.concat(
+        [
+            pushpop.select(
+                "global_tid",
+                "range_id",
+                t="start_ns",
+                kind=pl.lit(1),
+                order=-pl.col("end_ns"),
+                step=pl.lit(1),
+            ),
+            pushpop.select(
+                "global_tid",
+                "range_id",
+                t="end_ns",
+                kind=pl.lit(0),
+                order=-pl.col("start_ns"),
+                step=pl.lit(-1),
+            ),
+        ]
+    ).sort("global_tid", "t", "kind", "order", "range_id")
+    depth = (
+        events.with_columns(level=pl.col("step").cum_sum().over("global_tid"))
+        .filter(pl.col("kind") == 1)
+        .select("range_id", depth=(pl.col("level") - 1).cast(pl.Int64))
+    )
+    ordered = pushpop.join(depth, on="range_id").sort(
+        "global_tid",
+        "start_ns",
+        pl.col("end_ns"),
+        "range_id",
+        descending=[False, False, True, False],
+    )
+    max_depth = _max_depth(ordered)
+    parent = pl.lit(None, pl.Int64)
+    for level in range(1, max_depth + 1):
+        last_at_level_above = (
+            pl.when(pl.col("depth") == level - 1)
+            .then(pl.col("range_id"))
+            .forward_fill()
+            .over("global_tid")
+        )
+        parent = pl.when(pl.col("depth") == level).then(last_at_level_above).otherwise(parent)
+    ordered = ordered.with_columns(parent_id=parent)
+    flat = base.filter(pl.col("ends_on_other_thread")).with_columns(
+        depth=pl.lit(0, pl.Int64), parent_id=pl.lit(None, pl.Int64)
+    )
+    structured = pl.concat([ordered, flat.select(ordered.columns)])
+    return _with_paths(structured).sort("range_id")
+
+
+def _with_paths(structured: pl.DataFrame) -> pl.DataFrame:
+    """Full `/`-joined name paths from the root, level by level (depth is small)."""
+    by_depth = structured.sort("depth")
+    paths = by_depth.filter(pl.col("depth") == 0).select("range_id", path="name")
+    max_depth = _max_depth(by_depth)
+    for level in range(1, max_depth + 1):
+        level_rows = by_depth.filter(pl.col("depth") == level).join(
+            paths.rename({"range_id": "parent_id", "path": "parent_path"}), on="parent_id"
+        )
+        paths = pl.concat(
+            [
+                paths,
+                level_rows.select("range_id", path=pl.col("parent_path") + "/" + pl.col("name")),
+            ]
+        )
+    return structured.join(paths, on="range_id", how="left")
+
+
+def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> pl.DataFrame:
+    """Ops with their launching call: `launch_tid` (globalTid) and `launch_ns` (call start)."""
+    wanted = calls.join(
+        ops.select("global_pid", "correlation_id").unique(),
+        on=["global_pid", "correlation_id"],
+        how="semi",
+    ).unique(subset=["global_pid", "correlation_id"], keep="first")
+    return ops.join(
+        wanted.select(
+            "global_pid", "correlation_id", launch_tid="global_tid", launch_ns="start_ns"
+        ),
+        on=["global_pid", "correlation_id"],
+        how="left",
+    ).sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
+
+
+def _inclusive_members(
+    ranges: pl.DataFrame, launched: pl.DataFrame
+) -> tuple[pl.DataFrame, pl.Series]:
+    """(range_id, op) pairs for every range containing the op's launch on its own thread.
+
+    Launches sorted by (thread, time) make each range's ops one contiguous slice, found by two
+    binary searches; the pairs are expanded with numpy. Returns the pairs and, per op in
+    `launched` order, whether any range on its own thread contains it."""
+    tids = launched["launch_tid"].to_numpy()
+    times = launched["launch_ns"].to_numpy()
+    valid = ~launched["launch_tid"].is_null().to_numpy()
+    lo = np.zeros(ranges.height, dtype=np.int64)
+    hi = np.zeros(ranges.height, dtype=np.int64)
+    range_tids = ranges["global_tid"].to_numpy()
+    starts = ranges["start_ns"].to_numpy()
+    ends = ranges["end_ns"].to_numpy()
+    valid_tids = tids[valid]
+    # thread segments of the sorted launches (one binary search per thread, not per range)
+    uniq, first = np.unique(valid_tids, return_index=True)
+    last = np.append(first[1:], len(valid_tids))
+    for tid, a, b in zip(uniq.tolist(), first.tolist(), last.tolist(), strict=True):
+        rows = np.flatnonzero(range_tids == tid)
+        if rows.size == 0:
+            continue
+        seg = times[a:b]
+        lo[rows] = a + np.searchsorted(seg, starts[rows], side="left")
+        hi[rows] = a + np.searchsorted(seg, ends[rows], side="right")
+    lengths = np.maximum(hi - lo, 0)
+    total = int(lengths.sum())
+    offsets = np.cumsum(lengths) - lengths
+    op_index = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo, lengths)
+    range_ids = np.repeat(ranges["range_id"].to_numpy(), lengths)
+    covered = np.zeros(launched.height + 1, dtype=np.int64)
+    np.add.at(covered, lo, 1)
+    np.add.at(covered, hi, -1)
+    has_range = np.cumsum(covered)[:-1] > 0
+    picked = launched.select("kind", "device_id", "start_ns", "end_ns", "correlation_id")[op_index]
+    members = picked.with_columns(range_id=pl.Series(range_ids, dtype=pl.Int64))
+    return members, pl.Series("has_own_range", has_range)
+
+
+def _selected_chain(ranges: pl.DataFrame) -> pl.DataFrame:
+    """Selected ranges with `sel_parent_id`: their nearest selected ancestor (or null)."""
+    link = ranges.select("range_id", "parent_id", "selected")
+    anc = ranges.select("range_id", cand=pl.col("parent_id"))
+    max_depth = _max_depth(ranges)
+    for _ in range(max_depth):
+        anc = (
+            anc.join(link, left_on="cand", right_on="range_id", how="left")
+            .with_columns(
+                cand=pl.when(pl.col("selected").fill_null(True)).then("cand").otherwise("parent_id")
+            )
+            .select("range_id", "cand")
+        )
+    return (
+        ranges.filter("selected")
+        .join(anc.rename({"cand": "sel_parent_id"}), on="range_id", how="left")
+        .select("range_id", "global_tid", "start_ns", "end_ns", "depth", "sel_parent_id")
+    )
+
+
+def _innermost_containing(
+    chain: pl.DataFrame, queries: pl.DataFrame, by: str, max_depth: int
+) -> pl.Series:
+    """For each query (`q_by`, `t`), the latest-starting selected range of group `by` containing
+    `t`: an as-of join on start, then up the selected-ancestor chain while the candidate ended."""
+    table = chain.sort(by, "start_ns", "depth")
+    found = (
+        queries.with_row_index("q")
+        .sort("q_by", "t")
+        .join_asof(
+            table.select(q_by=by, t="start_ns", cand="range_id"),
+            on="t",
+            by="q_by",
+            strategy="backward",
+            check_sortedness=False,  # sorted by (q_by, t) above; polars cannot verify within groups
+        )
+    )
+    ends = chain.select(cand="range_id", cand_end="end_ns", cand_parent="sel_parent_id")
+    for _ in range(max_depth + 1):
+        found = (
+            found.join(ends, on="cand", how="left")
+            .with_columns(
+                cand=pl.when(pl.col("cand_end") < pl.col("t")).then("cand_parent").otherwise("cand")
+            )
+            .drop("cand_end", "cand_parent")
+        )
+    found = found.join(ends, on="cand", how="left").with_columns(
+        cand=pl.when(pl.col("cand_end") >= pl.col("t")).then("cand")
+    )
+    return found.sort("q")["cand"]
+
+
+def _exclusive_ranges(ranges: pl.DataFrame, launched: pl.DataFrame) -> pl.DataFrame:
+    """`launched` with `range_id` (innermost selected range on the own thread) and
+    `attributed_by`."""
+    chain = _selected_chain(ranges)
+    queries = launched.select(q_by="launch_tid", t="launch_ns")
+    innermost = _innermost_containing(chain, queries, "global_tid", _max_depth(ranges))
+    return launched.with_columns(
+        range_id=innermost,
+        attributed_by=pl.when(innermost.is_not_null()).then(pl.lit("launch_thread")),
+    )
+
+
+def _other_thread_ranges(
+    ranges: pl.DataFrame, launched: pl.DataFrame, has_own_range: pl.Series
+) -> pl.Series:
+    """Heuristic range for ops whose launching thread has no range around the call."""
+    chain = (
+        _selected_chain(ranges)
+        .join(ranges.select("range_id", "pid"), on="range_id")
+        .with_columns(global_pid=pl.col("global_tid") // (1 << 24) * (1 << 24))
+    )
+    queries = launched.select(
+        q_by=pl.when(~has_own_range).then(pl.col("global_pid")), t="launch_ns"
+    )
+    return _innermost_containing(chain, queries, "global_pid", _max_depth(ranges))
+
+
+def _ancestor_members(ranges: pl.DataFrame, excl: pl.DataFrame, guessed: pl.Series) -> pl.DataFrame:
+    """Inclusive pairs for heuristically attributed ops: their range and all its ancestors."""
+    ops = excl.select("kind", "device_id", "start_ns", "end_ns", "correlation_id").with_columns(
+        range_id=guessed
+    )
+    ops = ops.filter(pl.col("range_id").is_not_null())
+    parents = ranges.select("range_id", up="parent_id")
+    out = [ops]
+    current = ops
+    for _ in range(_max_depth(ranges)):
+        current = (
+            current.join(parents, on="range_id")
+            .filter(pl.col("up").is_not_null())
+            .with_columns(range_id=pl.col("up"))
+            .drop("up")
+        )
+        if current.is_empty():
+            break
+        out.append(current)
+    return pl.concat(out).select(
+        "kind", "device_id", "start_ns", "end_ns", "correlation_id", "range_id"
+    )
+
+
+def _op_table(excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
+    """Per-op result with the reason for every unattributed op."""
+    return excl.with_columns(has_own_range=has_own_range).select(
+        "op_id",
+        "kind",
+        "device_id",
+        "stream_id",
+        "start_ns",
+        "end_ns",
+        "name_id",
+        "correlation_id",
+        "graph_node_id",
+        pid=pl.col("global_pid") // (1 << 24) % (1 << 24),
+        tid=pl.col("launch_tid") % (1 << 24),
+        launch_ns="launch_ns",
+        range_id="range_id",
+        attributed_by="attributed_by",
+        unattributed_reason=pl.when(pl.col("range_id").is_not_null())
+        .then(None)
+        .when(pl.col("launch_ns").is_null())
+        .then(pl.lit("no_launch_call"))
+        .when(~pl.col("has_own_range"))
+        .then(pl.lit("outside_any_range"))
+        .otherwise(pl.lit("outside_selected_ranges")),
+    )
+
+
+def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
+    """Count, projected span, kernel-time sum and per-device busy union per range."""
+    schema = {
+        f"{prefix}n_gpu_ops": pl.Int64,
+        f"{prefix}n_op_rows": pl.Int64,
+        f"{prefix}kernel_sum_ns": pl.Int64,
+        f"{prefix}gpu_busy_ns": pl.Int64,
+    }
+    if members.is_empty():
+        frame = pl.DataFrame(schema={"range_id": pl.Int64, **schema})
+        if not prefix:
+            frame = frame.with_columns(
+                proj_start_ns=pl.lit(None, pl.Int64), proj_end_ns=pl.lit(None, pl.Int64)
+            )
+        return frame
+    ordered = members.sort("range_id", "device_id", "start_ns")
+    prev_end = pl.col("end_ns").cum_max().shift(1).over("range_id", "device_id")
+    busy_part = (pl.col("end_ns") - pl.max_horizontal("start_ns", prev_end)).clip(lower_bound=0)
+    aggs = [
+        # NVIDIA counts launching calls: a CUDA graph launch is one op however many nodes ran
+        pl.col("correlation_id").n_unique().cast(pl.Int64).alias(f"{prefix}n_gpu_ops"),
+        pl.len().cast(pl.Int64).alias(f"{prefix}n_op_rows"),
+        _kernel_duration().sum().cast(pl.Int64).alias(f"{prefix}kernel_sum_ns"),
+        pl.col("busy_part").sum().cast(pl.Int64).alias(f"{prefix}gpu_busy_ns"),
+    ]
+    if not prefix:
+        aggs += [
+            pl.col("start_ns").min().alias("proj_start_ns"),
+            pl.col("end_ns").max().alias("proj_end_ns"),
+        ]
+    return ordered.with_columns(busy_part=busy_part).group_by("range_id").agg(aggs)

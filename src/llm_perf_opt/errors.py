@@ -1,0 +1,45 @@
+"""Typed errors: the CLI catches the base class once and prints one `Error: …` line (exit 2)."""
+
+
+class LlmPerfOptError(Exception):
+    """Base of every error caused by the user's input; the message says what to do."""
+
+
+class TraceError(LlmPerfOptError):
+    """The trace file cannot be analyzed as given."""
+
+
+class TraceNotFoundError(TraceError):
+    """The trace path does not exist."""
+
+
+class WrongFileKindError(TraceError):
+    """The file is not an SQLite export (a .nsys-rep, .qdstrm or something else)."""
+
+
+class CorruptTraceError(TraceError):
+    """The file looks like SQLite but cannot be read (truncated or damaged)."""
+
+
+class MissingTableError(TraceError):
+    """A table the analysis needs is absent from the export."""
+
+
+class NoNvtxEventsError(MissingTableError):
+    """The export holds no NVTX events (captured without `-t nvtx`, or no ranges were pushed)."""
+
+
+class NoGpuOpsError(MissingTableError):
+    """The export holds no kernels, memcpys or memsets (captured without `-t cuda`)."""
+
+
+class SelectionError(LlmPerfOptError):
+    """A range selection matched nothing or is malformed."""
+
+
+class ConfigError(LlmPerfOptError):
+    """A model or run configuration is invalid."""
+
+
+class MissingInputError(LlmPerfOptError):
+    """A fact the analysis needs is neither in the trace nor given on the command line."""

@@ -1,0 +1,484 @@
+"""Read an Nsight Systems SQLite export (read-only) into polars frames.
+
+Works on exports from nsys 2022.4 (schema 3.0) to 2026.x (3.25+): columns and tables that a
+version lacks, or that the lazy exporter left out because they had no rows, come back as nulls or
+empty frames. Names are resolved from `StringIds` here, at the edge; kernel names stay integer ids
+(`name_id`) until a report asks for them, because millions of demangled names are costly.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Final
+
+import polars as pl
+
+from llm_perf_opt.errors import (
+    CorruptTraceError,
+    MissingTableError,
+    NoGpuOpsError,
+    NoNvtxEventsError,
+    TraceNotFoundError,
+    WrongFileKindError,
+)
+
+SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+
+# ENUM_NSYS_EVENT_TYPE ids (stable across versions).
+NVTX_MARK_TYPES: Final = (34, 65)
+NVTX_PUSHPOP_TYPES: Final = (59, 70)
+NVTX_STARTEND_TYPES: Final = (60, 71)
+NVTX_DOMAIN_CREATE: Final = 75
+
+# globalTid layout <HW:8><VM:8><PID:24><TID:24>: the process key keeps HW, VM and PID.
+TID_BITS: Final = 24
+PID_MASK: Final = 0xFFFFFF
+
+GPU_OP_TABLES: Final = {
+    "kernel": "CUPTI_ACTIVITY_KIND_KERNEL",
+    "memcpy": "CUPTI_ACTIVITY_KIND_MEMCPY",
+    "memset": "CUPTI_ACTIVITY_KIND_MEMSET",
+}
+RUNTIME_TABLE: Final = "CUPTI_ACTIVITY_KIND_RUNTIME"
+NVTX_TABLE: Final = "NVTX_EVENTS"
+
+GPU_OPS_SCHEMA: Final = pl.Schema(
+    {
+        "op_id": pl.Int64,
+        "kind": pl.String,
+        "device_id": pl.Int64,
+        "stream_id": pl.Int64,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+        "global_pid": pl.Int64,
+        "correlation_id": pl.Int64,
+        "name_id": pl.Int64,
+        "graph_node_id": pl.Int64,
+        "bytes": pl.Int64,
+    }
+)
+NVTX_RANGES_SCHEMA: Final = pl.Schema(
+    {
+        "event_id": pl.Int64,
+        "name": pl.String,
+        "domain": pl.String,
+        "style": pl.String,
+        "global_tid": pl.Int64,
+        "pid": pl.Int64,
+        "tid": pl.Int64,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+        "closed": pl.Boolean,
+        "ends_on_other_thread": pl.Boolean,
+        "payload_int": pl.Int64,
+        "payload_float": pl.Float64,
+        "category": pl.Int64,
+    }
+)
+API_CALLS_SCHEMA: Final = pl.Schema(
+    {
+        "global_tid": pl.Int64,
+        "global_pid": pl.Int64,
+        "correlation_id": pl.Int64,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+    }
+)
+
+
+def pid_of(global_id: pl.Expr) -> pl.Expr:
+    """Operating-system pid from a serialized globalTid/globalPid."""
+    return (global_id // (1 << TID_BITS)) % (1 << TID_BITS)
+
+
+def tid_of(global_tid: pl.Expr) -> pl.Expr:
+    """Operating-system tid from a serialized globalTid."""
+    return global_tid % (1 << TID_BITS)
+
+
+def process_key(global_tid: pl.Expr) -> pl.Expr:
+    """globalPid of a globalTid: the HW, VM and PID fields, TID zeroed."""
+    return (global_tid // (1 << TID_BITS)) * (1 << TID_BITS)
+
+
+@dataclass
+class Trace:
+    """An open, read-only nsys SQLite export. Use `open_trace` to make one."""
+
+    path: Path
+    _conn: sqlite3.Connection = field(repr=False)
+
+    # -- metadata -------------------------------------------------------------------------------
+    @cached_property
+    def tables(self) -> frozenset[str]:
+        rows = self._sql("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")
+        return frozenset(r[0] for r in rows)
+
+    @cached_property
+    def export_meta(self) -> dict[str, str]:
+        """Name → value from META_DATA_EXPORT (2024+) or EXPORT_META_DATA (2022.4)."""
+        for table in ("META_DATA_EXPORT", "EXPORT_META_DATA"):
+            if table in self.tables:
+                return {str(k): str(v) for k, v in self._sql(f"SELECT name, value FROM {table}")}
+        return {}
+
+    @property
+    def schema_version(self) -> str:
+        return self.export_meta.get("EXPORT_SCHEMA_VERSION", "unknown")
+
+    @property
+    def nsys_version(self) -> str:
+        return self.export_meta.get("EXPORT_PRODUCT_VERSION", "unknown")
+
+    def columns(self, table: str) -> tuple[str, ...]:
+        """Column names of `table` (empty when the table is absent)."""
+        if table not in self.tables:
+            return ()
+        return tuple(r[1] for r in self._sql(f"PRAGMA table_info({table})"))
+
+    @cached_property
+    def trace_end_ns(self) -> int:
+        """Latest timestamp of any event: where open NVTX ranges end, as NVIDIA treats them."""
+        candidates = [
+            f"SELECT max(end) FROM {t}"
+            for t in (*GPU_OP_TABLES.values(), RUNTIME_TABLE)
+            if t in self.tables
+        ]
+        if NVTX_TABLE in self.tables:
+            candidates.append(f"SELECT max(coalesce(end, start)) FROM {NVTX_TABLE}")
+        values = [self._sql(q)[0][0] for q in candidates]
+        return max((int(v) for v in values if v is not None), default=0)
+
+    # -- strings ----------------------------------------------------------------------------------
+    @cached_property
+    def _string_ids(self) -> pl.DataFrame:
+        if "StringIds" not in self.tables:
+            return pl.DataFrame(schema={"id": pl.Int64, "value": pl.String})
+        return self._frame("SELECT id, value FROM StringIds", {"id": pl.Int64, "value": pl.String})
+
+    def resolve_strings(self, ids: pl.Series) -> pl.Series:
+        """Map StringIds ids to their text (null where unknown), keeping order."""
+        frame = pl.DataFrame({"id": ids.cast(pl.Int64)})
+        return frame.join(self._string_ids, on="id", how="left", maintain_order="left")["value"]
+
+    def kernel_names(self) -> pl.DataFrame:
+        """`name_id, name`: demangled (or short) names of the ids used by `gpu_ops()`."""
+        return self._string_ids.rename({"id": "name_id", "value": "name"})
+
+    # -- NVTX -------------------------------------------------------------------------------------
+    def _nvtx_raw(self, event_types: Iterable[int]) -> pl.DataFrame:
+        cols = set(self.columns(NVTX_TABLE))
+        if not cols:
+            raise NoNvtxEventsError(
+                f"{self.path}: the export has no NVTX_EVENTS table. Capture with "
+                "`nsys profile -t cuda,nvtx ...` and mark the stages with NVTX ranges."
+            )
+
+        def col(name: str, sql_type: str) -> str:
+            return f"CAST({name} AS {sql_type}) AS {name}" if name in cols else f"NULL AS {name}"
+
+        int_cols = [
+            "end", "rangeId", "category", "textId", "domainId", "globalTid", "endGlobalTid",
+            "uint64Value", "int64Value", "uint32Value", "int32Value", "jsonTextId",
+        ]  # fmt: skip
+        select = ", ".join(
+            [
+                "rowid AS event_id",
+                "CAST(start AS INTEGER) AS start",
+                "CAST(eventType AS INTEGER) AS eventType",
+                col("text", "TEXT"),
+                col("jsonText", "TEXT"),
+                col("doubleValue", "REAL"),
+                col("floatValue", "REAL"),
+                *(col(c, "INTEGER") for c in int_cols),
+            ]
+        )
+        types = ",".join(str(t) for t in event_types)
+        schema = {
+            "event_id": pl.Int64,
+            "start": pl.Int64,
+            "eventType": pl.Int64,
+            "text": pl.String,
+            "jsonText": pl.String,
+            "doubleValue": pl.Float64,
+            "floatValue": pl.Float64,
+            **dict.fromkeys(int_cols, pl.Int64),
+        }
+        frame = self._frame(
+            f"SELECT {select} FROM {NVTX_TABLE} WHERE eventType IN ({types}) ORDER BY rowid",
+            schema,
+        )
+        text_from_id = self.resolve_strings(frame["textId"])
+        return frame.with_columns(
+            name=pl.coalesce(pl.col("text"), text_from_id),
+            global_pid=process_key(pl.col("globalTid")),
+        )
+
+    @cached_property
+    def _domains(self) -> pl.DataFrame:
+        """(global_pid, domainId) → domain name, from the per-process domain-create events."""
+        created = self._nvtx_raw([NVTX_DOMAIN_CREATE])
+        return created.select("global_pid", "domainId", domain=pl.col("name")).unique(
+            subset=["global_pid", "domainId"], keep="last"
+        )
+
+    def _with_domain(self, frame: pl.DataFrame) -> pl.DataFrame:
+        joined = frame.join(
+            self._domains, on=["global_pid", "domainId"], how="left", maintain_order="left"
+        )
+        # The default domain (id 0 or null) has no create event: it is named "".
+        return joined.with_columns(pl.col("domain").fill_null(""))
+
+    @cached_property
+    def _nvtx_ranges(self) -> pl.DataFrame:
+        raw = self._with_domain(self._nvtx_raw(NVTX_PUSHPOP_TYPES + NVTX_STARTEND_TYPES))
+        end_of_trace = self.trace_end_ns
+        ranges = raw.select(
+            "event_id",
+            pl.col("name").fill_null(""),
+            "domain",
+            style=pl.when(pl.col("eventType").is_in(NVTX_PUSHPOP_TYPES))
+            .then(pl.lit("PushPop"))
+            .otherwise(pl.lit("StartEnd")),
+            global_tid=pl.col("globalTid"),
+            pid=pid_of(pl.col("globalTid")),
+            tid=tid_of(pl.col("globalTid")),
+            start_ns=pl.col("start"),
+            end_ns=pl.col("end").fill_null(max(end_of_trace, 0)),
+            closed=pl.col("end").is_not_null(),
+            ends_on_other_thread=pl.col("endGlobalTid").is_not_null()
+            & (pl.col("endGlobalTid") != pl.col("globalTid")),
+            payload_int=pl.coalesce("int64Value", "uint64Value", "int32Value", "uint32Value"),
+            payload_float=pl.coalesce("doubleValue", "floatValue"),
+            category=pl.col("category"),
+        )
+        return ranges.cast(dict(NVTX_RANGES_SCHEMA))  # type: ignore[arg-type]
+
+    def nvtx_ranges(self) -> pl.DataFrame:
+        """Push/pop and start/end ranges (incl. the Nvtxt 70/71 variants), one row each.
+
+        Open ranges (never closed) end at the end of the trace, as NVIDIA's projection treats
+        them; `closed` says which were. Raises NoNvtxEventsError when the export has none.
+        """
+        if self._nvtx_ranges.is_empty():
+            raise NoNvtxEventsError(
+                f"{self.path}: the export has no NVTX ranges. Capture with "
+                "`nsys profile -t cuda,nvtx ...` and wrap the stages in NVTX ranges."
+            )
+        return self._nvtx_ranges
+
+    def nvtx_marks(self) -> pl.DataFrame:
+        """NVTX marks: `start_ns, name, domain, pid, tid, json_text`. Empty when there are none."""
+        if NVTX_TABLE not in self.tables:
+            return pl.DataFrame(
+                schema={
+                    "start_ns": pl.Int64,
+                    "name": pl.String,
+                    "domain": pl.String,
+                    "pid": pl.Int64,
+                    "tid": pl.Int64,
+                    "json_text": pl.String,
+                }
+            )
+        marks = self._with_domain(self._nvtx_raw(NVTX_MARK_TYPES))
+        return marks.select(
+            start_ns=pl.col("start"),
+            name=pl.col("name"),
+            domain=pl.col("domain"),
+            pid=pid_of(pl.col("globalTid")),
+            tid=tid_of(pl.col("globalTid")),
+            json_text=pl.col("jsonText"),
+        )
+
+    # -- GPU work and CUDA API --------------------------------------------------------------------
+    def gpu_ops(self) -> pl.DataFrame:
+        """Kernels, memcpys and memsets of every device, in one frame (`GPU_OPS_SCHEMA`).
+
+        `op_id` is unique across the three kinds (kind index · 2⁴⁰ + rowid). Raises
+        NoGpuOpsError when the export has no GPU-op table at all.
+        """
+        parts = []
+        for kind_index, (kind, table) in enumerate(GPU_OP_TABLES.items()):
+            cols = set(self.columns(table))
+            if not cols:
+                continue
+            if kind == "kernel":
+                name = (
+                    "coalesce(demangledName, shortName)" if "demangledName" in cols else "shortName"
+                )
+            else:
+                name = "NULL"
+            graph = "graphNodeId" if "graphNodeId" in cols else "NULL"
+            nbytes = "bytes" if "bytes" in cols else "NULL"
+            query = (
+                f"SELECT rowid + {kind_index << 40} AS op_id, deviceId AS device_id, "
+                "streamId AS stream_id, start AS start_ns, end AS end_ns, "
+                "globalPid AS global_pid, correlationId AS correlation_id, "
+                f"CAST({name} AS INTEGER) AS name_id, CAST({graph} AS INTEGER) AS graph_node_id, "
+                f"CAST({nbytes} AS INTEGER) AS bytes FROM {table}"
+            )
+            schema = {k: v for k, v in GPU_OPS_SCHEMA.items() if k != "kind"}
+            parts.append(self._frame(query, schema).with_columns(kind=pl.lit(kind)))
+        if not parts:
+            raise NoGpuOpsError(
+                f"{self.path}: the export has no kernels, memcpys or memsets. Capture with "
+                "`nsys profile -t cuda,nvtx ...` (for CUDA graphs add `--cuda-graph-trace=node`)."
+            )
+        ops = pl.concat(parts, how="vertical_relaxed").select(GPU_OPS_SCHEMA.names())
+        return ops.cast(dict(GPU_OPS_SCHEMA))  # type: ignore[arg-type]
+
+    def api_calls(self, *, with_names: bool = False) -> pl.DataFrame:
+        """CUDA runtime and driver calls: `global_tid, global_pid, correlation_id, start_ns,
+        end_ns` (+ `name` when asked). Empty when the export has no CUDA API table."""
+        if RUNTIME_TABLE not in self.tables:
+            empty = pl.DataFrame(schema=API_CALLS_SCHEMA)
+            return empty.with_columns(name=pl.lit(None, pl.String)) if with_names else empty
+        name = ", nameId" if with_names else ""
+        schema: dict[str, Any] = {
+            "global_tid": pl.Int64,
+            "correlation_id": pl.Int64,
+            "start_ns": pl.Int64,
+            "end_ns": pl.Int64,
+        }
+        if with_names:
+            schema["nameId"] = pl.Int64
+        calls = self._frame(
+            "SELECT globalTid AS global_tid, correlationId AS correlation_id, start AS start_ns, "
+            f"end AS end_ns{name} FROM {RUNTIME_TABLE}",
+            schema,
+        ).with_columns(global_pid=process_key(pl.col("global_tid")))
+        if with_names:
+            calls = calls.with_columns(name=self.resolve_strings(calls["nameId"])).drop("nameId")
+        return calls.select(API_CALLS_SCHEMA.names() + (["name"] if with_names else []))
+
+    def gpu_info(self) -> pl.DataFrame:
+        """`device_id, name, sm_count, clock_hz, memory_bandwidth_Bps, total_memory_B, chip_name,
+        compute_major, compute_minor` from TARGET_INFO_GPU (empty when absent)."""
+        wanted = {
+            "id": ("device_id", pl.Int64),
+            "name": ("name", pl.String),
+            "smCount": ("sm_count", pl.Int64),
+            "clockRate": ("clock_hz", pl.Int64),
+            "memoryBandwidth": ("memory_bandwidth_Bps", pl.Int64),
+            "totalMemory": ("total_memory_B", pl.Int64),
+            "chipName": ("chip_name", pl.String),
+            "computeMajor": ("compute_major", pl.Int64),
+            "computeMinor": ("compute_minor", pl.Int64),
+        }
+        cols = set(self.columns("TARGET_INFO_GPU"))
+        select = ", ".join(
+            f"{src if src in cols else 'NULL'} AS {dst}" for src, (dst, _) in wanted.items()
+        )
+        schema = dict(wanted.values())
+        if not cols:
+            return pl.DataFrame(schema=schema)
+        return self._frame(f"SELECT {select} FROM TARGET_INFO_GPU ORDER BY id", schema)
+
+    def processes(self) -> pl.DataFrame:
+        """`global_pid, pid, name` of the captured processes (empty when absent)."""
+        schema = {"global_pid": pl.Int64, "pid": pl.Int64, "name": pl.String}
+        if "PROCESSES" not in self.tables:
+            return pl.DataFrame(schema=schema)
+        return self._frame("SELECT globalPid AS global_pid, pid, name FROM PROCESSES", schema)
+
+    def threads(self) -> pl.DataFrame:
+        """`global_tid, pid, tid, name` from ThreadNames (empty when absent)."""
+        schema = {"global_tid": pl.Int64, "nameId": pl.Int64}
+        if "ThreadNames" not in self.tables:
+            frame = pl.DataFrame(schema=schema)
+        else:
+            frame = self._frame("SELECT globalTid AS global_tid, nameId FROM ThreadNames", schema)
+        return frame.select(
+            "global_tid",
+            pid=pid_of(pl.col("global_tid")),
+            tid=tid_of(pl.col("global_tid")),
+            name=self.resolve_strings(frame["nameId"]),
+        )
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _sql(self, query: str) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn.execute(query).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise CorruptTraceError(_corrupt_message(self.path, exc)) from exc
+
+    def _frame(self, query: str, schema: dict[str, Any]) -> pl.DataFrame:
+        """Run `query` into a frame of `schema` through Arrow (ADBC), not Python rows."""
+        import adbc_driver_sqlite.dbapi as adbc
+
+        try:
+            with adbc.connect(_readonly_uri(self.path)) as conn, conn.cursor() as cur:
+                cur.execute(query)
+                table = cur.fetch_arrow_table()
+        except Exception as exc:  # ADBC raises its own DB-API error classes
+            if "malformed" in str(exc) or "not a database" in str(exc):
+                raise CorruptTraceError(_corrupt_message(self.path, exc)) from exc
+            raise
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        if frame.is_empty():
+            return pl.DataFrame(schema=schema)
+        return frame.cast(schema)  # type: ignore[arg-type]
+
+
+def _readonly_uri(path: Path) -> str:
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+
+
+def _corrupt_message(path: Path, exc: Exception) -> str:
+    return (
+        f"{path}: the SQLite file cannot be read ({exc}); it is truncated or damaged. "
+        "Export it again with `nsys export --type sqlite -f true -o FILE.sqlite REPORT.nsys-rep`."
+    )
+
+
+def open_trace(path: str | Path) -> Trace:
+    """Open an nsys SQLite export read-only; the file is never written.
+
+    Raises:
+        TraceNotFoundError: the path does not exist.
+        WrongFileKindError: a .nsys-rep/.qdstrm or another non-SQLite file was given.
+        CorruptTraceError: the file is truncated or damaged.
+        MissingTableError: it is SQLite, but not an nsys export.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise TraceNotFoundError(f"{path}: no such file. Give the path of an nsys SQLite export.")
+    if path.is_dir():
+        raise WrongFileKindError(f"{path}: is a directory, not an nsys SQLite export.")
+    with path.open("rb") as handle:
+        magic = handle.read(len(SQLITE_MAGIC))
+    if magic != SQLITE_MAGIC:
+        raise WrongFileKindError(_wrong_kind_message(path))
+    try:
+        conn = sqlite3.connect(_readonly_uri(path), uri=True, check_same_thread=False)
+        trace = Trace(path=path, _conn=conn)
+        tables = trace.tables
+    except sqlite3.DatabaseError as exc:
+        raise CorruptTraceError(_corrupt_message(path, exc)) from exc
+    if not tables & {NVTX_TABLE, RUNTIME_TABLE, "StringIds", *GPU_OP_TABLES.values()}:
+        raise MissingTableError(
+            f"{path}: this SQLite file is not an Nsight Systems export (none of NVTX_EVENTS, "
+            "CUPTI_ACTIVITY_KIND_*, StringIds). Export one with `nsys export --type sqlite`."
+        )
+    return trace
+
+
+def _wrong_kind_message(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".nsys-rep", ".qdrep"):
+        return (
+            f"{path}: is an Nsight Systems report, not its SQLite export. Export it first: "
+            f"`nsys export --type sqlite -o {path.with_suffix('.sqlite')} {path}`."
+        )
+    if suffix == ".qdstrm":
+        return (
+            f"{path}: is a raw .qdstrm capture stream. Let nsys finish it into a .nsys-rep "
+            "(`QdstrmImporter -i FILE.qdstrm`), then `nsys export --type sqlite` that report."
+        )
+    return f"{path}: is not an SQLite file. Give the `.sqlite` export of an nsys report."
