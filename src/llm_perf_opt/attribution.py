@@ -28,6 +28,7 @@ per op or per range.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,6 +37,9 @@ import polars as pl
 
 from llm_perf_opt.errors import SelectionError
 from llm_perf_opt.trace import Trace
+
+# (range, op) pairs expanded at once when computing inclusive statistics: bounds peak memory.
+MEMBER_CHUNK_ROWS: Final = 4_000_000
 
 RANGES_OUT_COLUMNS: Final = (
     "name",
@@ -95,7 +99,9 @@ class Attribution:
             free.group_by("unattributed_reason")
             .agg(
                 n_gpu_ops=pl.len(),
-                kernel_sum_ns=_kernel_duration().sum(),
+                kernel_sum_ns=pl.when(pl.col("kind") == "kernel")
+                .then(pl.col("end_ns") - pl.col("start_ns"))
+                .sum(),
                 duration_sum_ns=(pl.col("end_ns") - pl.col("start_ns")).sum(),
             )
             .rename({"unattributed_reason": "reason"})
@@ -152,8 +158,12 @@ def attribute_frames(
             f"{', '.join(sorted(set(ranges['name'].to_list()))[:20])}"
         )
     launched = _join_launches(ops, calls)
-    members, by_thread = _inclusive_members(ranges, launched)
+    lean = launched.select(
+        "device_id", "start_ns", "end_ns", "correlation_id", is_kernel=pl.col("kind") == "kernel"
+    )
+    lo, hi, by_thread = _launch_slices(ranges, launched)
     excl = _exclusive_ranges(ranges, launched)
+    extra = None
     if other_threads:
         guessed = _other_thread_ranges(ranges, launched, has_own_range=by_thread)
         excl = excl.with_columns(
@@ -162,12 +172,17 @@ def attribute_frames(
             .otherwise(pl.when(guessed.is_not_null()).then(pl.lit("other_thread_time"))),
             range_id=pl.coalesce(pl.col("range_id"), guessed),
         )
-        members = pl.concat([members, _ancestor_members(ranges, excl, guessed)], how="vertical")
+        extra = _ancestor_members(ranges, lean, guessed)
     op_table = _op_table(excl, by_thread)
-    inclusive = _range_stats(members, prefix="")
+    inclusive = _inclusive_stats(ranges, lean, lo, hi, extra)
     exclusive = _range_stats(
         op_table.filter(pl.col("range_id").is_not_null()).select(
-            "range_id", "kind", "device_id", "start_ns", "end_ns", "correlation_id"
+            "range_id",
+            "device_id",
+            "start_ns",
+            "end_ns",
+            "correlation_id",
+            is_kernel=pl.col("kind") == "kernel",
         ),
         prefix="excl_",
     )
@@ -199,7 +214,7 @@ def _max_depth(ranges: pl.DataFrame) -> int:
 
 
 def _kernel_duration() -> pl.Expr:
-    return pl.when(pl.col("kind") == "kernel").then(pl.col("end_ns") - pl.col("start_ns"))
+    return pl.when(pl.col("is_kernel")).then(pl.col("end_ns") - pl.col("start_ns"))
 
 
 def _with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
@@ -283,29 +298,33 @@ def _with_paths(structured: pl.DataFrame) -> pl.DataFrame:
 
 
 def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> pl.DataFrame:
-    """Ops with their launching call: `launch_tid` (globalTid) and `launch_ns` (call start)."""
-    wanted = calls.join(
-        ops.select("global_pid", "correlation_id").unique(),
-        on=["global_pid", "correlation_id"],
-        how="semi",
-    ).unique(subset=["global_pid", "correlation_id"], keep="first")
-    return ops.join(
-        wanted.select(
-            "global_pid", "correlation_id", launch_tid="global_tid", launch_ns="start_ns"
-        ),
-        on=["global_pid", "correlation_id"],
-        how="left",
-    ).sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
+    """Ops with their launching call: `launch_tid` (globalTid) and `launch_ns` (call start),
+    sorted by (launch thread, launch time, op_id); ops without a call come last.
+
+    Correlation ids repeat across processes, so the join key is (process, correlation id), packed
+    into one integer (dense process index · 2⁴⁰ + id) because one-column joins are much faster."""
+    pids = pl.concat([ops["global_pid"], calls["global_pid"]]).unique().sort()
+    index = pl.DataFrame({"global_pid": pids, "p_idx": pl.int_range(pids.len(), eager=True)})
+
+    def keyed(frame: pl.DataFrame) -> pl.DataFrame:
+        frame = frame.join(index, on="global_pid", how="left", maintain_order="left")
+        return frame.with_columns(key=pl.col("p_idx") * (1 << 40) + pl.col("correlation_id"))
+
+    launches = (
+        keyed(calls.select("global_pid", "correlation_id", "global_tid", "start_ns"))
+        .select("key", launch_tid="global_tid", launch_ns="start_ns")
+        .unique(subset="key", keep="first")
+    )
+    joined = keyed(ops).join(launches, on="key", how="left").drop("key", "p_idx")
+    return joined.sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
 
 
-def _inclusive_members(
+def _launch_slices(
     ranges: pl.DataFrame, launched: pl.DataFrame
-) -> tuple[pl.DataFrame, pl.Series]:
-    """(range_id, op) pairs for every range containing the op's launch on its own thread.
-
-    Launches sorted by (thread, time) make each range's ops one contiguous slice, found by two
-    binary searches; the pairs are expanded with numpy. Returns the pairs and, per op in
-    `launched` order, whether any range on its own thread contains it."""
+) -> tuple[np.ndarray, np.ndarray, pl.Series]:
+    """Per range, the slice `[lo, hi)` of `launched` (sorted by thread, launch time) holding the
+    ops it contains, found by two binary searches per range; and per op whether any range on its
+    own thread contains it."""
     tids = launched["launch_tid"].to_numpy()
     times = launched["launch_ns"].to_numpy()
     valid = ~launched["launch_tid"].is_null().to_numpy()
@@ -314,10 +333,9 @@ def _inclusive_members(
     range_tids = ranges["global_tid"].to_numpy()
     starts = ranges["start_ns"].to_numpy()
     ends = ranges["end_ns"].to_numpy()
-    valid_tids = tids[valid]
-    # thread segments of the sorted launches (one binary search per thread, not per range)
-    uniq, first = np.unique(valid_tids, return_index=True)
-    last = np.append(first[1:], len(valid_tids))
+    # thread segments of the sorted launches: a loop over threads, not over ranges or ops
+    uniq, first = np.unique(tids[valid], return_index=True)
+    last = np.append(first[1:], int(valid.sum()))
     for tid, a, b in zip(uniq.tolist(), first.tolist(), last.tolist(), strict=True):
         rows = np.flatnonzero(range_tids == tid)
         if rows.size == 0:
@@ -325,18 +343,54 @@ def _inclusive_members(
         seg = times[a:b]
         lo[rows] = a + np.searchsorted(seg, starts[rows], side="left")
         hi[rows] = a + np.searchsorted(seg, ends[rows], side="right")
-    lengths = np.maximum(hi - lo, 0)
-    total = int(lengths.sum())
-    offsets = np.cumsum(lengths) - lengths
-    op_index = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo, lengths)
-    range_ids = np.repeat(ranges["range_id"].to_numpy(), lengths)
+    hi = np.maximum(hi, lo)
     covered = np.zeros(launched.height + 1, dtype=np.int64)
     np.add.at(covered, lo, 1)
     np.add.at(covered, hi, -1)
     has_range = np.cumsum(covered)[:-1] > 0
-    picked = launched.select("kind", "device_id", "start_ns", "end_ns", "correlation_id")[op_index]
-    members = picked.with_columns(range_id=pl.Series(range_ids, dtype=pl.Int64))
-    return members, pl.Series("has_own_range", has_range)
+    return lo, hi, pl.Series("has_own_range", has_range)
+
+
+def _inclusive_stats(
+    ranges: pl.DataFrame,
+    lean: pl.DataFrame,
+    lo: np.ndarray,
+    hi: np.ndarray,
+    extra: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """Inclusive statistics per range from its launch slice (plus `extra` (range, op) pairs).
+
+    The (range, op) pairs are expanded chunk by chunk, at most `MEMBER_CHUNK_ROWS` at a time, so
+    memory stays bounded however deep the nesting or long the trace."""
+    lengths = hi - lo
+    range_ids = ranges["range_id"].to_numpy()
+    bounds = _chunk_bounds(lengths, MEMBER_CHUNK_ROWS)
+    parts = []
+    for a, b in itertools.pairwise(bounds):
+        chunk_len = lengths[a:b]
+        total = int(chunk_len.sum())
+        offsets = np.cumsum(chunk_len) - chunk_len
+        op_index = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo[a:b], chunk_len)
+        members = lean[op_index].with_columns(
+            range_id=pl.Series(np.repeat(range_ids[a:b], chunk_len), dtype=pl.Int64)
+        )
+        if extra is not None:
+            wanted = extra.filter(pl.col("range_id").is_in(range_ids[a:b].tolist()))
+            members = pl.concat([members, wanted.select(members.columns)])
+        parts.append(_range_stats(members, prefix=""))
+    return pl.concat(parts)
+
+
+def _chunk_bounds(lengths: np.ndarray, max_rows: int) -> list[int]:
+    """Split consecutive ranges into chunks of about `max_rows` member rows (a long range is a
+    chunk of its own)."""
+    cumulative = np.cumsum(lengths)
+    bounds = [0]
+    while bounds[-1] < len(lengths):
+        base = int(cumulative[bounds[-1] - 1]) if bounds[-1] else 0
+        nxt = int(np.searchsorted(cumulative, base + max_rows, side="right"))
+        bounds.append(max(nxt, bounds[-1] + 1))
+    return bounds
 
 
 def _selected_chain(ranges: pl.DataFrame) -> pl.DataFrame:
@@ -418,12 +472,9 @@ def _other_thread_ranges(
     return _innermost_containing(chain, queries, "global_pid", _max_depth(ranges))
 
 
-def _ancestor_members(ranges: pl.DataFrame, excl: pl.DataFrame, guessed: pl.Series) -> pl.DataFrame:
+def _ancestor_members(ranges: pl.DataFrame, lean: pl.DataFrame, guessed: pl.Series) -> pl.DataFrame:
     """Inclusive pairs for heuristically attributed ops: their range and all its ancestors."""
-    ops = excl.select("kind", "device_id", "start_ns", "end_ns", "correlation_id").with_columns(
-        range_id=guessed
-    )
-    ops = ops.filter(pl.col("range_id").is_not_null())
+    ops = lean.with_columns(range_id=guessed).filter(pl.col("range_id").is_not_null())
     parents = ranges.select("range_id", up="parent_id")
     out = [ops]
     current = ops
@@ -437,9 +488,7 @@ def _ancestor_members(ranges: pl.DataFrame, excl: pl.DataFrame, guessed: pl.Seri
         if current.is_empty():
             break
         out.append(current)
-    return pl.concat(out).select(
-        "kind", "device_id", "start_ns", "end_ns", "correlation_id", "range_id"
-    )
+    return pl.concat(out)
 
 
 def _op_table(excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
@@ -469,6 +518,16 @@ def _op_table(excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
     )
 
 
+def _is_sorted_for_union(members: pl.DataFrame) -> bool:
+    """True when rows already run by (range, device, start): launch order on one stream usually
+    is, and skipping the sort of millions of rows is the difference that matters."""
+    d_range, d_device, d_start = (pl.col(c).diff() for c in ("range_id", "device_id", "start_ns"))
+    ordered = (d_range > 0) | (
+        (d_range == 0) & ((d_device > 0) | ((d_device == 0) & (d_start >= 0)))
+    )
+    return bool(members.select(ordered.all()).item())
+
+
 def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
     """Count, projected span, kernel-time sum and per-device busy union per range."""
     schema = {
@@ -484,7 +543,11 @@ def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
                 proj_start_ns=pl.lit(None, pl.Int64), proj_end_ns=pl.lit(None, pl.Int64)
             )
         return frame
-    ordered = members.sort("range_id", "device_id", "start_ns")
+    ordered = (
+        members
+        if _is_sorted_for_union(members)
+        else members.sort("range_id", "device_id", "start_ns")
+    )
     prev_end = pl.col("end_ns").cum_max().shift(1).over("range_id", "device_id")
     busy_part = (pl.col("end_ns") - pl.max_horizontal("start_ns", prev_end)).clip(lower_bound=0)
     aggs = [
