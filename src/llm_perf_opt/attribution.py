@@ -335,7 +335,7 @@ def _launch_slices(
     ends = ranges["end_ns"].to_numpy()
     # thread segments of the sorted launches: a loop over threads, not over ranges or ops
     uniq, first = np.unique(tids[valid], return_index=True)
-    last = np.append(first[1:], int(valid.sum()))
+    last = np.append(first[1:], int(valid.sum()))[: len(first)]
     for tid, a, b in zip(uniq.tolist(), first.tolist(), last.tolist(), strict=True):
         rows = np.flatnonzero(range_tids == tid)
         if rows.size == 0:
