@@ -1,0 +1,107 @@
+"""PNG figures of an `MfuReport` (matplotlib, Agg backend: no display needed).
+
+Uses `Figure` + `FigureCanvasAgg` directly rather than pyplot, so no global figure state leaks
+between calls or into tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Final
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from llm_perf_opt.mfu import MfuReport
+
+BUSY_COLOR: Final = "#2a7ab9"
+IDLE_COLOR: Final = "#d9d9d9"
+WALL_COLOR: Final = "#e08a2c"
+DPI: Final = 120
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def plot_time_split(report: MfuReport, path: Path) -> Path:
+    """Per stage: wall time split into GPU busy and GPU idle, with the idle share."""
+    stages = list(report.stages.values())
+    fig = Figure(figsize=(7, 0.8 + 0.7 * len(stages)))
+    ax = fig.add_subplot()
+    names = [s.stage for s in stages]
+    busy_ms = [s.gpu_busy_ns / 1e6 for s in stages]
+    idle_ms = [max(0.0, s.wall_ns - s.gpu_busy_ns) / 1e6 for s in stages]
+    ax.barh(names, busy_ms, color=BUSY_COLOR, label="GPU busy")
+    ax.barh(names, idle_ms, left=busy_ms, color=IDLE_COLOR, label="GPU idle")
+    for y, s in enumerate(stages):
+        label = (
+            f"{100 * s.idle_fraction:.0f}% idle · {s.verdict}"
+            if s.idle_fraction is not None
+            else ""
+        )
+        ax.text(s.wall_ns / 1e6, y, f"  {label}", va="center", fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("time (ms, summed over instances)")
+    ax.set_title("Where each stage's wall time goes")
+    ax.margins(x=0.35)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def plot_mfu(report: MfuReport, path: Path) -> Path:
+    """MFU from GPU busy time next to MFU from wall time, per stage and for the model."""
+    rows = [(s.stage, s.mfu_trace, s.mfu_wall) for s in report.stages.values()]
+    rows.append(("model", report.model.mfu_trace, report.model.mfu_wall))
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.add_subplot()
+    xs = range(len(rows))
+    width = 0.38
+    trace = [100 * (t or 0.0) for _, t, _ in rows]
+    wall = [100 * (w or 0.0) for _, _, w in rows]
+    bars_t = ax.bar([x - width / 2 for x in xs], trace, width, color=BUSY_COLOR, label="trace")
+    bars_w = ax.bar([x + width / 2 for x in xs], wall, width, color=WALL_COLOR, label="wall")
+    ax.bar_label(bars_t, fmt="%.1f", fontsize=8)
+    ax.bar_label(bars_w, fmt="%.1f", fontsize=8)
+    ax.set_xticks(list(xs), [name for name, _, _ in rows])
+    ax.set_ylabel("MFU (%)")
+    ax.set_title(f"MFU, peak {report.peak.peak_flops / 1e12:g} TFLOP/s {report.peak.dtype}")
+    ax.legend(fontsize=8)
+    ax.margins(y=0.15)
+    return _save(fig, path)
+
+
+def plot_decode_steps(report: MfuReport, path: Path) -> Path:
+    """Decode step time (GPU busy and wall) against the step index, one line pair per image."""
+    fig = Figure(figsize=(8, 3.6))
+    ax = fig.add_subplot()
+    instances = sorted({d.instance for d in report.decode_steps})
+    for n, inst in enumerate(instances):
+        steps = [d for d in report.decode_steps if d.instance == inst]
+        ks = [d.step for d in steps]
+        first = n == 0  # one legend entry per series, whatever the number of images
+        ax.plot(ks, [d.wall_ns / 1e6 for d in steps], color=WALL_COLOR, lw=1, alpha=0.8,
+                label="wall" if first else None)  # fmt: skip
+        ax.plot(ks, [d.gpu_busy_ns / 1e6 for d in steps], color=BUSY_COLOR, lw=1, alpha=0.8,
+                label="GPU busy" if first else None)  # fmt: skip
+    ax.set_yscale("log")
+    ax.set_xlabel("decode step")
+    ax.set_ylabel("time per step (ms, log)")
+    ax.set_title(f"Decode step time ({len(instances)} image(s) overlaid)")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
+    """Write the PNGs into `directory` (created); the decode series only when steps exist."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [
+        plot_time_split(report, out / "stage_time_split.png"),
+        plot_mfu(report, out / "mfu_trace_vs_wall.png"),
+    ]
+    if report.decode_steps:
+        paths.append(plot_decode_steps(report, out / "decode_step_time.png"))
+    return paths

@@ -1,0 +1,1 @@
+"""mfu-analyze: MFU math, peaks, metadata, reports, plots and the CLI."""
