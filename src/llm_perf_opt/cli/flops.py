@@ -1,0 +1,149 @@
+"""`mfu-flops`: analytic per-stage FLOPs and decode bytes of DeepSeek-OCR (no torch, no GPU)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from llm_perf_opt.errors import ConfigError, LlmPerfOptError
+from llm_perf_opt.flops.configs import FAMILIES, ModelConfig, builtin_config, load_config_json
+from llm_perf_opt.flops.estimate import estimate_run, parse_crops
+
+
+class UserError(click.ClickException):
+    """Bad input: one `Error: …` line on stderr, exit status 2."""
+
+    exit_code = 2
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--model", "model_name", help=f"Built-in architecture: {', '.join(FAMILIES)}.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Model config JSON (our to_dict form or a DeepSeek-OCR(-2) config.json).",
+)
+@click.option("--tiny", is_flag=True, help="Use the small CPU-test variant of --model.")
+@click.option("--mode", default="base", show_default=True, help="tiny|small|base|large|gundam.")
+@click.option("--crops", help="Gundam crop grid WxH (crops across x down), e.g. 3x2.")
+@click.option(
+    "--prefill-len",
+    type=int,
+    help="Lp, positions of the prefill forward. Default: the image positions of the mode alone "
+    "(a real run adds its prompt's text tokens).",
+)
+@click.option(
+    "--decode-tokens",
+    type=int,
+    default=1,
+    show_default=True,
+    help="T, decode forward passes after prefill (generated tokens - 1).",
+)
+@click.option(
+    "--ctx-mode",
+    default="auto",
+    show_default=True,
+    help="auto: step k attends to Lp + k; fixed: --ctx-len C; max: the context window.",
+)
+@click.option("--ctx-len", type=int, help="C for --ctx-mode fixed.")
+@click.option("--dtype", default="bfloat16", show_default=True, help="bfloat16|float16|float32.")
+@click.option("--format", "fmt", default="table", show_default=True, help="table|json.")
+def cli(
+    model_name: str | None,
+    config_path: str | None,
+    tiny: bool,
+    mode: str,
+    crops: str | None,
+    prefill_len: int | None,
+    decode_tokens: int,
+    ctx_mode: str,
+    ctx_len: int | None,
+    dtype: str,
+    fmt: str,
+) -> None:
+    """Print analytic FLOPs of the vision, prefill and decode stages and decode bytes per step.
+
+    Conventions (docs/flops.md): 1 MAC = 2 FLOPs; causal attention counts only visible keys
+    (the *_full_square keys count the whole square); prefill applies lm_head to the last
+    position; decode step k attends to Lp + k positions in auto mode.
+
+    Example:
+
+        mfu-flops --model deepseek-ocr --mode base --prefill-len 273 \\
+            --decode-tokens 1 --ctx-mode fixed --ctx-len 1024 --format json
+    """
+    try:
+        if fmt not in ("table", "json"):
+            raise ConfigError(f"format {fmt!r} is unknown; use table or json")
+        model = _model(model_name, config_path, tiny)
+        result = estimate_run(
+            model,
+            mode=mode,
+            crops=parse_crops(crops) if crops is not None else None,
+            prefill_len=prefill_len,
+            decode_steps=decode_tokens,
+            ctx_mode=ctx_mode,
+            ctx_len=ctx_len,
+            dtype=dtype,
+        )
+    except LlmPerfOptError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(json.dumps(result, indent=2) if fmt == "json" else render_table(result))
+
+
+def _model(model_name: str | None, config_path: str | None, tiny: bool) -> ModelConfig:
+    """The built-in model or the config file; both given must agree on the family."""
+    if config_path is None:
+        if model_name is None:
+            raise ConfigError("give --model (deepseek-ocr or deepseek-ocr2) or --config FILE")
+        return builtin_config(model_name, tiny=tiny)
+    if tiny:
+        raise ConfigError("--tiny selects a built-in config; drop it when passing --config")
+    model = load_config_json(config_path)
+    if model_name is not None and model_name != model.family:
+        raise ConfigError(
+            f"--model {model_name} disagrees with {config_path}, which describes {model.family}"
+        )
+    return model
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """Human-readable summary: stage totals, then the blocks of each stage."""
+    crops = result["crop_grid"]
+    lines = [
+        f"{result['model']}{' (tiny)' if result['tiny'] else ''}  mode {result['mode']}"
+        + (f" crops {crops[0]}x{crops[1]}" if crops else "")
+        + f"  vision tokens {result['vision_tokens']}  image positions {result['image_positions']}",
+        f"Lp {result['prefill_len']} ({result['prefill_len_source']})  decode steps "
+        f"{result['decode_steps']}  ctx {result['ctx_mode']}: C = {result['ctx_len_used']:g}"
+        f"  dtype {result['dtype']}",
+        "",
+        f"{'quantity':<34}{'value':>22}{'full square':>22}",
+    ]
+    rows = [
+        ("vision FLOPs / image", result["vision_flops"], result["vision_flops_full_square"]),
+        ("prefill FLOPs", result["prefill_flops"], result["prefill_flops_full_square"]),
+        ("decode FLOPs / token", result["decode_flops_per_token"], None),
+        ("decode FLOPs total", result["decode_flops_total"], None),
+        ("decode bytes / step", result["decode_bytes_per_step"], None),
+    ]
+    for name, value, full in rows:
+        lines.append(f"{name:<34}{value:>22,}{'' if full is None else f'{full:,}':>22}")
+    for stage, blocks in result["breakdown"].items():
+        stage_total = sum(blocks.values()) or 1
+        lines += ["", f"{stage} by block:"]
+        for block, value in sorted(blocks.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {block:<32}{value:>22,}{100 * value / stage_total:>9.1f}%")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+
+
+if __name__ == "__main__":
+    main()
