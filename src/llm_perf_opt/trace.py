@@ -8,8 +8,13 @@ empty frames. Names are resolved from `StringIds` here, at the edge; kernel name
 
 from __future__ import annotations
 
+import gzip
+import lzma
+import shutil
 import sqlite3
+import tempfile
 import urllib.parse
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -28,6 +33,8 @@ from llm_perf_opt.errors import (
 )
 
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
+# Compressed exports are read directly (decompressed to a private temporary file first).
+COMPRESSED_MAGIC: Final = {b"\xfd7zXZ\x00": "xz", b"\x1f\x8b": "gzip"}
 
 # ENUM_NSYS_EVENT_TYPE ids (stable across versions).
 NVTX_MARK_TYPES: Final = (34, 65)
@@ -112,6 +119,7 @@ class Trace:
 
     path: Path
     _conn: sqlite3.Connection = field(repr=False)
+    db_path: Path | None = None
 
     # -- metadata -------------------------------------------------------------------------------
     @cached_property
@@ -412,7 +420,8 @@ class Trace:
         import adbc_driver_sqlite.dbapi as adbc
 
         try:
-            with adbc.connect(_readonly_uri(self.path)) as conn, conn.cursor() as cur:
+            db = self.db_path or self.path
+            with adbc.connect(_readonly_uri(db)) as conn, conn.cursor() as cur:
                 cur.execute(query)
                 table = cur.fetch_arrow_table()
         except Exception as exc:  # ADBC raises its own DB-API error classes
@@ -451,13 +460,16 @@ def open_trace(path: str | Path) -> Trace:
         raise TraceNotFoundError(f"{path}: no such file. Give the path of an nsys SQLite export.")
     if path.is_dir():
         raise WrongFileKindError(f"{path}: is a directory, not an nsys SQLite export.")
-    with path.open("rb") as handle:
+    db_path, scratch = _decompressed(path)
+    with db_path.open("rb") as handle:
         magic = handle.read(len(SQLITE_MAGIC))
     if magic != SQLITE_MAGIC:
         raise WrongFileKindError(_wrong_kind_message(path))
     try:
-        conn = sqlite3.connect(_readonly_uri(path), uri=True, check_same_thread=False)
-        trace = Trace(path=path, _conn=conn)
+        conn = sqlite3.connect(_readonly_uri(db_path), uri=True, check_same_thread=False)
+        trace = Trace(path=path, _conn=conn, db_path=db_path)
+        if scratch is not None:  # the decompressed copy goes when the Trace does
+            weakref.finalize(trace, shutil.rmtree, scratch, ignore_errors=True)
         tables = trace.tables
     except sqlite3.DatabaseError as exc:
         raise CorruptTraceError(_corrupt_message(path, exc)) from exc
@@ -467,6 +479,31 @@ def open_trace(path: str | Path) -> Trace:
             "CUPTI_ACTIVITY_KIND_*, StringIds). Export one with `nsys export --type sqlite`."
         )
     return trace
+
+
+def _decompressed(path: Path) -> tuple[Path, Path | None]:
+    """The SQLite file to open: `path` itself, or an .xz/.gz export decompressed to a private
+    temporary folder that lives as long as the Trace."""
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    kind = next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+    if kind is None:
+        return path, None
+    scratch = Path(tempfile.mkdtemp(prefix="mfu-trace-"))
+    target = scratch / "trace.sqlite"
+    try:
+        with (
+            lzma.open(path) if kind == "xz" else gzip.open(path) as src,
+            target.open("wb") as dst,
+        ):
+            shutil.copyfileobj(src, dst, length=1 << 22)
+    except (OSError, EOFError, lzma.LZMAError) as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise CorruptTraceError(
+            f"{path}: the compressed export cannot be decompressed ({exc}); it is truncated or "
+            "damaged. Compress it again (`xz -k FILE.sqlite`) or give the plain .sqlite."
+        ) from exc
+    return target, scratch
 
 
 def _wrong_kind_message(path: Path) -> str:

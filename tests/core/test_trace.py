@@ -139,3 +139,23 @@ def test_without_gpu_ops(probe_trace: Path, tmp_path: Path) -> None:
     path = _copy_without(probe_trace, tmp_path / "b.sqlite", tables)
     with pytest.raises(NoGpuOpsError, match="--cuda-graph-trace=node"):
         open_trace(path).gpu_ops()
+
+
+@pytest.mark.parametrize("suffix", ["xz", "gz"])
+def test_compressed_exports_are_read_directly(
+    probes_dir: Path, tmp_path: Path, suffix: str
+) -> None:
+    import gzip
+    import lzma
+
+    from llm_perf_opt.attribution import attribute
+
+    raw = (probes_dir / "probe_threads.sqlite").read_bytes()
+    packed = tmp_path / f"t.sqlite.{suffix}"
+    packed.write_bytes(lzma.compress(raw) if suffix == "xz" else gzip.compress(raw))
+    plain = attribute(open_trace(probes_dir / "probe_threads.sqlite")).ranges
+    assert attribute(open_trace(packed)).ranges.equals(plain)
+    truncated = tmp_path / f"cut.sqlite.{suffix}"
+    truncated.write_bytes(packed.read_bytes()[:2000])
+    with pytest.raises(CorruptTraceError, match="cannot be decompressed"):
+        open_trace(truncated)
