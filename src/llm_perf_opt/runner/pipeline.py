@@ -1,0 +1,251 @@
+"""One instrumented run: inputs, model, warmup, the measured images, metadata.
+
+NVTX layout (domain `llm_perf_opt`, push/pop on the main thread):
+
+    warmup                       (only with warmup rounds)
+      image (payload: round)  ⊃ vision, prefill, decode ⊃ decode_step (payload: C) …
+    image (payload: image index)
+      vision
+      prefill
+      decode
+        decode_step (payload: C = Lp + k, k = 1 .. max_new_tokens - 1)
+
+Each stage and each decode step is bracketed by device synchronizations: the host waits before
+it starts the clock and again, inside the range, before it stops it, so wall seconds and the
+range's CPU interval both cover the stage's GPU work.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any, Final
+
+import torch
+from PIL import Image
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from llm_perf_opt.errors import ConfigError, LlmPerfOptError
+from llm_perf_opt.flops.configs import FAMILIES, builtin_config
+from llm_perf_opt.runner.meta import ImageTiming, RunFacts, build_run_meta, emit, image_entry
+from llm_perf_opt.runner.model import BuiltModel, build_model, load_local
+from llm_perf_opt.runner.nvtx_marks import Annotator
+from llm_perf_opt.runner.preprocess import load_image, synthetic_page
+from llm_perf_opt.runner.settings import RunSettings
+from llm_perf_opt.runner.stages import (
+    PreparedImage,
+    decode_step,
+    prefill_stage,
+    prepare_image,
+    vision_stage,
+    with_random_pixels,
+)
+
+DTYPES: Final = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+SDPA_BACKENDS: Final = (
+    SDPBackend.FLASH_ATTENTION,
+    SDPBackend.EFFICIENT_ATTENTION,
+    SDPBackend.CUDNN_ATTENTION,
+    SDPBackend.MATH,
+)
+
+
+class DeviceUnavailableError(LlmPerfOptError):
+    """The requested device does not exist on this machine."""
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """The metadata of a finished run and where it was written."""
+
+    meta: dict[str, Any]
+    meta_path: Path
+
+
+def run(settings: RunSettings) -> RunResult:
+    """Build the model, warm up, run every image stage by stage, emit the metadata.
+
+    Unless `settings.sdpa_cudnn`, SDPA may use every backend but cuDNN attention (flash,
+    memory-efficient, math) for the whole run.
+
+    Raises:
+        LlmPerfOptError: bad settings, missing or unreadable images, unavailable device.
+    """
+    with sdpa_backends(settings.sdpa_cudnn):
+        return _run(settings)
+
+
+@contextmanager
+def sdpa_backends(sdpa_cudnn: bool) -> Iterator[None]:
+    """Within the block SDPA may use flash, memory-efficient and math kernels, and cuDNN
+    attention only if `sdpa_cudnn` (cuDNN builds a graph per new KV length: tens of ms of host
+    time on every decode step it has not seen). Wrap direct `run_image` calls in it too."""
+    if sdpa_cudnn:
+        yield
+        return
+    with sdpa_kernel([b for b in SDPA_BACKENDS if b != SDPBackend.CUDNN_ATTENTION]):
+        yield
+
+
+def _run(settings: RunSettings) -> RunResult:
+    device = resolve_device(settings.device)
+    dtype = DTYPES[settings.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
+    annotator = Annotator(settings.nvtx)
+    if settings.model in FAMILIES:  # fail on a bad mode before building a full-size model
+        builtin_config(settings.model, tiny=settings.tiny).mode(settings.mode)
+    sources = _load_images(settings)
+    built = _build(settings, dtype, device)
+    prepared = [
+        prepare_image(built, image, settings.mode, settings.crops, source=source)
+        for source, image in sources
+    ]
+    _check_context(built, prepared, settings.max_new_tokens)
+    sync = _synchronizer(device)
+    warmup_rounds = settings.warmup_rounds
+    if warmup_rounds is None:
+        warmup_rounds = 1 if device.type == "cuda" else 0
+    if warmup_rounds:
+        generator = torch.Generator().manual_seed(settings.seed)
+        with annotator.range("warmup"):
+            for r in range(warmup_rounds):
+                inputs = prepared[0]
+                if settings.warmup_synthetic:
+                    inputs = with_random_pixels(inputs, generator)
+                run_image(built, inputs, settings.warmup_max_new_tokens, annotator, r, sync)
+    entries = [
+        image_entry(i, p, run_image(built, p, settings.max_new_tokens, annotator, i, sync))
+        for i, p in enumerate(prepared)
+    ]
+    run_id = str(uuid.uuid4())
+    facts = RunFacts(
+        run_id=run_id,
+        mode=settings.mode,
+        max_new_tokens=settings.max_new_tokens,
+        warmup_rounds=warmup_rounds,
+        warmup_synthetic=settings.warmup_synthetic,
+        warmup_max_new_tokens=settings.warmup_max_new_tokens,
+        context_len_mode=settings.context_len_mode,
+        context_len_fixed=settings.context_len_fixed,
+        nvtx_enabled=settings.nvtx,
+        seed=settings.seed,
+        sdpa_cudnn=settings.sdpa_cudnn,
+    )
+    meta = build_run_meta(built, facts, entries, prepared[0].prompt_text_tokens)
+    out_dir = Path(settings.out) if settings.out is not None else Path("runs") / run_id
+    return RunResult(meta, emit(meta, annotator, out_dir))
+
+
+def run_image(
+    built: BuiltModel,
+    prepared: PreparedImage,
+    max_new_tokens: int,
+    annotator: Annotator,
+    index: int,
+    sync: Callable[[], None],
+) -> ImageTiming:
+    """Vision, prefill and `max_new_tokens - 1` decode steps of one image, timed and annotated."""
+    lp = prepared.prefill_len
+    with annotator.range("image", payload=index):
+        sync()
+        start = perf_counter()
+        with annotator.range("vision"):
+            embeds = vision_stage(built, prepared)
+            sync()
+        vision_s = perf_counter() - start
+        start = perf_counter()
+        with annotator.range("prefill"):
+            token, past = prefill_stage(built, prepared, embeds)
+            sync()
+        prefill_s = perf_counter() - start
+        tokens, step_s, contexts = [token], [], []
+        start = perf_counter()
+        with annotator.range("decode"):
+            for k in range(1, max_new_tokens):
+                context = lp + k
+                step_start = perf_counter()
+                with annotator.range("decode_step", payload=context):
+                    token, past = decode_step(built, token, past, context - 1)
+                    sync()
+                step_s.append(perf_counter() - step_start)
+                tokens.append(token)
+                contexts.append(context)
+        decode_s = perf_counter() - start
+    return ImageTiming(vision_s, prefill_s, decode_s, tuple(step_s), tuple(contexts), tuple(tokens))
+
+
+def resolve_device(requested: str | None) -> torch.device:
+    """`requested` as a torch device (CUDA when available if None).
+
+    Raises:
+        ConfigError: not a cpu or cuda device name.
+        DeviceUnavailableError: CUDA (or that CUDA index) is not available here.
+    """
+    if requested is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(requested)
+    except (RuntimeError, ValueError):
+        device = torch.device("meta")  # anything torch cannot parse fails the check below
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {requested!r} is not supported; use cuda, cuda:N or cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailableError(
+                f"device {requested!r} was asked for but CUDA is not available on this machine "
+                "(torch.cuda.is_available() is False); use --device cpu (with --tiny)"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceUnavailableError(
+                f"device {requested!r} does not exist: this machine has "
+                f"{torch.cuda.device_count()} CUDA device(s)"
+            )
+    return device
+
+
+def _build(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> BuiltModel:
+    """Random-weight model for a family name, else the local snapshot at that path."""
+    attn: Any = settings.attn_implementation
+    experts: Any = settings.experts_implementation
+    if settings.model in FAMILIES:
+        return build_model(
+            settings.model,
+            tiny=settings.tiny,
+            dtype=dtype,
+            device=device,
+            seed=settings.seed,
+            attn_implementation=attn,
+            experts_implementation=experts,
+        )
+    if settings.tiny:
+        raise ConfigError("--tiny applies to a family name, not to a local snapshot path")
+    return load_local(Path(settings.model), dtype, device, attn, experts)
+
+
+def _synchronizer(device: torch.device) -> Callable[[], None]:
+    """A function that waits for the device's queued work (a no-op on CPU)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def _load_images(settings: RunSettings) -> list[tuple[str, Image.Image]]:
+    """(source, image) pairs: the given files, else `num_images` synthetic pages."""
+    if settings.images:
+        return [(path, load_image(path)) for path in settings.images]
+    return [
+        ("synthetic", synthetic_page(i, settings.page_size)) for i in range(settings.num_images)
+    ]
+
+
+def _check_context(built: BuiltModel, prepared: list[PreparedImage], max_new_tokens: int) -> None:
+    window = built.config.text.max_position_embeddings
+    longest = max(p.prefill_len for p in prepared)
+    if longest + max_new_tokens > window:
+        raise ConfigError(
+            f"the prompt ({longest} positions) plus max_new_tokens ({max_new_tokens}) exceeds the "
+            f"model's context window ({window}); lower --max-new-tokens or use a smaller mode"
+        )
