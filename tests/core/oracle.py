@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import lzma
 import os
 import shutil
 import subprocess
@@ -14,9 +16,15 @@ from llm_perf_opt.attribution import Attribution
 GET_NSYS = Path(__file__).resolve().parents[2].parent / "shared" / "tools" / "get-nsys-stats.sh"
 
 
+def read_csv(csv: Path) -> pl.DataFrame:
+    """An oracle CSV as text columns; `.csv.xz` files are decompressed in memory."""
+    data = lzma.decompress(csv.read_bytes()) if csv.suffix == ".xz" else csv.read_bytes()
+    return pl.read_csv(io.BytesIO(data), infer_schema_length=0)
+
+
 def read_projection(csv: Path) -> pl.DataFrame:
     """NVIDIA's projection report, typed (2022.4 writes `None` for a missing parent)."""
-    frame = pl.read_csv(csv, infer_schema_length=0)
+    frame = read_csv(csv)
     ints = ["RangeId", "NumGPUOps", "Projected Start (ns)", "Projected Duration (ns)", "Lvl"]
     return frame.with_columns(
         pl.col(ints).cast(pl.Int64),
@@ -42,7 +50,7 @@ def kernel_sums(ours: Attribution, csv: Path) -> tuple[pl.DataFrame, pl.DataFram
 
     NVIDIA names ranges `domain:name` (`:name` for the default domain in 2025.3) and lists
     kernels outside every range under `None`; ours are split into name and domain."""
-    nvidia = pl.read_csv(csv, infer_schema_length=0).with_columns(
+    nvidia = read_csv(csv).with_columns(
         pl.col("PID", "TID", "Total Time (ns)").cast(pl.Int64),
         key=pl.col("NVTX Range").str.strip_prefix(":"),
     )
@@ -75,7 +83,7 @@ def _outside_rows() -> pl.Expr:
 
 def outside_kernel_time(csv: Path) -> int:
     """NVIDIA's kernel time outside every range (its `None` rows)."""
-    nvidia = pl.read_csv(csv, infer_schema_length=0)
+    nvidia = read_csv(csv)
     outside = nvidia.filter(_outside_rows())
     return int(outside["Total Time (ns)"].cast(pl.Int64).sum())
 

@@ -1,0 +1,96 @@
+"""NVTX overhead of the runner: the same images run with and without ranges, in one process.
+
+Builds the model once, then alternates passes with NVTX on and off (A B A B …) so drift in clocks
+or temperature hits both alike, and prints per-stage medians and the on/off ratio of each pass
+pair. Run on the GPU machine (outside nsys, or inside it to see the cost with a collector):
+
+    python3 benchmarks/bench_nvtx_overhead.py --model deepseek-ocr --mode base --pairs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch
+
+from llm_perf_opt.runner.model import build_model
+from llm_perf_opt.runner.nvtx_marks import Annotator
+from llm_perf_opt.runner.pipeline import _synchronizer, resolve_device, run_image, sdpa_backends
+from llm_perf_opt.runner.preprocess import synthetic_page
+from llm_perf_opt.runner.stages import prepare_image
+
+
+def main() -> None:
+    with sdpa_backends(False):  # as the runner: no per-KV-length cuDNN graph builds
+        _main()
+
+
+def _main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="deepseek-ocr")
+    parser.add_argument("--mode", default="base")
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--images", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    device = resolve_device(None)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    built = build_model(args.model, tiny=args.tiny, dtype=dtype, device=str(device))
+    pages = [prepare_image(built, synthetic_page(i), args.mode) for i in range(args.images)]
+    sync = _synchronizer(device)
+    annotators = {True: Annotator(True), False: Annotator(False)}
+    run_image(built, pages[0], 4, annotators[False], 0, sync)  # warm up kernels and allocator
+    totals: dict[bool, list[float]] = {True: [], False: []}
+    stages: dict[bool, dict[str, list[float]]] = {
+        on: {"vision": [], "prefill": [], "decode": []} for on in (True, False)
+    }
+    for _ in range(args.pairs):
+        for on in (True, False):
+            total = 0.0
+            for i, page in enumerate(pages):
+                t = run_image(built, page, args.max_new_tokens, annotators[on], i, sync)
+                for name, value in (
+                    ("vision", t.vision_s),
+                    ("prefill", t.prefill_s),
+                    ("decode", t.decode_s),
+                ):
+                    stages[on][name].append(value)
+                total += t.vision_s + t.prefill_s + t.decode_s
+            totals[on].append(total)
+    ratios = [a / b for a, b in zip(totals[True], totals[False], strict=True)]
+    result = {
+        "model": args.model,
+        "mode": args.mode,
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "images": args.images,
+        "max_new_tokens": args.max_new_tokens,
+        "pairs": args.pairs,
+        "median_total_s": {
+            "nvtx": statistics.median(totals[True]),
+            "no_nvtx": statistics.median(totals[False]),
+        },
+        "median_stage_s": {
+            ("nvtx" if on else "no_nvtx"): {k: statistics.median(v) for k, v in stages[on].items()}
+            for on in (True, False)
+        },
+        "ratio_nvtx_over_none": {
+            "median": statistics.median(ratios),
+            "min": min(ratios),
+            "max": max(ratios),
+        },
+    }
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
