@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -29,6 +30,8 @@ from llm_perf_opt.mfu import (
 )
 
 JSON_SCHEMA_ID: Final = "llm_perf_opt.mfu_report/1"
+# Percentages below this (in %) get two significant digits instead of one decimal.
+SMALL_PCT: Final = 1.0
 FLOPS_CONVENTION: Final = (
     "analytic, 1 MAC = 2 FLOPs, matmuls and convs only, causal attention (each query counts "
     "the keys its mask lets it see); see docs/mfu-math.md"
@@ -295,8 +298,17 @@ def write_ranges_csv(ranges: pl.DataFrame, path: str | Path) -> None:
 # --- human-readable ------------------------------------------------------------------------------
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+def format_pct(x: float | None) -> str:
+    """A percentage with one decimal, or two significant digits below 1 % (decode MFU is ~0.03 %):
+    never a bare `0.0%` or `0.1%` for a value that has more to say."""
+    if x is None:
+        return "–"
+    pct = 100 * x
+    if pct == 0 or abs(pct) >= SMALL_PCT:
+        return f"{pct:.1f}%"
+    rounded = float(f"{pct:.2g}")  # rounding first: 0.00996 → 0.01, shown as 0.010
+    decimals = 1 - math.floor(math.log10(abs(rounded)))
+    return f"{rounded:.{decimals}f}%"
 
 
 def _ms(ns: float | None) -> str:
@@ -359,9 +371,9 @@ def _stage_rows(report: MfuReport) -> list[tuple[str, ...]]:
             _ms(s.kernel_sum_ns),
             _ms(s.wall_ns),
             s.wall_source,
-            _pct(s.mfu_trace),
-            _pct(s.mfu_wall),
-            _pct(s.idle_fraction),
+            format_pct(s.mfu_trace),
+            format_pct(s.mfu_wall),
+            format_pct(s.idle_fraction),
             f"{s.n_kernels:,}",
             _us(s.mean_kernel_ns),
             s.verdict,
@@ -378,8 +390,8 @@ def _stage_rows(report: MfuReport) -> list[tuple[str, ...]]:
             "",
             _ms(m.wall_ns),
             "",
-            _pct(m.mfu_trace),
-            _pct(m.mfu_wall),
+            format_pct(m.mfu_trace),
+            format_pct(m.mfu_wall),
             "",
             "",
             "",
@@ -411,9 +423,9 @@ def _instance_rows(report: MfuReport) -> list[tuple[str, ...]]:
             _gflop(r.flops),
             _ms(r.gpu_busy_ns),
             _ms(r.wall_ns),
-            _pct(r.mfu_trace),
-            _pct(r.mfu_wall),
-            _pct(r.idle_fraction),
+            format_pct(r.mfu_trace),
+            format_pct(r.mfu_wall),
+            format_pct(r.idle_fraction),
         )
         for s in report.stages.values()
         for r in s.instances
@@ -430,9 +442,9 @@ def _decode_lines(report: MfuReport) -> list[str]:
     ]
     if d.bytes_per_step is not None:
         lines.append(
-            f"Decode MBU: {_pct(d.mbu_trace)} trace, {_pct(d.mbu_wall)} wall "
+            f"Decode MBU: {format_pct(d.mbu_trace)} trace, {format_pct(d.mbu_wall)} wall "
             f"({d.bytes_per_step / 1e9:.3f} GB read per step) next to MFU "
-            f"{_pct(d.mfu_trace)} trace, {_pct(d.mfu_wall)} wall"
+            f"{format_pct(d.mfu_trace)} trace, {format_pct(d.mfu_wall)} wall"
         )
     return lines
 
@@ -472,7 +484,7 @@ def _kernel_rows(s: StageResult) -> list[tuple[str, ...]]:
             f"{k.count:,}",
             _ms(k.total_ns),
             _us(k.mean_ns),
-            _pct(k.share),
+            format_pct(k.share),
         )
         for k in s.top_kernels
     ]
@@ -568,7 +580,9 @@ def to_markdown(report: MfuReport) -> str:
     out += [f"## {_context_title(report)}", "", _md_table(_CONTEXT_HEAD, _context_rows(report)), ""]
     for s in report.stages.values():
         if s.top_kernels:
-            out += [f"## Top kernels: {s.stage}", "", _md_table(_KERNEL_HEAD, _kernel_rows(s)), ""]
+            # names as code: demangled C++ (`<unnamed>`, `*`) would read as HTML or emphasis
+            rows = [(f"`{name}`", *rest) for name, *rest in _kernel_rows(s)]
+            out += [f"## Top kernels: {s.stage}", "", _md_table(_KERNEL_HEAD, rows), ""]
     if report.static_compute is not None:
         out += ["## Static compute (runner, fvcore)", "", _static_table(report.static_compute), ""]
     if report.warnings:
