@@ -29,6 +29,7 @@ per op or per range.
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
@@ -37,6 +38,17 @@ import polars as pl
 
 from llm_perf_opt.errors import SelectionError
 from llm_perf_opt.trace import Trace
+
+# What per-range statistics need of an op; `first_of_launch` marks the first op of each launching
+# call (ops are sorted by launch, so a CUDA graph's node kernels sit together).
+STATS_COLUMNS: Final = (
+    "range_id",
+    "device_id",
+    "start_ns",
+    "end_ns",
+    "is_kernel",
+    "first_of_launch",
+)
 
 # (range, op) pairs expanded at once when computing inclusive statistics: bounds peak memory.
 MEMBER_CHUNK_ROWS: Final = 4_000_000
@@ -130,13 +142,21 @@ def attribute(
         NoNvtxEventsError, NoGpuOpsError: the export lacks ranges or GPU ops.
         SelectionError: the selection matches no range.
     """
-    return attribute_frames(
-        trace.nvtx_ranges(),
-        trace.gpu_ops(),
-        trace.api_calls(),
-        selection,
-        other_threads=other_threads,
-    )
+    trace.tables  # noqa: B018 - resolve the shared lookups once, before the threads start
+    with ThreadPoolExecutor(max_workers=3) as pool:  # the SQLite scans release the GIL
+        jobs = [
+            pool.submit(read) for read in (trace.nvtx_ranges, trace.gpu_ops, trace.launch_calls)
+        ]
+    frames = [job.result() for job in jobs]
+    del jobs  # attribute_frames drops the raw tables once joined: keep no other reference
+    return attribute_frames(*_handover(frames), selection, other_threads=other_threads)
+
+
+def _handover(frames: list[pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """Move the frames out of the list so the callee holds the only references."""
+    ranges, ops, calls = frames
+    frames.clear()
+    return ranges, ops, calls
 
 
 def attribute_frames(
@@ -158,9 +178,8 @@ def attribute_frames(
             f"{', '.join(sorted(set(ranges['name'].to_list()))[:20])}"
         )
     launched = _join_launches(ops, calls)
-    lean = launched.select(
-        "device_id", "start_ns", "end_ns", "correlation_id", is_kernel=pl.col("kind") == "kernel"
-    )
+    del ops, calls  # the join holds what is needed; millions of rows each
+    lean = launched.select(STATS_COLUMNS[1:])
     lo, hi, by_thread = _launch_slices(ranges, launched)
     excl = _exclusive_ranges(ranges, launched)
     extra = None
@@ -176,15 +195,7 @@ def attribute_frames(
     op_table = _op_table(excl, by_thread)
     inclusive = _inclusive_stats(ranges, lean, lo, hi, extra)
     exclusive = _range_stats(
-        op_table.filter(pl.col("range_id").is_not_null()).select(
-            "range_id",
-            "device_id",
-            "start_ns",
-            "end_ns",
-            "correlation_id",
-            is_kernel=pl.col("kind") == "kernel",
-        ),
-        prefix="excl_",
+        excl.filter(pl.col("range_id").is_not_null()).select(STATS_COLUMNS), prefix="excl_"
     )
     stats = (
         ranges.join(inclusive, on="range_id", how="left")
@@ -301,22 +312,53 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> pl.DataFrame:
     """Ops with their launching call: `launch_tid` (globalTid) and `launch_ns` (call start),
     sorted by (launch thread, launch time, op_id); ops without a call come last.
 
-    Correlation ids repeat across processes, so the join key is (process, correlation id), packed
-    into one integer (dense process index · 2⁴⁰ + id) because one-column joins are much faster."""
-    pids = pl.concat([ops["global_pid"], calls["global_pid"]]).unique().sort()
-    index = pl.DataFrame({"global_pid": pids, "p_idx": pl.int_range(pids.len(), eager=True)})
-
-    def keyed(frame: pl.DataFrame) -> pl.DataFrame:
-        frame = frame.join(index, on="global_pid", how="left", maintain_order="left")
-        return frame.with_columns(key=pl.col("p_idx") * (1 << 40) + pl.col("correlation_id"))
-
-    launches = (
-        keyed(calls.select("global_pid", "correlation_id", "global_tid", "start_ns"))
-        .select("key", launch_tid="global_tid", launch_ns="start_ns")
-        .unique(subset="key", keep="first")
+    Correlation ids repeat across processes, so the join is done per process; within one, ids
+    are dense counters, so a lookup table indexed by id replaces a hash join (a sorted search
+    when ids are too sparse for a table). Where one id has several calls, the first counts."""
+    op_pid = ops["global_pid"].to_numpy()
+    op_corr = ops["correlation_id"].fill_null(-1).to_numpy()
+    call_pid = calls["global_pid"].to_numpy()
+    call_corr = calls["correlation_id"].fill_null(-1).to_numpy()
+    call_of_op = np.full(len(op_pid), -1, dtype=np.int64)
+    for pid in pl.Series(op_pid).unique().to_list():
+        op_rows = np.flatnonzero(op_pid == pid)
+        call_rows = np.flatnonzero(call_pid == pid)
+        call_of_op[op_rows] = _lookup(call_corr[call_rows], call_rows, op_corr[op_rows])
+    found = call_of_op >= 0
+    picked = np.where(found, call_of_op, 0)
+    tids = calls["global_tid"].to_numpy()[picked] if len(calls) else np.zeros(len(picked), np.int64)
+    starts = calls["start_ns"].to_numpy()[picked] if len(calls) else np.zeros(len(picked), np.int64)
+    joined = ops.with_columns(
+        launch_tid=pl.Series(tids, dtype=pl.Int64),
+        launch_ns=pl.Series(starts, dtype=pl.Int64),
+        call=pl.Series(call_of_op, dtype=pl.Int64),
+    ).with_columns(
+        pl.when(pl.col("call") >= 0).then(pl.col("launch_tid", "launch_ns")),
     )
-    joined = keyed(ops).join(launches, on="key", how="left").drop("key", "p_idx")
-    return joined.sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
+    joined = joined.sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
+    return joined.with_columns(
+        is_kernel=pl.col("kind") == "kernel",
+        first_of_launch=(pl.col("call") != pl.col("call").shift(1)).fill_null(True),
+    ).drop("call")
+
+
+def _lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """values[i] for the first i with keys[i] == query, or -1: a direct table for dense
+    non-negative keys, else a sorted search."""
+    if len(keys) == 0:
+        return np.full(len(queries), -1, dtype=np.int64)
+    valid = keys >= 0
+    top = int(keys.max())
+    if top < 4 * len(keys) + (1 << 20):
+        table = np.full(top + 2, -1, dtype=np.int64)
+        table[keys[valid][::-1]] = values[valid][::-1]  # reversed: the first occurrence wins
+        inside = (queries >= 0) & (queries <= top)
+        return np.where(inside, table[np.clip(queries, 0, top + 1)], -1)
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    pos = np.clip(np.searchsorted(sorted_keys, queries, side="left"), 0, len(keys) - 1)
+    hit = (sorted_keys[pos] == queries) & (queries >= 0)
+    return np.where(hit, values[order][pos], -1)
 
 
 def _launch_slices(
@@ -325,8 +367,8 @@ def _launch_slices(
     """Per range, the slice `[lo, hi)` of `launched` (sorted by thread, launch time) holding the
     ops it contains, found by two binary searches per range; and per op whether any range on its
     own thread contains it."""
-    tids = launched["launch_tid"].to_numpy()
-    times = launched["launch_ns"].to_numpy()
+    tids = launched["launch_tid"].fill_null(-1).to_numpy()
+    times = launched["launch_ns"].fill_null(-1).to_numpy()
     valid = ~launched["launch_tid"].is_null().to_numpy()
     lo = np.zeros(ranges.height, dtype=np.int64)
     hi = np.zeros(ranges.height, dtype=np.int64)
@@ -413,36 +455,36 @@ def _selected_chain(ranges: pl.DataFrame) -> pl.DataFrame:
     )
 
 
-def _innermost_containing(
-    chain: pl.DataFrame, queries: pl.DataFrame, by: str, max_depth: int
-) -> pl.Series:
+def _innermost_containing(chain: pl.DataFrame, queries: pl.DataFrame, by: str) -> pl.Series:
     """For each query (`q_by`, `t`), the latest-starting selected range of group `by` containing
     `t`: an as-of join on start, then up the selected-ancestor chain while the candidate ended."""
-    table = chain.sort(by, "start_ns", "depth")
-    found = (
-        queries.with_row_index("q")
-        .sort("q_by", "t")
-        .join_asof(
-            table.select(q_by=by, t="start_ns", cand="range_id"),
-            on="t",
-            by="q_by",
-            strategy="backward",
-            check_sortedness=False,  # sorted by (q_by, t) above; polars cannot verify within groups
-        )
+    table = chain.sort(by, "start_ns", "depth").select(q_by=by, t="start_ns", cand="range_id")
+    ordered = queries.with_row_index("q").sort("q_by", "t", nulls_last=True)
+    found = ordered.join_asof(
+        table,
+        on="t",
+        by="q_by",
+        strategy="backward",
+        check_sortedness=False,  # sorted by (q_by, t) above; polars cannot verify within groups
     )
-    ends = chain.select(cand="range_id", cand_end="end_ns", cand_parent="sel_parent_id")
-    for _ in range(max_depth + 1):
-        found = (
-            found.join(ends, on="cand", how="left")
-            .with_columns(
-                cand=pl.when(pl.col("cand_end") < pl.col("t")).then("cand_parent").otherwise("cand")
-            )
-            .drop("cand_end", "cand_parent")
-        )
-    found = found.join(ends, on="cand", how="left").with_columns(
-        cand=pl.when(pl.col("cand_end") >= pl.col("t")).then("cand")
-    )
-    return found.sort("q")["cand"]
+    t = found["t"].fill_null(-1).to_numpy()
+    cand = found["cand"].fill_null(-1).to_numpy(writable=True)
+    # per range id: its end and its nearest selected ancestor (index arrays, not joins)
+    ids = chain["range_id"].to_numpy()
+    size = int(ids.max()) + 1 if len(ids) else 1
+    end_of = np.full(size, -1, dtype=np.int64)
+    parent_of = np.full(size, -1, dtype=np.int64)
+    end_of[ids] = chain["end_ns"].to_numpy()
+    parent_of[ids] = chain["sel_parent_id"].fill_null(-1).to_numpy()
+    open_rows = np.flatnonzero(cand >= 0)
+    while open_rows.size:
+        ended = end_of[cand[open_rows]] < t[open_rows]
+        open_rows = open_rows[ended]
+        cand[open_rows] = parent_of[cand[open_rows]]
+        open_rows = open_rows[cand[open_rows] >= 0]
+    result = np.full(len(cand), -1, dtype=np.int64)
+    result[found["q"].to_numpy()] = cand
+    return pl.Series("range_id", result, dtype=pl.Int64).replace(-1, None)
 
 
 def _exclusive_ranges(ranges: pl.DataFrame, launched: pl.DataFrame) -> pl.DataFrame:
@@ -450,7 +492,7 @@ def _exclusive_ranges(ranges: pl.DataFrame, launched: pl.DataFrame) -> pl.DataFr
     `attributed_by`."""
     chain = _selected_chain(ranges)
     queries = launched.select(q_by="launch_tid", t="launch_ns")
-    innermost = _innermost_containing(chain, queries, "global_tid", _max_depth(ranges))
+    innermost = _innermost_containing(chain, queries, "global_tid")
     return launched.with_columns(
         range_id=innermost,
         attributed_by=pl.when(innermost.is_not_null()).then(pl.lit("launch_thread")),
@@ -469,7 +511,7 @@ def _other_thread_ranges(
     queries = launched.select(
         q_by=pl.when(~has_own_range).then(pl.col("global_pid")), t="launch_ns"
     )
-    return _innermost_containing(chain, queries, "global_pid", _max_depth(ranges))
+    return _innermost_containing(chain, queries, "global_pid")
 
 
 def _ancestor_members(ranges: pl.DataFrame, lean: pl.DataFrame, guessed: pl.Series) -> pl.DataFrame:
@@ -518,48 +560,67 @@ def _op_table(excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
     )
 
 
-def _is_sorted_for_union(members: pl.DataFrame) -> bool:
-    """True when rows already run by (range, device, start): launch order on one stream usually
-    is, and skipping the sort of millions of rows is the difference that matters."""
-    d_range, d_device, d_start = (pl.col(c).diff() for c in ("range_id", "device_id", "start_ns"))
-    ordered = (d_range > 0) | (
-        (d_range == 0) & ((d_device > 0) | ((d_device == 0) & (d_start >= 0)))
-    )
-    return bool(members.select(ordered.all()).item())
-
-
 def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
-    """Count, projected span, kernel-time sum and per-device busy union per range."""
-    schema = {
-        f"{prefix}n_gpu_ops": pl.Int64,
-        f"{prefix}n_op_rows": pl.Int64,
-        f"{prefix}kernel_sum_ns": pl.Int64,
-        f"{prefix}gpu_busy_ns": pl.Int64,
-    }
+    """Count, projected span, kernel-time sum and per-device busy union per range.
+
+    Columnar numpy over the whole member table: sort by (range, device, start) unless already so,
+    a segmented running maximum of end times gives each op's newly covered time, and `reduceat`
+    sums per range. `members` has `STATS_COLUMNS`."""
+    names = [f"{prefix}{n}" for n in ("n_gpu_ops", "n_op_rows", "kernel_sum_ns", "gpu_busy_ns")]
+    extra = [] if prefix else ["proj_start_ns", "proj_end_ns"]
     if members.is_empty():
-        frame = pl.DataFrame(schema={"range_id": pl.Int64, **schema})
-        if not prefix:
-            frame = frame.with_columns(
-                proj_start_ns=pl.lit(None, pl.Int64), proj_end_ns=pl.lit(None, pl.Int64)
-            )
-        return frame
-    ordered = (
-        members
-        if _is_sorted_for_union(members)
-        else members.sort("range_id", "device_id", "start_ns")
-    )
-    prev_end = pl.col("end_ns").cum_max().shift(1).over("range_id", "device_id")
-    busy_part = (pl.col("end_ns") - pl.max_horizontal("start_ns", prev_end)).clip(lower_bound=0)
-    aggs = [
-        # NVIDIA counts launching calls: a CUDA graph launch is one op however many nodes ran
-        pl.col("correlation_id").n_unique().cast(pl.Int64).alias(f"{prefix}n_gpu_ops"),
-        pl.len().cast(pl.Int64).alias(f"{prefix}n_op_rows"),
-        _kernel_duration().sum().cast(pl.Int64).alias(f"{prefix}kernel_sum_ns"),
-        pl.col("busy_part").sum().cast(pl.Int64).alias(f"{prefix}gpu_busy_ns"),
-    ]
+        return pl.DataFrame(schema=dict.fromkeys(["range_id", *names, *extra], pl.Int64))
+    rid, dev, start, end = (members[c].to_numpy() for c in STATS_COLUMNS[:4])
+    kernel = members["is_kernel"].to_numpy()
+    first = members["first_of_launch"].to_numpy()
+    if not _is_sorted(rid, dev, start):
+        order = np.lexsort((start, dev, rid))
+        rid, dev, start, end, kernel, first = (
+            a[order] for a in (rid, dev, start, end, kernel, first)
+        )
+    n = len(rid)
+    new_seg = np.ones(n, dtype=bool)
+    new_seg[1:] = (rid[1:] != rid[:-1]) | (dev[1:] != dev[:-1])
+    covered_until = _segmented_prev_max(end, new_seg)
+    busy_part = np.clip(end - np.maximum(start, covered_until), 0, None)
+    heads = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
+    columns = {
+        "range_id": rid[heads],
+        names[0]: np.add.reduceat(first.astype(np.int64), heads),
+        names[1]: np.diff(np.r_[heads, n]),
+        names[2]: np.add.reduceat(np.where(kernel, end - start, 0), heads),
+        names[3]: np.add.reduceat(busy_part, heads),
+    }
     if not prefix:
-        aggs += [
-            pl.col("start_ns").min().alias("proj_start_ns"),
-            pl.col("end_ns").max().alias("proj_end_ns"),
-        ]
-    return ordered.with_columns(busy_part=busy_part).group_by("range_id").agg(aggs)
+        columns["proj_start_ns"] = np.minimum.reduceat(start, heads)
+        columns["proj_end_ns"] = np.maximum.reduceat(end, heads)
+    return pl.DataFrame(columns).cast(pl.Int64)
+
+
+def _is_sorted(rid: np.ndarray, dev: np.ndarray, start: np.ndarray) -> bool:
+    """True when rows already run by (range, device, start): launch order on one stream usually
+    does, and skipping the sort of millions of rows is what matters."""
+    d_r, d_d, d_s = np.diff(rid), np.diff(dev), np.diff(start)
+    return bool(np.all((d_r > 0) | ((d_r == 0) & ((d_d > 0) | ((d_d == 0) & (d_s >= 0))))))
+
+
+def _segmented_prev_max(end: np.ndarray, new_seg: np.ndarray) -> np.ndarray:
+    """For each row, the largest `end` of the earlier rows of its segment (int64 min at a
+    segment's first row). Segments are lifted apart by a per-segment offset so one running
+    maximum over the whole array never crosses a segment boundary."""
+    seg = np.cumsum(new_seg) - 1
+    low = int(end.min())
+    span = int(end.max()) - low + 1
+    floor = np.iinfo(np.int64).min
+    if (int(seg[-1]) + 1) * span >= 1 << 62:  # would overflow: fall back to polars windows
+        frame = pl.DataFrame({"seg": seg, "end": end})
+        windowed = frame.select(pl.col("end").cum_max().shift(1).over("seg").fill_null(floor))
+        return windowed.to_series().to_numpy()
+    lifted = (end - low) + seg * span
+    running: np.ndarray = np.maximum.accumulate(lifted)
+    prev = np.empty_like(running)
+    prev[0] = 0
+    prev[1:] = running[:-1]
+    out: np.ndarray = prev - seg * span + low
+    out[new_seg] = floor
+    return out

@@ -54,17 +54,19 @@ GPU_OP_TABLES: Final = {
 RUNTIME_TABLE: Final = "CUPTI_ACTIVITY_KIND_RUNTIME"
 NVTX_TABLE: Final = "NVTX_EVENTS"
 
+OP_KINDS: Final = pl.Enum(list(GPU_OP_TABLES))
+# Narrow types where the values allow: traces hold millions of ops, and memory is the limit.
 GPU_OPS_SCHEMA: Final = pl.Schema(
-    {
+    {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
         "op_id": pl.Int64,
-        "kind": pl.String,
-        "device_id": pl.Int64,
-        "stream_id": pl.Int64,
+        "kind": OP_KINDS,
+        "device_id": pl.Int32,
+        "stream_id": pl.Int32,
         "start_ns": pl.Int64,
         "end_ns": pl.Int64,
         "global_pid": pl.Int64,
         "correlation_id": pl.Int64,
-        "name_id": pl.Int64,
+        "name_id": pl.Int32,
         "graph_node_id": pl.Int64,
         "bytes": pl.Int64,
     }
@@ -340,29 +342,32 @@ class Trace:
         ops = pl.concat(parts, how="vertical_relaxed").select(GPU_OPS_SCHEMA.names())
         return ops.cast(dict(GPU_OPS_SCHEMA))  # type: ignore[arg-type]
 
-    def api_calls(self, *, with_names: bool = False) -> pl.DataFrame:
+    def launch_calls(self) -> pl.DataFrame:
+        """What attribution needs of the CUDA API calls, and no more: `global_tid, global_pid,
+        correlation_id, start_ns` (empty when the export has no CUDA API table)."""
+        return self.api_calls(with_end=False)
+
+    def api_calls(self, *, with_names: bool = False, with_end: bool = True) -> pl.DataFrame:
         """CUDA runtime and driver calls: `global_tid, global_pid, correlation_id, start_ns,
         end_ns` (+ `name` when asked). Empty when the export has no CUDA API table."""
-        if RUNTIME_TABLE not in self.tables:
-            empty = pl.DataFrame(schema=API_CALLS_SCHEMA)
-            return empty.with_columns(name=pl.lit(None, pl.String)) if with_names else empty
-        name = ", nameId" if with_names else ""
-        schema: dict[str, Any] = {
-            "global_tid": pl.Int64,
-            "correlation_id": pl.Int64,
-            "start_ns": pl.Int64,
-            "end_ns": pl.Int64,
+        wanted = {
+            "globalTid": "global_tid",
+            "correlationId": "correlation_id",
+            "start": "start_ns",
+            **({"end": "end_ns"} if with_end else {}),
+            **({"nameId": "name_id"} if with_names else {}),
         }
+        schema = dict.fromkeys(wanted.values(), pl.Int64)
+        if RUNTIME_TABLE in self.tables:
+            select = ", ".join(f"{src} AS {dst}" for src, dst in wanted.items())
+            calls = self._frame(f"SELECT {select} FROM {RUNTIME_TABLE}", schema)
+        else:
+            calls = pl.DataFrame(schema=schema)
+        calls = calls.with_columns(global_pid=process_key(pl.col("global_tid")))
         if with_names:
-            schema["nameId"] = pl.Int64
-        calls = self._frame(
-            "SELECT globalTid AS global_tid, correlationId AS correlation_id, start AS start_ns, "
-            f"end AS end_ns{name} FROM {RUNTIME_TABLE}",
-            schema,
-        ).with_columns(global_pid=process_key(pl.col("global_tid")))
-        if with_names:
-            calls = calls.with_columns(name=self.resolve_strings(calls["nameId"])).drop("nameId")
-        return calls.select(API_CALLS_SCHEMA.names() + (["name"] if with_names else []))
+            calls = calls.with_columns(name=self.resolve_strings(calls["name_id"]))
+        order = [c for c in API_CALLS_SCHEMA.names() if c in calls.columns]
+        return calls.select(order + (["name"] if with_names else []))
 
     def gpu_info(self) -> pl.DataFrame:
         """`device_id, name, sm_count, clock_hz, memory_bandwidth_Bps, total_memory_B, chip_name,

@@ -129,3 +129,15 @@ def test_ranges_out_has_exactly_the_contract_columns() -> None:
     ops, calls = ops_and_calls({"start": 300, "end": 310, "launch": 150})
     out = attribute_frames(STAGE_AND_LIB, ops, calls).ranges_out()
     assert tuple(out.columns) == RANGES_OUT_COLUMNS
+
+
+@pytest.mark.parametrize("offset", [0, 1 << 40])  # dense ids use a table, sparse ones a search
+def test_launch_lookup_first_call_wins_and_misses_are_minus_one(offset: int) -> None:
+    import numpy as np
+
+    from llm_perf_opt.attribution import _lookup
+
+    keys = np.array([5, 3, 5, 9, -1]) + np.array([offset] * 4 + [0])
+    values = np.array([10, 11, 12, 13, 14])
+    queries = np.array([5, 9, 4, -1, 3]) + np.array([offset, offset, offset, 0, offset])
+    assert _lookup(keys, values, queries).tolist() == [10, 13, -1, -1, 11]

@@ -16,7 +16,6 @@ from llm_perf_opt.errors import LlmPerfOptError
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
 from llm_perf_opt.peaks import DTYPES
-from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
 
 # Show a status line on stderr for traces at least this large even when stderr is not a TTY.
@@ -88,6 +87,8 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
     if kw["markdown"]:
         kw["markdown"].write_text(RENDERERS["md"](report), encoding="utf-8")
     if kw["plots"]:
+        from llm_perf_opt.plots import write_plots  # matplotlib costs 0.3 s: only when asked
+
         for path in write_plots(report, kw["plots"]):
             click.echo(f"wrote {path}", err=True)
 
