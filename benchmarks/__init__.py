@@ -1,0 +1,1 @@
+"""Benchmarks: a generator of large nsys-schema traces and the analysis speed benchmark."""
