@@ -29,7 +29,6 @@ per op or per range.
 from __future__ import annotations
 
 import itertools
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
@@ -142,21 +141,9 @@ def attribute(
         NoNvtxEventsError, NoGpuOpsError: the export lacks ranges or GPU ops.
         SelectionError: the selection matches no range.
     """
-    trace.tables  # noqa: B018 - resolve the shared lookups once, before the threads start
-    with ThreadPoolExecutor(max_workers=3) as pool:  # the SQLite scans release the GIL
-        jobs = [
-            pool.submit(read) for read in (trace.nvtx_ranges, trace.gpu_ops, trace.launch_calls)
-        ]
-    frames = [job.result() for job in jobs]
-    del jobs  # attribute_frames drops the raw tables once joined: keep no other reference
-    return attribute_frames(*_handover(frames), selection, other_threads=other_threads)
-
-
-def _handover(frames: list[pl.DataFrame]) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """Move the frames out of the list so the callee holds the only references."""
-    ranges, ops, calls = frames
-    frames.clear()
-    return ranges, ops, calls
+    trace.prefetch_gpu_work()  # overlaps the NVTX read below
+    ranges = trace.nvtx_ranges()
+    return attribute_frames(ranges, *trace.take_gpu_work(), selection, other_threads=other_threads)
 
 
 def attribute_frames(

@@ -927,6 +927,7 @@ def analyze_trace(
     say = progress or (lambda _msg: None)
     say(f"reading {path}")
     trace = open_trace(path)
+    trace.prefetch_gpu_work()  # the big tables load while the NVTX events are read
     meta = load_meta_file(options.meta_path) if options.meta_path else None
     if meta is None:
         meta = meta_from_marks(trace.nvtx_marks())

@@ -16,6 +16,7 @@ import tempfile
 import urllib.parse
 import weakref
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -122,6 +123,7 @@ class Trace:
     path: Path
     _conn: sqlite3.Connection = field(repr=False)
     db_path: Path | None = None
+    _prefetched: dict[str, Future[pl.DataFrame]] = field(default_factory=dict, repr=False)
 
     # -- metadata -------------------------------------------------------------------------------
     @cached_property
@@ -412,6 +414,27 @@ class Trace:
             tid=tid_of(pl.col("global_tid")),
             name=self.resolve_strings(frame["nameId"]),
         )
+
+    # -- background reads -------------------------------------------------------------------------
+    def prefetch_gpu_work(self) -> None:
+        """Start reading the GPU ops and launch calls in background threads (the SQLite scans
+        release the GIL), so they overlap the NVTX reads; `take_gpu_work` collects them."""
+        if self._prefetched:
+            return
+        self.tables  # noqa: B018 - resolve the shared lookup before the threads start
+        pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trace-read")
+        self._prefetched = {
+            "ops": pool.submit(self.gpu_ops),
+            "calls": pool.submit(self.launch_calls),
+        }
+        pool.shutdown(wait=False)
+
+    def take_gpu_work(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """`(gpu_ops(), launch_calls())`, from the prefetch when one ran. The Trace keeps no
+        reference, so the caller can free millions of rows as soon as it is done with them."""
+        self.prefetch_gpu_work()
+        ops, calls = self._prefetched.pop("ops"), self._prefetched.pop("calls")
+        return ops.result(), calls.result()
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _sql(self, query: str) -> list[tuple[Any, ...]]:
