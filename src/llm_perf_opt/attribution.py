@@ -38,6 +38,12 @@ import polars as pl
 from llm_perf_opt.errors import SelectionError
 from llm_perf_opt.trace import Trace
 
+# What attribution needs of an op, in launch order (`row`: its position in the ops frame).
+LAUNCH_COLUMNS: Final = (
+    "row", "launch_tid", "launch_ns", "global_pid", "device_id", "start_ns", "end_ns", "kind",
+    "is_kernel", "first_of_launch",
+)  # fmt: skip
+
 # What per-range statistics need of an op; `first_of_launch` marks the first op of each launching
 # call (ops are sorted by launch, so a CUDA graph's node kernels sit together).
 STATS_COLUMNS: Final = (
@@ -50,7 +56,13 @@ STATS_COLUMNS: Final = (
 )
 
 # (range, op) pairs expanded at once when computing inclusive statistics: bounds peak memory.
-MEMBER_CHUNK_ROWS: Final = 4_000_000
+MEMBER_CHUNK_ROWS: Final = 2_000_000
+
+# Per-op labels as enums: one byte-sized code per op instead of a string.
+ATTRIBUTED_BY: Final = pl.Enum(["launch_thread", "other_thread_time"])
+UNATTRIBUTED_REASON: Final = pl.Enum(
+    ["no_launch_call", "outside_any_range", "outside_selected_ranges"]
+)
 
 RANGES_OUT_COLUMNS: Final = (
     "name",
@@ -115,7 +127,10 @@ class Attribution:
                 .sum(),
                 duration_sum_ns=(pl.col("end_ns") - pl.col("start_ns")).sum(),
             )
-            .rename({"unattributed_reason": "reason"})
+            .select(
+                pl.col("unattributed_reason").cast(pl.String).alias("reason"),
+                pl.exclude("unattributed_reason"),
+            )
             .sort("reason")
         )
 
@@ -164,8 +179,8 @@ def attribute_frames(
             f"domains={selection.domains}); names present: "
             f"{', '.join(sorted(set(ranges['name'].to_list()))[:20])}"
         )
-    launched = _join_launches(ops, calls)
-    del ops, calls  # the join holds what is needed; millions of rows each
+    ops, launched = _join_launches(ops, calls)
+    del calls  # millions of rows, no longer needed
     lean = launched.select(STATS_COLUMNS[1:])
     lo, hi, by_thread = _launch_slices(ranges, launched)
     excl = _exclusive_ranges(ranges, launched)
@@ -175,11 +190,14 @@ def attribute_frames(
         excl = excl.with_columns(
             attributed_by=pl.when(pl.col("range_id").is_not_null())
             .then(pl.col("attributed_by"))
-            .otherwise(pl.when(guessed.is_not_null()).then(pl.lit("other_thread_time"))),
+            .otherwise(
+                pl.when(guessed.is_not_null()).then(pl.lit("other_thread_time", ATTRIBUTED_BY))
+            ),
             range_id=pl.coalesce(pl.col("range_id"), guessed),
         )
         extra = _ancestor_members(ranges, lean, guessed)
-    op_table = _op_table(excl, by_thread)
+    op_table = _op_table(ops, excl, by_thread)
+    del ops
     inclusive = _inclusive_stats(ranges, lean, lo, hi, extra)
     exclusive = _range_stats(
         excl.filter(pl.col("range_id").is_not_null()).select(STATS_COLUMNS), prefix="excl_"
@@ -295,9 +313,12 @@ def _with_paths(structured: pl.DataFrame) -> pl.DataFrame:
     return structured.join(paths, on="range_id", how="left")
 
 
-def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> pl.DataFrame:
-    """Ops with their launching call: `launch_tid` (globalTid) and `launch_ns` (call start),
-    sorted by (launch thread, launch time, op_id); ops without a call come last.
+def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Join each op to its launching call: `launch_tid` (globalTid) and `launch_ns` (call start).
+
+    Returns the ops with those two columns, in their own order, and a lean copy of what the
+    attribution needs (`LAUNCH_COLUMNS`, `row` = position in the first) sorted by (launch thread,
+    launch time, op_id), ops without a call last; only the lean copy is sorted, to save memory.
 
     Correlation ids repeat across processes, so the join is done per process; within one, ids
     are dense counters, so a lookup table indexed by id replaces a hash join (a sorted search
@@ -311,22 +332,29 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> pl.DataFrame:
         op_rows = np.flatnonzero(op_pid == pid)
         call_rows = np.flatnonzero(call_pid == pid)
         call_of_op[op_rows] = _lookup(call_corr[call_rows], call_rows, op_corr[op_rows])
-    found = call_of_op >= 0
-    picked = np.where(found, call_of_op, 0)
-    tids = calls["global_tid"].to_numpy()[picked] if len(calls) else np.zeros(len(picked), np.int64)
-    starts = calls["start_ns"].to_numpy()[picked] if len(calls) else np.zeros(len(picked), np.int64)
-    joined = ops.with_columns(
-        launch_tid=pl.Series(tids, dtype=pl.Int64),
-        launch_ns=pl.Series(starts, dtype=pl.Int64),
-        call=pl.Series(call_of_op, dtype=pl.Int64),
-    ).with_columns(
-        pl.when(pl.col("call") >= 0).then(pl.col("launch_tid", "launch_ns")),
+    picked = np.where(call_of_op >= 0, call_of_op, 0)
+    empty = np.zeros(len(picked), np.int64)
+    tids = calls["global_tid"].to_numpy()[picked] if len(calls) else empty
+    starts = calls["start_ns"].to_numpy()[picked] if len(calls) else empty
+    found = pl.Series(call_of_op >= 0)
+    ops = ops.with_columns(
+        launch_tid=pl.when(found).then(pl.Series(tids, dtype=pl.Int64)),
+        launch_ns=pl.when(found).then(pl.Series(starts, dtype=pl.Int64)),
     )
-    joined = joined.sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
-    return joined.with_columns(
-        is_kernel=pl.col("kind") == "kernel",
-        first_of_launch=(pl.col("call") != pl.col("call").shift(1)).fill_null(True),
-    ).drop("call")
+    order = ops.select(
+        pl.arg_sort_by("launch_tid", "launch_ns", "op_id", nulls_last=True)
+    ).to_series()
+    call = pl.Series(call_of_op).gather(order)
+    launched = (
+        ops.select(LAUNCH_COLUMNS[1:-2])
+        .gather(order)
+        .with_columns(
+            row=order.cast(pl.Int64),
+            is_kernel=pl.col("kind") == "kernel",
+            first_of_launch=(call != call.shift(1)).fill_null(True),
+        )
+    )
+    return ops, launched.select(LAUNCH_COLUMNS)
 
 
 def _lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
@@ -482,7 +510,7 @@ def _exclusive_ranges(ranges: pl.DataFrame, launched: pl.DataFrame) -> pl.DataFr
     innermost = _innermost_containing(chain, queries, "global_tid")
     return launched.with_columns(
         range_id=innermost,
-        attributed_by=pl.when(innermost.is_not_null()).then(pl.lit("launch_thread")),
+        attributed_by=pl.when(innermost.is_not_null()).then(pl.lit("launch_thread", ATTRIBUTED_BY)),
     )
 
 
@@ -520,9 +548,14 @@ def _ancestor_members(ranges: pl.DataFrame, lean: pl.DataFrame, guessed: pl.Seri
     return pl.concat(out)
 
 
-def _op_table(excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
-    """Per-op result with the reason for every unattributed op."""
-    return excl.with_columns(has_own_range=has_own_range).select(
+def _op_table(ops: pl.DataFrame, excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
+    """Per-op result, in the ops' own order, with the reason for every unattributed op.
+    `excl` and `has_own_range` are in launch order; `excl.row` maps them back."""
+    inverse = np.empty(excl.height, dtype=np.int64)
+    inverse[excl["row"].to_numpy()] = np.arange(excl.height)
+    back = pl.Series(inverse)
+    assigned = excl.select("range_id", "attributed_by").with_columns(has_own_range=has_own_range)
+    return pl.concat([ops, assigned.gather(back)], how="horizontal").select(
         "op_id",
         "kind",
         "device_id",
@@ -532,18 +565,18 @@ def _op_table(excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
         "name_id",
         "correlation_id",
         "graph_node_id",
-        pid=pl.col("global_pid") // (1 << 24) % (1 << 24),
-        tid=pl.col("launch_tid") % (1 << 24),
+        pid=(pl.col("global_pid") // (1 << 24) % (1 << 24)).cast(pl.Int32),
+        tid=(pl.col("launch_tid") % (1 << 24)).cast(pl.Int32),
         launch_ns="launch_ns",
         range_id="range_id",
         attributed_by="attributed_by",
         unattributed_reason=pl.when(pl.col("range_id").is_not_null())
         .then(None)
         .when(pl.col("launch_ns").is_null())
-        .then(pl.lit("no_launch_call"))
+        .then(pl.lit("no_launch_call", UNATTRIBUTED_REASON))
         .when(~pl.col("has_own_range"))
-        .then(pl.lit("outside_any_range"))
-        .otherwise(pl.lit("outside_selected_ranges")),
+        .then(pl.lit("outside_any_range", UNATTRIBUTED_REASON))
+        .otherwise(pl.lit("outside_selected_ranges", UNATTRIBUTED_REASON)),
     )
 
 

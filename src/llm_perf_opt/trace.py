@@ -8,6 +8,7 @@ empty frames. Names are resolved from `StringIds` here, at the edge; kernel name
 
 from __future__ import annotations
 
+import ctypes
 import gzip
 import lzma
 import shutil
@@ -35,6 +36,8 @@ from llm_perf_opt.errors import (
 
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 # Compressed exports are read directly (decompressed to a private temporary file first).
+# Rows per Arrow record batch read from SQLite.
+BATCH_ROWS: Final = str(1 << 18)
 COMPRESSED_MAGIC: Final = {b"\xfd7zXZ\x00": "xz", b"\x1f\x8b": "gzip"}
 
 # ENUM_NSYS_EVENT_TYPE ids (stable across versions).
@@ -444,23 +447,41 @@ class Trace:
             raise CorruptTraceError(_corrupt_message(self.path, exc)) from exc
 
     def _frame(self, query: str, schema: dict[str, Any]) -> pl.DataFrame:
-        """Run `query` into a frame of `schema` through Arrow (ADBC), not Python rows."""
+        """Run `query` into a frame of `schema` through Arrow (ADBC), not Python rows.
+
+        Record batches are converted and narrowed one at a time, so the driver's raw buffers for
+        millions of rows never all exist beside the narrowed copy."""
         import adbc_driver_sqlite.dbapi as adbc
 
+        parts = []
         try:
             db = self.db_path or self.path
             with adbc.connect(_readonly_uri(db)) as conn, conn.cursor() as cur:
+                cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": BATCH_ROWS})
                 cur.execute(query)
-                table = cur.fetch_arrow_table()
+                for batch in cur.fetch_record_batch():
+                    part = pl.from_arrow(batch)
+                    assert isinstance(part, pl.DataFrame)
+                    parts.append(part.cast(schema))  # type: ignore[arg-type]
         except Exception as exc:  # ADBC raises its own DB-API error classes
             if "malformed" in str(exc) or "not a database" in str(exc):
                 raise CorruptTraceError(_corrupt_message(self.path, exc)) from exc
             raise
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        if frame.is_empty():
+        finally:
+            _release_freed_memory()
+        if not parts:
             return pl.DataFrame(schema=schema)
-        return frame.cast(schema)  # type: ignore[arg-type]
+        return pl.concat(parts, rechunk=False)
+
+
+def _release_freed_memory() -> None:
+    """Give memory freed by the SQLite driver (C malloc) back to the system: polars allocates
+    with its own allocator and cannot reuse it, so without this the peak only grows."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to trim
+        return
+    libc.malloc_trim(0)
 
 
 def _readonly_uri(path: Path) -> str:
