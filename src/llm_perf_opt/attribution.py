@@ -325,7 +325,7 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame
     when ids are too sparse for a table). Where one id has several calls, the first counts."""
     op_pid = ops["global_pid"].to_numpy()
     op_corr = ops["correlation_id"].fill_null(-1).to_numpy()
-    call_pid = calls["global_pid"].to_numpy()
+    call_pid = (calls["global_tid"].to_numpy() >> 24) << 24  # globalPid of the calling thread
     call_corr = calls["correlation_id"].fill_null(-1).to_numpy()
     call_of_op = np.full(len(op_pid), -1, dtype=np.int64)
     for pid in pl.Series(op_pid).unique().to_list():
@@ -564,7 +564,7 @@ def _op_table(ops: pl.DataFrame, excl: pl.DataFrame, has_own_range: pl.Series) -
         "end_ns",
         "name_id",
         "correlation_id",
-        "graph_node_id",
+        *(c for c in ("graph_node_id", "bytes") if c in ops.columns),
         pid=(pl.col("global_pid") // (1 << 24) % (1 << 24)).cast(pl.Int32),
         tid=(pl.col("launch_tid") % (1 << 24)).cast(pl.Int32),
         launch_ns="launch_ns",

@@ -59,6 +59,8 @@ RUNTIME_TABLE: Final = "CUPTI_ACTIVITY_KIND_RUNTIME"
 NVTX_TABLE: Final = "NVTX_EVENTS"
 
 OP_KINDS: Final = pl.Enum(list(GPU_OP_TABLES))
+# Columns of gpu_ops() that attribution does not need (mostly null, 8 bytes a row each).
+LEAN_DROPS: Final = ("graph_node_id", "bytes")
 # Narrow types where the values allow: traces hold millions of ops, and memory is the limit.
 GPU_OPS_SCHEMA: Final = pl.Schema(
     {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
@@ -311,12 +313,14 @@ class Trace:
         )
 
     # -- GPU work and CUDA API --------------------------------------------------------------------
-    def gpu_ops(self) -> pl.DataFrame:
-        """Kernels, memcpys and memsets of every device, in one frame (`GPU_OPS_SCHEMA`).
+    def gpu_ops(self, *, lean: bool = False) -> pl.DataFrame:
+        """Kernels, memcpys and memsets of every device, in one frame (`GPU_OPS_SCHEMA`;
+        `lean` leaves out `graph_node_id` and `bytes`, which attribution does not need).
 
         `op_id` is unique across the three kinds (kind index · 2⁴⁰ + rowid). Raises
         NoGpuOpsError when the export has no GPU-op table at all.
         """
+        wanted = [c for c in GPU_OPS_SCHEMA.names() if not lean or c not in LEAN_DROPS]
         parts = []
         for kind_index, (kind, table) in enumerate(GPU_OP_TABLES.items()):
             cols = set(self.columns(table))
@@ -337,20 +341,24 @@ class Trace:
                 f"CAST({name} AS INTEGER) AS name_id, CAST({graph} AS INTEGER) AS graph_node_id, "
                 f"CAST({nbytes} AS INTEGER) AS bytes FROM {table}"
             )
-            schema = {k: v for k, v in GPU_OPS_SCHEMA.items() if k != "kind"}
-            parts.append(self._frame(query, schema).with_columns(kind=pl.lit(kind)))
+            if lean:
+                query = query.replace(f", CAST({graph} AS INTEGER) AS graph_node_id", "")
+                query = query.replace(f", CAST({nbytes} AS INTEGER) AS bytes", "")
+            schema = {k: v for k, v in GPU_OPS_SCHEMA.items() if k != "kind" and k in wanted}
+            frame = self._frame(query, schema)
+            parts.append(frame.with_columns(kind=pl.lit(kind, OP_KINDS)))
         if not parts:
             raise NoGpuOpsError(
                 f"{self.path}: the export has no kernels, memcpys or memsets. Capture with "
                 "`nsys profile -t cuda,nvtx ...` (for CUDA graphs add `--cuda-graph-trace=node`)."
             )
-        ops = pl.concat(parts, how="vertical_relaxed").select(GPU_OPS_SCHEMA.names())
-        return ops.cast(dict(GPU_OPS_SCHEMA))  # type: ignore[arg-type]
+        ops = pl.concat(parts, how="vertical", rechunk=False).select(wanted)
+        return ops.cast({k: GPU_OPS_SCHEMA[k] for k in wanted})
 
     def launch_calls(self) -> pl.DataFrame:
-        """What attribution needs of the CUDA API calls, and no more: `global_tid, global_pid,
+        """What attribution needs of the CUDA API calls, and no more: `global_tid,
         correlation_id, start_ns` (empty when the export has no CUDA API table)."""
-        return self.api_calls(with_end=False)
+        return self.api_calls(with_end=False).drop("global_pid")
 
     def api_calls(self, *, with_names: bool = False, with_end: bool = True) -> pl.DataFrame:
         """CUDA runtime and driver calls: `global_tid, global_pid, correlation_id, start_ns,
@@ -427,7 +435,7 @@ class Trace:
         self.tables  # noqa: B018 - resolve the shared lookup before the threads start
         pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="trace-read")
         self._prefetched = {
-            "ops": pool.submit(self.gpu_ops),
+            "ops": pool.submit(self.gpu_ops, lean=True),
             "calls": pool.submit(self.launch_calls),
         }
         pool.shutdown(wait=False)
