@@ -327,11 +327,16 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame
     op_corr = ops["correlation_id"].fill_null(-1).to_numpy()
     call_pid = (calls["global_tid"].to_numpy() >> 24) << 24  # globalPid of the calling thread
     call_corr = calls["correlation_id"].fill_null(-1).to_numpy()
-    call_of_op = np.full(len(op_pid), -1, dtype=np.int64)
-    for pid in pl.Series(op_pid).unique().to_list():
-        op_rows = np.flatnonzero(op_pid == pid)
-        call_rows = np.flatnonzero(call_pid == pid)
-        call_of_op[op_rows] = _lookup(call_corr[call_rows], call_rows, op_corr[op_rows])
+    pids = pl.Series(op_pid).unique().to_list()
+    if len(pids) == 1 and bool(np.all(call_pid == pids[0])):  # one process: no per-process copies
+        call_of_op = _lookup(call_corr, None, op_corr)
+    else:
+        call_of_op = np.full(len(op_pid), -1, dtype=np.int64)
+        for pid in pids:
+            op_rows = np.flatnonzero(op_pid == pid)
+            call_rows = np.flatnonzero(call_pid == pid)
+            call_of_op[op_rows] = _lookup(call_corr[call_rows], call_rows, op_corr[op_rows])
+    del op_pid, op_corr, call_pid, call_corr
     picked = np.where(call_of_op >= 0, call_of_op, 0)
     empty = np.zeros(len(picked), np.int64)
     tids = calls["global_tid"].to_numpy()[picked] if len(calls) else empty
@@ -357,11 +362,13 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame
     return ops, launched.select(LAUNCH_COLUMNS)
 
 
-def _lookup(keys: np.ndarray, values: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """values[i] for the first i with keys[i] == query, or -1: a direct table for dense
-    non-negative keys, else a sorted search."""
+def _lookup(keys: np.ndarray, values: np.ndarray | None, queries: np.ndarray) -> np.ndarray:
+    """values[i] (i itself when `values` is None) for the first i with keys[i] == query, or -1:
+    a direct table for dense non-negative keys, else a sorted search."""
     if len(keys) == 0:
         return np.full(len(queries), -1, dtype=np.int64)
+    if values is None:
+        values = np.arange(len(keys), dtype=np.int64)
     valid = keys >= 0
     top = int(keys.max())
     if top < 4 * len(keys) + (1 << 20):
