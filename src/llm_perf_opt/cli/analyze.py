@@ -211,7 +211,7 @@ def main(trace: Path, **kw: Any) -> None:
 
     \b
     Example:
-      mfu-analyze traces/dsocr_base_h100.sqlite --ctx-mode auto
+      mfu-analyze traces/dsocr_v1_base.sqlite.xz --ctx-mode auto
       mfu-analyze run.sqlite --format json > mfu.json
       mfu-analyze run.sqlite --markdown report.md --plots figs/
       mfu-analyze probe.sqlite --stage vision=vision --stage prefill=prefill \\
