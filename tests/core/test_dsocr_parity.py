@@ -1,6 +1,7 @@
 """Attribution parity on the real DeepSeek-OCR traces in traces/ (thousands of ranges each).
 
-The traces were made by scripts/make_traces.sh on an H100; NVIDIA's CSVs come from nsys 2025.3 on
+The traces were made by scripts/make_traces.sh on an H100 (the 32-token one as traces/README.md
+says); NVIDIA's CSVs come from nsys 2025.3 on
 that machine, and for v1 base also from nsys stats 2022.4 here (it needs 2.5 minutes per trace, so
 CI does not rerun it: the live oracle runs on the small probes in test_attribution_parity.py).
 """
@@ -24,6 +25,7 @@ ORACLES = [
     ("dsocr_v1_base", "nsys2022_nvtxgpuproj", "nsys2022_nvtxkernsum"),
     ("dsocr_v1_gundam", "nsys2025_nvtx_gpu_proj_trace", "nsys2025_nvtx_kern_sum"),
     ("dsocr2_base", "nsys2025_nvtx_gpu_proj_trace", "nsys2025_nvtx_kern_sum"),
+    ("dsocr_v1_base_t32", "nsys2025_nvtx_gpu_proj_trace", "nsys2025_nvtx_kern_sum"),
 ]
 
 
