@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from llm_perf_opt.errors import SelectionError
-from llm_perf_opt.trace import Trace
+from llm_perf_opt.trace import Trace, pid_of, process_key, tid_of
 
 # What attribution needs of an op, in launch order (`row`: its position in the ops frame).
 LAUNCH_COLUMNS: Final = (
@@ -227,10 +227,6 @@ def attribute_frames(
 def _max_depth(ranges: pl.DataFrame) -> int:
     """Deepest nesting level present (0 for an empty frame)."""
     return int(ranges.select(pl.col("depth").max().fill_null(0)).item())
-
-
-def _kernel_duration() -> pl.Expr:
-    return pl.when(pl.col("is_kernel")).then(pl.col("end_ns") - pl.col("start_ns"))
 
 
 def _with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
@@ -528,7 +524,7 @@ def _other_thread_ranges(
     chain = (
         _selected_chain(ranges)
         .join(ranges.select("range_id", "pid"), on="range_id")
-        .with_columns(global_pid=pl.col("global_tid") // (1 << 24) * (1 << 24))
+        .with_columns(global_pid=process_key(pl.col("global_tid")))
     )
     queries = launched.select(
         q_by=pl.when(~has_own_range).then(pl.col("global_pid")), t="launch_ns"
@@ -572,8 +568,8 @@ def _op_table(ops: pl.DataFrame, excl: pl.DataFrame, has_own_range: pl.Series) -
         "name_id",
         "correlation_id",
         *(c for c in ("graph_node_id", "bytes") if c in ops.columns),
-        pid=(pl.col("global_pid") // (1 << 24) % (1 << 24)).cast(pl.Int32),
-        tid=(pl.col("launch_tid") % (1 << 24)).cast(pl.Int32),
+        pid=pid_of(pl.col("global_pid")).cast(pl.Int32),
+        tid=tid_of(pl.col("launch_tid")).cast(pl.Int32),
         launch_ns="launch_ns",
         range_id="range_id",
         attributed_by="attributed_by",
