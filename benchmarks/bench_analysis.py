@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: import from the repo root and 
     _ROOT = Path(__file__).resolve().parents[1]
     sys.path[:0] = [str(_ROOT), str(_ROOT / "src")]
 
-from benchmarks.gen_trace import generate
+from benchmarks.gen_trace import generate, parse_count
 
 REPO = Path(__file__).resolve().parents[1]
 GET_NSYS = REPO.parent / "shared" / "tools" / "get-nsys-stats.sh"
@@ -222,17 +222,10 @@ def write_json(path: Path, results: dict[str, Result], facts: dict[str, int], tr
     path.write_text(json.dumps({"trace": str(trace), **facts, "rows": rows}, indent=2) + "\n")
 
 
-def _count(text: str) -> int:
-    value = float(text.replace("_", ""))
-    if value != int(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"not a positive whole number: {text}")
-    return int(value)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: generate (or reuse) the trace, time every row, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", type=_count, default=1_000_000, help="e.g. 1e6")
+    parser.add_argument("--kernels", type=parse_count, default=1_000_000, help="e.g. 1e6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", type=Path, help="default /tmp/gen_<kernels>.sqlite (reused)")
     parser.add_argument("--regenerate", action="store_true", help="rewrite an existing --trace")

@@ -1180,7 +1180,7 @@ def generate(path: str | Path, n_kernels: int, seed: int = 0) -> Summary:
     return summary
 
 
-def _count(text: str) -> int:
+def parse_count(text: str) -> int:
     """Parse `1e6`, `1000000` or `1_000_000`."""
     value = float(text.replace("_", ""))
     if value != int(value) or value <= 0:
@@ -1191,7 +1191,7 @@ def _count(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI: generate one trace and print what was written."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", type=_count, required=True, help="kernel rows, e.g. 1e6")
+    parser.add_argument("--kernels", type=parse_count, required=True, help="kernel rows, e.g. 1e6")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .sqlite to write")
     args = parser.parse_args(argv)
