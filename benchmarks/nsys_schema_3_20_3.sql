@@ -1,5 +1,5 @@
 -- Nsight Systems SQLite export schema 3.20.3 (nsys 2025.3.2), copied verbatim from real exports:
--- ../shared/traces/h100_probe_nsys2025.sqlite and, for CUPTI_ACTIVITY_KIND_MEMCPY (absent there),
+-- tests/data/h100_probe_toy/h100_probe_nsys2025.sqlite and, for CUPTI_ACTIVITY_KIND_MEMCPY (absent there),
 -- a capture with the same nsys on the H100 (see README.md). Only tables the generator fills are
 -- created, as in a lazy export. ENUM tables carry the real rows.
 CREATE TABLE StringIds (

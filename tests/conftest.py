@@ -8,8 +8,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
-# CI lays a copy of the team's shared/ folder beside the clone.
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")
@@ -19,11 +17,8 @@ def repo_root() -> Path:
 
 @pytest.fixture(scope="session")
 def probe_trace() -> Path:
-    """NVIDIA's toy H100 trace from shared/ (nsys 2025.3): vision/prefill/decode ranges."""
-    path = SHARED / "traces" / "h100_probe_nsys2025.sqlite"
-    if not path.exists():
-        pytest.fail(f"{path} is missing: the shared/ folder must sit beside the repository")
-    return path
+    """The toy H100 trace of tests/data/h100_probe_toy (nsys 2025.3): vision/prefill/decode."""
+    return DATA / "h100_probe_toy" / "h100_probe_nsys2025.sqlite"
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,9 @@
 """Dense peak FLOP/s and memory bandwidth per GPU, looked up from the name nsys records.
 
-Values are vendor datasheet figures without sparsity (`../shared/reference/gpu-peaks.md`);
-MFU divides by them, so a wrong row silently scales every number: names that could be a
-different product (A10G, L40, H800, V100S, GH200, ...) deliberately match nothing, and the user
-passes `--peak-tflops` instead of getting a guess.
+Values are vendor datasheet figures without sparsity (docs/mfu-math.md); MFU divides by them,
+so a wrong row silently scales every number: names that could be a different product (A10G,
+L40, H800, V100S, GH200, ...) deliberately match nothing, and the user passes `--peak-tflops`
+instead of getting a guess.
 """
 
 from __future__ import annotations

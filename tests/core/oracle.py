@@ -13,7 +13,7 @@ import polars as pl
 
 from llm_perf_opt.attribution import Attribution
 
-GET_NSYS = Path(__file__).resolve().parents[2].parent / "shared" / "tools" / "get-nsys-stats.sh"
+GET_NSYS = Path(__file__).resolve().parents[2] / "scripts" / "get-nsys-stats.sh"
 
 
 def read_csv(csv: Path) -> pl.DataFrame:

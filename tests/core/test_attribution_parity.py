@@ -1,10 +1,10 @@
 """Attribution equals NVIDIA's own projection on real H100 traces, range by range.
 
-Traces: shared/traces (toy stages, CUDA graph), tests/data/h100_probes/probe_threads (CCCL ranges
-nested in ours, a second launching thread, start/end ranges, one ended on another thread, graph
-replay, memcpy/memset) and probe_2proc (two ranks under torchrun: correlation ids repeat across
-processes). Oracles: the CSVs nsys 2025.3 wrote on the GPU machine, the ones nsys stats 2022.4 wrote
-here (committed), and a live run of nsys stats 2022.4 (marked `oracle`).
+Traces: tests/data/h100_probe_toy (toy stages, CUDA graph), tests/data/h100_probes/probe_threads
+(CCCL ranges nested in ours, a second launching thread, start/end ranges, one ended on another
+thread, graph replay, memcpy/memset) and probe_2proc (two ranks under torchrun: correlation ids
+repeat across processes). Oracles: the CSVs nsys 2025.3 wrote on the GPU machine, the ones nsys
+stats 2022.4 wrote here (committed), and a live run of nsys stats 2022.4 (marked `oracle`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from llm_perf_opt.trace import open_trace
 from .oracle import kernel_sums, outside_kernel_time, projection_mismatches, run_nsys_stats
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "h100_probes"
-SHARED = Path(__file__).resolve().parents[3] / "shared" / "traces"
+TOY = Path(__file__).resolve().parents[1] / "data" / "h100_probe_toy"
 
 CASES = [
-    (SHARED / "h100_probe_nsys2025.sqlite", SHARED / "h100_probe_nsys2025_nvtxgpuproj.csv",
-     SHARED / "h100_probe_nsys2025_nvtxkernsum.csv"),
+    (TOY / "h100_probe_nsys2025.sqlite", TOY / "h100_probe_nsys2025_nvtxgpuproj.csv",
+     TOY / "h100_probe_nsys2025_nvtxkernsum.csv"),
     *[
         (DATA / f"{name}.sqlite", DATA / f"{name}_{proj}", DATA / f"{name}_{kern}")
         for name in ("probe_threads", "probe_2proc")

@@ -29,7 +29,7 @@ def test_to_dict_round_trips_exactly_through_json(family: str, tiny: bool) -> No
 
 
 def test_v1_numbers_match_the_reference_architecture() -> None:
-    # /work/shared/reference/dsocr-architecture.md
+    # the published architecture numbers (docs/flops.md)
     config = builtin_config("deepseek-ocr")
     sam, clip, text = config.sam, config.clip, config.text
     assert clip is not None

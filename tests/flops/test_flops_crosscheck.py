@@ -11,6 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
+# The runner extra (`pip install -e ".[runner]"`) brings these; without it the module is skipped.
+pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
+pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
+pytest.importorskip("fvcore", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 
 from llm_perf_opt.flops import analytic as A

@@ -7,6 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# The runner extra (`pip install -e ".[runner]"`) brings these; without it the module is skipped.
+pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
+pytest.importorskip("fvcore", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 from torch import nn
 

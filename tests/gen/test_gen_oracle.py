@@ -16,7 +16,7 @@ from llm_perf_opt.trace import open_trace
 
 from .conftest import REPO, Tiny
 
-GET_NSYS = REPO.parent / "shared" / "tools" / "get-nsys-stats.sh"
+GET_NSYS = REPO / "scripts" / "get-nsys-stats.sh"
 
 pytestmark = pytest.mark.oracle
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# The runner extra (`pip install -e ".[runner]"`) brings these; without it the module is skipped.
+pytest.importorskip("PIL", reason="needs the runner extra: pip install -e '.[runner]'")
 from PIL import Image
 
 from llm_perf_opt.errors import ConfigError

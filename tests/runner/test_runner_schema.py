@@ -11,6 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+# The runner extra (`pip install -e ".[runner]"`) brings these; without it the module is skipped.
+pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
+pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 
 from llm_perf_opt.meta import parse_meta

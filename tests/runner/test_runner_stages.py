@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
+# The runner extra (`pip install -e ".[runner]"`) brings these; without it the module is skipped.
+pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
+pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 
 from llm_perf_opt.runner.model import BuiltModel, build_model

@@ -3,7 +3,7 @@
 One description feeds both the analytic FLOP model (`llm_perf_opt.flops.analytic`) and the runner
 that builds the torch modules with random weights, so the numbers we count and the model we time
 cannot drift apart. Sources: the DeepSeek-OCR checkpoint's `config.json` / `deepencoder.py` (v1) and
-transformers' `DeepseekOcr2Config` (OCR-2); see `/work/shared/reference/dsocr-architecture.md`.
+transformers' `DeepseekOcr2Config` (OCR-2); the architecture numbers are in docs/flops.md.
 
 Structure of one image view (square, `side_px` pixels):
 
