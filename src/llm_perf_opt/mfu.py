@@ -1059,26 +1059,31 @@ def _report(
         kernel_names=trace.kernel_names(),
         flops_source=flops_source,
         trace_path=str(path),
-        static_compute=_static_compute(options),
+        static_compute=_static_compute(options, path),
         traffic=flops_model,
     )
     return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
 
 
-def _static_compute(options: AnalyzeOptions) -> Mapping[str, Any] | None:
-    """`--static-compute FILE`, else the report beside the `--meta` file: `NAME.static_compute.json`
-    next to `NAME.run.meta.json` (the layout of traces/meta/), else `static_compute.json` (the
-    runner's `--out` folder)."""
+def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:
+    """`--static-compute FILE`, else the first report found of: beside the `--meta` file,
+    `NAME.static_compute.json` next to `NAME.run.meta.json` (the layout of traces/meta/), then
+    `static_compute.json` (the runner's `--out` folder); beside the trace `T.sqlite[.xz]`,
+    `meta/T.static_compute.json` (the repository's traces/) or `T.static_compute.json`."""
     if options.static_compute_path is not None:
         return load_static_compute(options.static_compute_path)
+    candidates = []
     if options.meta_path is not None:
         meta = Path(options.meta_path)
         stem = meta.name.removesuffix(".json").removesuffix(".run.meta")
-        for beside in (meta.with_name(f"{stem}.static_compute.json"),
-                       meta.with_name("static_compute.json")):  # fmt: skip
-            if beside.is_file():
-                return load_static_compute(beside)
-    return None
+        candidates += [meta.with_name(f"{stem}.static_compute.json"),
+                       meta.with_name("static_compute.json")]  # fmt: skip
+    trace = Path(trace_path)
+    name = trace.name.removesuffix(".xz").removesuffix(".gz").removesuffix(".sqlite")
+    candidates += [trace.parent / "meta" / f"{name}.static_compute.json",
+                   trace.with_name(f"{name}.static_compute.json")]  # fmt: skip
+    found = next((c for c in candidates if c.is_file()), None)
+    return None if found is None else load_static_compute(found)
 
 
 def _dtype(flag: str | None, meta: RunMeta | None) -> Dtype:

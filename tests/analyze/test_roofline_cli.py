@@ -4,6 +4,9 @@ the committed H100 v1 base trace with a hand-calibrated copy of its run metadata
 from __future__ import annotations
 
 import json
+import lzma
+import shutil
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -201,3 +204,41 @@ def test_roofline_png(meta_dir: Path, tmp_path: Path) -> None:
     for color in ((0x2A, 0x7A, 0xB9), (0xE0, 0x8A, 0x2C), (0x3A, 0x9A, 0x4A)):  # one per stage
         hit = np.all(np.abs(rgb - np.array(color) / 255) < 0.02, axis=-1)
         assert hit.sum() > 20, color
+
+
+@pytest.fixture(scope="module")
+def calibrated_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the trace whose own metadata mark carries the calibration, laid out as the
+    repository's traces/ with its static compute report in meta/."""
+    folder = tmp_path_factory.mktemp("traces")
+    path = folder / "v1cal.sqlite"
+    with lzma.open(TRACE) as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with sqlite3.connect(path) as con:
+        (sid, text), *others = con.execute(
+            "SELECT id, value FROM StringIds WHERE value LIKE '%\"llm_perf_opt.run_meta/1\"%'"
+        ).fetchall()
+        assert not others
+        meta = json.loads(text)
+        meta["calibration"] = CALIBRATION
+        con.execute("UPDATE StringIds SET value = ? WHERE id = ?", (json.dumps(meta), sid))
+    con.close()
+    (folder / "meta").mkdir()
+    (folder / "meta" / "v1cal.static_compute.json").write_text(json.dumps(STATIC))
+    return path
+
+
+def test_calibration_in_the_trace_mark_and_static_compute_beside_the_trace(
+    calibrated_trace: Path,
+) -> None:
+    args = [str(calibrated_trace), "--peak-source", "measured", "--format", "json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["meta_source"] == "trace mark" and doc["peak_selected"] == "measured"
+    assert (doc["peak_flops"], doc["peak_flops_table"]) == (MEASURED[0], H100_SXM[0])
+    assert doc["static_compute"] == STATIC
+    vision = doc["stages"]["vision"]
+    assert vision["mfu_trace"] == pytest.approx(
+        vision["flops"] / (MEASURED[0] * vision["gpu_busy_s"])
+    )

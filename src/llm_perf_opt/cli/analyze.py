@@ -176,7 +176,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option(
     "--static-compute",
     type=_FILE,
-    help="The runner's static_compute.json, shown in --markdown. [default: the one beside --meta]",
+    help="The runner's static_compute.json, shown in the reports. [default: NAME.static_compute."
+    "json or static_compute.json beside --meta, else meta/T.static_compute.json beside the trace]",
 )
 @click.option("--include-warmup", is_flag=True, help="Count ranges under warmup ranges too.")
 @click.option(
