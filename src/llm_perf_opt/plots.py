@@ -125,7 +125,7 @@ def plot_roofline(report: MfuReport, path: Path) -> Path:
     for name, (flops, bandwidth) in ceilings.items():
         style, label = ROOF_STYLES.get(name, (":", name))
         ridge = flops / bandwidth
-        roof = f"{label}: {flops / 1e12:g} TFLOP/s, {bandwidth / 1e12:.3g} TB/s"
+        roof = f"{label}: {flops / 1e12:.4g} TFLOP/s, {bandwidth / 1e12:.3g} TB/s"
         ax.plot([x_lo, ridge, x_hi], [x_lo * bandwidth / 1e12, flops / 1e12, flops / 1e12],
                 color="black", ls=style, lw=1.2, label=roof)  # fmt: skip
     for name, p in points.items():

@@ -390,16 +390,37 @@ def _denominator_lines(report: MfuReport) -> list[str]:
     if src is None or cal is None:
         return []
     best = cal.best_gemm
-    shapes = ", ".join(f"{g.label} {g.m}×{g.n}×{g.k} {g.tflops:g}" for g in cal.gemms)
-    repeats = min(g.repeats for g in cal.gemms)
     tb = src.table_bandwidth_Bps
+    clocks = cal.clocks
+    at = (
+        f"; clocks SM {_num(clocks.sm_mhz, '.0f')} MHz, memory {_num(clocks.mem_mhz, '.0f')} MHz "
+        f"({clocks.source or '?'})"
+        if clocks
+        else ""
+    )
     return [
         f"Denominators: datasheet {_tflops(src.table_flops)} TFLOP/s, "
-        f"{'–' if tb is None else f'{tb / 1e12:g}'} TB/s; measured {cal.peak_tflops:g} TFLOP/s "
-        f"({best.label}), {cal.peak_bandwidth_TBps:g} TB/s (copy of "
-        f"{cal.copy.bytes_moved / 1e9:.3g} GB read + written); --peak-source {src.selected} in use",
-        f"Calibration GEMMs (m×n×k TFLOP/s, {cal.dtype}, median of ≥ {repeats}): {shapes}",
+        f"{'–' if tb is None else f'{tb / 1e12:.3g}'} TB/s; measured {cal.peak_tflops:.4g} TFLOP/s "
+        f"({best.label} {best.m}×{best.n}×{best.k} {cal.dtype}), "
+        f"{cal.peak_bandwidth_TBps:.3g} TB/s (copy, {cal.copy.bytes_moved / 1e9:.3g} GB read + "
+        f"written){at}; "
+        f"--peak-source {src.selected} in use",
     ]
+
+
+_CALIBRATION_HEAD: Final = ("GEMM", "stage", "m×n×k", "median µs", "TFLOP/s", "repeats")
+
+
+def _calibration_rows(report: MfuReport) -> list[tuple[str, ...]]:
+    """Every GEMM the calibration timed (the measured peak is the fastest)."""
+    src = report.peak_sources
+    if src is None or src.calibration is None:
+        return []
+    return [
+        (g.label, g.stage or "–", f"{g.m}×{g.n}×{g.k}", f"{g.median_s * 1e6:,.1f}",
+         f"{g.tflops:,.4g}", str(g.repeats))
+        for g in src.calibration.gemms
+    ]  # fmt: skip
 
 
 _PEAK_HEAD: Final = ("stage", "MFU trace datasheet", "MFU trace measured", "MFU wall datasheet",
@@ -627,6 +648,9 @@ def render_table(report: MfuReport, console: Console) -> None:
     peak_rows = _peak_rows(report)
     if peak_rows:
         parts.append(_rich_table("MFU and MBU by denominator", _PEAK_HEAD, peak_rows))
+        parts.append(
+            _rich_table("Calibration GEMMs", _CALIBRATION_HEAD, _calibration_rows(report), 2)
+        )
     roofline = _roofline_rows(report)
     if roofline:
         parts.append(_rich_table(_roofline_title(report), _ROOFLINE_HEAD, roofline))
@@ -705,6 +729,8 @@ def to_markdown(report: MfuReport) -> str:
     peak_rows = _peak_rows(report)
     if peak_rows:
         out += ["## MFU and MBU by denominator", "", _md_table(_PEAK_HEAD, peak_rows), ""]
+        gemms = _md_table(_CALIBRATION_HEAD, _calibration_rows(report))
+        out += ["## Calibration GEMMs", "", gemms, ""]
     roofline = _roofline_rows(report)
     if roofline:
         out += [f"## {_roofline_title(report)}", "", _md_table(_ROOFLINE_HEAD, roofline), ""]
