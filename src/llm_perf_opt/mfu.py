@@ -1069,7 +1069,8 @@ def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[
     """`--static-compute FILE`, else the first report found of: beside the `--meta` file,
     `NAME.static_compute.json` next to `NAME.run.meta.json` (the layout of traces/meta/), then
     `static_compute.json` (the runner's `--out` folder); beside the trace `T.sqlite[.xz]`,
-    `meta/T.static_compute.json` (the repository's traces/) or `T.static_compute.json`."""
+    `meta/T.static_compute.json` (the repository's traces/), `T.static_compute.json` or
+    `static_compute.json`."""
     if options.static_compute_path is not None:
         return load_static_compute(options.static_compute_path)
     candidates = []
@@ -1081,7 +1082,8 @@ def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[
     trace = Path(trace_path)
     name = trace.name.removesuffix(".xz").removesuffix(".gz").removesuffix(".sqlite")
     candidates += [trace.parent / "meta" / f"{name}.static_compute.json",
-                   trace.with_name(f"{name}.static_compute.json")]  # fmt: skip
+                   trace.with_name(f"{name}.static_compute.json"),
+                   trace.with_name("static_compute.json")]  # fmt: skip
     found = next((c for c in candidates if c.is_file()), None)
     return None if found is None else load_static_compute(found)
 
