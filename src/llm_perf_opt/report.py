@@ -636,7 +636,8 @@ def _rich_table(
 
 
 def render_table(report: MfuReport, console: Console) -> None:
-    """Print the report for a person: header, stages, instances, decode, context, kernels.
+    """Print the report for a person: header, stages, instances, decode, context, both
+    denominators (calibrated runs), roofline, kernels, static compute.
 
     Columns do not wrap; give a non-terminal console a width (the CLI uses 160)."""
     parts: list[Any] = [Text("\n".join(_header_lines(report)))]
@@ -712,8 +713,9 @@ def _static_table(static: Mapping[str, Any]) -> str:
 
 
 def to_markdown(report: MfuReport) -> str:
-    """A Markdown report: MFU per stage, instances, decode MBU, context lengths, top kernels,
-    the static compute table when the run metadata carries one, and warnings."""
+    """A Markdown report: MFU per stage, instances, decode MBU, context lengths, MFU/MBU by
+    denominator and the calibration GEMMs (calibrated runs), the roofline, top kernels, the
+    static compute table when one was found, and warnings."""
     out = ["# MFU report", "", *(f"- {line}" for line in _header_lines(report)), ""]
     out += ["## MFU per stage", "", _md_table(_STAGE_HEAD, _stage_rows(report)), ""]
     out += [
