@@ -21,6 +21,7 @@ from typing import Any, Final, Protocol
 
 import polars as pl
 
+from llm_perf_opt.calibration import calibration_of
 from llm_perf_opt.errors import (
     ConfigError,
     LlmPerfOptError,
@@ -28,6 +29,7 @@ from llm_perf_opt.errors import (
     SelectionError,
 )
 from llm_perf_opt.flops import analytic
+from llm_perf_opt.flops import traffic as traffic_model
 from llm_perf_opt.flops.configs import (
     ModelConfig,
     builtin_config,
@@ -41,7 +43,8 @@ from llm_perf_opt.meta import (
     load_static_compute,
     meta_from_marks,
 )
-from llm_perf_opt.peaks import TORCH_DTYPE_TO_PEAK, Dtype, PeakChoice, choose_peak
+from llm_perf_opt.peak_sources import PeakSources, resolve_peaks
+from llm_perf_opt.peaks import TORCH_DTYPE_TO_PEAK, Dtype, PeakChoice
 
 STAGES: Final = ("vision", "prefill", "decode")
 # Range roles a user may rename with `--stage ROLE=NAME[@DOMAIN]`.
@@ -159,6 +162,22 @@ class FlopsModel(Protocol):
         ...
 
 
+class TrafficModel(Protocol):
+    """Bytes each stage moves (flops/traffic.py), the roofline's denominator; None: unknown."""
+
+    def vision_bytes_moved(self, mode: str, crop_grid: tuple[int, int] | None) -> float | None:
+        """Bytes the vision stage of one image moves."""
+        ...
+
+    def prefill_bytes_moved(self, prefill_len: int) -> float | None:
+        """Bytes the prefill forward over `prefill_len` positions moves."""
+        ...
+
+    def decode_bytes_moved(self, ctx_lens: Sequence[int]) -> float | None:
+        """Bytes decode steps attending to `ctx_lens` positions each move."""
+        ...
+
+
 # --- results --------------------------------------------------------------------------------------
 
 
@@ -186,6 +205,7 @@ class InstanceResult:
     decode_bytes: float | None = None
     mbu_trace: float | None = None
     mbu_wall: float | None = None
+    bytes_moved: float | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +248,7 @@ class StageResult:
     bytes_per_step: float | None = None
     mbu_trace: float | None = None
     mbu_wall: float | None = None
+    bytes_moved: float | None = None
 
 
 @dataclass(frozen=True)
@@ -294,6 +315,7 @@ class MfuReport:
     include_warmup: bool
     warnings: tuple[str, ...] = ()
     static_compute: Mapping[str, Any] | None = None
+    peak_sources: PeakSources | None = None
 
 
 # --- pure core ------------------------------------------------------------------------------------
@@ -580,6 +602,7 @@ def compute_mfu(
     flops_source: str = "analytic",
     trace_path: str | None = None,
     static_compute: Mapping[str, Any] | None = None,
+    traffic: TrafficModel | None = None,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -602,6 +625,7 @@ def compute_mfu(
         flops_source: shown in reports (which config the FLOPs came from).
         trace_path: shown in reports.
         static_compute: the runner's `static_compute.json`, passed through to the reports.
+        traffic: bytes moved per stage for the roofline (None: not computed).
 
     Raises:
         SelectionError: a stage range is absent (the message lists the names present).
@@ -633,6 +657,7 @@ def compute_mfu(
         for stage, row in inst.members.items():
             if stage != "decode":
                 work = _Work(_prefill_or_vision_flops(stage, fact, flops_model))
+                work = replace(work, bytes_moved=_stage_bytes(stage, fact, traffic))
             else:
                 steps = _decode_step_rows(ranges, refs["decode_step"], row)
                 c = _decode_ctx(pos, inst, fact, steps, inputs, ctx, flops_model.window, warnings)
@@ -642,6 +667,7 @@ def compute_mfu(
                     flops_model.decode_flops(lens) if lens else 0.0,
                     flops_model.decode_bytes(lens) if lens else 0.0,
                     len(lens),
+                    traffic.decode_bytes_moved(lens) if traffic and lens else None,
                 )
                 steps_out.extend(_steps(pos, steps, lens, fact.step_wall_s))
             res = _instance_result(stage, pos, inst, fact, row, work, n_kernels, peak)
@@ -706,6 +732,7 @@ class _Work:
     flops: float
     decode_bytes: float | None = None
     decode_steps: int | None = None
+    bytes_moved: float | None = None
 
 
 def _prefill_or_vision_flops(stage: str, fact: _Facts, flops_model: FlopsModel) -> float:
@@ -717,6 +744,15 @@ def _prefill_or_vision_flops(stage: str, fact: _Facts, flops_model: FlopsModel) 
             "pass --prefill-len N"
         )
     return flops_model.prefill_flops(fact.prefill_len)
+
+
+def _stage_bytes(stage: str, fact: _Facts, traffic: TrafficModel | None) -> float | None:
+    """Bytes a vision or prefill instance moves (counted after its FLOPs: Lp is known)."""
+    if traffic is None:
+        return None
+    if stage == "vision":
+        return traffic.vision_bytes_moved(fact.mode, fact.crop_grid)
+    return traffic.prefill_bytes_moved(fact.prefill_len) if fact.prefill_len else None
 
 
 def _instance_result(
@@ -756,6 +792,7 @@ def _instance_result(
         decode_bytes=work.decode_bytes,
         mbu_trace=_ratio(work.decode_bytes or 0.0, bw * busy * 1e-9) if bw else None,
         mbu_wall=_ratio(work.decode_bytes or 0.0, bw * wall_ns * 1e-9) if bw else None,
+        bytes_moved=work.bytes_moved,
     )
 
 
@@ -815,6 +852,7 @@ def _aggregate(
     mean_kernel = _ratio(kernel_sum, n_kernels)
     idle = _idle(busy, wall)
     mfu_trace = _ratio(flops, peak.peak_flops * busy * 1e-9)
+    moved = [r.bytes_moved for r in rows if r.bytes_moved is not None]
     result = StageResult(
         stage=stage,
         range=ref,
@@ -833,6 +871,7 @@ def _aggregate(
         verdict=_verdict(idle, mean_kernel, mfu_trace, None),
         instances=tuple(rows),
         top_kernels=_top_kernels(ops, [r.range_id for r in rows], kernel_names, top_k),
+        bytes_moved=sum(moved) if len(moved) == len(rows) else None,
     )
     if stage != "decode":
         return result
@@ -888,6 +927,7 @@ class AnalyzeOptions:
     crop_grid: tuple[int, int] | None = None
     meta_path: str | None = None
     static_compute_path: str | None = None
+    peak_source: str | float = "table"
     include_warmup: bool = False
     top_kernels: int = 10
     other_threads: bool = False
@@ -982,9 +1022,16 @@ def _report(
             f"--ctx-len is used only with --ctx-mode fixed; ignored in {options.ctx_mode}"
         )
     gpu_name, trace_bw = _gpu(trace.gpu_info(), ops, meta)
-    peak = choose_peak(
-        gpu_name, dtype, peak_tflops=options.peak_tflops, trace_bandwidth_Bps=trace_bw
+    peak, peak_sources, peak_warnings = resolve_peaks(
+        gpu_name,
+        dtype,
+        peak_source=options.peak_source,
+        peak_tflops=options.peak_tflops,
+        trace_bandwidth_Bps=trace_bw,
+        calibration=calibration_of(meta),
     )
+    warnings += peak_warnings
+    flops_model = AnalyticFlops(config, _bytes_dtype(dtype, meta, warnings))
     # --ctx-len alone means fixed; else the run's configured mode, else auto.
     implied = "fixed" if options.ctx_len is not None else None
     ctx = ContextChoice(
@@ -1004,7 +1051,7 @@ def _report(
             mode=options.mode,
             crop_grid=options.crop_grid,
         ),
-        flops_model=AnalyticFlops(config, _bytes_dtype(dtype, meta, warnings)),
+        flops_model=flops_model,
         peak=peak,
         ctx=ctx,
         include_warmup=options.include_warmup,
@@ -1012,20 +1059,33 @@ def _report(
         kernel_names=trace.kernel_names(),
         flops_source=flops_source,
         trace_path=str(path),
-        static_compute=_static_compute(options),
+        static_compute=_static_compute(options, path),
+        traffic=flops_model,
     )
-    return replace(report, warnings=(*warnings, *report.warnings))
+    return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
 
 
-def _static_compute(options: AnalyzeOptions) -> Mapping[str, Any] | None:
-    """`--static-compute FILE`, else a `static_compute.json` beside the `--meta` file."""
+def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:
+    """`--static-compute FILE`, else the first report found of: beside the `--meta` file,
+    `NAME.static_compute.json` next to `NAME.run.meta.json` (the layout of traces/meta/), then
+    `static_compute.json` (the runner's `--out` folder); beside the trace `T.sqlite[.xz]`,
+    `meta/T.static_compute.json` (the repository's traces/), `T.static_compute.json` or
+    `static_compute.json`."""
     if options.static_compute_path is not None:
         return load_static_compute(options.static_compute_path)
+    candidates = []
     if options.meta_path is not None:
-        beside = Path(options.meta_path).parent / "static_compute.json"
-        if beside.is_file():
-            return load_static_compute(beside)
-    return None
+        meta = Path(options.meta_path)
+        stem = meta.name.removesuffix(".json").removesuffix(".run.meta")
+        candidates += [meta.with_name(f"{stem}.static_compute.json"),
+                       meta.with_name("static_compute.json")]  # fmt: skip
+    trace = Path(trace_path)
+    name = trace.name.removesuffix(".xz").removesuffix(".gz").removesuffix(".sqlite")
+    candidates += [trace.parent / "meta" / f"{name}.static_compute.json",
+                   trace.with_name(f"{name}.static_compute.json"),
+                   trace.with_name("static_compute.json")]  # fmt: skip
+    found = next((c for c in candidates if c.is_file()), None)
+    return None if found is None else load_static_compute(found)
 
 
 def _dtype(flag: str | None, meta: RunMeta | None) -> Dtype:
@@ -1100,6 +1160,31 @@ class AnalyticFlops:
         return float(
             sum(
                 n * sum(analytic.decode_bytes_per_step(text, c, dtype).values())
+                for c, n in Counter(ctx_lens).items()
+            )
+        )
+
+    def vision_bytes_moved(self, mode: str, crop_grid: tuple[int, int] | None) -> float | None:
+        if self.bytes_dtype is None:
+            return None
+        layout = analytic.image_layout(self.config, mode, crop_grid)
+        moved = traffic_model.vision_bytes(self.config, layout, self.bytes_dtype)
+        return float(sum(moved.values()))
+
+    def prefill_bytes_moved(self, prefill_len: int) -> float | None:
+        if self.bytes_dtype is None:
+            return None
+        moved = traffic_model.decoder_bytes(self.config.text, prefill_len, prefill_len,
+                                            self.bytes_dtype)  # fmt: skip
+        return float(sum(moved.values()))
+
+    def decode_bytes_moved(self, ctx_lens: Sequence[int]) -> float | None:
+        if self.bytes_dtype is None:
+            return None
+        text, dtype = self.config.text, self.bytes_dtype
+        return float(
+            sum(
+                n * sum(traffic_model.decoder_bytes(text, 1, c, dtype).values())
                 for c, n in Counter(ctx_lens).items()
             )
         )

@@ -15,11 +15,14 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import format_pct
+from llm_perf_opt.roofline import ridge_point, roofline_points, roofs
 
 BUSY_COLOR: Final = "#2a7ab9"
 IDLE_COLOR: Final = "#d9d9d9"
 WALL_COLOR: Final = "#e08a2c"
 DPI: Final = 120
+STAGE_COLORS: Final = {"vision": "#2a7ab9", "prefill": "#e08a2c", "decode": "#3a9a4a"}
+ROOF_STYLES: Final = {"table": ("-", "datasheet"), "measured": ("--", "measured")}
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -106,6 +109,50 @@ def plot_decode_steps(report: MfuReport, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_roofline(report: MfuReport, path: Path) -> Path:
+    """Log-log roofline: compute and bandwidth roofs of the datasheet and measured peaks, one
+    large point per stage (FLOPs over GPU busy time) and a small one per image instance."""
+    points = roofline_points(report)
+    fig = Figure(figsize=(7.5, 4.8))
+    ax = fig.add_subplot()
+    intensities = [p.arithmetic_intensity for p in points.values()]
+    ceilings = dict(roofs(report))
+    if report.peak_sources is not None and report.peak_sources.selected == "value":
+        ceilings["in use"] = (report.peak.peak_flops, report.peak.peak_bandwidth_Bps or 0.0)
+    ridges = [r for f, b in ceilings.values() if (r := ridge_point(f, b)) is not None]
+    span = [*intensities, *ridges] or [1.0]
+    x_lo, x_hi = min(span) / 4, max(span) * 4
+    for name, (flops, bandwidth) in ceilings.items():
+        style, label = ROOF_STYLES.get(name, (":", name))
+        ridge = flops / bandwidth
+        roof = f"{label}: {flops / 1e12:.4g} TFLOP/s, {bandwidth / 1e12:.3g} TB/s"
+        ax.plot([x_lo, ridge, x_hi], [x_lo * bandwidth / 1e12, flops / 1e12, flops / 1e12],
+                color="black", ls=style, lw=1.2, label=roof)  # fmt: skip
+    for name, p in points.items():
+        color = STAGE_COLORS.get(name, "gray")
+        per_instance = [
+            (r.flops / r.bytes_moved, r.flops / r.gpu_busy_ns * 1e-3)
+            for r in report.stages[name].instances
+            if r.bytes_moved and r.gpu_busy_ns > 0
+        ]
+        if per_instance:
+            xs, ys = zip(*per_instance, strict=True)
+            ax.scatter(xs, ys, s=12, color=color, alpha=0.5)
+        if p.achieved_flops:
+            label = f"{name} ({p.bound or '?'}-bound)"
+            ax.scatter([p.arithmetic_intensity], [p.achieved_flops / 1e12], s=60, color=color,
+                       edgecolor="black", zorder=3, label=label)  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(x_lo, x_hi)
+    ax.set_xlabel("arithmetic intensity (FLOP / byte, analytic)")
+    ax.set_ylabel("achieved TFLOP/s (over GPU busy time)")
+    ax.set_title(f"Roofline, {report.gpu_name or 'unknown GPU'} {report.peak.dtype}")
+    ax.grid(True, which="both", lw=0.3, alpha=0.5)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
 def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
     """Write the PNGs into `directory` (created); the decode series only when steps exist."""
     out = Path(directory)
@@ -116,4 +163,6 @@ def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
     ]
     if report.decode_steps:
         paths.append(plot_decode_steps(report, out / "decode_step_time.png"))
+    if roofline_points(report):
+        paths.append(plot_roofline(report, out / "roofline.png"))
     return paths

@@ -7,6 +7,7 @@ person reads (ms, µs) but JSON and CSV keep seconds (`*_s`) so tools can recomp
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -27,6 +28,12 @@ from llm_perf_opt.mfu import (
     InstanceResult,
     MfuReport,
     StageResult,
+)
+from llm_perf_opt.roofline import (
+    RooflinePoint,
+    ridge_point,
+    roofline_points,
+    utilization_by_peak,
 )
 
 JSON_SCHEMA_ID: Final = "llm_perf_opt.mfu_report/1"
@@ -118,7 +125,9 @@ def _instance_json(r: InstanceResult) -> dict[str, Any]:
     return out
 
 
-def _stage_json(s: StageResult) -> dict[str, Any]:
+def _stage_json(
+    s: StageResult, point: RooflinePoint | None, by_peak: dict[str, Any]
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "range": s.range.name,
         "domain": s.range.domain,
@@ -147,6 +156,11 @@ def _stage_json(s: StageResult) -> dict[str, Any]:
             for k in s.top_kernels
         ],
         "instances": [_instance_json(r) for r in s.instances],
+        "bytes_moved": s.bytes_moved,
+        "arithmetic_intensity": point.arithmetic_intensity if point else None,
+        "achieved_flops_per_s": point.achieved_flops if point else None,
+        "bound": point.bound if point else None,
+        "by_peak": by_peak,
     }
     if s.stage == "decode":
         out |= {
@@ -166,6 +180,10 @@ def to_json(report: MfuReport) -> dict[str, Any]:
     """The JSON document `--format json` prints; every key is documented in docs/json-output.md."""
     decode = report.stages.get("decode")
     peak = report.peak
+    points = roofline_points(report)
+    by_peak = utilization_by_peak(report)
+    src = report.peak_sources
+    cal = src.calibration if src else None
     return {
         "schema": JSON_SCHEMA_ID,
         "trace": report.trace_path,
@@ -176,6 +194,13 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         "peak_table_row": peak.table_row,
         "peak_bandwidth_Bps": peak.peak_bandwidth_Bps,
         "bandwidth_source": peak.bandwidth_source,
+        "peak_selected": src.selected if src else None,
+        "peak_flops_table": src.table_flops if src else None,
+        "peak_flops_measured": src.measured_flops if src else None,
+        "peak_bandwidth_table": src.table_bandwidth_Bps if src else None,
+        "peak_bandwidth_measured": src.measured_bandwidth_Bps if src else None,
+        "ridge_flops_per_byte": _ridge(report),
+        "calibration": dataclasses.asdict(cal) if cal else None,
         "ctx_mode": report.ctx.mode,
         "ctx_len": report.ctx.ctx_len,
         "context": {
@@ -190,13 +215,17 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         "include_warmup": report.include_warmup,
         "wall_sources": dict(WALL_SOURCES),
         "verdict_rule": _verdict_rule(),
-        "stages": {name: _stage_json(s) for name, s in report.stages.items()},
+        "stages": {
+            name: _stage_json(s, points.get(name), by_peak[name])
+            for name, s in report.stages.items()
+        },
         "model": {
             "flops": report.model.flops,
             "gpu_busy_s": _s(report.model.gpu_busy_ns),
             "wall_s": _s(report.model.wall_ns),
             "mfu_trace": report.model.mfu_trace,
             "mfu_wall": report.model.mfu_wall,
+            "by_peak": by_peak["model"],
         },
         "mbu": {
             "decode": {
@@ -225,6 +254,11 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         "static_compute": report.static_compute,
         "warnings": list(report.warnings),
     }
+
+
+def _ridge(report: MfuReport) -> float | None:
+    """FLOP per byte at the ridge of the peak in use (the `bound` threshold)."""
+    return ridge_point(report.peak.peak_flops, report.peak.peak_bandwidth_Bps)
 
 
 def _verdict_rule() -> str:
@@ -338,10 +372,101 @@ def _header_lines(report: MfuReport) -> list[str]:
         f"Trace: {report.trace_path}",
         f"GPU: {report.gpu_name or 'unknown'}",
         f"Peak: {p.peak_flops / 1e12:g} TFLOP/s {p.dtype} ({p.peak_source}); bandwidth {bw}",
+        *_denominator_lines(report),
         f"FLOPs: {report.flops_source}; causal attention",
         f"Run metadata: {report.meta_source or 'none (facts from flags)'}; warmup "
         f"{'included' if report.include_warmup else 'excluded'}",
     ]
+
+
+def _tflops(x: float | None) -> str:
+    return "–" if x is None else f"{x / 1e12:,.4g}"
+
+
+def _denominator_lines(report: MfuReport) -> list[str]:
+    """Both denominators of a calibrated run: the datasheet and the measured ceiling."""
+    src = report.peak_sources
+    cal = src.calibration if src else None
+    if src is None or cal is None:
+        return []
+    best = cal.best_gemm
+    tb = src.table_bandwidth_Bps
+    clocks = cal.clocks
+    at = (
+        f"; clocks SM {_num(clocks.sm_mhz, '.0f')} MHz, memory {_num(clocks.mem_mhz, '.0f')} MHz "
+        f"({clocks.source or '?'})"
+        if clocks
+        else ""
+    )
+    return [
+        f"Denominators: datasheet {_tflops(src.table_flops)} TFLOP/s, "
+        f"{'–' if tb is None else f'{tb / 1e12:.3g}'} TB/s; measured {cal.peak_tflops:.4g} TFLOP/s "
+        f"({best.label} {best.m}×{best.n}×{best.k} {cal.dtype}), "
+        f"{cal.peak_bandwidth_TBps:.3g} TB/s (copy, {cal.copy.bytes_moved / 1e9:.3g} GB read + "
+        f"written){at}; "
+        f"--peak-source {src.selected} in use",
+    ]
+
+
+_CALIBRATION_HEAD: Final = ("GEMM", "stage", "m×n×k", "median µs", "TFLOP/s", "repeats")
+
+
+def _calibration_rows(report: MfuReport) -> list[tuple[str, ...]]:
+    """Every GEMM the calibration timed (the measured peak is the fastest)."""
+    src = report.peak_sources
+    if src is None or src.calibration is None:
+        return []
+    return [
+        (g.label, g.stage or "–", f"{g.m}×{g.n}×{g.k}", f"{g.median_s * 1e6:,.1f}",
+         f"{g.tflops:,.4g}", str(g.repeats))
+        for g in src.calibration.gemms
+    ]  # fmt: skip
+
+
+_PEAK_HEAD: Final = ("stage", "MFU trace datasheet", "MFU trace measured", "MFU wall datasheet",
+                     "MFU wall measured", "MBU trace datasheet", "MBU trace measured")  # fmt: skip
+
+
+def _peak_rows(report: MfuReport) -> list[tuple[str, ...]]:
+    """MFU and MBU against both denominators (only for a calibrated run)."""
+    if report.peak_sources is None or report.peak_sources.calibration is None:
+        return []
+    return [
+        (
+            name,
+            *(
+                format_pct(by[peak][key])
+                for key in ("mfu_trace", "mfu_wall", "mbu_trace")
+                for peak in ("table", "measured")
+            ),
+        )
+        for name, by in utilization_by_peak(report).items()
+    ]
+
+
+_ROOFLINE_HEAD: Final = ("stage", "GFLOP", "GB moved", "FLOP/byte", "achieved TFLOP/s",
+                         "roof TFLOP/s", "bound")  # fmt: skip
+
+
+def _roofline_rows(report: MfuReport) -> list[tuple[str, ...]]:
+    return [
+        (
+            p.stage,
+            _gflop(p.flops),
+            f"{p.bytes_moved / 1e9:,.3f}",
+            f"{p.arithmetic_intensity:,.1f}",
+            _tflops(p.achieved_flops),
+            _tflops(p.attainable_flops),
+            p.bound or "–",
+        )
+        for p in roofline_points(report).values()
+    ]
+
+
+def _roofline_title(report: MfuReport) -> str:
+    ridge = _ridge(report)
+    at = "" if ridge is None else f"; ridge {ridge:,.1f} FLOP/byte at the peak in use"
+    return f"Roofline (analytic bytes{at})"
 
 
 _STAGE_HEAD: Final = (
@@ -511,7 +636,8 @@ def _rich_table(
 
 
 def render_table(report: MfuReport, console: Console) -> None:
-    """Print the report for a person: header, stages, instances, decode, context, kernels.
+    """Print the report for a person: header, stages, instances, decode, context, both
+    denominators (calibrated runs), roofline, kernels, static compute.
 
     Columns do not wrap; give a non-terminal console a width (the CLI uses 160)."""
     parts: list[Any] = [Text("\n".join(_header_lines(report)))]
@@ -520,9 +646,22 @@ def render_table(report: MfuReport, console: Console) -> None:
         parts.append(_rich_table("Per image instance", _INSTANCE_HEAD, _instance_rows(report), 3))
     parts.append(Text("\n".join(_decode_lines(report))))
     parts.append(_rich_table(_context_title(report), _CONTEXT_HEAD, _context_rows(report), 2))
+    peak_rows = _peak_rows(report)
+    if peak_rows:
+        parts.append(_rich_table("MFU and MBU by denominator", _PEAK_HEAD, peak_rows))
+        parts.append(
+            _rich_table("Calibration GEMMs", _CALIBRATION_HEAD, _calibration_rows(report), 2)
+        )
+    roofline = _roofline_rows(report)
+    if roofline:
+        parts.append(_rich_table(_roofline_title(report), _ROOFLINE_HEAD, roofline))
     for s in report.stages.values():
         if s.top_kernels:
             parts.append(_rich_table(f"Top kernels: {s.stage}", _KERNEL_HEAD, _kernel_rows(s)))
+    if report.static_compute is not None:
+        static = report.static_compute
+        title = "Static compute (runner, fvcore): " + _static_note(static)
+        parts.append(_rich_table(title, _STATIC_HEAD, _static_rows(static)))
     if report.warnings:
         parts.append(Text("\n".join(f"warning: {w}" for w in report.warnings), style="yellow"))
     console.print(Group(*parts))
@@ -537,9 +676,13 @@ def _md_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def _static_table(static: Mapping[str, Any]) -> str:
-    """The runner's static compute stages (fvcore ×2 next to the analytic counts) as Markdown."""
-    rows = []
+_STATIC_HEAD: Final = ("stage", "fvcore ×2", "analytic full square", "analytic causal",
+                        "fvcore/analytic − 1", "source")  # fmt: skip
+
+
+def _static_rows(static: Mapping[str, Any]) -> list[tuple[str, ...]]:
+    """The runner's static compute stages: fvcore ×2 next to the analytic counts."""
+    rows: list[tuple[str, ...]] = []
     for name, st in static["stages"].items():
         fv = st.get("fvcore_flops")
         ratio = st.get("fvcore_vs_analytic")
@@ -553,19 +696,26 @@ def _static_table(static: Mapping[str, Any]) -> str:
                 str(st.get("source", "")),
             )
         )
-    head = ("stage", "fvcore ×2", "analytic full square", "analytic causal", "fvcore/analytic − 1",
-            "source")  # fmt: skip
+    return rows
+
+
+def _static_note(static: Mapping[str, Any]) -> str:
     image = static.get("image", {})
-    note = (
+    return (
         f"One image {image.get('width')}×{image.get('height')} px ({image.get('mode')}), prefill "
         f"of {static.get('seq_len')} positions, one decode step (`static_compute.json`)."
     )
-    return note + "\n\n" + _md_table(head, rows)
+
+
+def _static_table(static: Mapping[str, Any]) -> str:
+    """The static compute section as Markdown."""
+    return _static_note(static) + "\n\n" + _md_table(_STATIC_HEAD, _static_rows(static))
 
 
 def to_markdown(report: MfuReport) -> str:
-    """A Markdown report: MFU per stage, instances, decode MBU, context lengths, top kernels,
-    the static compute table when the run metadata carries one, and warnings."""
+    """A Markdown report: MFU per stage, instances, decode MBU, context lengths, MFU/MBU by
+    denominator and the calibration GEMMs (calibrated runs), the roofline, top kernels, the
+    static compute table when one was found, and warnings."""
     out = ["# MFU report", "", *(f"- {line}" for line in _header_lines(report)), ""]
     out += ["## MFU per stage", "", _md_table(_STAGE_HEAD, _stage_rows(report)), ""]
     out += [
@@ -578,6 +728,14 @@ def to_markdown(report: MfuReport) -> str:
     if decode:
         out += ["## Decode", "", *(f"- {line}" for line in decode), ""]
     out += [f"## {_context_title(report)}", "", _md_table(_CONTEXT_HEAD, _context_rows(report)), ""]
+    peak_rows = _peak_rows(report)
+    if peak_rows:
+        out += ["## MFU and MBU by denominator", "", _md_table(_PEAK_HEAD, peak_rows), ""]
+        gemms = _md_table(_CALIBRATION_HEAD, _calibration_rows(report))
+        out += ["## Calibration GEMMs", "", gemms, ""]
+    roofline = _roofline_rows(report)
+    if roofline:
+        out += [f"## {_roofline_title(report)}", "", _md_table(_ROOFLINE_HEAD, roofline), ""]
     for s in report.stages.values():
         if s.top_kernels:
             # names as code: demangled C++ (`<unnamed>`, `*`) would read as HTML or emphasis

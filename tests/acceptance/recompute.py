@@ -16,7 +16,7 @@ from typing import Any, Final
 import polars as pl
 
 from llm_perf_opt.attribution import Attribution
-from llm_perf_opt.flops import analytic
+from llm_perf_opt.flops import analytic, traffic
 from llm_perf_opt.flops.configs import ModelConfig
 
 STAGES: Final = ("vision", "prefill", "decode")
@@ -142,6 +142,7 @@ def expected_report(
     )
     kernels_of = dict(n_kernels.iter_rows())
     per_stage: dict[str, list[dict[str, Any]]] = {s: [] for s in STAGES}
+    moved = dict.fromkeys(STAGES, 0.0)
     contexts, steps_out = [], []
     for pos, (inst, img) in enumerate(zip(instances, images, strict=True)):
         layout = image_layout(cfg, img)
@@ -156,6 +157,11 @@ def expected_report(
         }
         decode_bytes = float(
             sum(sum(analytic.decode_bytes_per_step(text, c, meta["dtype"]).values()) for c in lens)
+        )
+        moved["vision"] += sum(traffic.vision_bytes(cfg, layout, meta["dtype"]).values())
+        moved["prefill"] += sum(traffic.decoder_bytes(text, lp, lp, meta["dtype"]).values())
+        moved["decode"] += sum(
+            sum(traffic.decoder_bytes(text, 1, c, meta["dtype"]).values()) for c in lens
         )
         contexts.append(
             {
@@ -212,7 +218,10 @@ def expected_report(
                     "mbu_wall": decode_bytes / (PEAK_BANDWIDTH_BPS * wall_s),
                 }
             per_stage[stage].append(out)
-    stages = {stage: _stage(stage, rows, attr, kernel_names) for stage, rows in per_stage.items()}
+    stages = {
+        stage: _stage(stage, rows, attr, kernel_names, moved[stage])
+        for stage, rows in per_stage.items()
+    }
     flops_total = sum(s["flops"] for s in stages.values())
     busy_total = sum(s["gpu_busy_s"] for s in stages.values())
     wall_total = sum(s["wall_s"] for s in stages.values())
@@ -223,6 +232,9 @@ def expected_report(
         "dtype": "bf16",
         "peak_flops": PEAK_BF16_FLOPS,
         "peak_bandwidth_Bps": PEAK_BANDWIDTH_BPS,
+        "peak_flops_table": PEAK_BF16_FLOPS,
+        "peak_bandwidth_table": PEAK_BANDWIDTH_BPS,
+        "ridge_flops_per_byte": PEAK_BF16_FLOPS / PEAK_BANDWIDTH_BPS,
         "ctx_mode": mode,
         "ctx_len": single,
         "context": {"mode": mode, "ctx_len": single, "window": WINDOW, "instances": contexts},
@@ -234,6 +246,12 @@ def expected_report(
             "wall_s": wall_total,
             "mfu_trace": flops_total / (PEAK_BF16_FLOPS * busy_total),
             "mfu_wall": flops_total / (PEAK_BF16_FLOPS * wall_total),
+            "by_peak": {
+                "table": {
+                    "mfu_trace": flops_total / (PEAK_BF16_FLOPS * busy_total),
+                    "mfu_wall": flops_total / (PEAK_BF16_FLOPS * wall_total),
+                }
+            },
         },
         "mbu": {
             "decode": {
@@ -250,9 +268,13 @@ def expected_report(
 
 
 def _stage(
-    stage: str, rows: list[dict[str, Any]], attr: Attribution, kernel_names: pl.DataFrame
+    stage: str,
+    rows: list[dict[str, Any]],
+    attr: Attribution,
+    kernel_names: pl.DataFrame,
+    bytes_moved: float,
 ) -> dict[str, Any]:
-    """Sums over instances, then ratios of the sums."""
+    """Sums over instances, then ratios of the sums; `bytes_moved` is the stage's traffic."""
 
     def total(key: str) -> Any:
         return sum(r[key] for r in rows)
@@ -280,6 +302,20 @@ def _stage(
         "verdict": _verdict(_idle(busy_s, wall_s), mean_kernel_ns, mfu_trace, None),
         "top_kernels": _top_kernels(attr, kernel_names, [r["range_id"] for r in rows]),
         "instances": rows,
+        "bytes_moved": bytes_moved,
+        "arithmetic_intensity": flops / bytes_moved,
+        "achieved_flops_per_s": flops / busy_s,
+        "bound": "memory"
+        if flops / bytes_moved < PEAK_BF16_FLOPS / PEAK_BANDWIDTH_BPS
+        else "compute",
+        "by_peak": {
+            "table": {
+                "mfu_trace": mfu_trace,
+                "mfu_wall": flops / (PEAK_BF16_FLOPS * wall_s),
+                "mbu_trace": None,
+                "mbu_wall": None,
+            }
+        },
     }
     if stage == "decode":
         steps, n_bytes = total("decode_steps"), total("decode_bytes")
@@ -294,6 +330,10 @@ def _stage(
             "mbu_trace": mbu_trace,
             "mbu_wall": n_bytes / (PEAK_BANDWIDTH_BPS * wall_s),
             "verdict": _verdict(_idle(busy_s, wall_s), mean_kernel_ns, mfu_trace, mbu_trace),
+        }
+        out["by_peak"]["table"] |= {
+            "mbu_trace": mbu_trace,
+            "mbu_wall": n_bytes / (PEAK_BANDWIDTH_BPS * wall_s),
         }
     return out
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from llm_perf_opt.errors import LlmPerfOptError
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
+from llm_perf_opt.peak_sources import parse_peak_source
 from llm_perf_opt.peaks import DTYPES
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
 
@@ -52,6 +53,7 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
         ctx_mode=kw["ctx_mode"],
         ctx_len=kw["ctx_len"],
         peak_tflops=kw["peak_tflops"],
+        peak_source=parse_peak_source(kw["peak_source"]),
         dtype=kw["dtype"],
         stages=dict(parse_stage_option(s) for s in kw["stage"]),
         model=kw["model"],
@@ -128,6 +130,15 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Dense peak TFLOP/s, overriding the GPU table (needed for GPUs it does not know).",
 )
 @click.option(
+    "--peak-source",
+    default="table",
+    show_default=True,
+    metavar="table|measured|VALUE",
+    help="Denominator of MFU and MBU: the GPU table (comparable across runs), the run's "
+    "calibration (achievable matmul FLOP/s and copy bandwidth, scripts/run_dsocr.py --calibrate), "
+    "or dense TFLOP/s. Reports of calibrated runs show both.",
+)
+@click.option(
     "--dtype",
     type=click.Choice(DTYPES),
     help="Peak column to divide by. [default: the run's dtype from its metadata, else bf16]",
@@ -165,7 +176,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.option(
     "--static-compute",
     type=_FILE,
-    help="The runner's static_compute.json, shown in --markdown. [default: the one beside --meta]",
+    help="The runner's static_compute.json, shown in the reports. [default: NAME.static_compute."
+    "json or static_compute.json beside --meta, else meta/T.static_compute.json beside the trace]",
 )
 @click.option("--include-warmup", is_flag=True, help="Count ranges under warmup ranges too.")
 @click.option(
