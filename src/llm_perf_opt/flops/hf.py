@@ -9,9 +9,7 @@ imported: the numbers are the config's, with transformers' defaults where HF omi
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final, Literal, cast
 
 from llm_perf_opt.errors import ConfigError
@@ -167,35 +165,12 @@ class HfModel:
     vision: VisionSpec | None
 
 
-def is_hf_family(data: dict[str, Any]) -> bool:
-    """Whether the JSON object is a config of a supported HF family (by `model_type`)."""
-    return data.get("model_type") in SUPPORTED_TYPES
-
-
 def unsupported_type_error(data: dict[str, Any], source: str) -> ConfigError:
     """The one error for a config whose model_type this package cannot count."""
     return ConfigError(
         f"{source}: model_type {data.get('model_type')!r} is not supported; supported: "
         f"{', '.join(SUPPORTED_TYPES)} (or a DeepSeek-OCR(-2) config.json, or our to_dict() JSON)"
     )
-
-
-def load_hf_config(path: str | Path) -> HfModel:
-    """Read a Hugging Face config.json file (opened read-only).
-
-    Raises:
-        ConfigError: unreadable, not JSON, or a model_type outside SUPPORTED_TYPES.
-    """
-    p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; pass an existing JSON file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not readable JSON ({exc}); fix the file") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
-    return hf_model_from_dict(data, str(p))
 
 
 def hf_model_from_dict(data: dict[str, Any], source: str = "config") -> HfModel:
