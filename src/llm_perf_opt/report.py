@@ -197,6 +197,7 @@ def to_json(report: MfuReport) -> dict[str, Any]:
             "wall_s": _s(report.model.wall_ns),
             "mfu_trace": report.model.mfu_trace,
             "mfu_wall": report.model.mfu_wall,
+            "absent_stages": list(report.model.absent_stages),
         },
         "mbu": {
             "decode": {
@@ -381,9 +382,10 @@ def _stage_rows(report: MfuReport) -> list[tuple[str, ...]]:
         for s in report.stages.values()
     ]
     m = report.model
+    absent = m.absent_stages
     rows.append(
         (
-            "model",
+            f"model (no {', '.join(absent)})" if absent else "model",
             "",
             _gflop(m.flops),
             _ms(m.gpu_busy_ns),
