@@ -199,3 +199,28 @@ def test_mfu_flops_cli_on_hf_configs() -> None:
     assert doc["image_tokens"] == 16 * 24 and doc["prefill_len"] == 16 * 24
     bad = runner.invoke(cli, ["--config", vl, "--image-size", "big"])
     assert bad.exit_code == 2 and "image size 'big' is not HxW" in bad.output
+
+
+def test_docs_full_size_table_matches_the_code(repo_root: Path) -> None:
+    """Every row of the decoder table in docs/flops.md, recomputed from its config file."""
+    sources = {}
+    for line in (CONFIGS / "README.md").read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0].endswith(".json"):
+            sources[cells[1]] = cells[0]
+    rows = 0
+    for line in (repo_root / "docs" / "flops.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) != 7 or cells[0] not in sources:
+            continue
+        model = read_hf_config(CONFIGS / sources[cells[0]])
+        assert model is not None and model.text is not None
+        est = estimate_hf_run(model, prefill_len=1)
+        kv = decoders.kv_bytes_per_position(model.text, "bfloat16") * len(model.text.layers)
+        assert cells[1] == model.model_type
+        assert cells[3] == f"{est['active_params']:,}"
+        assert cells[4] == f"{est['decode_flops_at_c0'] / 1e9:,.3f}"
+        assert cells[5] == f"{est['decode_flops_per_ctx']:,}"
+        assert cells[6] == f"{kv:,}"
+        rows += 1
+    assert rows == 12
