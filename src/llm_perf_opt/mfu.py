@@ -907,6 +907,7 @@ class AnalyzeOptions:
     top_kernels: int = 10
     other_threads: bool = False
     prefill_logits: analytic.LmHeadPositions = "last"
+    image_hw: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -1032,7 +1033,7 @@ def _report(
         ),
         flops_model=AnalyticFlops(config, bytes_dtype, options.prefill_logits)
         if hf_model is None
-        else HfFlops(hf_model, bytes_dtype, options.prefill_logits),
+        else HfFlops(hf_model, bytes_dtype, options.prefill_logits, options.image_hw),
         peak=peak,
         ctx=ctx,
         include_warmup=options.include_warmup,

@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner
 
 from llm_perf_opt.cli.analyze import main
-from llm_perf_opt.errors import SelectionError
-from llm_perf_opt.flops import decoders
+from llm_perf_opt.errors import ConfigError, SelectionError
+from llm_perf_opt.flops import decoders, vision_towers
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.mfu import ContextChoice, StageInputs, compute_mfu, default_refs
 
@@ -29,9 +29,9 @@ LP = 512
 STEPS = 3
 
 
-def _text_only_trace() -> SynthTrace:
+def _text_only_trace(tr: SynthTrace | None = None) -> SynthTrace:
     """prefill (2 kernels of 300 µs), decode ⊃ 3 steps (2 kernels of 10 µs each), no vision."""
-    tr = SynthTrace()
+    tr = tr or SynthTrace()
     tr.push("prefill", 0, 1_000_000)
     for k in range(2):
         tr.op(100 + k, 100_000 + k * 400_000, 400_000 + k * 400_000)
@@ -175,3 +175,46 @@ def test_cli_named_stage_must_exist(text_only_export: Path) -> None:
     result = CliRunner().invoke(main, [*args, "--stage", "vision=encoder"])
     assert result.exit_code == 2
     assert "no NVTX range 'encoder' (any domain) for stage vision" in result.output
+
+
+def _vlm_trace() -> SynthTrace:
+    """vision (one 500 µs kernel), then the text-only ranges."""
+    tr = SynthTrace()
+    tr.push("vision", -2_000_000, -1_000_000)
+    tr.op(-1_999_000, -1_900_000, -1_400_000)
+    return _text_only_trace(tr)
+
+
+def test_vlm_vision_stage_uses_the_tower_at_the_given_image_size() -> None:
+    attr = _vlm_trace().attribution()
+    model = read_hf_config(REPO / "tests" / "data" / "hf_configs" / "qwen2.5-vl-7b-instruct.json")
+    assert model is not None and model.vision is not None
+    report = compute_mfu(
+        attr.ranges,
+        attr.ops,
+        refs=default_refs(DOMAIN),
+        inputs=StageInputs(prefill_len=LP),
+        flops_model=HfFlops(model, "bfloat16", image_hw=(448, 672)),
+        peak=PEAK,
+        ctx=ContextChoice("auto"),
+    )
+    assert report.model.absent_stages == ()
+    expected = vision_towers.vision_flops(model.vision, (448, 672)).total_flops
+    assert report.stages["vision"].flops == expected
+    assert report.stages["vision"].gpu_busy_ns == 500_000
+
+
+def test_vision_stage_with_a_text_only_config_names_the_fix() -> None:
+    attr = _vlm_trace().attribution()
+    model = read_hf_config(LLAMA)
+    assert model is not None
+    with pytest.raises(ConfigError, match="has no vision tower but the trace has a vision stage"):
+        compute_mfu(
+            attr.ranges,
+            attr.ops,
+            refs=default_refs(DOMAIN),
+            inputs=StageInputs(prefill_len=LP),
+            flops_model=HfFlops(model, "bfloat16"),
+            peak=PEAK,
+            ctx=ContextChoice("auto"),
+        )

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from llm_perf_opt.errors import LlmPerfOptError
 from llm_perf_opt.flops.estimate import parse_crops
+from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
 from llm_perf_opt.peaks import DTYPES
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
@@ -66,6 +67,7 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
         top_kernels=kw["top_kernels"],
         other_threads=kw["other_threads"],
         prefill_logits=kw["prefill_logits"],
+        image_hw=parse_image_size(kw["image_size"]) if kw["image_size"] else None,
     )
 
 
@@ -174,6 +176,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Vision preprocessing mode (without run metadata). [default: base]",
 )
 @click.option("--crops", metavar="WxH", help="Gundam crop grid, e.g. 3x2 (without metadata).")
+@click.option(
+    "--image-size",
+    metavar="HxW",
+    help="Image size in px for a Hugging Face VLM's vision FLOPs. [default: the tower's own "
+    "square; 448x448 for Qwen-VL]",
+)
 @click.option("--meta", type=_FILE, help="run.meta.json to use instead of the trace's mark.")
 @click.option(
     "--static-compute",
