@@ -79,3 +79,19 @@ def test_analyzes_with_config_and_no_stage_or_vision_flags() -> None:
     assert doc["model"]["gpu_busy_s"] == pytest.approx(busy, rel=1e-12)
     mfu = (prefill_flops + decode_flops) / (doc["peak_flops"] * busy)
     assert doc["model"]["mfu_trace"] == pytest.approx(mfu, rel=1e-12)
+
+
+def test_every_output_renders_without_a_vision_stage(tmp_path: Path) -> None:
+    args = [str(TRACE), "--config", str(CONFIG), "--prefill-len", str(LP)]
+    outputs = ["--markdown", tmp_path / "r.md", "--csv", tmp_path / "r.csv", "--plots", tmp_path]
+    result = CliRunner().invoke(main, [*args, *map(str, outputs)])
+    assert result.exit_code == 0, result.output
+    assert "model (no vision)" in result.stdout
+    assert "| model (no vision) |" in (tmp_path / "r.md").read_text()
+    stages = pl.read_csv(tmp_path / "r.csv").filter(pl.col("level") == "stage")["stage"]
+    assert stages.to_list() == ["prefill", "decode"]
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        "decode_step_time.png",
+        "mfu_trace_vs_wall.png",
+        "stage_time_split.png",
+    ]
