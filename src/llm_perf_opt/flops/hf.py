@@ -9,8 +9,9 @@ imported: the numbers are the config's, with transformers' defaults where HF omi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Literal, cast
+from typing import Any, Final, Literal, TypeVar, cast
 
 from llm_perf_opt.errors import ConfigError
 
@@ -207,8 +208,16 @@ def hf_model_from_dict(data: dict[str, Any], source: str = "config") -> HfModel:
     raise unsupported_type_error(data, source)
 
 
-def _part(section: dict[str, Any] | None, allowed: tuple[str, ...], key: str, source: str,
-          build: Any) -> Any:  # fmt: skip
+_Part = TypeVar("_Part", DecoderSpec, VisionSpec)
+
+
+def _part(
+    section: dict[str, Any] | None,
+    allowed: tuple[str, ...],
+    key: str,
+    source: str,
+    build: Callable[[dict[str, Any], str, str], _Part],
+) -> _Part | None:
     """One part of a generic composite config, by the part's own model_type."""
     if section is None:
         return None
