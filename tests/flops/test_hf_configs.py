@@ -179,11 +179,13 @@ def test_estimate_slope_and_intercept_reproduce_every_step() -> None:
 def test_mfu_flops_cli_on_hf_configs() -> None:
     runner = CliRunner()
     llama = str(CONFIGS / "llama-3.2-1b.json")
-    result = runner.invoke(cli, ["--config", llama])
-    assert result.exit_code == 2
-    assert "Error: a text-only model needs the prefill length: pass --prefill-len N" in (
-        result.output
-    )
+    result = runner.invoke(cli, ["--config", llama])  # planning without Lp: per-token figures
+    assert result.exit_code == 0, result.output
+    assert "pass --prefill-len N for prefill and decode totals" in result.stdout
+    assert "decode FLOPs / token at C = 0" in result.stdout and "prefill FLOPs" not in result.stdout
+    doc = json.loads(runner.invoke(cli, ["--config", llama, "--format", "json"]).stdout)
+    assert doc["prefill_flops"] is None and doc["decode_flops_per_ctx"] == 131_072
+    assert doc["kv_cache_bytes_per_position"] == 16 * 2 * 8 * 64 * 2
     result = runner.invoke(cli, ["--config", llama, "--prefill-len", "512", "--format", "json"])
     doc = json.loads(result.stdout)
     assert (

@@ -198,12 +198,15 @@ def render_hf_table(result: dict[str, Any]) -> str:
             f"{result['images']} image(s) of {h}x{w} px -> {result['image_tokens']} image tokens"
         )
     rows: list[tuple[str, int | float | None]] = [("vision FLOPs", result["vision_flops"])]
-    if "prefill_flops" in result:
-        lines.append(
-            f"Lp {result['prefill_len']} ({result['prefill_len_source']}, logits "
-            f"{result['prefill_logits']})  decode steps {result['decode_steps']}  ctx "
-            f"{result['ctx_mode']}: C = {result['ctx_len_used']:g}  dtype {result['dtype']}"
-        )
+    if "active_params" in result:
+        if result["prefill_len"] is None:
+            lines.append(f"Lp {result['prefill_len_source']}  dtype {result['dtype']}")
+        else:
+            lines.append(
+                f"Lp {result['prefill_len']} ({result['prefill_len_source']}, logits "
+                f"{result['prefill_logits']})  decode steps {result['decode_steps']}  ctx "
+                f"{result['ctx_mode']}: C = {result['ctx_len_used']:g}  dtype {result['dtype']}"
+            )
         rows += [
             ("prefill FLOPs", result["prefill_flops"]),
             ("prefill FLOPs (full square)", result["prefill_flops_full_square"]),
@@ -212,6 +215,7 @@ def render_hf_table(result: dict[str, Any]) -> str:
             ("decode FLOPs / token at C = 0", result["decode_flops_at_c0"]),
             ("decode FLOPs per context position", result["decode_flops_per_ctx"]),
             ("decode bytes / step", result["decode_bytes_per_step"]),
+            ("KV cache bytes / position", result["kv_cache_bytes_per_position"]),
             ("active params / token", result["active_params"]),
         ]
     lines += ["", f"{'quantity':<38}{'value':>24}"]

@@ -37,6 +37,20 @@ from llm_perf_opt.flops.hf import (
 # Keys of our own config JSON and of DeepSeek-OCR's config.json (read by `flops.configs`).
 _OWN_FORMS: Final = ("schema", "language_config")
 _DEEPSEEK_OCR_PREFIX: Final = ("deepseek_ocr", "deepseek_vl")
+# Keys of `estimate_hf_run` that need the prefill length.
+_LENGTH_KEYS: Final = (
+    "prefill_len",
+    "prefill_logits",
+    "prefill_flops",
+    "prefill_flops_full_square",
+    "decode_steps",
+    "ctx_mode",
+    "ctx_len_first_last",
+    "ctx_len_used",
+    "decode_flops_per_token",
+    "decode_flops_total",
+    "decode_bytes_per_step",
+)
 
 
 def read_hf_config(path: str | Path) -> HfModel | None:
@@ -197,11 +211,12 @@ def estimate_hf_run(
 ) -> dict[str, Any]:
     """Per-stage FLOPs and decode bytes of one request, as a JSON-able dict.
 
-    Prefill covers `prefill_len` positions (default: the image tokens alone, so text-only models
-    need it). Keys absent for a part the model lacks are None.
+    Prefill covers `prefill_len` positions (default: the image tokens alone). A text-only model
+    without it gets the per-token figures only (decode FLOPs at C = 0 and per C, parameters) and
+    None for the prefill and decode totals; keys of a part the model lacks are None too.
 
     Raises:
-        ConfigError: bad lengths, context mode or dtype, or a text-only model without Lp.
+        ConfigError: bad lengths, context mode or dtype.
     """
     dtype_bytes(dtype)
     if images < 0:
@@ -225,8 +240,31 @@ def estimate_hf_run(
     spec = model.text
     if spec is None:
         return out | {"stages": ["vision"], "breakdown": breakdown, "conventions": _notes()}
+    slope = decoders.decode_flops_per_token(spec, 2).total_flops
+    slope -= decoders.decode_flops_per_token(spec, 1).total_flops
+    planning = {
+        "decode_flops_at_c0": decoders.decode_flops_per_token(spec, 1).total_flops - slope,
+        "decode_flops_per_ctx": slope,
+        "kv_cache_bytes_per_position": decoders.kv_bytes_per_position(spec, dtype)
+        * len(spec.layers),
+        "active_params": sum(decoders.active_params(spec).values()),
+        "matmul_params": sum(decoders.per_token_params(spec).values()),
+        "dtype": dtype,
+        "conventions": _notes(),
+    }
     if prefill_len is None and tokens == 0:
-        raise ConfigError("a text-only model needs the prefill length: pass --prefill-len N")
+        # a text-only model without Lp: the per-token figures, no prefill or decode totals
+        missing = dict.fromkeys(_LENGTH_KEYS)
+        return (
+            out
+            | missing
+            | planning
+            | {
+                "stages": ["prefill", "decode"],
+                "prefill_len_source": "not given: pass --prefill-len N for prefill and decode totals",
+                "breakdown": breakdown,
+            }
+        )
     lp = tokens if prefill_len is None else prefill_len
     prefill = decoders.prefill_flops(spec, lp, "causal", lm_head_positions)
     lens = _context_lens(spec, ctx_mode, lp, decode_steps, ctx_len)
@@ -235,38 +273,33 @@ def estimate_hf_run(
     decode_total = decoders.decode_flops_total(spec, lens)
     mean_c = round(sum(lens) / len(lens))
     bytes_step = decoders.decode_bytes_per_step(spec, mean_c, dtype)
-    slope = decoders.decode_flops_per_token(spec, 2).total_flops
-    slope -= decoders.decode_flops_per_token(spec, 1).total_flops
-    matmul = decoders.per_token_params(spec)
     breakdown |= {
         "prefill": dict(prefill.blocks),
         "decode_per_token": {k: v // len(lens) for k, v in decode_total.blocks.items()},
         "decode_bytes_per_step": bytes_step,
     }
-    return out | {
-        "stages": ["vision", "prefill", "decode"] if model.vision else ["prefill", "decode"],
-        "prefill_len": lp,
-        "prefill_len_source": "given" if prefill_len is not None else "image tokens only",
-        "prefill_logits": lm_head_positions,
-        "prefill_flops": prefill.total_flops,
-        "prefill_flops_full_square": decoders.prefill_flops(
-            spec, lp, "full", lm_head_positions
-        ).total_flops,
-        "decode_steps": decode_steps,
-        "ctx_mode": ctx_mode,
-        "ctx_len_first_last": [lens[0], lens[-1]],
-        "ctx_len_used": sum(lens) / len(lens),
-        "decode_flops_per_token": decode_total.total_flops // len(lens),
-        "decode_flops_total": decode_total.total_flops,
-        "decode_flops_at_c0": decoders.decode_flops_per_token(spec, 1).total_flops - slope,
-        "decode_flops_per_ctx": slope,
-        "decode_bytes_per_step": sum(bytes_step.values()),
-        "dtype": dtype,
-        "active_params": sum(decoders.active_params(spec).values()),
-        "matmul_params": sum(matmul.values()),
-        "breakdown": breakdown,
-        "conventions": _notes(),
-    }
+    return (
+        out
+        | planning
+        | {
+            "stages": ["vision", "prefill", "decode"] if model.vision else ["prefill", "decode"],
+            "prefill_len": lp,
+            "prefill_len_source": "given" if prefill_len is not None else "image tokens only",
+            "prefill_logits": lm_head_positions,
+            "prefill_flops": prefill.total_flops,
+            "prefill_flops_full_square": decoders.prefill_flops(
+                spec, lp, "full", lm_head_positions
+            ).total_flops,
+            "decode_steps": decode_steps,
+            "ctx_mode": ctx_mode,
+            "ctx_len_first_last": [lens[0], lens[-1]],
+            "ctx_len_used": sum(lens) / len(lens),
+            "decode_flops_per_token": decode_total.total_flops // len(lens),
+            "decode_flops_total": decode_total.total_flops,
+            "decode_bytes_per_step": sum(bytes_step.values()),
+            "breakdown": breakdown,
+        }
+    )
 
 
 def _notes() -> dict[str, str]:
