@@ -212,7 +212,7 @@ def test_docs_full_size_table_matches_the_code(repo_root: Path) -> None:
             sources[cells[1]] = cells[0]
     rows = 0
     for line in (repo_root / "docs" / "flops.md").read_text().splitlines():
-        cells = [c.strip() for c in line.strip("|").split("|")]
+        cells = [c.strip().strip("`") for c in line.strip("|").split("|")]
         if len(cells) != 7 or cells[0] not in sources:
             continue
         model = read_hf_config(CONFIGS / sources[cells[0]])
