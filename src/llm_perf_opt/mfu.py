@@ -35,6 +35,7 @@ from llm_perf_opt.flops.configs import (
     load_config_json,
 )
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
+from llm_perf_opt.flops.vision_towers import default_image_size
 from llm_perf_opt.meta import (
     CTX_MODES,
     RunMeta,
@@ -1002,6 +1003,12 @@ def _report(
         )
     else:
         flops_source = f"--config {options.config_path} (Hugging Face {hf_model.model_type})"
+        tower = hf_model.vision
+        # a Qwen-VL tower takes any image size: say which one its vision FLOPs assume
+        unsized = options.image_hw is None and "vision" in stages
+        if tower is not None and tower.image_size is None and unsized:
+            h, w = default_image_size(tower)
+            warnings.append(f"vision FLOPs for {h}x{w} px images; pass --image-size HxW")
     dtype = _dtype(options.dtype, meta)
     if options.ctx_len is not None and options.ctx_mode not in (None, "fixed"):
         warnings.append(

@@ -94,18 +94,20 @@ def _insert(db: sqlite3.Connection, table: str, rows: list[dict[str, object]]) -
     db.executemany(sql, [tuple(r[n] for n in names) for r in rows])
 
 
-@pytest.fixture
-def text_only_export(tmp_path: Path) -> Path:
-    """prefill [0, 1 ms) with 2 kernels of 300 µs; decode [1, 5 ms) ⊃ 3 steps, 2 × 10 µs each."""
+def _export(path: Path, with_vision: bool) -> Path:
+    """prefill [0, 1 ms) with 2 kernels of 300 µs; decode [1, 5 ms) ⊃ 3 steps, 2 × 10 µs each;
+    optionally a vision range [6, 7 ms) with one 500 µs kernel."""
     pid = 77
     tid = (pid << 24) | pid
-    path = tmp_path / "llama_like.sqlite"
     ranges = [("prefill", 0, 1_000_000), ("decode", 1_000_100, 5_000_000)]
     ranges += [("decode_step", 1_100_000 + k * 1_000_000, 2_000_000 + k * 1_000_000)
                for k in range(STEPS)]  # fmt: skip
     kernels = [(100_000, 400_000), (500_000, 800_000)]
     kernels += [(1_200_000 + k * 1_000_000 + j * 20_000, 1_210_000 + k * 1_000_000 + j * 20_000)
                 for k in range(STEPS) for j in range(2)]  # fmt: skip
+    if with_vision:
+        ranges.append(("vision", 6_000_000, 7_000_000))
+        kernels.append((6_100_000, 6_600_000))
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA.read_text())
         _insert(db, "StringIds", [{"id": 1, "value": "gemm"}, {"id": 2, "value": "cudaLaunch"}])
@@ -143,6 +145,28 @@ def text_only_export(tmp_path: Path) -> Path:
         )  # fmt: skip
     path.chmod(0o444)
     return path
+
+
+@pytest.fixture
+def text_only_export(tmp_path: Path) -> Path:
+    return _export(tmp_path / "llama_like.sqlite", with_vision=False)
+
+
+def test_cli_vlm_vision_stage_at_the_given_image_size(tmp_path: Path) -> None:
+    trace = _export(tmp_path / "vlm.sqlite", with_vision=True)
+    config = REPO / "tests" / "data" / "hf_configs" / "qwen2.5-vl-7b-instruct.json"
+    args = [str(trace), "--config", str(config), "--prefill-len", str(LP), "--peak-tflops", "1000"]
+    doc = json.loads(CliRunner().invoke(main, [*args, "--format", "json"]).stdout)
+    assert doc["model"]["absent_stages"] == []
+    assert "vision FLOPs for 448x448 px images; pass --image-size HxW" in doc["warnings"]
+    model = read_hf_config(config)
+    assert model is not None and model.vision is not None
+    result = CliRunner().invoke(main, [*args, "--format", "json", "--image-size", "448x672"])
+    doc = json.loads(result.stdout)
+    expected = vision_towers.vision_flops(model.vision, (448, 672)).total_flops
+    assert doc["stages"]["vision"]["flops"] == expected
+    assert doc["stages"]["vision"]["gpu_busy_s"] == pytest.approx(500e-6)
+    assert not any("image-size" in w for w in doc["warnings"])
 
 
 def test_cli_analyzes_a_text_only_trace_with_a_hf_config(text_only_export: Path) -> None:

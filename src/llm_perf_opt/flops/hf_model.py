@@ -37,6 +37,7 @@ from llm_perf_opt.flops.hf import (
 # Keys of our own config JSON and of DeepSeek-OCR's config.json (read by `flops.configs`).
 _OWN_FORMS: Final = ("schema", "language_config")
 _DEEPSEEK_OCR_PREFIX: Final = ("deepseek_ocr", "deepseek_vl")
+_NO_LP: Final = "not given: pass --prefill-len N for prefill and decode totals"
 # Keys of `estimate_hf_run` that need the prefill length.
 _LENGTH_KEYS: Final = (
     "prefill_len",
@@ -261,7 +262,7 @@ def estimate_hf_run(
             | planning
             | {
                 "stages": ["prefill", "decode"],
-                "prefill_len_source": "not given: pass --prefill-len N for prefill and decode totals",
+                "prefill_len_source": _NO_LP,
                 "breakdown": breakdown,
             }
         )
