@@ -186,6 +186,7 @@ def test_mfu_flops_cli_on_hf_configs() -> None:
     doc = json.loads(runner.invoke(cli, ["--config", llama, "--format", "json"]).stdout)
     assert doc["prefill_flops"] is None and doc["decode_flops_per_ctx"] == 131_072
     assert doc["kv_cache_bytes_per_position"] == 16 * 2 * 8 * 64 * 2
+    assert doc["tied_lm_head"] is True
     result = runner.invoke(cli, ["--config", llama, "--prefill-len", "512", "--format", "json"])
     doc = json.loads(result.stdout)
     assert (

@@ -250,6 +250,7 @@ def estimate_hf_run(
         * len(spec.layers),
         "active_params": sum(decoders.active_params(spec).values()),
         "matmul_params": sum(decoders.per_token_params(spec).values()),
+        "tied_lm_head": spec.tie_word_embeddings,
         "dtype": dtype,
         "conventions": _notes(),
     }
