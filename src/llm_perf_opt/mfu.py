@@ -36,6 +36,8 @@ from llm_perf_opt.flops.configs import (
     config_from_json_dict,
     load_config_json,
 )
+from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
+from llm_perf_opt.flops.vision_towers import default_image_size
 from llm_perf_opt.meta import (
     CTX_MODES,
     RunMeta,
@@ -253,13 +255,14 @@ class StageResult:
 
 @dataclass(frozen=True)
 class ModelResult:
-    """All stages together: total FLOPs over total time."""
+    """All stages together: total FLOPs over total time; `absent_stages` had no range."""
 
     flops: float
     gpu_busy_ns: int
     wall_ns: float
     mfu_trace: float | None
     mfu_wall: float | None
+    absent_stages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -357,13 +360,16 @@ def names_present(ranges: pl.DataFrame, limit: int = 30) -> str:
 
 
 def _group_instances(
-    ranges: pl.DataFrame, refs: Mapping[str, RangeRef], include_warmup: bool
+    ranges: pl.DataFrame,
+    refs: Mapping[str, RangeRef],
+    include_warmup: bool,
+    stages: Sequence[str] = STAGES,
 ) -> list[_Instance]:
     """Pair the stage ranges into image instances: by enclosing `image` range when there is one,
     else by order of appearance per stage."""
     images = ranges.filter(refs["image"].expr()).to_dicts()
     instances: dict[tuple[str, int], _Instance] = {}
-    for stage in STAGES:
+    for stage in stages:
         rows = ranges.filter(refs[stage].expr()).sort("cpu_start_ns").to_dicts()
         if not rows:
             raise SelectionError(
@@ -451,7 +457,10 @@ class _Facts:
 
 
 def _instance_facts(
-    instances: Sequence[_Instance], inputs: StageInputs, warnings: list[str]
+    instances: Sequence[_Instance],
+    inputs: StageInputs,
+    warnings: list[str],
+    has_vision: bool = True,
 ) -> list[_Facts]:
     """Match instances to metadata images (by image index, else order) and apply flag overrides."""
     meta = inputs.meta
@@ -467,7 +476,7 @@ def _instance_facts(
         for pos, inst in enumerate(measured):
             img = by_index.get(inst.image_index) if inst.image_index is not None else None
             by_instance[id(inst)] = img if img is not None else meta.images[pos]
-    if inputs.mode is None and meta is None:
+    if inputs.mode is None and meta is None and has_vision:
         warnings.append(f"vision mode not given: assumed '{DEFAULT_MODE}' (pass --mode)")
     facts = []
     for inst in instances:
@@ -603,6 +612,7 @@ def compute_mfu(
     trace_path: str | None = None,
     static_compute: Mapping[str, Any] | None = None,
     traffic: TrafficModel | None = None,
+    stages: Sequence[str] = STAGES,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -626,6 +636,8 @@ def compute_mfu(
         trace_path: shown in reports.
         static_compute: the runner's `static_compute.json`, passed through to the reports.
         traffic: bytes moved per stage for the roofline (None: not computed).
+        stages: the stages to analyze (a non-empty subset of STAGES, e.g. no vision for a
+            text-only model); the model line sums them and names the others as absent.
 
     Raises:
         SelectionError: a stage range is absent (the message lists the names present).
@@ -636,21 +648,24 @@ def compute_mfu(
     if ctx.mode not in CTX_MODES:
         raise ConfigError(f"--ctx-mode must be one of {', '.join(CTX_MODES)}, got {ctx.mode!r}")
     warnings: list[str] = []
-    instances = _group_instances(ranges, refs, include_warmup)
+    stages = tuple(s for s in STAGES if s in stages)
+    if not stages:
+        raise SelectionError(f"no stage to analyze; choose some of {', '.join(STAGES)}")
+    instances = _group_instances(ranges, refs, include_warmup, stages)
     if not instances:
         raise SelectionError(
             "every stage range lies under a warmup range; pass --include-warmup to analyze them"
         )
-    for stage in STAGES:
+    for stage in stages:
         n = sum(stage in i.members for i in instances)
         if n != len(instances):
             warnings.append(f"{stage}: {n} range(s) for {len(instances)} instance(s)")
-    facts = _instance_facts(instances, inputs, warnings)
+    facts = _instance_facts(instances, inputs, warnings, "vision" in stages)
     all_ids = [int(r["range_id"]) for i in instances for r in i.members.values()]
     n_kernels = _kernel_stats(ops, all_ids)
     window = flops_model.window
 
-    per_stage: dict[str, list[InstanceResult]] = {s: [] for s in STAGES}
+    per_stage: dict[str, list[InstanceResult]] = {s: [] for s in stages}
     contexts: list[ContextInstance] = []
     steps_out: list[DecodeStep] = []
     for pos, (inst, fact) in enumerate(zip(instances, facts, strict=True)):
@@ -675,20 +690,21 @@ def compute_mfu(
                 warnings.append(f"{stage} instance {pos}: no GPU time in range {res.range_id}")
             per_stage[stage].append(res)
 
-    stages = {
+    results = {
         stage: _aggregate(stage, refs[stage], rows, ops, kernel_names, top_kernels, peak)
         for stage, rows in per_stage.items()
     }
-    warnings.extend(_implausible(stages))
-    flops_total = sum(s.flops for s in stages.values())
-    busy_total = sum(s.gpu_busy_ns for s in stages.values())
-    wall_total = sum(s.wall_ns for s in stages.values())
+    warnings.extend(_implausible(results))
+    flops_total = sum(s.flops for s in results.values())
+    busy_total = sum(s.gpu_busy_ns for s in results.values())
+    wall_total = sum(s.wall_ns for s in results.values())
     model = ModelResult(
         flops=flops_total,
         gpu_busy_ns=busy_total,
         wall_ns=wall_total,
         mfu_trace=_ratio(flops_total, peak.peak_flops * busy_total * 1e-9),
         mfu_wall=_ratio(flops_total, peak.peak_flops * wall_total * 1e-9),
+        absent_stages=tuple(s for s in STAGES if s not in stages),
     )
     return MfuReport(
         trace_path=trace_path,
@@ -700,7 +716,7 @@ def compute_mfu(
             window=window,
             instances=tuple(contexts),
         ),
-        stages=stages,
+        stages=results,
         model=model,
         decode_steps=tuple(steps_out),
         flops_source=flops_source,
@@ -895,11 +911,11 @@ def _aggregate(
 
 
 def stage_selection_refs(
-    refs: Mapping[str, RangeRef],
+    refs: Mapping[str, RangeRef], stages: Sequence[str] = STAGES
 ) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     """Names and domains of the stage ranges, for `RangeSelection`."""
-    names = tuple(dict.fromkeys(refs[s].name for s in STAGES))
-    domains = [refs[s].domain for s in STAGES]
+    names = tuple(dict.fromkeys(refs[s].name for s in stages))
+    domains = [refs[s].domain for s in stages]
     if any(d is None for d in domains):
         return names, None
     return names, tuple(dict.fromkeys(d for d in domains if d is not None))
@@ -931,6 +947,8 @@ class AnalyzeOptions:
     include_warmup: bool = False
     top_kernels: int = 10
     other_threads: bool = False
+    prefill_logits: analytic.LmHeadPositions = "last"
+    image_hw: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -974,7 +992,9 @@ def analyze_trace(
     refs = default_refs(meta.nvtx_domain if meta else None)
     refs.update(options.stages)
     raw = trace.nvtx_ranges()
-    missing = [s for s in STAGES if raw.filter(refs[s].expr()).is_empty()]
+    present = tuple(s for s in STAGES if not raw.filter(refs[s].expr()).is_empty())
+    # A stage named with --stage must exist; a default-named one may be absent (no vision).
+    missing = [s for s in STAGES if s not in present and (s in options.stages or not present)]
     selection = None
     reason = None
     if missing:
@@ -986,7 +1006,7 @@ def analyze_trace(
         if require_mfu:
             raise SelectionError(reason)
     else:
-        names, domains = stage_selection_refs(refs)
+        names, domains = stage_selection_refs(refs, present)
         selection = RangeSelection(names=names, domains=domains)
     say("attributing GPU ops to NVTX ranges")
     attribution = attribute(trace, selection, other_threads=options.other_threads)
@@ -994,7 +1014,9 @@ def analyze_trace(
         return Analysis(attribution.ranges, None, reason)
     try:
         say("computing MFU")
-        report = _report(trace, attribution.ranges, attribution.ops, meta, refs, options, path)
+        report = _report(
+            trace, attribution.ranges, attribution.ops, meta, refs, options, path, present
+        )
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
@@ -1010,12 +1032,23 @@ def _report(
     refs: Mapping[str, RangeRef],
     options: AnalyzeOptions,
     path: str | Path,
+    stages: Sequence[str],
 ) -> MfuReport:
     """Resolve config, dtype, GPU and peak, then `compute_mfu`."""
     warnings: list[str] = []
-    config, flops_source = resolve_config(
-        model=options.model, config_path=options.config_path, meta=meta, warnings=warnings
-    )
+    hf_model = read_hf_config(options.config_path) if options.config_path else None
+    if hf_model is None:
+        config, flops_source = resolve_config(
+            model=options.model, config_path=options.config_path, meta=meta, warnings=warnings
+        )
+    else:
+        flops_source = f"--config {options.config_path} (Hugging Face {hf_model.model_type})"
+        tower = hf_model.vision
+        # a Qwen-VL tower takes any image size: say which one its vision FLOPs assume
+        unsized = options.image_hw is None and "vision" in stages
+        if tower is not None and tower.image_size is None and unsized:
+            h, w = default_image_size(tower)
+            warnings.append(f"vision FLOPs for {h}x{w} px images; pass --image-size HxW")
     dtype = _dtype(options.dtype, meta)
     if options.ctx_len is not None and options.ctx_mode not in (None, "fixed"):
         warnings.append(
@@ -1031,7 +1064,12 @@ def _report(
         calibration=calibration_of(meta),
     )
     warnings += peak_warnings
-    flops_model = AnalyticFlops(config, _bytes_dtype(dtype, meta, warnings))
+    bytes_dtype = _bytes_dtype(dtype, meta, warnings)
+    flops_model: AnalyticFlops | HfFlops = (
+        AnalyticFlops(config, bytes_dtype, options.prefill_logits)
+        if hf_model is None
+        else HfFlops(hf_model, bytes_dtype, options.prefill_logits, options.image_hw)
+    )
     # --ctx-len alone means fixed; else the run's configured mode, else auto.
     implied = "fixed" if options.ctx_len is not None else None
     ctx = ContextChoice(
@@ -1060,7 +1098,8 @@ def _report(
         flops_source=flops_source,
         trace_path=str(path),
         static_compute=_static_compute(options, path),
-        traffic=flops_model,
+        traffic=flops_model if isinstance(flops_model, AnalyticFlops) else None,
+        stages=stages,
     )
     return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
 
@@ -1132,6 +1171,7 @@ class AnalyticFlops:
 
     config: ModelConfig
     bytes_dtype: str | None
+    lm_head_positions: analytic.LmHeadPositions = "last"
 
     @property
     def window(self) -> int:
@@ -1142,7 +1182,8 @@ class AnalyticFlops:
         return float(analytic.vision_flops(self.config, layout).total_flops)
 
     def prefill_flops(self, prefill_len: int) -> float:
-        return float(analytic.prefill_flops(self.config.text, prefill_len).total_flops)
+        text, positions = self.config.text, self.lm_head_positions
+        return float(analytic.prefill_flops(text, prefill_len, "causal", positions).total_flops)
 
     def decode_flops(self, ctx_lens: Sequence[int]) -> float:
         text = self.config.text

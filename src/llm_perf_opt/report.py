@@ -226,6 +226,7 @@ def to_json(report: MfuReport) -> dict[str, Any]:
             "mfu_trace": report.model.mfu_trace,
             "mfu_wall": report.model.mfu_wall,
             "by_peak": by_peak["model"],
+            "absent_stages": list(report.model.absent_stages),
         },
         "mbu": {
             "decode": {
@@ -506,9 +507,10 @@ def _stage_rows(report: MfuReport) -> list[tuple[str, ...]]:
         for s in report.stages.values()
     ]
     m = report.model
+    absent = m.absent_stages
     rows.append(
         (
-            "model",
+            f"model (no {', '.join(absent)})" if absent else "model",
             "",
             _gflop(m.flops),
             _ms(m.gpu_busy_ns),

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from llm_perf_opt.errors import LlmPerfOptError
 from llm_perf_opt.flops.estimate import parse_crops
+from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
 from llm_perf_opt.peak_sources import parse_peak_source
 from llm_perf_opt.peaks import DTYPES
@@ -67,6 +68,8 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
         include_warmup=kw["include_warmup"],
         top_kernels=kw["top_kernels"],
         other_threads=kw["other_threads"],
+        prefill_logits=kw["prefill_logits"],
+        image_hw=parse_image_size(kw["image_size"]) if kw["image_size"] else None,
     )
 
 
@@ -155,7 +158,19 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     type=click.Choice(["deepseek-ocr", "deepseek-ocr2"]),
     help="Built-in architecture for FLOPs. [default: the run metadata's model]",
 )
-@click.option("--config", type=_FILE, help="Model config JSON for FLOPs (see docs/flops.md).")
+@click.option(
+    "--config",
+    type=_FILE,
+    help="Model config JSON for FLOPs: a Hugging Face config.json (llama, qwen, gemma, mixtral, "
+    "deepseek_v2/v3, Qwen-VL, ...), a DeepSeek-OCR one or ours (see docs/flops.md).",
+)
+@click.option(
+    "--prefill-logits",
+    type=click.Choice(["last", "all"]),
+    default="last",
+    show_default=True,
+    help="lm_head in prefill on the last position (generate's logits_to_keep=1) or on all.",
+)
 @click.option(
     "--prefill-len",
     type=click.IntRange(min=1),
@@ -172,6 +187,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Vision preprocessing mode (without run metadata). [default: base]",
 )
 @click.option("--crops", metavar="WxH", help="Gundam crop grid, e.g. 3x2 (without metadata).")
+@click.option(
+    "--image-size",
+    metavar="HxW",
+    help="Image size in px for a Hugging Face VLM's vision FLOPs. [default: the tower's own "
+    "square; 448x448 for Qwen-VL]",
+)
 @click.option("--meta", type=_FILE, help="run.meta.json to use instead of the trace's mark.")
 @click.option(
     "--static-compute",
@@ -213,13 +234,15 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Also attribute launches from range-less threads of the process by time (heuristic).",
 )
 def main(trace: Path, **kw: Any) -> None:
-    """Per-stage MFU (vision, prefill, decode) of a DeepSeek-OCR run from an nsys SQLite TRACE.
+    """Per-stage MFU (vision, prefill, decode: any of them) of an inference run from an nsys
+    SQLite TRACE (DeepSeek-OCR, or a Hugging Face model with --config config.json).
 
     MFU = FLOPs / (peak FLOP/s × time), once with the GPU busy time of each stage's NVTX
     ranges (trace) and once with wall time (the runner's synchronized clock, or the range span);
     the gap is explained by GPU idle time, kernel counts and sizes. Traces from
     scripts/run_dsocr.py carry every fact in their metadata mark; other traces need --stage,
-    --model and token counts. See docs/mfu-math.md and docs/configuration.md.
+    --model or --config and token counts. A stage without ranges (no vision in a text-only
+    model) is left out and the model line says so. See docs/mfu-math.md and docs/configuration.md.
 
     \b
     Example:
@@ -228,6 +251,7 @@ def main(trace: Path, **kw: Any) -> None:
       mfu-analyze run.sqlite --markdown report.md --plots figs/
       mfu-analyze probe.sqlite --stage vision=vision --stage prefill=prefill \\
           --stage decode=decode --model deepseek-ocr --prefill-len 273 --decode-tokens 32
+      mfu-analyze llama.sqlite --config config.json --prefill-len 512
       mfu-analyze any.sqlite --ranges-out ranges.csv
     """
     try:

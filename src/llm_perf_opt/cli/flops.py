@@ -1,4 +1,5 @@
-"""`mfu-flops`: analytic per-stage FLOPs and decode bytes of DeepSeek-OCR (no torch, no GPU)."""
+"""`mfu-flops`: analytic per-stage FLOPs and decode bytes of DeepSeek-OCR or a Hugging Face model
+from its config.json (no torch, no GPU)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ import click
 from llm_perf_opt.errors import ConfigError, LlmPerfOptError
 from llm_perf_opt.flops.configs import FAMILIES, ModelConfig, builtin_config, load_config_json
 from llm_perf_opt.flops.estimate import estimate_run, parse_crops
+from llm_perf_opt.flops.hf import HfModel
+from llm_perf_opt.flops.hf_model import (
+    estimate_hf_run,
+    parse_image_size,
+    read_hf_config,
+    supported_note,
+)
 
 
 class UserError(click.ClickException):
@@ -24,7 +32,9 @@ class UserError(click.ClickException):
     "--config",
     "config_path",
     type=click.Path(dir_okay=False),
-    help="Model config JSON (our to_dict form or a DeepSeek-OCR(-2) config.json).",
+    help="Model config JSON: a Hugging Face config.json ("
+    + supported_note()
+    + "), a DeepSeek-OCR(-2) config.json or our to_dict form.",
 )
 @click.option("--tiny", is_flag=True, help="Use the small CPU-test variant of --model.")
 @click.option("--mode", default="base", show_default=True, help="tiny|small|base|large|gundam.")
@@ -51,6 +61,22 @@ class UserError(click.ClickException):
 @click.option("--ctx-len", type=int, help="C for --ctx-mode fixed.")
 @click.option("--dtype", default="bfloat16", show_default=True, help="bfloat16|float16|float32.")
 @click.option("--format", "fmt", default="table", show_default=True, help="table|json.")
+@click.option(
+    "--image-size",
+    metavar="HxW",
+    help="Image height x width in px for a Hugging Face VLM. [default: the tower's own size; "
+    "448x448 for Qwen-VL]",
+)
+@click.option(
+    "--images", type=int, default=1, show_default=True, help="Images per request (HF VLMs)."
+)
+@click.option(
+    "--prefill-logits",
+    type=click.Choice(["last", "all"]),
+    default="last",
+    show_default=True,
+    help="lm_head in prefill on the last position (generate) or on all of them.",
+)
 def cli(
     model_name: str | None,
     config_path: str | None,
@@ -63,6 +89,9 @@ def cli(
     ctx_len: int | None,
     dtype: str,
     fmt: str,
+    image_size: str | None,
+    images: int,
+    prefill_logits: str,
 ) -> None:
     """Print analytic FLOPs of the vision, prefill and decode stages and decode bytes per step.
 
@@ -79,6 +108,20 @@ def cli(
         if fmt not in ("table", "json"):
             raise ConfigError(f"format {fmt!r} is unknown; use table or json")
         model = _model(model_name, config_path, tiny)
+        if isinstance(model, HfModel):
+            hf = estimate_hf_run(
+                model,
+                prefill_len=prefill_len,
+                decode_steps=decode_tokens,
+                ctx_mode=ctx_mode,
+                ctx_len=ctx_len,
+                dtype=dtype,
+                image_hw=parse_image_size(image_size) if image_size else None,
+                images=images,
+                lm_head_positions="all" if prefill_logits == "all" else "last",
+            )
+            click.echo(json.dumps(hf, indent=2) if fmt == "json" else render_hf_table(hf))
+            return
         result = estimate_run(
             model,
             mode=mode,
@@ -94,7 +137,7 @@ def cli(
     click.echo(json.dumps(result, indent=2) if fmt == "json" else render_table(result))
 
 
-def _model(model_name: str | None, config_path: str | None, tiny: bool) -> ModelConfig:
+def _model(model_name: str | None, config_path: str | None, tiny: bool) -> ModelConfig | HfModel:
     """The built-in model or the config file; both given must agree on the family."""
     if config_path is None:
         if model_name is None:
@@ -102,6 +145,12 @@ def _model(model_name: str | None, config_path: str | None, tiny: bool) -> Model
         return builtin_config(model_name, tiny=tiny)
     if tiny:
         raise ConfigError("--tiny selects a built-in config; drop it when passing --config")
+    hf = read_hf_config(config_path)
+    if hf is not None:
+        if model_name is not None:
+            raise ConfigError(f"--model {model_name} names a DeepSeek-OCR model; drop it for "
+                              f"{config_path} ({hf.model_type})")  # fmt: skip
+        return hf
     model = load_config_json(config_path)
     if model_name is not None and model_name != model.family:
         raise ConfigError(
@@ -132,6 +181,45 @@ def render_table(result: dict[str, Any]) -> str:
     ]
     for name, value, full in rows:
         lines.append(f"{name:<34}{value:>22,}{'' if full is None else f'{full:,}':>22}")
+    for stage, blocks in result["breakdown"].items():
+        stage_total = sum(blocks.values()) or 1
+        lines += ["", f"{stage} by block:"]
+        for block, value in sorted(blocks.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {block:<32}{value:>22,}{100 * value / stage_total:>9.1f}%")
+    return "\n".join(lines)
+
+
+def render_hf_table(result: dict[str, Any]) -> str:
+    """Human-readable summary of a Hugging Face model: stage totals, then each stage's blocks."""
+    lines = [f"{result['model_type']}  ({result['source']})"]
+    if result["vision_flops"] is not None:
+        h, w = result["image_size"]
+        lines.append(
+            f"{result['images']} image(s) of {h}x{w} px -> {result['image_tokens']} image tokens"
+        )
+    rows: list[tuple[str, int | float | None]] = [("vision FLOPs", result["vision_flops"])]
+    if "active_params" in result:
+        if result["prefill_len"] is None:
+            lines.append(f"Lp {result['prefill_len_source']}  dtype {result['dtype']}")
+        else:
+            lines.append(
+                f"Lp {result['prefill_len']} ({result['prefill_len_source']}, logits "
+                f"{result['prefill_logits']})  decode steps {result['decode_steps']}  ctx "
+                f"{result['ctx_mode']}: C = {result['ctx_len_used']:g}  dtype {result['dtype']}"
+            )
+        rows += [
+            ("prefill FLOPs", result["prefill_flops"]),
+            ("prefill FLOPs (full square)", result["prefill_flops_full_square"]),
+            ("decode FLOPs / token", result["decode_flops_per_token"]),
+            ("decode FLOPs total", result["decode_flops_total"]),
+            ("decode FLOPs / token at C = 0", result["decode_flops_at_c0"]),
+            ("decode FLOPs per context position", result["decode_flops_per_ctx"]),
+            ("decode bytes / step", result["decode_bytes_per_step"]),
+            ("KV cache bytes / position", result["kv_cache_bytes_per_position"]),
+            ("active params / token", result["active_params"]),
+        ]
+    lines += ["", f"{'quantity':<38}{'value':>24}"]
+    lines += [f"{name:<38}{value:>24,}" for name, value in rows if value is not None]
     for stage, blocks in result["breakdown"].items():
         stage_total = sum(blocks.values()) or 1
         lines += ["", f"{stage} by block:"]
