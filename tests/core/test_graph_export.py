@@ -1,8 +1,8 @@
 """CUDA graph executions read from a hand-written export in the real nsys 2025.3 schema.
 
-The other tables come from `benchmarks/nsys_schema_3_20_3.sql`; `GRAPH_TRACE_DDL` is the
-definition nsys 2025.3.2 writes for `CUPTI_ACTIVITY_KIND_GRAPH_TRACE` (absent from that file,
-whose lazy exports had no graph-level rows). Every expected number is arithmetic on this page.
+The tables come from `benchmarks/nsys_schema_3_20_3.sql` and, for
+`CUPTI_ACTIVITY_KIND_GRAPH_TRACE`, `benchmarks/nsys_schema_3_20_3_graph_trace.sql`. Every expected
+number is arithmetic on this page.
 """
 
 from __future__ import annotations
@@ -18,18 +18,7 @@ from llm_perf_opt.trace import open_trace
 
 from .test_handbuilt_export import GPID, MAIN, SCHEMA, insert, kernel
 
-GRAPH_TRACE_DDL = """CREATE TABLE CUPTI_ACTIVITY_KIND_GRAPH_TRACE (
-    start                       INTEGER   NOT NULL,                    -- Event start timestamp (ns).
-    end                         INTEGER   NOT NULL,                    -- Event end timestamp (ns).
-    deviceId                    INTEGER   NOT NULL,                    -- Device ID.
-    contextId                   INTEGER   NOT NULL,                    -- Context ID.
-    greenContextId              INTEGER,                               -- Green context ID.
-    streamId                    INTEGER   NOT NULL,                    -- Stream ID.
-    correlationId               INTEGER,                               -- REFERENCES CUPTI_ACTIVITY_KIND_RUNTIME(correlationId)
-    globalPid                   INTEGER,                               -- Serialized GlobalId.
-    graphId                     INTEGER   NOT NULL,                    -- REFERENCES CUDA_GRAPH_EVENTS(graphId)
-    graphExecId                 INTEGER   NOT NULL                     -- REFERENCES CUDA_GRAPH_EVENTS(graphExecId)
-)"""  # noqa: E501 - the nsys layout, kept as written
+GRAPH_TRACE_SQL = SCHEMA.with_name("nsys_schema_3_20_3_graph_trace.sql")
 
 # cudaLaunchKernel (corr 1), three cudaGraphLaunch calls (corr 2, 3 inside `decode`; 4 after it)
 CALLS = [(100, 1, 4), (200, 2, 5), (300, 3, 5), (2_000, 4, 5)]
@@ -50,7 +39,7 @@ def graph_export(tmp_path: Path) -> Path:
     path = tmp_path / "graphs.sqlite"
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA.read_text())
-        db.execute(GRAPH_TRACE_DDL)
+        db.executescript(GRAPH_TRACE_SQL.read_text())
         strings = ["llm_perf_opt", "decode", "my_kernel", "cudaLaunchKernel", "cudaGraphLaunch"]
         insert(db, "StringIds", [{"id": i, "value": v} for i, v in enumerate(strings, 1)])
         event = ("start", "end", "eventType", "text", "textId", "domainId", "globalTid")
