@@ -868,6 +868,10 @@ def _aggregate(
     n_kernels = sum(r.n_kernels for r in rows)
     sources = {r.wall_source for r in rows}
     mean_kernel = _ratio(kernel_sum, n_kernels)
+    # the verdict asks how long each launch keeps the GPU busy: a graph traced whole is one launch
+    n_graph = sum(r.n_graph_ops for r in rows)
+    graph_sum = sum(r.graph_sum_ns for r in rows)
+    mean_launch = _ratio(kernel_sum + graph_sum, n_kernels + n_graph)
     idle = _idle(busy, wall)
     mfu_trace = _ratio(flops, peak.peak_flops * busy * 1e-9)
     result = StageResult(
@@ -878,8 +882,8 @@ def _aggregate(
         kernel_sum_ns=kernel_sum,
         n_gpu_ops=sum(r.n_gpu_ops for r in rows),
         n_kernels=n_kernels,
-        n_graph_ops=sum(r.n_graph_ops for r in rows),
-        graph_sum_ns=sum(r.graph_sum_ns for r in rows),
+        n_graph_ops=n_graph,
+        graph_sum_ns=graph_sum,
         cpu_duration_ns=sum(r.cpu_duration_ns for r in rows),
         wall_ns=wall,
         wall_source=sources.pop() if len(sources) == 1 else "mixed",
@@ -887,7 +891,7 @@ def _aggregate(
         mfu_wall=_ratio(flops, peak.peak_flops * wall * 1e-9),
         idle_fraction=idle,
         mean_kernel_ns=mean_kernel,
-        verdict=_verdict(idle, mean_kernel, mfu_trace, None),
+        verdict=_verdict(idle, mean_launch, mfu_trace, None),
         instances=tuple(rows),
         top_kernels=_top_kernels(ops, [r.range_id for r in rows], kernel_names, top_k),
     )
@@ -908,7 +912,7 @@ def _aggregate(
         bytes_per_step=_ratio(n_bytes, n_steps) if n_bytes is not None else None,
         mbu_trace=mbu_trace,
         mbu_wall=_ratio(n_bytes, bw * wall * 1e-9) if bw and n_bytes is not None else None,
-        verdict=_verdict(idle, mean_kernel, mfu_trace, mbu_trace),
+        verdict=_verdict(idle, mean_launch, mfu_trace, mbu_trace),
     )
 
 

@@ -38,9 +38,9 @@ def _replay(tr: SynthTrace, launch_ns: int, start: int, level: str) -> None:
     tr.ops.append(second)
 
 
-def graph_decode_trace(level: str) -> SynthTrace:
+def graph_decode_trace(level: str, sampling: bool = True) -> SynthTrace:
     """Two images: vision and prefill one eager kernel each; decode one graph replay per step
-    plus one eager sampling kernel."""
+    plus (`sampling`) one eager sampling kernel."""
     tr = SynthTrace()
     for image in range(2):
         t0 = 1_000_000 + image * 30_000_000
@@ -54,12 +54,13 @@ def graph_decode_trace(level: str) -> SynthTrace:
             s0 = t0 + 10_000_000 + k * 1_000_000
             tr.push("decode_step", s0, s0 + 900_000, 300 + k)
             _replay(tr, s0 + 10, s0 + 100_000, level)
-            tr.op(s0 + 20, s0 + 200_000, s0 + 205_000, name_id=3)  # eager sampling kernel
+            if sampling:
+                tr.op(s0 + 20, s0 + 200_000, s0 + 205_000, name_id=3)
     return tr
 
 
-def report_of(level: str) -> MfuReport:
-    attr = graph_decode_trace(level).attribution()
+def report_of(level: str, sampling: bool = True) -> MfuReport:
+    attr = graph_decode_trace(level, sampling).attribution()
     return compute_mfu(
         attr.ranges,
         attr.ops,
@@ -155,3 +156,14 @@ def test_graph_launch_without_a_call_is_unattributed_not_lost() -> None:
     )  # fmt: skip
     free = tr.attribution().unattributed().row(0, named=True)
     assert (free["reason"], free["n_gpu_ops"], free["duration_sum_ns"]) == ("no_launch_call", 1, 10)
+
+
+def test_verdict_counts_a_graph_execution_as_one_launch() -> None:
+    """Decode of graph replays alone: no kernel rows, yet the GPU was busy and has a verdict."""
+    decode = report_of("graph", sampling=False).stages["decode"]
+    assert (decode.n_kernels, decode.kernel_sum_ns, decode.mean_kernel_ns) == (0, 0, None)
+    assert decode.gpu_busy_ns == decode.graph_sum_ns == 6 * 3 * KERNEL_NS
+    assert decode.idle_fraction is not None and decode.idle_fraction > 0.5
+    assert decode.verdict == "host-bound"  # 30 µs per launch: not tiny launches
+    node = report_of("node", sampling=False).stages["decode"]
+    assert node.verdict == "launch-bound"  # the same GPU work seen as 10 µs kernels
