@@ -15,7 +15,9 @@ files) and the row shapes seen in real captures of our runner's NVTX layout:
 - a second launching thread with its own default-domain range (`text`) and its own stream,
   overlapping the vision stage; a start/end range (eventType 60) around model loading;
 - a CUDA-graph replay per decode step: one `cudaGraphLaunch` whose correlationId is shared by
-  several kernel rows with `graphNodeId` set; memcpy and memset rows; kernels outside any range;
+  several kernel rows with `graphNodeId` set (nsys `--cuda-graph-trace=node`), or with
+  `graph_level` one `CUPTI_ACTIVITY_KIND_GRAPH_TRACE` row spanning those kernels instead (nsys's
+  default `graph` mode); memcpy and memset rows; kernels outside any range;
 - the run-metadata mark (eventType 34, JSON per docs/run-metadata.md, consistent with the ranges).
 
 Every GPU op starts after its launch call starts, ops on one stream never overlap, syncing calls
@@ -56,6 +58,7 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
 SCHEMA_SQL = Path(__file__).with_name("nsys_schema_3_20_3.sql")
+GRAPH_TRACE_SQL = Path(__file__).with_name("nsys_schema_3_20_3_graph_trace.sql")
 
 DOMAIN = "llm_perf_opt"
 DOMAIN_ID = 1
@@ -151,6 +154,7 @@ KIND_INDEX = {key: i for i, key in enumerate(KIND_KEYS)}
 GRAPH_NODE_KINDS = ("softmax", "argmax", "fill")  # the sampling graph replayed per decode step
 GRAPH_NODE_US = ((3.0, 5.0), (3.0, 6.0), (1.5, 2.5))
 GRAPH_NODE_ID_BASE = 8_589_934_592  # 2 << 32: nodes of the instantiated (cloned) graph
+GRAPH_ID, GRAPH_EXEC_ID = 2, 3  # the sampling graph and its executable (graph-level rows)
 
 # Slot opcodes: one slot is one CUDA API call on one thread.
 OP_NONE, OP_KERNEL, OP_MEMCPY, OP_MEMSET, OP_GRAPH = 0, 1, 2, 3, 4
@@ -642,6 +646,7 @@ class Summary:
     n_kernels: int = 0
     n_memcpy: int = 0
     n_memset: int = 0
+    n_graph_replays: int = 0  # graph-level rows (`graph_level`); their kernels have no rows
     n_api: int = 0
     n_nvtx: int = 0
     duration_ns: int = 0
@@ -652,10 +657,17 @@ class Summary:
 class Writer:
     """Streams simulated runs into the SQLite file, one chunk (an image) at a time."""
 
-    def __init__(self, con: sqlite3.Connection, summary: Summary, kind_columns: IntArray) -> None:
+    def __init__(
+        self,
+        con: sqlite3.Connection,
+        summary: Summary,
+        kind_columns: IntArray,
+        graph_level: bool = False,
+    ) -> None:
         self.con = con
         self.summary = summary
         self.kind_columns = kind_columns
+        self.graph_level = graph_level
         self.runs: list[Run] = []
         self.next_correlation = 1_000
         self.next_grid_id = 1
@@ -711,7 +723,13 @@ class Writer:
         code, kind, node = code[order], kind[order], node[order]
         nbytes, copy = cat("op_bytes")[order], cat("op_copy")[order]
         src, dst = cat("op_src")[order], cat("op_dst")[order]
-        self._insert_kernels(code == OP_KERNEL, start, end, stream, corr, kind, node)
+        kernels = code == OP_KERNEL
+        if self.graph_level:
+            replayed = kernels & (node >= 0)
+            self._insert_graph_replays(start[replayed], end[replayed], stream[replayed],
+                                       corr[replayed])  # fmt: skip
+            kernels &= ~replayed
+        self._insert_kernels(kernels, start, end, stream, corr, kind, node)
         m = code == OP_MEMCPY
         rows = zip(
             *(c.tolist() for c in (start[m], end[m], stream[m], corr[m], nbytes[m], copy[m])),
@@ -735,6 +753,30 @@ class Writer:
             rows,
         )
         self.summary.n_memset += int(m.sum())
+
+    def _insert_graph_replays(
+        self, start: IntArray, end: IntArray, stream: IntArray, corr: IntArray
+    ) -> None:
+        """One graph-level row per replay (the node kernels sharing a correlation id): first
+        node start to last node end, as nsys's default `--cuda-graph-trace=graph` records it."""
+        if len(corr) == 0:
+            return
+        order = np.argsort(corr, kind="stable")
+        corr, start, end, stream = corr[order], start[order], end[order], stream[order]
+        heads = np.flatnonzero(np.r_[True, corr[1:] != corr[:-1]])
+        rows = zip(
+            np.minimum.reduceat(start, heads).tolist(),
+            np.maximum.reduceat(end, heads).tolist(),
+            stream[heads].tolist(),
+            corr[heads].tolist(),
+            strict=True,
+        )
+        self.con.executemany(
+            "INSERT INTO CUPTI_ACTIVITY_KIND_GRAPH_TRACE VALUES "
+            f"(?, ?, 0, 1, NULL, ?, ?, {GLOBAL_PID}, {GRAPH_ID}, {GRAPH_EXEC_ID})",
+            rows,
+        )
+        self.summary.n_graph_replays += len(heads)
 
     def _insert_kernels(
         self,
@@ -821,13 +863,20 @@ class ImageTiming:
 class Generator:
     """Builds the whole trace: the runner's control flow over compiled blocks."""
 
-    def __init__(self, plan: TracePlan, seed: int, con: sqlite3.Connection, summary: Summary):
+    def __init__(
+        self,
+        plan: TracePlan,
+        seed: int,
+        con: sqlite3.Connection,
+        summary: Summary,
+        graph_level: bool = False,
+    ):
         self.plan = plan
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.strings = Strings()
         self.timeline = Timeline(self.rng)
-        self.writer = Writer(con, summary, _kind_columns(self.strings))
+        self.writer = Writer(con, summary, _kind_columns(self.strings), graph_level)
         self.nvtx: list[tuple[Any, ...]] = []
         self.cccl_created = False
         self.measured_step = 0
@@ -1145,10 +1194,14 @@ def _metadata_rows(con: sqlite3.Connection, path: Path, duration_ns: int, string
     con.executemany("INSERT INTO CUDA_GRAPH_NODE_EVENTS VALUES (?, ?, ?, ?, ?, ?, ?)", graph_events)
 
 
-def generate(path: str | Path, n_kernels: int, seed: int = 0) -> Summary:
+def generate(
+    path: str | Path, n_kernels: int, seed: int = 0, *, graph_level: bool = False
+) -> Summary:
     """Write an nsys-schema SQLite export with exactly `n_kernels` kernel rows to `path`.
 
-    The file is built next to `path` and renamed into place when complete.
+    With `graph_level` the CUDA-graph replays are written as graph-level rows instead of their
+    node kernels (same seed, same times otherwise), so the file has fewer kernel rows. The file
+    is built next to `path` and renamed into place when complete.
 
     Raises:
         ValueError: `n_kernels` is too small for the trace's structure.
@@ -1165,8 +1218,10 @@ def generate(path: str | Path, n_kernels: int, seed: int = 0) -> Summary:
         con.execute("PRAGMA synchronous=OFF")
         con.execute("PRAGMA cache_size=-262144")
         con.executescript(SCHEMA_SQL.read_text(encoding="utf-8"))
+        if graph_level:
+            con.executescript(GRAPH_TRACE_SQL.read_text(encoding="utf-8"))
         con.execute("BEGIN")
-        gen = Generator(plan, seed, con, summary)
+        gen = Generator(plan, seed, con, summary, graph_level)
         summary.meta = gen.generate()
         _metadata_rows(con, path, summary.duration_ns, gen.strings)
         con.executemany(
@@ -1193,17 +1248,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kernels", type=parse_count, required=True, help="kernel rows, e.g. 1e6")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--cuda-graph-trace",
+        choices=("node", "graph"),
+        default="node",
+        help="how graph replays are recorded, as nsys's option of that name (default: node)",
+    )
     parser.add_argument("-o", "--output", type=Path, required=True, help="the .sqlite to write")
     args = parser.parse_args(argv)
     try:
-        summary = generate(args.output, args.kernels, args.seed)
+        summary = generate(
+            args.output, args.kernels, args.seed, graph_level=args.cuda_graph_trace == "graph"
+        )
     except ValueError as exc:
         parser.error(str(exc))
     size_mb = summary.path.stat().st_size / 1e6
     plan = summary.plan
     print(
         f"{summary.path}: {summary.n_kernels} kernels, {summary.n_memcpy} memcpy, "
-        f"{summary.n_memset} memset, {summary.n_api} API calls, {summary.n_nvtx} NVTX events; "
+        f"{summary.n_memset} memset, {summary.n_graph_replays} graph-level replays, "
+        f"{summary.n_api} API calls, {summary.n_nvtx} NVTX events; "
         f"{plan.n_images} images x {plan.decode_steps} decode steps of ~{plan.kernels_per_step} "
         f"kernels; {summary.duration_ns / 1e9:.1f} s of trace, {size_mb:.0f} MB, "
         f"written in {summary.seconds:.1f} s"

@@ -2,8 +2,11 @@
 
 The rule, in one place:
 
-1. A GPU op (kernel, memcpy, memset) is joined to its launching CUDA API call on
-   `(globalPid, correlationId)`; CUDA-graph node kernels share their `cudaGraphLaunch` call.
+1. A GPU op (kernel, memcpy, memset, or a CUDA graph execution traced whole) is joined to its
+   launching CUDA API call on `(globalPid, correlationId)`; CUDA-graph node kernels and the
+   graph-level row of a replay share their `cudaGraphLaunch` call. A graph-level row whose launch
+   also has node rows (kernel, memcpy or memset of the same `(globalPid, correlationId)`) is
+   dropped: the node rows are the finer record of the same GPU time, which must count once.
 2. **Inclusive**: the op belongs to every NVTX range on the launching thread whose CPU interval
    `[start, end]` contains the call's start — the whole push/pop stack, as NVIDIA's `nvtxgpuproj`
    and `nvtxkernsum` count it. Open ranges end at the end of the trace.
@@ -18,9 +21,10 @@ The rule, in one place:
    main thread) and is labelled as such in `ops.attributed_by`.
 
 Per range: `n_gpu_ops` (launching calls with GPU work, NVIDIA's `NumGPUOps`: a CUDA graph launch
-counts once; `n_op_rows` counts every kernel/memcpy/memset row), projected start (first op start)
+counts once; `n_op_rows` counts every op row), projected start (first op start)
 and duration (last op end − first op start: a span, idle gaps included), `kernel_sum_ns`
-(kernels only, as `nvtxkernsum`), `gpu_busy_ns` (the union of all op intervals per device,
+(kernels only, as `nvtxkernsum`; graph executions not), `gpu_busy_ns` (the union of all op
+intervals per device, graph executions included,
 summed over devices, so overlapping ops are not counted twice), and the same three sums for
 exclusive ops. All work is columnar: sorted searches and joins over whole tables, no Python loop
 per op or per range.
@@ -179,7 +183,7 @@ def attribute_frames(
             f"domains={selection.domains}); names present: "
             f"{', '.join(sorted(set(ranges['name'].to_list()))[:20])}"
         )
-    ops, launched = _join_launches(ops, calls)
+    ops, launched = _join_launches(without_covered_graph_rows(ops), calls)
     del calls  # millions of rows, no longer needed
     lean = launched.select(STATS_COLUMNS[1:])
     lo, hi, by_thread = _launch_slices(ranges, launched)
@@ -222,6 +226,25 @@ def attribute_frames(
         .sort("range_id")
     )
     return Attribution(ranges=stats, ops=op_table)
+
+
+def without_covered_graph_rows(ops: pl.DataFrame) -> pl.DataFrame:
+    """`ops` less the graph-level rows whose launch (globalPid, correlationId) also has node rows,
+    so a replay traced both ways counts its GPU time once (rule 1). Only the few graph rows and
+    the ops sharing their correlation ids are compared: no join over the whole table."""
+    is_graph = pl.col("kind") == "graph"
+    graphs = ops.filter(is_graph).select("op_id", "global_pid", "correlation_id")
+    if graphs.is_empty():
+        return ops
+    nodes = (
+        ops.filter(~is_graph, pl.col("correlation_id").is_in(graphs["correlation_id"].implode()))
+        .select("global_pid", "correlation_id")
+        .unique()
+    )
+    covered = graphs.join(nodes, on=["global_pid", "correlation_id"], how="semi")["op_id"]
+    if covered.is_empty():
+        return ops
+    return ops.filter(~(is_graph & pl.col("op_id").is_in(covered.implode())))
 
 
 def _max_depth(ranges: pl.DataFrame) -> int:
@@ -567,7 +590,7 @@ def _op_table(ops: pl.DataFrame, excl: pl.DataFrame, has_own_range: pl.Series) -
         "end_ns",
         "name_id",
         "correlation_id",
-        *(c for c in ("graph_node_id", "bytes") if c in ops.columns),
+        *(c for c in ("graph_id", "graph_node_id", "bytes") if c in ops.columns),
         pid=pid_of(pl.col("global_pid")).cast(pl.Int32),
         tid=tid_of(pl.col("launch_tid")).cast(pl.Int32),
         launch_ns="launch_ns",

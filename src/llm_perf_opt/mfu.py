@@ -208,17 +208,20 @@ class InstanceResult:
     mbu_trace: float | None = None
     mbu_wall: float | None = None
     bytes_moved: float | None = None
+    n_graph_ops: int = 0
+    graph_sum_ns: int = 0
 
 
 @dataclass(frozen=True)
 class KernelShare:
-    """One kernel name's share of a stage's kernel time."""
+    """One kernel name's (or one CUDA graph's executions') share of a stage's kernel time."""
 
     name: str
     count: int
     total_ns: int
     mean_ns: float
     share: float
+    kind: str = "kernel"
 
 
 @dataclass(frozen=True)
@@ -251,6 +254,8 @@ class StageResult:
     mbu_trace: float | None = None
     mbu_wall: float | None = None
     bytes_moved: float | None = None
+    n_graph_ops: int = 0
+    graph_sum_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -554,30 +559,55 @@ def _decode_ctx(
     )
 
 
-def _kernel_stats(ops: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, int]:
-    """Kernel count per (exclusively attributed) range."""
+@dataclass(frozen=True)
+class _LaunchKinds:
+    """What one range launched, by kind: kernels, and CUDA graphs traced whole (their kernels
+    are not in the trace, so they are counted and timed apart from the kernels)."""
+
+    n_kernels: int = 0
+    n_graph_ops: int = 0
+    graph_sum_ns: int = 0
+
+
+def _kernel_stats(ops: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, _LaunchKinds]:
+    """Kernel and graph-execution counts, and graph time, per (exclusively attributed) range."""
+    is_graph = pl.col("kind") == "graph"
     counted = (
-        ops.filter(pl.col("kind") == "kernel", pl.col("range_id").is_in(list(range_ids)))
+        ops.filter(
+            pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
+        )
         .group_by("range_id")
-        .agg(n=pl.len())
+        .agg(
+            n_kernels=(~is_graph).sum(),
+            n_graph_ops=is_graph.sum(),
+            graph_sum_ns=pl.when(is_graph).then(pl.col("end_ns") - pl.col("start_ns")).sum(),
+        )
     )
-    return {int(r): int(n) for r, n in counted.rows()}
+    return {
+        int(r["range_id"]): _LaunchKinds(
+            int(r["n_kernels"]), int(r["n_graph_ops"]), int(r["graph_sum_ns"])
+        )
+        for r in counted.iter_rows(named=True)
+    }
 
 
 def _top_kernels(
     ops: pl.DataFrame, range_ids: Sequence[int], names: pl.DataFrame | None, k: int
 ) -> tuple[KernelShare, ...]:
-    """The `k` kernel names with the most GPU time among ops attributed to `range_ids`."""
+    """The `k` kernel names with the most GPU time among ops attributed to `range_ids`; the
+    executions of one CUDA graph traced whole count as one entry, `CUDA graph <graphId>`."""
     if k <= 0:
         return ()
-    kernels = ops.filter(pl.col("kind") == "kernel", pl.col("range_id").is_in(list(range_ids)))
+    kernels = ops.filter(
+        pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
+    ).with_columns(graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")))
     if kernels.is_empty():
         return ()
     total = int((kernels["end_ns"] - kernels["start_ns"]).sum())
     grouped = (
-        kernels.group_by("name_id")
+        kernels.group_by("kind", "name_id", "graph_key")
         .agg(count=pl.len(), total_ns=(pl.col("end_ns") - pl.col("start_ns")).sum())
-        .sort("total_ns", "name_id", descending=[True, False])
+        .sort("total_ns", "name_id", "graph_key", descending=[True, False, False])
         .head(k)
     )
     if names is not None:
@@ -586,14 +616,22 @@ def _top_kernels(
         grouped = grouped.with_columns(name=pl.lit(None, pl.String))
     return tuple(
         KernelShare(
-            name=row["name"] if row["name"] is not None else f"<kernel name id {row['name_id']}>",
+            name=_entry_name(row),
             count=int(row["count"]),
             total_ns=int(row["total_ns"]),
             mean_ns=row["total_ns"] / row["count"],
             share=row["total_ns"] / total if total else 0.0,
+            kind=str(row["kind"]),
         )
         for row in grouped.iter_rows(named=True)
     )
+
+
+def _entry_name(row: Mapping[str, Any]) -> str:
+    """A top-kernel entry's name: the kernel's, or `CUDA graph <id>` for a graph's executions."""
+    if row["kind"] == "graph":
+        return f"CUDA graph {row['graph_key']}"
+    return row["name"] if row["name"] is not None else f"<kernel name id {row['name_id']}>"
 
 
 def compute_mfu(
@@ -695,6 +733,7 @@ def compute_mfu(
         for stage, rows in per_stage.items()
     }
     warnings.extend(_implausible(results))
+    warnings.extend(_graph_level_note(ops))
     flops_total = sum(s.flops for s in results.values())
     busy_total = sum(s.gpu_busy_ns for s in results.values())
     wall_total = sum(s.wall_ns for s in results.values())
@@ -741,6 +780,19 @@ def _implausible(stages: Mapping[str, StageResult]) -> list[str]:
     return out
 
 
+def _graph_level_note(ops: pl.DataFrame) -> list[str]:
+    """One line for a trace with CUDA graphs traced whole: what the report cannot see."""
+    n_graph = int((ops["kind"] == "graph").sum())
+    if n_graph == 0:
+        return []
+    return [
+        f"{n_graph:,} CUDA graph executions were traced whole (nsys --cuda-graph-trace=graph, "
+        "its default): their kernels are not in the trace, so each execution counts as one "
+        "entry in graph_ops/graph_s and the top kernels; capture with --cuda-graph-trace=node "
+        "for the per-kernel view"
+    ]
+
+
 @dataclass(frozen=True)
 class _Work:
     """What the model says one stage instance computes (and, for decode, reads)."""
@@ -778,7 +830,7 @@ def _instance_result(
     fact: _Facts,
     row: Mapping[str, Any],
     work: _Work,
-    n_kernels: Mapping[int, int],
+    n_kernels: Mapping[int, _LaunchKinds],
     peak: PeakChoice,
 ) -> InstanceResult:
     """Times of one stage range (exclusive columns) against its work."""
@@ -786,6 +838,7 @@ def _instance_result(
     wall_ns = wall_runner * 1e9 if wall_runner is not None else float(_span_ns(row))
     busy = int(row["excl_gpu_busy_ns"])
     rid = int(row["range_id"])
+    kinds = n_kernels.get(rid, _LaunchKinds())
     bw = peak.peak_bandwidth_Bps if work.decode_bytes is not None else None
     return InstanceResult(
         stage=stage,
@@ -797,7 +850,9 @@ def _instance_result(
         gpu_busy_ns=busy,
         kernel_sum_ns=int(row["excl_kernel_sum_ns"]),
         n_gpu_ops=int(row["excl_n_gpu_ops"]),
-        n_kernels=n_kernels.get(rid, 0),
+        n_kernels=kinds.n_kernels,
+        n_graph_ops=kinds.n_graph_ops,
+        graph_sum_ns=kinds.graph_sum_ns,
         cpu_duration_ns=int(row["cpu_duration_ns"]),
         wall_ns=wall_ns,
         wall_source="runner" if wall_runner is not None else "range",
@@ -866,6 +921,10 @@ def _aggregate(
     n_kernels = sum(r.n_kernels for r in rows)
     sources = {r.wall_source for r in rows}
     mean_kernel = _ratio(kernel_sum, n_kernels)
+    # the verdict asks how long each launch keeps the GPU busy: a graph traced whole is one launch
+    n_graph = sum(r.n_graph_ops for r in rows)
+    graph_sum = sum(r.graph_sum_ns for r in rows)
+    mean_launch = _ratio(kernel_sum + graph_sum, n_kernels + n_graph)
     idle = _idle(busy, wall)
     mfu_trace = _ratio(flops, peak.peak_flops * busy * 1e-9)
     moved = [r.bytes_moved for r in rows if r.bytes_moved is not None]
@@ -877,6 +936,8 @@ def _aggregate(
         kernel_sum_ns=kernel_sum,
         n_gpu_ops=sum(r.n_gpu_ops for r in rows),
         n_kernels=n_kernels,
+        n_graph_ops=n_graph,
+        graph_sum_ns=graph_sum,
         cpu_duration_ns=sum(r.cpu_duration_ns for r in rows),
         wall_ns=wall,
         wall_source=sources.pop() if len(sources) == 1 else "mixed",
@@ -884,7 +945,7 @@ def _aggregate(
         mfu_wall=_ratio(flops, peak.peak_flops * wall * 1e-9),
         idle_fraction=idle,
         mean_kernel_ns=mean_kernel,
-        verdict=_verdict(idle, mean_kernel, mfu_trace, None),
+        verdict=_verdict(idle, mean_launch, mfu_trace, None),
         instances=tuple(rows),
         top_kernels=_top_kernels(ops, [r.range_id for r in rows], kernel_names, top_k),
         bytes_moved=sum(moved) if len(moved) == len(rows) else None,
@@ -906,7 +967,7 @@ def _aggregate(
         bytes_per_step=_ratio(n_bytes, n_steps) if n_bytes is not None else None,
         mbu_trace=mbu_trace,
         mbu_wall=_ratio(n_bytes, bw * wall * 1e-9) if bw and n_bytes is not None else None,
-        verdict=_verdict(idle, mean_kernel, mfu_trace, mbu_trace),
+        verdict=_verdict(idle, mean_launch, mfu_trace, mbu_trace),
     )
 
 

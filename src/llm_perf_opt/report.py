@@ -65,6 +65,8 @@ CSV_COLUMNS: Final = (
     "idle_fraction",
     "n_gpu_ops",
     "n_kernels",
+    "graph_ops",
+    "graph_s",
     "mean_kernel_us",
     "verdict",
     "decode_steps",
@@ -114,6 +116,8 @@ def _instance_json(r: InstanceResult) -> dict[str, Any]:
         "idle_fraction": r.idle_fraction,
         "n_gpu_ops": r.n_gpu_ops,
         "n_kernels": r.n_kernels,
+        "graph_ops": r.n_graph_ops,
+        "graph_s": _s(r.graph_sum_ns),
     }
     if r.stage == "decode":
         out |= {
@@ -143,11 +147,14 @@ def _stage_json(
         "idle_fraction": s.idle_fraction,
         "n_gpu_ops": s.n_gpu_ops,
         "n_kernels": s.n_kernels,
+        "graph_ops": s.n_graph_ops,
+        "graph_s": _s(s.graph_sum_ns),
         "mean_kernel_us": None if s.mean_kernel_ns is None else s.mean_kernel_ns / 1e3,
         "verdict": s.verdict,
         "top_kernels": [
             {
                 "name": k.name,
+                "kind": k.kind,
                 "count": k.count,
                 "total_s": _s(k.total_ns),
                 "mean_us": k.mean_ns / 1e3,
@@ -298,6 +305,8 @@ def _csv_row(level: str, stage: str, item: Any, report: MfuReport) -> dict[str, 
             "idle_fraction": item.idle_fraction,
             "n_gpu_ops": item.n_gpu_ops,
             "n_kernels": item.n_kernels,
+            "graph_ops": item.n_graph_ops,
+            "graph_s": _s(item.graph_sum_ns),
             "decode_steps": item.decode_steps,
             "decode_bytes": item.decode_bytes,
             "mbu_trace": item.mbu_trace,
@@ -494,13 +503,13 @@ def _stage_rows(report: MfuReport) -> list[tuple[str, ...]]:
             str(len(s.instances)),
             _gflop(s.flops),
             _ms(s.gpu_busy_ns),
-            _ms(s.kernel_sum_ns),
+            _ms(s.kernel_sum_ns) + (f" + {_ms(s.graph_sum_ns)} graph" if s.n_graph_ops else ""),
             _ms(s.wall_ns),
             s.wall_source,
             format_pct(s.mfu_trace),
             format_pct(s.mfu_wall),
             format_pct(s.idle_fraction),
-            f"{s.n_kernels:,}",
+            f"{s.n_kernels:,}" + (f" + {s.n_graph_ops:,} graph" if s.n_graph_ops else ""),
             _us(s.mean_kernel_ns),
             s.verdict,
         )
@@ -563,8 +572,9 @@ def _decode_lines(report: MfuReport) -> list[str]:
     d = report.stages.get("decode")
     if d is None:
         return []
+    graphs = f" (+ {d.n_graph_ops:,} CUDA graph executions)" if d.n_graph_ops else ""
     lines = [
-        f"Decode: {d.decode_steps} steps, {_num(d.kernels_per_step)} kernels/step, "
+        f"Decode: {d.decode_steps} steps, {_num(d.kernels_per_step)} kernels/step{graphs}, "
         f"step time {_us(d.step_busy_ns)} µs GPU busy / {_us(d.step_wall_ns)} µs wall",
     ]
     if d.bytes_per_step is not None:

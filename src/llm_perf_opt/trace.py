@@ -54,6 +54,9 @@ GPU_OP_TABLES: Final = {
     "kernel": "CUPTI_ACTIVITY_KIND_KERNEL",
     "memcpy": "CUPTI_ACTIVITY_KIND_MEMCPY",
     "memset": "CUPTI_ACTIVITY_KIND_MEMSET",
+    # A CUDA graph replay traced whole (nsys --cuda-graph-trace=graph, its default): one row per
+    # replay, its kernels in no other table.
+    "graph": "CUPTI_ACTIVITY_KIND_GRAPH_TRACE",
 }
 RUNTIME_TABLE: Final = "CUPTI_ACTIVITY_KIND_RUNTIME"
 NVTX_TABLE: Final = "NVTX_EVENTS"
@@ -73,6 +76,7 @@ GPU_OPS_SCHEMA: Final = pl.Schema(
         "global_pid": pl.Int64,
         "correlation_id": pl.Int64,
         "name_id": pl.Int32,
+        "graph_id": pl.UInt32,
         "graph_node_id": pl.Int64,
         "bytes": pl.Int64,
     }
@@ -314,10 +318,13 @@ class Trace:
 
     # -- GPU work and CUDA API --------------------------------------------------------------------
     def gpu_ops(self, *, lean: bool = False) -> pl.DataFrame:
-        """Kernels, memcpys and memsets of every device, in one frame (`GPU_OPS_SCHEMA`;
-        `lean` leaves out `graph_node_id` and `bytes`, which attribution does not need).
+        """Kernels, memcpys, memsets and whole-graph executions of every device, in one frame
+        (`GPU_OPS_SCHEMA`; `lean` leaves out `graph_node_id` and `bytes`, which attribution does
+        not need).
 
-        `op_id` is unique across the three kinds (kind index · 2⁴⁰ + rowid). Raises
+        `op_id` is unique across the kinds (kind index · 2⁴⁰ + rowid). A `graph` op is one replay
+        of a CUDA graph traced at graph level: `name_id` null, `graph_id` the replayed graph
+        (`graphId`; also set on node kernels where the export has the column). Raises
         NoGpuOpsError when the export has no GPU-op table at all.
         """
         wanted = [c for c in GPU_OPS_SCHEMA.names() if not lean or c not in LEAN_DROPS]
@@ -332,25 +339,28 @@ class Trace:
                 )
             else:
                 name = "NULL"
-            graph = "graphNodeId" if "graphNodeId" in cols else "NULL"
-            nbytes = "bytes" if "bytes" in cols else "NULL"
+            optional = {
+                "name_id": name,
+                "graph_id": "graphId" if "graphId" in cols else "NULL",
+                "graph_node_id": "graphNodeId" if "graphNodeId" in cols else "NULL",
+                "bytes": "bytes" if "bytes" in cols else "NULL",
+            }
+            selected = ", ".join(
+                f"CAST({src} AS INTEGER) AS {dst}" for dst, src in optional.items() if dst in wanted
+            )
             query = (
                 f"SELECT rowid + {kind_index << 40} AS op_id, deviceId AS device_id, "
                 "streamId AS stream_id, start AS start_ns, end AS end_ns, "
                 "globalPid AS global_pid, correlationId AS correlation_id, "
-                f"CAST({name} AS INTEGER) AS name_id, CAST({graph} AS INTEGER) AS graph_node_id, "
-                f"CAST({nbytes} AS INTEGER) AS bytes FROM {table}"
+                f"{selected} FROM {table}"
             )
-            if lean:
-                query = query.replace(f", CAST({graph} AS INTEGER) AS graph_node_id", "")
-                query = query.replace(f", CAST({nbytes} AS INTEGER) AS bytes", "")
             schema = {k: v for k, v in GPU_OPS_SCHEMA.items() if k != "kind" and k in wanted}
             frame = self._frame(query, schema)
             parts.append(frame.with_columns(kind=pl.lit(kind, OP_KINDS)))
         if not parts:
             raise NoGpuOpsError(
-                f"{self.path}: the export has no kernels, memcpys or memsets. Capture with "
-                "`nsys profile -t cuda,nvtx ...` (for CUDA graphs add `--cuda-graph-trace=node`)."
+                f"{self.path}: the export has no kernels, memcpys, memsets or CUDA graph "
+                "executions. Capture with `nsys profile -t cuda,nvtx ...`."
             )
         ops = pl.concat(parts, how="vertical", rechunk=False).select(wanted)
         return ops.cast({k: GPU_OPS_SCHEMA[k] for k in wanted})

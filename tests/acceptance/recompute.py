@@ -141,6 +141,13 @@ def expected_report(
         .agg(n=pl.len())
     )
     kernels_of = dict(n_kernels.iter_rows())
+    # CUDA graph executions traced whole: counted and timed apart from the kernels
+    graph_rows = (
+        attr.ops.filter(pl.col("kind") == "graph", pl.col("range_id").is_not_null())
+        .group_by("range_id")
+        .agg(n=pl.len(), ns=(pl.col("end_ns") - pl.col("start_ns")).sum())
+    )
+    graphs_of = {rid: (n, ns) for rid, n, ns in graph_rows.iter_rows()}
     per_stage: dict[str, list[dict[str, Any]]] = {s: [] for s in STAGES}
     moved = dict.fromkeys(STAGES, 0.0)
     contexts, steps_out = [], []
@@ -209,6 +216,8 @@ def expected_report(
                 "idle_fraction": _idle(busy_s, wall_s),
                 "n_gpu_ops": row["n_gpu_ops"],
                 "n_kernels": kernels_of.get(row["range_id"], 0),
+                "graph_ops": graphs_of.get(row["range_id"], (0, 0))[0],
+                "graph_s": graphs_of.get(row["range_id"], (0, 0))[1] / 1e9,
             }
             if stage == "decode":
                 out |= {
@@ -298,6 +307,8 @@ def _stage(
         "idle_fraction": _idle(busy_s, wall_s),
         "n_gpu_ops": total("n_gpu_ops"),
         "n_kernels": n_kernels,
+        "graph_ops": total("graph_ops"),
+        "graph_s": total("graph_s"),
         "mean_kernel_us": mean_kernel_ns / 1e3,
         "verdict": _verdict(_idle(busy_s, wall_s), mean_kernel_ns, mfu_trace, None),
         "top_kernels": _top_kernels(attr, kernel_names, [r["range_id"] for r in rows]),

@@ -48,7 +48,8 @@ def ranges(*rows: dict[str, Any]) -> pl.DataFrame:
 
 def ops_and_calls(*rows: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """GPU ops with their launch calls: start, end, launch (call start; None = no call), tid (1),
-    device (0), stream (7), kind ("kernel"), corr (default: row number + 1), pid."""
+    device (0), stream (7), kind ("kernel"), corr (default: row number + 1), pid, graph (the
+    graphId of a graph-level row)."""
     ops, calls = [], []
     for i, row in enumerate(rows):
         corr, pid = row.get("corr", i + 1), row.get("pid", PID)
@@ -63,6 +64,7 @@ def ops_and_calls(*rows: dict[str, Any]) -> tuple[pl.DataFrame, pl.DataFrame]:
                 "global_pid": gpid(pid),
                 "correlation_id": corr,
                 "name_id": row.get("name_id", 1),
+                "graph_id": row.get("graph"),
                 "graph_node_id": None,
                 "bytes": None,
             }

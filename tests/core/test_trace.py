@@ -137,7 +137,7 @@ def test_without_nvtx(probe_trace: Path, tmp_path: Path) -> None:
 def test_without_gpu_ops(probe_trace: Path, tmp_path: Path) -> None:
     tables = ["CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_MEMSET"]
     path = _copy_without(probe_trace, tmp_path / "b.sqlite", tables)
-    with pytest.raises(NoGpuOpsError, match="--cuda-graph-trace=node"):
+    with pytest.raises(NoGpuOpsError, match="-t cuda,nvtx"):
         open_trace(path).gpu_ops()
 
 
