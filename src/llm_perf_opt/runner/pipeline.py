@@ -20,6 +20,7 @@ range's CPU interval both cover the stage's GPU work.
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -197,7 +198,7 @@ def static_compute_module() -> ModuleType:
         StaticComputeUnavailableError: fvcore is not installed.
     """
     try:
-        from llm_perf_opt.runner import static_compute
+        static_compute = importlib.import_module("llm_perf_opt.runner.static_compute")
     except ImportError as exc:
         raise StaticComputeUnavailableError(
             f"--static-compute needs fvcore ({exc}); `pip install fvcore` or drop the flag"
