@@ -98,6 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let SDPA use cuDNN attention (off by default: it rebuilds a graph per KV length)",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="decode through a static KV cache, the step captured once as a CUDA graph and "
+        "replayed (needs --experts-implementation grouped_mm or batched_mm)",
+    )
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="before the workload, in a `calibrate` range: measure GEMM TFLOP/s (large square "
+        "and the model's own shapes) and copy bandwidth; recorded as `calibration`",
+    )
+    p.add_argument(
+        "--static-compute",
+        action="store_true",
+        help="after the run, write static_compute.json/.md (fvcore FLOPs per stage) into --out",
+    )
     return p
 
 

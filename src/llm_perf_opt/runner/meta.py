@@ -94,8 +94,13 @@ def build_run_meta(
     facts: RunFacts,
     images: list[dict[str, Any]],
     prompt_text_tokens: int,
+    *,
+    decode_backend: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole metadata object, validated against `run_meta.schema.json`.
+
+    `decode_backend` and `calibration` are included when given (`--calibrate` makes the latter).
 
     Raises:
         SchemaValidationError: the record does not match the schema.
@@ -145,6 +150,10 @@ def build_run_meta(
         },
         "images": images,
     }
+    if decode_backend is not None:
+        meta["decode_backend"] = decode_backend
+    if calibration is not None:
+        meta["calibration"] = calibration
     check_run_meta(meta)
     return meta
 

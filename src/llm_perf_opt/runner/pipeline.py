@@ -2,13 +2,16 @@
 
 NVTX layout (domain `llm_perf_opt`, push/pop on the main thread):
 
+    calibrate                    (only with --calibrate)
     warmup                       (only with warmup rounds)
       image (payload: round)  ⊃ vision, prefill, decode ⊃ decode_step (payload: C) …
     image (payload: image index)
       vision
       prefill
+      graph_capture              (--cuda-graphs on CUDA: once, in the first image run)
       decode
         decode_step (payload: C = Lp + k, k = 1 .. max_new_tokens - 1)
+    static_compute               (only with --static-compute, after the mark)
 
 Each stage and each decode step is bracketed by device synchronizations: the host waits before
 it starts the clock and again, inside the range, before it stops it, so wall seconds and the
@@ -17,12 +20,14 @@ range's CPU interval both cover the stage's GPU work.
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
+from types import ModuleType
 from typing import Any, Final
 
 import torch
@@ -31,6 +36,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llm_perf_opt.errors import ConfigError, LlmPerfOptError
 from llm_perf_opt.flops.configs import FAMILIES, builtin_config
+from llm_perf_opt.runner.calibrate import calibrate
+from llm_perf_opt.runner.graph_decode import StaticDecoder
 from llm_perf_opt.runner.meta import ImageTiming, RunFacts, build_run_meta, emit, image_entry
 from llm_perf_opt.runner.model import BuiltModel, build_model, load_local
 from llm_perf_opt.runner.nvtx_marks import Annotator
@@ -56,6 +63,10 @@ SDPA_BACKENDS: Final = (
 
 class DeviceUnavailableError(LlmPerfOptError):
     """The requested device does not exist on this machine."""
+
+
+class StaticComputeUnavailableError(LlmPerfOptError):
+    """The static compute report was asked for but fvcore is not installed."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,8 @@ def _run(settings: RunSettings) -> RunResult:
     annotator = Annotator(settings.nvtx)
     if settings.model in FAMILIES:  # fail on a bad mode before building a full-size model
         builtin_config(settings.model, tiny=settings.tiny).mode(settings.mode)
+    if settings.static_compute:
+        static_compute_module()  # fail before the model is built
     sources = _load_images(settings)
     built = _build(settings, dtype, device)
     prepared = [
@@ -108,6 +121,19 @@ def _run(settings: RunSettings) -> RunResult:
     warmup_rounds = settings.warmup_rounds
     if warmup_rounds is None:
         warmup_rounds = 1 if device.type == "cuda" else 0
+    calibration = None
+    if settings.calibrate:
+        with annotator.range("calibrate"):
+            calibration = calibrate(
+                built, prepared[0].prefill_len, int(prepared[0].pixel_values.shape[-1])
+            )
+    decoder = None
+    if settings.cuda_graphs:
+        tokens = max(
+            settings.max_new_tokens, settings.warmup_max_new_tokens if warmup_rounds else 1
+        )
+        longest = max(p.prefill_len for p in prepared)
+        decoder = StaticDecoder(built, longest + tokens, capture=True)
     if warmup_rounds:
         generator = torch.Generator().manual_seed(settings.seed)
         with annotator.range("warmup"):
@@ -115,9 +141,11 @@ def _run(settings: RunSettings) -> RunResult:
                 inputs = prepared[0]
                 if settings.warmup_synthetic:
                     inputs = with_random_pixels(inputs, generator)
-                run_image(built, inputs, settings.warmup_max_new_tokens, annotator, r, sync)
+                run_image(
+                    built, inputs, settings.warmup_max_new_tokens, annotator, r, sync, decoder
+                )
     entries = [
-        image_entry(i, p, run_image(built, p, settings.max_new_tokens, annotator, i, sync))
+        image_entry(i, p, run_image(built, p, settings.max_new_tokens, annotator, i, sync, decoder))
         for i, p in enumerate(prepared)
     ]
     run_id = str(uuid.uuid4())
@@ -134,9 +162,69 @@ def _run(settings: RunSettings) -> RunResult:
         seed=settings.seed,
         sdpa_cudnn=settings.sdpa_cudnn,
     )
-    meta = build_run_meta(built, facts, entries, prepared[0].prompt_text_tokens)
+    meta = build_run_meta(
+        built,
+        facts,
+        entries,
+        prepared[0].prompt_text_tokens,
+        decode_backend=decode_backend(decoder),
+        calibration=calibration,
+    )
     out_dir = Path(settings.out) if settings.out is not None else Path("runs") / run_id
-    return RunResult(meta, emit(meta, annotator, out_dir))
+    meta_path = emit(meta, annotator, out_dir)
+    if settings.static_compute:
+        with annotator.range("static_compute"):
+            first = prepared[0]
+            static_compute_module().estimate_static_compute(
+                first.height,
+                first.width,
+                first.prefill_len,
+                family=built.family,
+                tiny=settings.tiny,
+                mode=settings.mode,
+                out_dir=out_dir,
+                dtype=dtype,
+                device=str(device),
+                seed=settings.seed,
+                built=built,
+            )
+    return RunResult(meta, meta_path)
+
+
+def static_compute_module() -> ModuleType:
+    """`runner.static_compute`, imported on demand: it needs fvcore, an optional dependency.
+
+    Raises:
+        StaticComputeUnavailableError: fvcore is not installed.
+    """
+    try:
+        static_compute = importlib.import_module("llm_perf_opt.runner.static_compute")
+    except ImportError as exc:
+        raise StaticComputeUnavailableError(
+            f"--static-compute needs fvcore ({exc}); `pip install fvcore` or drop the flag"
+        ) from None
+    return static_compute
+
+
+def decode_backend(decoder: StaticDecoder | None) -> dict[str, Any]:
+    """The metadata's `decode_backend`: KV cache kind and whether steps were graph replays."""
+    if decoder is None:
+        return {
+            "cuda_graphs": False,
+            "kv_cache": "dynamic",
+            "max_cache_len": None,
+            "graph_replay": False,
+            "graph_captures": 0,
+            "graph_capture_s": 0.0,
+        }
+    return {
+        "cuda_graphs": True,
+        "kv_cache": "static",
+        "max_cache_len": decoder.max_cache_len,
+        "graph_replay": decoder.replayed,
+        "graph_captures": decoder.captures,
+        "graph_capture_s": decoder.capture_s,
+    }
 
 
 def run_image(
@@ -146,8 +234,13 @@ def run_image(
     annotator: Annotator,
     index: int,
     sync: Callable[[], None],
+    decoder: StaticDecoder | None = None,
 ) -> ImageTiming:
-    """Vision, prefill and `max_new_tokens - 1` decode steps of one image, timed and annotated."""
+    """Vision, prefill and `max_new_tokens - 1` decode steps of one image, timed and annotated.
+
+    With `decoder` the prefill's KV cache is copied into its static cache (inside `prefill`) and
+    the steps run through it; a first CUDA-graph capture gets its own `graph_capture` range.
+    """
     lp = prepared.prefill_len
     with annotator.range("image", payload=index):
         sync()
@@ -159,8 +252,13 @@ def run_image(
         start = perf_counter()
         with annotator.range("prefill"):
             token, past = prefill_stage(built, prepared, embeds)
+            if decoder is not None:
+                decoder.start(past, lp)
             sync()
         prefill_s = perf_counter() - start
+        if decoder is not None and decoder.capture and not decoder.replayed:
+            with annotator.range("graph_capture"):
+                decoder.capture_once()
         tokens, step_s, contexts = [token], [], []
         start = perf_counter()
         with annotator.range("decode"):
@@ -168,7 +266,10 @@ def run_image(
                 context = lp + k
                 step_start = perf_counter()
                 with annotator.range("decode_step", payload=context):
-                    token, past = decode_step(built, token, past, context - 1)
+                    if decoder is None:
+                        token, past = decode_step(built, token, past, context - 1)
+                    else:
+                        token = decoder.step(token, context - 1)
                     sync()
                 step_s.append(perf_counter() - step_start)
                 tokens.append(token)

@@ -22,6 +22,8 @@ CONTEXT_LEN_MODES: Final = ("auto", "max", "fixed")
 DTYPES: Final = ("bfloat16", "float16", "float32")
 ATTN_IMPLEMENTATIONS: Final = ("sdpa", "eager")
 EXPERTS_IMPLEMENTATIONS: Final = ("eager", "grouped_mm", "batched_mm")
+# expert backends without host synchronization inside the step, so CUDA graphs can capture it
+GRAPHABLE_EXPERTS: Final = ("grouped_mm", "batched_mm")
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,10 @@ class RunSettings:
     CUDA and 0 on CPU; CUDA when available; bfloat16 on CUDA and float32 on CPU.
     `sdpa_cudnn=False` keeps SDPA off cuDNN attention, which builds a new graph (tens of ms on
     the host) for every new KV length and so inflates each decode step it has not seen.
+    `cuda_graphs` decodes through a static KV cache and a captured CUDA graph; it needs an
+    expert backend in `GRAPHABLE_EXPERTS` (the eager loop syncs the host on `torch.nonzero`).
+    `calibrate` measures GEMM and copy rates before the workload; `static_compute` writes the
+    fvcore static compute report into `out` after it.
     """
 
     model: str = "deepseek-ocr"
@@ -55,6 +61,9 @@ class RunSettings:
     attn_implementation: str = "sdpa"
     experts_implementation: str = "eager"
     sdpa_cudnn: bool = False
+    cuda_graphs: bool = False
+    calibrate: bool = False
+    static_compute: bool = False
 
     def __post_init__(self) -> None:
         _at_least("max_new_tokens", self.max_new_tokens, 1)
@@ -73,6 +82,12 @@ class RunSettings:
             _one_of("dtype", self.dtype, DTYPES)
         _one_of("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         _one_of("experts_implementation", self.experts_implementation, EXPERTS_IMPLEMENTATIONS)
+        if self.cuda_graphs and self.experts_implementation not in GRAPHABLE_EXPERTS:
+            raise ConfigError(
+                f"cuda_graphs cannot capture experts_implementation "
+                f"{self.experts_implementation!r}: its per-expert loop synchronizes the host "
+                "(torch.nonzero); add --experts-implementation grouped_mm (or batched_mm)"
+            )
         if not self.model:
             raise ConfigError("model is empty; use deepseek-ocr, deepseek-ocr2 or a local path")
 
@@ -86,7 +101,15 @@ _INT_FIELDS: Final = {
     "context_len_fixed",
     "seed",
 }
-_BOOL_FIELDS: Final = {"tiny", "warmup_synthetic", "nvtx", "sdpa_cudnn"}
+_BOOL_FIELDS: Final = {
+    "tiny",
+    "warmup_synthetic",
+    "nvtx",
+    "sdpa_cudnn",
+    "cuda_graphs",
+    "calibrate",
+    "static_compute",
+}
 _GRID_FIELDS: Final = {"crops", "page_size"}
 
 
