@@ -188,13 +188,13 @@ def classify_names(names: pl.Series) -> pl.DataFrame:
 
 
 def breakdown(
-    windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame, ops: pl.DataFrame
+    windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame | None, ops: pl.DataFrame
 ) -> Breakdown:
     """Host and GPU views of every window (frames of `WINDOWS_SCHEMA`, `CALLS_SCHEMA`,
     `SYNCS_SCHEMA`, `OPS_SCHEMA`; extra columns are ignored).
 
     `n_syncs` counts the synchronization rows whose API call starts in the window; where
-    `syncs` is empty (older exports, or a table without rows), the synchronizing calls."""
+    `syncs` is None or empty (older exports, or no rows), the synchronizing calls."""
     windows = windows.select(WINDOWS_SCHEMA.names()).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
     host = _host_view(windows, calls, syncs)
     gpu, latency = _gpu_view(windows, ops)
@@ -230,7 +230,9 @@ def _latency_medians(latency: pl.DataFrame, window_ids: pl.Series) -> pl.Series:
 # --- host view ---------------------------------------------------------------------------------
 
 
-def _host_view(windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame) -> list[pl.Series]:
+def _host_view(
+    windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame | None
+) -> list[pl.Series]:
     """Per window: span, the four host parts and the three host counts."""
     n = windows.height
     out = {c: np.zeros(n, dtype=np.float64) for c in (*HOST_PARTS[:3], *COUNTS[:3])}
@@ -238,8 +240,8 @@ def _host_view(windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame) 
     calls = calls.filter(pl.col("global_tid").is_in(windows["global_tid"].unique().to_list()))
     kinds = classify_names(calls["name"])
     calls = calls.join(kinds, on="name", how="left").with_columns(pl.col("cls").fill_null(OTHER))
-    have_syncs = syncs.height > 0
-    if have_syncs:
+    have_syncs = syncs is not None and syncs.height > 0
+    if syncs is not None and have_syncs:
         blocking = syncs.select("global_pid", "correlation_id").unique().with_columns(has_sync=True)
         calls = calls.join(blocking, on=["global_pid", "correlation_id"], how="left")
         calls = calls.with_columns(
@@ -417,3 +419,62 @@ def _searchsorted_in(
         rows = np.flatnonzero((lo == a) & (hi == b))
         result[rows] = np.searchsorted(values[a:b], queries[rows], side=side)  # type: ignore[call-overload]
     return result
+
+
+# --- stages ------------------------------------------------------------------------------------
+
+STEP_GROUP: Final = "decode_step"
+# A stage whose GPU is busy at least this share of its GPU window is limited by its kernels.
+GPU_BOUND_SHARE: Final = 0.5
+# Host syncs on at least this share of the launches make removing them the first advice: each
+# one drains the GPU queue and keeps CUDA graphs from capturing the loop.
+SYNCS_PER_LAUNCH: Final = 0.05
+ADVICE: Final = {
+    "gpu-bound": "faster kernels or more work per launch lift MFU",
+    "sync-bound": "remove the host syncs (fuse, e.g. grouped_mm experts) to lift MFU",
+    "launch-bound": "fewer, larger kernels or CUDA graphs cut the launch time",
+    "framework-bound": "capture CUDA graphs or compile to take Python off the critical path",
+    "api-bound": "look at the other CUDA calls (allocations, attribute queries) first",
+    "queue-bound": "ops wait in the GPU queue (launch latency, dependencies): CUDA graphs help",
+}
+
+
+def stage_windows(
+    ranges: pl.DataFrame,
+    stage_ranges: Mapping[str, list[int]],
+    decode_steps: list[tuple[int, int]],
+) -> pl.DataFrame:
+    """Windows (`WINDOWS_SCHEMA`) of the stage ranges (group = stage) and of the decode steps
+    (group `decode_step`, owner = their decode range), from the attribution's ranges frame."""
+    keys = [(rid, rid, stage) for stage, ids in stage_ranges.items() for rid in ids]
+    keys += [(step, owner, STEP_GROUP) for owner, step in decode_steps]
+    wanted = pl.DataFrame(
+        keys, schema={"window_id": pl.Int64, "owner_id": pl.Int64, "group": pl.String}, orient="row"
+    )
+    found = ranges.select(pl.col("range_id").alias("window_id"), "global_tid", "start_ns", "end_ns")
+    return wanted.join(found, on="window_id", how="inner", maintain_order="left").select(
+        WINDOWS_SCHEMA.names()
+    )
+
+
+def many_syncs(view: HostGpuView) -> bool:
+    """Whether the host syncs often enough (`SYNCS_PER_LAUNCH`) to be the first thing to fix."""
+    return view.n_syncs > 0 and view.n_syncs >= SYNCS_PER_LAUNCH * view.n_launches
+
+
+def host_bound(view: HostGpuView) -> str:
+    """What limits a stage, from its breakdown: `gpu-bound` when the GPU is busy most of its
+    window; else, when the host was late (starved ≥ queued + edge), the largest host part
+    (`sync-`, `launch-`, `framework-` (outside CUDA calls) or `api-bound`); else `queue-bound`."""
+    window = view.gpu_window_ns
+    if window <= 0 or view.busy_ns >= GPU_BOUND_SHARE * window:
+        return "gpu-bound"
+    if view.starved_ns < view.queued_ns + view.edge_ns:
+        return "queue-bound"
+    parts = {
+        "sync-bound": view.sync_ns,
+        "launch-bound": view.launch_ns,
+        "framework-bound": view.outside_api_ns,
+        "api-bound": view.other_api_ns,
+    }
+    return max(parts, key=lambda k: parts[k])

@@ -34,6 +34,7 @@ from llm_perf_opt.flops.configs import (
     config_from_json_dict,
     load_config_json,
 )
+from llm_perf_opt.hostview import HostGpuView, breakdown, host_bound, stage_windows
 from llm_perf_opt.meta import (
     CTX_MODES,
     RunMeta,
@@ -186,6 +187,7 @@ class InstanceResult:
     decode_bytes: float | None = None
     mbu_trace: float | None = None
     mbu_wall: float | None = None
+    host: HostGpuView | None = None
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,12 @@ class StageResult:
     bytes_per_step: float | None = None
     mbu_trace: float | None = None
     mbu_wall: float | None = None
+    # host/GPU breakdown (hostview): summed over instances, the median decode step, the label
+    # it gives, and the MFU if only the launch calls were left of the host's time
+    host: HostGpuView | None = None
+    per_step: HostGpuView | None = None
+    host_bound: str | None = None
+    mfu_launch_only: float | None = None
 
 
 @dataclass(frozen=True)
@@ -580,6 +588,8 @@ def compute_mfu(
     flops_source: str = "analytic",
     trace_path: str | None = None,
     static_compute: Mapping[str, Any] | None = None,
+    api_calls: pl.DataFrame | None = None,
+    sync_events: pl.DataFrame | None = None,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -602,6 +612,8 @@ def compute_mfu(
         flops_source: shown in reports (which config the FLOPs came from).
         trace_path: shown in reports.
         static_compute: the runner's `static_compute.json`, passed through to the reports.
+        api_calls: `Trace.api_calls(with_names=True)`: adds the host/GPU breakdown (hostview).
+        sync_events: `Trace.sync_events()`, for the breakdown's sync count.
 
     Raises:
         SelectionError: a stage range is absent (the message lists the names present).
@@ -629,6 +641,7 @@ def compute_mfu(
     per_stage: dict[str, list[InstanceResult]] = {s: [] for s in STAGES}
     contexts: list[ContextInstance] = []
     steps_out: list[DecodeStep] = []
+    step_ranges: list[tuple[int, int]] = []
     for pos, (inst, fact) in enumerate(zip(instances, facts, strict=True)):
         for stage, row in inst.members.items():
             if stage != "decode":
@@ -644,6 +657,7 @@ def compute_mfu(
                     len(lens),
                 )
                 steps_out.extend(_steps(pos, steps, lens, fact.step_wall_s))
+                step_ranges += [(int(row["range_id"]), int(st["range_id"])) for st in steps]
             res = _instance_result(stage, pos, inst, fact, row, work, n_kernels, peak)
             if res.gpu_busy_ns == 0 and res.flops > 0:
                 warnings.append(f"{stage} instance {pos}: no GPU time in range {res.range_id}")
@@ -653,6 +667,10 @@ def compute_mfu(
         stage: _aggregate(stage, refs[stage], rows, ops, kernel_names, top_kernels, peak)
         for stage, rows in per_stage.items()
     }
+    if api_calls is not None:
+        stages = _with_host_views(
+            stages, ranges, ops, api_calls, sync_events, step_ranges, peak.peak_flops
+        )
     warnings.extend(_implausible(stages))
     flops_total = sum(s.flops for s in stages.values())
     busy_total = sum(s.gpu_busy_ns for s in stages.values())
@@ -683,6 +701,38 @@ def compute_mfu(
         warnings=tuple(warnings),
         static_compute=static_compute,
     )
+
+
+def _with_host_views(
+    stages: Mapping[str, StageResult],
+    ranges: pl.DataFrame,
+    ops: pl.DataFrame,
+    calls: pl.DataFrame,
+    syncs: pl.DataFrame | None,
+    step_ranges: list[tuple[int, int]],
+    peak_flops: float,
+) -> dict[str, StageResult]:
+    """Stages with their host/GPU breakdown (docs/mfu-math.md, "Where the wall time goes")."""
+    members = {name: [r.range_id for r in s.instances] for name, s in stages.items()}
+    windows = stage_windows(ranges, members, step_ranges)
+    views = breakdown(windows, calls, syncs, ops)
+    steps = [step for _, step in step_ranges]
+    out = {}
+    for name, s in stages.items():
+        view = views.group(name)
+        if view is None:
+            out[name] = s
+            continue
+        floor_ns = max(view.busy_ns, view.launch_ns)
+        out[name] = replace(
+            s,
+            instances=tuple(replace(r, host=views.window(r.range_id)) for r in s.instances),
+            host=view,
+            per_step=views.median(steps) if name == "decode" and steps else None,
+            host_bound=host_bound(view),
+            mfu_launch_only=_ratio(s.flops, peak_flops * floor_ns * 1e-9),
+        )
+    return out
 
 
 def _implausible(stages: Mapping[str, StageResult]) -> list[str]:
@@ -1013,6 +1063,8 @@ def _report(
         flops_source=flops_source,
         trace_path=str(path),
         static_compute=_static_compute(options),
+        api_calls=trace.api_calls(with_names=True),
+        sync_events=trace.sync_events(),
     )
     return replace(report, warnings=(*warnings, *report.warnings))
 
