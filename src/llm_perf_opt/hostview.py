@@ -368,12 +368,14 @@ def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series]
     win = np.repeat(np.arange(n, dtype=np.int64), lengths)
     dev = mine["device_id"].to_numpy()[member].astype(np.int64)
     m_launch = launch[member]
-    m_start = np.maximum(mine["start_ns"].to_numpy()[member], w_start[win])
+    raw_start = mine["start_ns"].to_numpy()[member]
+    # an op cannot start before its window (only clock skew makes it look so)
+    m_start = np.maximum(raw_start, w_start[win])
     m_end = np.maximum(mine["end_ns"].to_numpy()[member], m_start)
     if not _is_sorted(win, dev, m_start):
         order = np.lexsort((m_launch, m_start, dev, win))
-        win, dev, m_start, m_end, m_launch = (
-            a[order] for a in (win, dev, m_start, m_end, m_launch)
+        win, dev, m_start, m_end, m_launch, raw_start = (
+            a[order] for a in (win, dev, m_start, m_end, m_launch, raw_start)
         )
     # the GPU window: from the range's CPU start to the later of its CPU end and its last op end
     last_end = np.full(n, np.iinfo(np.int64).min)
@@ -401,7 +403,7 @@ def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series]
     latency = pl.DataFrame(
         {
             "window_id": windows["window_id"].to_numpy()[win],
-            "latency_ns": m_start - m_launch,
+            "latency_ns": raw_start - m_launch,
         }
     )
     return [pl.Series(k, v) for k, v in out.items()], latency
