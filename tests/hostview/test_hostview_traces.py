@@ -16,7 +16,15 @@ from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import to_json, to_markdown
 
 REPO: Final = Path(__file__).resolve().parents[2]
-NAMES: Final = ("dsocr_v1_base", "dsocr2_base")
+# Host syncs per decode step: the eager per-expert loop syncs after every routing `nonzero`
+# (hundreds a step); grouped_mm experts (the H200 `gmm` capture) only a few.
+SYNCS_PER_STEP: Final = {
+    "dsocr_v1_base": (100, 1000),
+    "dsocr2_base": (100, 1000),
+    "dsocr_v1_base_h200": (100, 1000),
+    "dsocr_v1_base_gmm": (1, 10),
+}
+NAMES: Final = tuple(SYNCS_PER_STEP)
 HOST_KEYS: Final = {
     "span_s", "launch_s", "sync_s", "other_api_s", "outside_api_s", "n_launches", "n_syncs",
     "n_memcpy",
@@ -29,7 +37,7 @@ LAUNCH_SQL: Final = (
 
 @pytest.fixture(scope="module", params=NAMES)
 def analyzed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[
-    MfuReport, Path
+    MfuReport, Path, str
 ]:  # fmt: skip
     """The report of one committed trace, and its decompressed SQLite for the SQL checks."""
     name = request.param
@@ -38,11 +46,11 @@ def analyzed(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
         shutil.copyfileobj(src, dst)
     report = analyze_trace(plain, AnalyzeOptions()).report
     assert report is not None
-    return report, plain
+    return report, plain, name
 
 
-def test_host_parts_sum_to_the_span(analyzed: tuple[MfuReport, Path]) -> None:
-    report, _ = analyzed
+def test_host_parts_sum_to_the_span(analyzed: tuple[MfuReport, Path, str]) -> None:
+    report, *_ = analyzed
     views = [s.host for s in report.stages.values()]
     views += [r.host for s in report.stages.values() for r in s.instances]
     for v in views:
@@ -54,8 +62,10 @@ def test_host_parts_sum_to_the_span(analyzed: tuple[MfuReport, Path]) -> None:
         assert abs(gpu - v.gpu_window_ns) <= 1e-3 * v.gpu_window_ns
 
 
-def test_gpu_busy_equals_the_stage_busy_already_reported(analyzed: tuple[MfuReport, Path]) -> None:
-    report, _ = analyzed
+def test_gpu_busy_equals_the_stage_busy_already_reported(
+    analyzed: tuple[MfuReport, Path, str],
+) -> None:
+    report, *_ = analyzed
     for s in report.stages.values():
         assert s.host is not None and s.host.busy_ns == s.gpu_busy_ns
         for r in s.instances:
@@ -63,10 +73,10 @@ def test_gpu_busy_equals_the_stage_busy_already_reported(analyzed: tuple[MfuRepo
             assert r.host.n_gpu_ops >= r.n_gpu_ops  # rows: a graph launch's kernels each count
 
 
-def test_counts_match_sql_over_the_stage_ranges(analyzed: tuple[MfuReport, Path]) -> None:
+def test_counts_match_sql_over_the_stage_ranges(analyzed: tuple[MfuReport, Path, str]) -> None:
     """Launch calls and synchronization rows whose call starts inside each stage range, counted
     by plain SQL (these traces have no nested API rows, so every call is outermost)."""
-    report, plain = analyzed
+    report, plain, _ = analyzed
     with sqlite3.connect(f"file:{plain}?mode=ro", uri=True) as con:
         for s in report.stages.values():
             for r in s.instances:
@@ -89,8 +99,8 @@ def test_counts_match_sql_over_the_stage_ranges(analyzed: tuple[MfuReport, Path]
                 assert (r.host.n_launches, r.host.n_syncs) == (launches, syncs), (s.stage, r)
 
 
-def test_decode_has_a_median_step_and_a_verdict(analyzed: tuple[MfuReport, Path]) -> None:
-    report, _ = analyzed
+def test_decode_has_a_median_step_and_a_verdict(analyzed: tuple[MfuReport, Path, str]) -> None:
+    report, _, name = analyzed
     decode = report.stages["decode"]
     step = decode.per_step
     assert step is not None and decode.host is not None
@@ -98,8 +108,8 @@ def test_decode_has_a_median_step_and_a_verdict(analyzed: tuple[MfuReport, Path]
     n_steps = decode.decode_steps or 0
     assert step.n_launches == pytest.approx(decode.host.n_launches / n_steps, rel=0.02)
     assert step.span_ns < decode.host.span_ns / n_steps * 1.5
-    # eager MoE: the per-expert loop syncs the host hundreds of times a step
-    assert step.n_syncs > 100 and step.n_memcpy >= step.n_syncs
+    low, high = SYNCS_PER_STEP[name]
+    assert low <= step.n_syncs <= high and step.n_memcpy >= step.n_syncs
     assert decode.host_bound in {"framework-bound", "sync-bound", "launch-bound"}
     assert decode.mfu_launch_only is not None and decode.mfu_trace is not None
     assert decode.mfu_wall is not None
@@ -107,9 +117,9 @@ def test_decode_has_a_median_step_and_a_verdict(analyzed: tuple[MfuReport, Path]
 
 
 def test_json_markdown_and_plots_carry_the_breakdown(
-    analyzed: tuple[MfuReport, Path], tmp_path: Path
+    analyzed: tuple[MfuReport, Path, str], tmp_path: Path
 ) -> None:
-    report, _ = analyzed
+    report, *_ = analyzed
     doc = to_json(report)
     for name, stage in doc["stages"].items():
         assert set(stage["host"]) >= HOST_KEYS
