@@ -237,9 +237,15 @@ def _host_view(
     n = windows.height
     out = {c: np.zeros(n, dtype=np.float64) for c in (*HOST_PARTS[:3], *COUNTS[:3])}
     span = (windows["end_ns"] - windows["start_ns"]).to_numpy().astype(np.float64)
-    calls = calls.filter(pl.col("global_tid").is_in(windows["global_tid"].unique().to_list()))
+    calls = calls.select(CALLS_SCHEMA.names()).filter(
+        pl.col("global_tid").is_in(windows["global_tid"].unique().to_list())
+    )
     kinds = classify_names(calls["name"])
-    calls = calls.join(kinds, on="name", how="left").with_columns(pl.col("cls").fill_null(OTHER))
+    calls = (
+        calls.join(kinds, on="name", how="left")
+        .drop("name")
+        .with_columns(pl.col("cls").fill_null(OTHER))
+    )
     have_syncs = syncs is not None and syncs.height > 0
     if syncs is not None and have_syncs:
         blocking = syncs.select("global_pid", "correlation_id").unique().with_columns(has_sync=True)
@@ -256,7 +262,10 @@ def _host_view(
             calls = calls.with_columns(
                 n_sync_rows=pl.when("n_sync_rows").then(pl.col("n")).otherwise(0)
             )
-    calls = calls.sort("global_tid", "start_ns", pl.col("end_ns"), descending=[False, False, True])
+    if not _calls_sorted(calls):  # exports usually list a thread's calls by start already
+        calls = calls.sort(
+            "global_tid", "start_ns", pl.col("end_ns"), descending=[False, False, True]
+        )
     tid = calls["global_tid"].to_numpy()
     start = calls["start_ns"].to_numpy()
     end = np.maximum(calls["end_ns"].to_numpy(), start)
@@ -304,6 +313,13 @@ def _host_view(
     ]
 
 
+def _calls_sorted(calls: pl.DataFrame) -> bool:
+    """True when calls run by thread, then start, an enclosing call before the calls it
+    encloses (longer first at equal starts)."""
+    tid, start, end = (np.diff(calls[c].to_numpy()) for c in ("global_tid", "start_ns", "end_ns"))
+    return bool(np.all((tid > 0) | ((tid == 0) & ((start > 0) | ((start == 0) & (end <= 0))))))
+
+
 def _time_in(
     ps: np.ndarray, pe: np.ndarray, mine: np.ndarray, a: np.ndarray, b: np.ndarray
 ) -> np.ndarray:
@@ -341,11 +357,17 @@ def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series]
     """Per window: its GPU window length, busy, starved, queued, edge and op count; and the
     launch → start latency of every (window, op) pair."""
     n = windows.height
-    out = {k: np.zeros(n, dtype=np.float64) for k in ("gpu_window_ns", *GPU_PARTS, "n_gpu_ops")}
-    mine = ops.filter(
-        pl.col("range_id").is_in(windows["owner_id"].unique().to_list()),
-        pl.col("launch_ns").is_not_null(),
-    ).sort("range_id", "launch_ns")
+    out: dict[str, np.ndarray] = {
+        k: np.zeros(n, dtype=np.float64) for k in ("gpu_window_ns", *GPU_PARTS, "n_gpu_ops")
+    }
+    mine = (
+        ops.select(OPS_SCHEMA.names())
+        .filter(
+            pl.col("range_id").is_in(windows["owner_id"].unique().to_list()),
+            pl.col("launch_ns").is_not_null(),
+        )
+        .sort("range_id", "launch_ns")
+    )
     owner = mine["range_id"].to_numpy()
     launch = mine["launch_ns"].to_numpy()
     # each window's ops: a slice of its owner's ops, by launch time
@@ -379,7 +401,8 @@ def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series]
         )
     # the GPU window: from the range's CPU start to the later of its CPU end and its last op end
     last_end = np.full(n, np.iinfo(np.int64).min)
-    np.maximum.at(last_end, win, m_end)
+    win_heads = np.flatnonzero(np.r_[True, win[1:] != win[:-1]])  # members run by window
+    last_end[win[win_heads]] = np.maximum.reduceat(m_end, win_heads)
     g_end = np.maximum(w_end, last_end)
     out["gpu_window_ns"] = (g_end - w_start).astype(np.float64)
     new_seg = np.r_[True, (win[1:] != win[:-1]) | (dev[1:] != dev[:-1])]
@@ -391,11 +414,11 @@ def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series]
     seg_heads = np.flatnonzero(new_seg)
     seg_end = np.maximum.reduceat(m_end, seg_heads)
     tail = g_end[win[seg_heads]] - seg_end
-    np.add.at(out["busy_ns"], win, busy)
-    np.add.at(out["starved_ns"], win, starved)
-    np.add.at(out["queued_ns"], win, gap - starved)
-    np.add.at(out["edge_ns"], win, head)
-    np.add.at(out["edge_ns"], win[seg_heads], tail)
+    out["busy_ns"] = np.bincount(win, busy, minlength=n)
+    out["starved_ns"] = np.bincount(win, starved, minlength=n)
+    out["queued_ns"] = np.bincount(win, gap - starved, minlength=n)
+    out["edge_ns"] = np.bincount(win, head, minlength=n)
+    out["edge_ns"] += np.bincount(win[seg_heads], tail, minlength=n)
     out["n_gpu_ops"] = lengths.astype(np.float64)
     # device-less windows (no ops) are all edge
     idle = out["gpu_window_ns"] - out["busy_ns"]

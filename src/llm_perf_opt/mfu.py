@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -998,18 +999,38 @@ def analyze_trace(
     else:
         names, domains = stage_selection_refs(refs)
         selection = RangeSelection(names=names, domains=domains)
+    host_read = _read_host_inputs(trace) if reason is None else None
     say("attributing GPU ops to NVTX ranges")
     attribution = attribute(trace, selection, other_threads=options.other_threads)
-    if reason is not None:
+    if reason is not None or host_read is None:
         return Analysis(attribution.ranges, None, reason)
     try:
         say("computing MFU")
-        report = _report(trace, attribution.ranges, attribution.ops, meta, refs, options, path)
+        report = _report(
+            trace,
+            attribution.ranges,
+            attribution.ops,
+            meta,
+            refs,
+            options,
+            path,
+            host_read.result(),
+        )
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
         return Analysis(attribution.ranges, None, str(exc))
     return Analysis(attribution.ranges, report)
+
+
+def _read_host_inputs(trace: Any) -> Future[tuple[pl.DataFrame, pl.DataFrame]]:
+    """Read the CUDA API calls with their names and the synchronization rows (for the host/GPU
+    breakdown) in a background thread: the SQLite scan releases the GIL and overlaps
+    attribution."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-read")
+    future = pool.submit(lambda: (trace.api_calls(with_names=True), trace.sync_events()))
+    pool.shutdown(wait=False)
+    return future
 
 
 def _report(
@@ -1020,6 +1041,7 @@ def _report(
     refs: Mapping[str, RangeRef],
     options: AnalyzeOptions,
     path: str | Path,
+    host_inputs: tuple[pl.DataFrame, pl.DataFrame],
 ) -> MfuReport:
     """Resolve config, dtype, GPU and peak, then `compute_mfu`."""
     warnings: list[str] = []
@@ -1063,8 +1085,8 @@ def _report(
         flops_source=flops_source,
         trace_path=str(path),
         static_compute=_static_compute(options),
-        api_calls=trace.api_calls(with_names=True),
-        sync_events=trace.sync_events(),
+        api_calls=host_inputs[0],
+        sync_events=host_inputs[1],
     )
     return replace(report, warnings=(*warnings, *report.warnings))
 
