@@ -54,7 +54,7 @@ BREAKDOWN = """
 import sys
 import polars as pl
 from llm_perf_opt.attribution import RangeSelection, attribute
-from llm_perf_opt.hostview import breakdown, stage_windows
+from llm_perf_opt.hostview import breakdown, host_view, stage_windows
 from llm_perf_opt.trace import open_trace
 stages = ("vision", "prefill", "decode")
 trace = open_trace(sys.argv[1])
@@ -64,7 +64,8 @@ members = {s: ranges.filter(pl.col("name") == s)["range_id"].to_list() for s in 
 decode = ranges.filter(pl.col("name") == "decode").select(owner="range_id", start_ns="start_ns")
 steps = ranges.filter(pl.col("name") == "decode_step").join_asof(decode, on="start_ns")
 windows = stage_windows(attr.ranges, members, steps.select("owner", "range_id").rows())
-breakdown(windows, trace.api_calls(with_names=True), trace.sync_events(), attr.ops)
+host = host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
+breakdown(windows, host, attr.ops)
 """
 
 # Runs argv[2:] with stdout to /dev/null and stderr to the file argv[1] and a timeout of argv[0]

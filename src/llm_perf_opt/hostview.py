@@ -84,6 +84,10 @@ OPS_SCHEMA: Final = pl.Schema(
 HOST_PARTS: Final = ("launch_ns", "sync_ns", "other_api_ns", "outside_api_ns")
 GPU_PARTS: Final = ("busy_ns", "starved_ns", "queued_ns", "edge_ns")
 COUNTS: Final = ("n_launches", "n_syncs", "n_memcpy", "n_gpu_ops")
+# `host_view` output, beside `window_id`.
+HOST_SCHEMA: Final = pl.Schema(
+    {"span_ns": pl.Float64, **dict.fromkeys((*HOST_PARTS, *COUNTS[:3]), pl.Float64)}
+)
 # Output: one row per window (and, in `Breakdown.groups`, per group).
 VIEW_SCHEMA: Final = pl.Schema(
     {
@@ -187,18 +191,31 @@ def classify_names(names: pl.Series) -> pl.DataFrame:
     )
 
 
-def breakdown(
-    windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame | None, ops: pl.DataFrame
-) -> Breakdown:
-    """Host and GPU views of every window (frames of `WINDOWS_SCHEMA`, `CALLS_SCHEMA`,
-    `SYNCS_SCHEMA`, `OPS_SCHEMA`; extra columns are ignored).
+def host_view(
+    windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame | None
+) -> pl.DataFrame:
+    """The host view of each window: `window_id` + `HOST_SCHEMA` (windows need `window_id,
+    global_tid, start_ns, end_ns`; calls and syncs are frames of `CALLS_SCHEMA` and
+    `SYNCS_SCHEMA`; extra columns are ignored). It needs no attribution, so it can run while
+    the attribution does, and the API table can go before the GPU view starts.
 
     `n_syncs` counts the synchronization rows whose API call starts in the window; where
     `syncs` is None or empty (older exports, or no rows), the synchronizing calls."""
+    windows = windows.select("window_id", "global_tid", "start_ns", "end_ns").cast(pl.Int64)
+    columns = _host_view(windows, calls, syncs)
+    return windows.select("window_id").with_columns(*columns).cast(dict(HOST_SCHEMA))  # type: ignore[arg-type]
+
+
+def breakdown(windows: pl.DataFrame, host: pl.DataFrame, ops: pl.DataFrame) -> Breakdown:
+    """Host and GPU views of every window (`WINDOWS_SCHEMA`), from their `host_view` (which may
+    hold more windows) and the attributed ops (`OPS_SCHEMA`; extra columns are ignored)."""
     windows = windows.select(WINDOWS_SCHEMA.names()).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
-    host = _host_view(windows, calls, syncs)
     gpu, latency = _gpu_view(windows, ops)
-    per_window = windows.select("window_id", "group").with_columns(*host, *gpu)
+    per_window = (
+        windows.select("window_id", "group")
+        .join(host, on="window_id", how="left", maintain_order="left")
+        .with_columns(*gpu)
+    )
     names, group_code = np.unique(windows["group"].to_numpy(), return_inverse=True)
     win = latency["window"].to_numpy()
     latency = latency.with_columns(group=pl.Series(group_code[win], dtype=pl.Int64))

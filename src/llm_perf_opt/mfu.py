@@ -35,7 +35,13 @@ from llm_perf_opt.flops.configs import (
     config_from_json_dict,
     load_config_json,
 )
-from llm_perf_opt.hostview import HostGpuView, breakdown, host_bound, stage_windows
+from llm_perf_opt.hostview import (
+    HostGpuView,
+    breakdown,
+    host_bound,
+    host_view,
+    stage_windows,
+)
 from llm_perf_opt.meta import (
     CTX_MODES,
     RunMeta,
@@ -589,8 +595,7 @@ def compute_mfu(
     flops_source: str = "analytic",
     trace_path: str | None = None,
     static_compute: Mapping[str, Any] | None = None,
-    api_calls: pl.DataFrame | None = None,
-    sync_events: pl.DataFrame | None = None,
+    host_views: pl.DataFrame | None = None,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -613,8 +618,7 @@ def compute_mfu(
         flops_source: shown in reports (which config the FLOPs came from).
         trace_path: shown in reports.
         static_compute: the runner's `static_compute.json`, passed through to the reports.
-        api_calls: `Trace.api_calls(with_names=True)`: adds the host/GPU breakdown (hostview).
-        sync_events: `Trace.sync_events()`, for the breakdown's sync count.
+        host_views: `read_host_views` of the trace: adds the host/GPU breakdown (hostview).
 
     Raises:
         SelectionError: a stage range is absent (the message lists the names present).
@@ -668,10 +672,8 @@ def compute_mfu(
         stage: _aggregate(stage, refs[stage], rows, ops, kernel_names, top_kernels, peak)
         for stage, rows in per_stage.items()
     }
-    if api_calls is not None:
-        stages = _with_host_views(
-            stages, ranges, ops, api_calls, sync_events, step_ranges, peak.peak_flops
-        )
+    if host_views is not None:
+        stages = _with_host_views(stages, ranges, ops, host_views, step_ranges, peak.peak_flops)
     warnings.extend(_implausible(stages))
     flops_total = sum(s.flops for s in stages.values())
     busy_total = sum(s.gpu_busy_ns for s in stages.values())
@@ -708,15 +710,13 @@ def _with_host_views(
     stages: Mapping[str, StageResult],
     ranges: pl.DataFrame,
     ops: pl.DataFrame,
-    calls: pl.DataFrame,
-    syncs: pl.DataFrame | None,
+    host_views: pl.DataFrame,
     step_ranges: list[tuple[int, int]],
     peak_flops: float,
 ) -> dict[str, StageResult]:
     """Stages with their host/GPU breakdown (docs/mfu-math.md, "Where the wall time goes")."""
     members = {name: [r.range_id for r in s.instances] for name, s in stages.items()}
-    windows = stage_windows(ranges, members, step_ranges)
-    views = breakdown(windows, calls, syncs, ops)
+    views = breakdown(stage_windows(ranges, members, step_ranges), host_views, ops)
     steps = [step for _, step in step_ranges]
     out = {}
     for name, s in stages.items():
@@ -999,7 +999,7 @@ def analyze_trace(
     else:
         names, domains = stage_selection_refs(refs)
         selection = RangeSelection(names=names, domains=domains)
-    host_read = _read_host_inputs(trace) if reason is None else None
+    host_read = _read_host_views(trace, raw, refs) if reason is None else None
     say("attributing GPU ops to NVTX ranges")
     attribution = attribute(trace, selection, other_threads=options.other_threads)
     if reason is not None or host_read is None:
@@ -1023,12 +1023,23 @@ def analyze_trace(
     return Analysis(attribution.ranges, report)
 
 
-def _read_host_inputs(trace: Any) -> Future[tuple[pl.DataFrame, pl.DataFrame]]:
-    """Read the CUDA API calls with their names and the synchronization rows (for the host/GPU
-    breakdown) in a background thread: the SQLite scan releases the GIL and overlaps
-    attribution."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-read")
-    future = pool.submit(lambda: (trace.api_calls(with_names=True), trace.sync_events()))
+def read_host_views(trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:
+    """The host view (hostview.host_view) of every stage and decode-step range of `ranges`
+    (`Trace.nvtx_ranges()`), from the trace's CUDA API calls and synchronization rows."""
+    wanted = pl.any_horizontal([refs[role].expr() for role in (*STAGES, "decode_step")])
+    windows = ranges.filter(wanted).select(
+        pl.col("event_id").alias("window_id"), "global_tid", "start_ns", "end_ns"
+    )
+    return host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
+
+
+def _read_host_views(
+    trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]
+) -> Future[pl.DataFrame]:
+    """`read_host_views` in a background thread: the SQLite scan releases the GIL, so reading
+    the API table and its host view overlap attribution, and the table is freed before it."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-view")
+    future = pool.submit(read_host_views, trace, ranges, refs)
     pool.shutdown(wait=False)
     return future
 
@@ -1041,7 +1052,7 @@ def _report(
     refs: Mapping[str, RangeRef],
     options: AnalyzeOptions,
     path: str | Path,
-    host_inputs: tuple[pl.DataFrame, pl.DataFrame],
+    host_views: pl.DataFrame,
 ) -> MfuReport:
     """Resolve config, dtype, GPU and peak, then `compute_mfu`."""
     warnings: list[str] = []
@@ -1085,8 +1096,7 @@ def _report(
         flops_source=flops_source,
         trace_path=str(path),
         static_compute=_static_compute(options),
-        api_calls=host_inputs[0],
-        sync_events=host_inputs[1],
+        host_views=host_views,
     )
     return replace(report, warnings=(*warnings, *report.warnings))
 
