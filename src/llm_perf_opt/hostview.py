@@ -483,16 +483,19 @@ def _searchsorted_in(
 STEP_GROUP: Final = "decode_step"
 # A stage whose GPU is busy at least this share of its GPU window is limited by its kernels.
 GPU_BOUND_SHARE: Final = 0.5
-# Host syncs on at least this share of the launches make removing them the first advice: each
-# one drains the GPU queue and keeps CUDA graphs from capturing the loop.
+# Host syncs on at least this share of the launches, and at least MIN_SYNCS of them per step (or
+# instance), make removing them the first advice: each one drains the GPU queue and keeps CUDA
+# graphs from capturing the loop.
 SYNCS_PER_LAUNCH: Final = 0.05
+MIN_SYNCS: Final = 10
 ADVICE: Final = {
     "gpu-bound": "faster kernels or more work per launch lift MFU",
     "sync-bound": "remove the host syncs (fuse, e.g. grouped_mm experts) to lift MFU",
     "launch-bound": "fewer, larger kernels or CUDA graphs cut the launch time",
     "framework-bound": "capture CUDA graphs or compile to take Python off the critical path",
     "api-bound": "look at the other CUDA calls (allocations, attribute queries) first",
-    "queue-bound": "ops wait in the GPU queue (launch latency, dependencies): CUDA graphs help",
+    "queue-bound": "ops wait in the GPU queue (launch latency, gaps between dependent kernels): "
+    "fewer, longer kernels help",
 }
 
 
@@ -514,9 +517,10 @@ def stage_windows(
     )
 
 
-def many_syncs(view: HostGpuView) -> bool:
-    """Whether the host syncs often enough (`SYNCS_PER_LAUNCH`) to be the first thing to fix."""
-    return view.n_syncs > 0 and view.n_syncs >= SYNCS_PER_LAUNCH * view.n_launches
+def many_syncs(n_syncs: float, n_launches: float) -> bool:
+    """Whether the host syncs often enough, per step or instance, to be the first thing to fix
+    (`MIN_SYNCS`, `SYNCS_PER_LAUNCH`)."""
+    return n_syncs >= MIN_SYNCS and n_syncs >= SYNCS_PER_LAUNCH * n_launches
 
 
 def host_bound(view: HostGpuView) -> str:

@@ -122,6 +122,10 @@ def _view_json(v: HostGpuView) -> dict[str, Any]:
     }
 
 
+def _counts(v: HostGpuView) -> tuple[float, float, float]:
+    return v.n_syncs, v.n_memcpy, v.n_launches
+
+
 def host_verdict(s: StageResult) -> str | None:
     """One sentence from the stage's breakdown: where the host span goes, the host syncs per
     decode step (per instance for the other stages), how idle the GPU is, the MFU now, with a
@@ -132,11 +136,11 @@ def host_verdict(s: StageResult) -> str | None:
         return None
     n = len(s.instances) or 1
     if s.per_step is not None:
-        unit, syncs, copies = "step", s.per_step.n_syncs, s.per_step.n_memcpy
+        unit, syncs, copies, launches = "step", *_counts(s.per_step)
     else:
-        unit, syncs, copies = "instance", v.n_syncs / n, v.n_memcpy / n
+        unit, syncs, copies, launches = "instance", *(x / n for x in _counts(v))
     span, window = v.span_ns or 1.0, v.gpu_window_ns or 1.0
-    advice = ADVICE["sync-bound" if many_syncs(v) and label != "gpu-bound" else label]
+    advice = ADVICE["sync-bound" if many_syncs(syncs, launches) and label != "gpu-bound" else label]
     return (
         f"{s.stage} ({label}): {format_pct(v.outside_api_ns / span)} of the host span outside CUDA "
         f"calls, {format_pct(v.launch_ns / span)} in launch calls, "
