@@ -6,14 +6,15 @@ launch calls, inside synchronizing calls, inside other CUDA API calls, and outsi
 intervals of a thread are merged first, so nested time counts once, for the class of the call that
 encloses it. The four parts sum to the window's span.
 
-GPU view of the same window, over the ops the window launched: busy (union of op intervals per
-device), and idle split into *starved* (the host had not yet called the next op's launch when the
-previous op ended), *queued* (the launch call had started, the op still waited: launch latency or
-a dependency) and *edge* (head and tail idle at the window's ends). A gap before an op whose launch
-call started inside the gap is starved up to the call and queued after it.
+GPU view of the same window, over the ops the window launched, per device and summed over the
+devices: busy (union of op intervals), and idle split into *starved* (the host had not yet called
+the next op's launch when the previous op ended), *queued* (the launch call had started, the op
+still waited: launch latency or a dependency) and *edge* (head and tail idle at the window's
+ends). A gap before an op whose launch call started inside the gap is starved up to the call and
+queued after it.
 
 Pure functions over frames with the schemas below; no I/O. Vectorised: sorted searches and
-running maxima over whole tables, a loop over threads only.
+running maxima over whole tables; loops only over threads and over owner ranges.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ import polars as pl
 
 from llm_perf_opt.attribution import _is_sorted, _segmented_prev_max
 
-# API call classes; `CLASS_NAMES[c]` names class c.
+# API call classes (`cls` of `classify_names`).
 OTHER, LAUNCH, SYNC = 0, 1, 2
-CLASS_NAMES: Final = ("other", "launch", "sync")
 LAUNCH_PREFIXES: Final = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch")
 SYNC_PREFIXES: Final = (
     "cudaStreamSynchronize",
@@ -166,8 +166,9 @@ def _index(frame: pl.DataFrame, column: str, value: int) -> int:
 
 
 def classify_names(names: pl.Series) -> pl.DataFrame:
-    """`name, cls, is_memcpy` for each distinct API name: launch, sync (the blocking calls and
-    synchronous, non-Async copies) or other."""
+    """`name, cls, is_memcpy, gpu_side_wait` for each distinct API name: its class (launch,
+    sync: the blocking calls and the synchronous, non-Async copies; or other), whether it copies,
+    and whether it is a stream's wait on an event."""
     distinct = pl.DataFrame({"name": names.unique()})
 
     def starts(prefixes: tuple[str, ...]) -> pl.Expr:
