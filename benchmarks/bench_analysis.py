@@ -39,13 +39,34 @@ RAW_SCAN_SQL = (
     "SELECT start, end, correlationId, globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME; "
     "SELECT start, end, globalTid FROM NVTX_EVENTS;"
 )
-ROWS = ("full", "ranges", "nsys", "raw")
+ROWS = ("full", "ranges", "breakdown", "nsys", "raw")
 LABELS = {
     "full": "mfu-analyze --format json (full analysis)",
     "ranges": "mfu-analyze --ranges-out (attribution)",
+    "breakdown": "attribution + host/GPU breakdown (hostview)",
     "nsys": "nsys stats -r nvtxgpuproj,nvtxkernsum",
     "raw": "sqlite3 raw scan (floor)",
 }
+
+# Attribution of the stage ranges, then the host/GPU breakdown of every stage range and decode
+# step (what `mfu-analyze` adds to the attribution for the report's host and gpu_idle objects).
+BREAKDOWN = """
+import sys
+import polars as pl
+from llm_perf_opt.attribution import RangeSelection, attribute
+from llm_perf_opt.hostview import breakdown, host_view, stage_windows
+from llm_perf_opt.trace import open_trace
+stages = ("vision", "prefill", "decode")
+trace = open_trace(sys.argv[1])
+attr = attribute(trace, RangeSelection(names=stages))
+ranges = attr.ranges.sort("start_ns")
+members = {s: ranges.filter(pl.col("name") == s)["range_id"].to_list() for s in stages}
+decode = ranges.filter(pl.col("name") == "decode").select(owner="range_id", start_ns="start_ns")
+steps = ranges.filter(pl.col("name") == "decode_step").join_asof(decode, on="start_ns")
+windows = stage_windows(attr.ranges, members, steps.select("owner", "range_id").rows())
+host = host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
+breakdown(windows, host, attr.ops)
+"""
 
 # Runs argv[2:] with stdout to /dev/null and stderr to the file argv[1] and a timeout of argv[0]
 # seconds (its whole process group is killed then); prints wall seconds, peak RSS, exit code.
@@ -128,6 +149,7 @@ def commands(args: argparse.Namespace, trace: Path, workdir: Path) -> dict[str, 
         "full": [*analyze, str(trace), "--format", "json"],
         "ranges": [*analyze, str(trace), "--ranges-out", str(workdir / "ranges.csv")],
         "raw": ["sqlite3", str(trace), RAW_SCAN_SQL],
+        "breakdown": [sys.executable, "-c", BREAKDOWN, str(trace)],
     }
     if "nsys" in args.rows:
         nsys = _nsys_binary(args.nsys)
@@ -177,7 +199,9 @@ def report(results: dict[str, Result], facts: dict[str, int], trace: Path) -> li
         lines.append(f"{LABELS[row]:<44} {cells} {rss:>12} {runs:>5}")
         if r.failed:
             lines.append(f"    {row} failed: {r.failed}")
-    for num, den in (("full", "nsys"), ("full", "raw"), ("ranges", "nsys"), ("ranges", "raw")):
+    pairs = (("full", "nsys"), ("full", "raw"), ("ranges", "nsys"), ("ranges", "raw"),
+             ("breakdown", "ranges"))  # fmt: skip
+    for num, den in pairs:
         line = _ratio(results.get(num), results.get(den))
         if line:
             lines.append(f"{num} / {den}: {line}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -38,6 +39,13 @@ from llm_perf_opt.flops.configs import (
 )
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.vision_towers import default_image_size
+from llm_perf_opt.hostview import (
+    HostGpuView,
+    breakdown,
+    host_bound,
+    host_view,
+    stage_windows,
+)
 from llm_perf_opt.meta import (
     CTX_MODES,
     RunMeta,
@@ -210,6 +218,7 @@ class InstanceResult:
     bytes_moved: float | None = None
     n_graph_ops: int = 0
     graph_sum_ns: int = 0
+    host: HostGpuView | None = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +265,12 @@ class StageResult:
     bytes_moved: float | None = None
     n_graph_ops: int = 0
     graph_sum_ns: int = 0
+    # host/GPU breakdown (hostview): summed over instances, the median decode step, the label
+    # it gives, and the MFU if only the launch calls were left of the host's time
+    host: HostGpuView | None = None
+    per_step: HostGpuView | None = None
+    host_bound: str | None = None
+    mfu_launch_only: float | None = None
 
 
 @dataclass(frozen=True)
@@ -651,6 +666,7 @@ def compute_mfu(
     static_compute: Mapping[str, Any] | None = None,
     traffic: TrafficModel | None = None,
     stages: Sequence[str] = STAGES,
+    host_views: pl.DataFrame | None = None,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -676,6 +692,7 @@ def compute_mfu(
         traffic: bytes moved per stage for the roofline (None: not computed).
         stages: the stages to analyze (a non-empty subset of STAGES, e.g. no vision for a
             text-only model); the model line sums them and names the others as absent.
+        host_views: `read_host_views` of the trace: adds the host/GPU breakdown (hostview).
 
     Raises:
         SelectionError: a stage range is absent (the message lists the names present).
@@ -706,6 +723,7 @@ def compute_mfu(
     per_stage: dict[str, list[InstanceResult]] = {s: [] for s in stages}
     contexts: list[ContextInstance] = []
     steps_out: list[DecodeStep] = []
+    step_ranges: list[tuple[int, int]] = []
     for pos, (inst, fact) in enumerate(zip(instances, facts, strict=True)):
         for stage, row in inst.members.items():
             if stage != "decode":
@@ -723,6 +741,7 @@ def compute_mfu(
                     traffic.decode_bytes_moved(lens) if traffic and lens else None,
                 )
                 steps_out.extend(_steps(pos, steps, lens, fact.step_wall_s))
+                step_ranges += [(int(row["range_id"]), int(st["range_id"])) for st in steps]
             res = _instance_result(stage, pos, inst, fact, row, work, n_kernels, peak)
             if res.gpu_busy_ns == 0 and res.flops > 0:
                 warnings.append(f"{stage} instance {pos}: no GPU time in range {res.range_id}")
@@ -732,6 +751,8 @@ def compute_mfu(
         stage: _aggregate(stage, refs[stage], rows, ops, kernel_names, top_kernels, peak)
         for stage, rows in per_stage.items()
     }
+    if host_views is not None:
+        results = _with_host_views(results, ranges, ops, host_views, step_ranges, peak.peak_flops)
     warnings.extend(_implausible(results))
     warnings.extend(_graph_level_note(ops))
     flops_total = sum(s.flops for s in results.values())
@@ -764,6 +785,36 @@ def compute_mfu(
         warnings=tuple(warnings),
         static_compute=static_compute,
     )
+
+
+def _with_host_views(
+    stages: Mapping[str, StageResult],
+    ranges: pl.DataFrame,
+    ops: pl.DataFrame,
+    host_views: pl.DataFrame,
+    step_ranges: list[tuple[int, int]],
+    peak_flops: float,
+) -> dict[str, StageResult]:
+    """Stages with their host/GPU breakdown (docs/mfu-math.md, "Where the wall time goes")."""
+    members = {name: [r.range_id for r in s.instances] for name, s in stages.items()}
+    views = breakdown(stage_windows(ranges, members, step_ranges), host_views, ops)
+    steps = [step for _, step in step_ranges]
+    out = {}
+    for name, s in stages.items():
+        view = views.group(name)
+        if view is None:
+            out[name] = s
+            continue
+        floor_ns = max(view.busy_ns, view.launch_ns)
+        out[name] = replace(
+            s,
+            instances=tuple(replace(r, host=views.window(r.range_id)) for r in s.instances),
+            host=view,
+            per_step=views.median(steps) if name == "decode" and steps else None,
+            host_bound=host_bound(view),
+            mfu_launch_only=_ratio(s.flops, peak_flops * floor_ns * 1e-9),
+        )
+    return out
 
 
 def _implausible(stages: Mapping[str, StageResult]) -> list[str]:
@@ -1069,20 +1120,50 @@ def analyze_trace(
     else:
         names, domains = stage_selection_refs(refs, present)
         selection = RangeSelection(names=names, domains=domains)
+    host_read = _read_host_views(trace, raw, refs) if reason is None else None
     say("attributing GPU ops to NVTX ranges")
     attribution = attribute(trace, selection, other_threads=options.other_threads)
-    if reason is not None:
+    if reason is not None or host_read is None:
         return Analysis(attribution.ranges, None, reason)
     try:
         say("computing MFU")
         report = _report(
-            trace, attribution.ranges, attribution.ops, meta, refs, options, path, present
+            trace,
+            attribution.ranges,
+            attribution.ops,
+            meta,
+            refs,
+            options,
+            path,
+            present,
+            host_read.result(),
         )
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
         return Analysis(attribution.ranges, None, str(exc))
     return Analysis(attribution.ranges, report)
+
+
+def read_host_views(trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:
+    """The host view (hostview.host_view) of every stage and decode-step range of `ranges`
+    (`Trace.nvtx_ranges()`), from the trace's CUDA API calls and synchronization rows."""
+    wanted = pl.any_horizontal([refs[role].expr() for role in (*STAGES, "decode_step")])
+    windows = ranges.filter(wanted).select(
+        pl.col("event_id").alias("window_id"), "global_tid", "start_ns", "end_ns"
+    )
+    return host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
+
+
+def _read_host_views(
+    trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]
+) -> Future[pl.DataFrame]:
+    """`read_host_views` in a background thread: the SQLite scan releases the GIL, so reading
+    the API table and its host view overlap attribution, and the table is freed before it."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-view")
+    future = pool.submit(read_host_views, trace, ranges, refs)
+    pool.shutdown(wait=False)
+    return future
 
 
 def _report(
@@ -1094,6 +1175,7 @@ def _report(
     options: AnalyzeOptions,
     path: str | Path,
     stages: Sequence[str],
+    host_views: pl.DataFrame,
 ) -> MfuReport:
     """Resolve config, dtype, GPU and peak, then `compute_mfu`."""
     warnings: list[str] = []
@@ -1161,6 +1243,7 @@ def _report(
         static_compute=_static_compute(options, path),
         traffic=flops_model if isinstance(flops_model, AnalyticFlops) else None,
         stages=stages,
+        host_views=host_views,
     )
     return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
 

@@ -13,7 +13,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.hostview import HostGpuView
+from llm_perf_opt.mfu import MfuReport, StageResult
 from llm_perf_opt.report import format_pct
 from llm_perf_opt.roofline import ridge_point, roofline_points, roofs
 
@@ -23,6 +24,19 @@ WALL_COLOR: Final = "#e08a2c"
 DPI: Final = 120
 STAGE_COLORS: Final = {"vision": "#2a7ab9", "prefill": "#e08a2c", "decode": "#3a9a4a"}
 ROOF_STYLES: Final = {"table": ("-", "datasheet"), "measured": ("--", "measured")}
+# Host parts, then GPU parts: (attribute of HostGpuView, legend label, colour).
+HOST_SEGMENTS: Final = (
+    ("launch_ns", "launch calls", "#6a3d9a"),
+    ("sync_ns", "sync calls", "#e31a1c"),
+    ("other_api_ns", "other CUDA calls", "#fb9a99"),
+    ("outside_api_ns", "outside CUDA calls", "#fdbf6f"),
+)
+GPU_SEGMENTS: Final = (
+    ("busy_ns", "GPU busy", BUSY_COLOR),
+    ("starved_ns", "GPU starved (host late)", "#b2df8a"),
+    ("queued_ns", "GPU queued (launch latency)", "#a6cee3"),
+    ("edge_ns", "GPU idle at the edges", IDLE_COLOR),
+)
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -153,6 +167,34 @@ def plot_roofline(report: MfuReport, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_host_breakdown(stage: StageResult, path: Path) -> Path:
+    """One stage: its host span split into launch / sync / other CUDA calls / outside them, and
+    its GPU window into busy / starved / queued / edge, as stacked bars (summed over instances;
+    decode adds its median step)."""
+    views: list[tuple[str, HostGpuView]] = []
+    if stage.host is not None:
+        views.append((f"{stage.stage} (all instances)", stage.host))
+    if stage.per_step is not None:
+        views.append(("median decode step", stage.per_step))
+    fig = Figure(figsize=(8, 1.2 + 1.5 * len(views)))
+    for i, (title, view) in enumerate(views):
+        ax = fig.add_subplot(len(views), 1, i + 1)
+        for y, segments in ((0, HOST_SEGMENTS), (1, GPU_SEGMENTS)):
+            left = 0.0
+            for attr, label, color in segments:
+                width = getattr(view, attr) / 1e6
+                ax.barh(y, width, left=left, color=color, label=label if i == 0 else None)
+                left += width
+        ax.set_yticks([0, 1], ["host span", "GPU window"])
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_xlabel("ms")
+    fig.suptitle(f"Where the {stage.stage} wall time goes ({stage.host_bound or 'n/a'})")
+    fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.1))
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
     """Write the PNGs into `directory` (created); the decode series only when steps exist."""
     out = Path(directory)
@@ -165,4 +207,9 @@ def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
         paths.append(plot_decode_steps(report, out / "decode_step_time.png"))
     if roofline_points(report):
         paths.append(plot_roofline(report, out / "roofline.png"))
+    paths += [
+        plot_host_breakdown(s, out / f"host_gpu_{s.stage}.png")
+        for s in report.stages.values()
+        if s.host is not None
+    ]
     return paths

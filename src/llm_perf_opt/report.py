@@ -21,6 +21,7 @@ from rich.table import Table
 from rich.text import Text
 
 from llm_perf_opt.attribution import RANGES_OUT_COLUMNS
+from llm_perf_opt.hostview import ADVICE, HostGpuView, many_syncs
 from llm_perf_opt.mfu import (
     IDLE_FRACTION_BOUND,
     SHORT_KERNEL_NS,
@@ -99,6 +100,67 @@ def _context_json(c: ContextInstance) -> dict[str, Any]:
     }
 
 
+def _count_json(x: float) -> float | int:
+    """A count: an int for sums, a number for medians (which may fall between two)."""
+    return int(x) if float(x).is_integer() else x
+
+
+def _view_json(v: HostGpuView) -> dict[str, Any]:
+    """`host` and `gpu_idle` objects of a breakdown (docs/json-output.md)."""
+    return {
+        "host": {
+            "span_s": _s(v.span_ns),
+            "launch_s": _s(v.launch_ns),
+            "sync_s": _s(v.sync_ns),
+            "other_api_s": _s(v.other_api_ns),
+            "outside_api_s": _s(v.outside_api_ns),
+            "n_launches": _count_json(v.n_launches),
+            "n_syncs": _count_json(v.n_syncs),
+            "n_memcpy": _count_json(v.n_memcpy),
+            "n_gpu_ops": _count_json(v.n_gpu_ops),
+            "host_per_gpu_op_s": _s(v.host_per_gpu_op_ns),
+        },
+        "gpu_idle": {
+            "window_s": _s(v.gpu_window_ns),
+            "busy_s": _s(v.busy_ns),
+            "starved_s": _s(v.starved_ns),
+            "queued_s": _s(v.queued_ns),
+            "edge_s": _s(v.edge_ns),
+            "launch_latency_median_s": _s(v.launch_latency_median_ns),
+        },
+    }
+
+
+def _counts(v: HostGpuView) -> tuple[float, float, float]:
+    return v.n_syncs, v.n_memcpy, v.n_launches
+
+
+def host_verdict(s: StageResult) -> str | None:
+    """One sentence from the stage's breakdown: where the host span goes, the host syncs per
+    decode step (per instance for the other stages), how idle the GPU is, the MFU now, with a
+    perfect host (wall = GPU busy: the trace MFU) and with only the launch calls left, and the
+    advice of its `host_bound` label."""
+    v, label = s.host, s.host_bound
+    if v is None or label is None:
+        return None
+    n = len(s.instances) or 1
+    if s.per_step is not None:
+        unit, syncs, copies, launches = "step", *_counts(s.per_step)
+    else:
+        unit, syncs, copies, launches = "instance", *(x / n for x in _counts(v))
+    span, window = v.span_ns or 1.0, v.gpu_window_ns or 1.0
+    advice = ADVICE["sync-bound" if many_syncs(syncs, launches) and label != "gpu-bound" else label]
+    return (
+        f"{s.stage} ({label}): {format_pct(v.outside_api_ns / span)} of the host span outside CUDA "
+        f"calls, {format_pct(v.launch_ns / span)} in launch calls, "
+        f"{format_pct(v.sync_ns / span)} in syncs; {syncs:,.0f} host syncs and {copies:,.0f} "
+        f"memcpys per {unit}; GPU busy {format_pct(v.busy_ns / window)} (starved "
+        f"{format_pct(v.starved_ns / window)}, queued {format_pct(v.queued_ns / window)}); MFU "
+        f"{format_pct(s.mfu_wall)} now, {format_pct(s.mfu_trace)} with a perfect host, "
+        f"{format_pct(s.mfu_launch_only)} with launch calls alone: {advice}"
+    )
+
+
 def _instance_json(r: InstanceResult) -> dict[str, Any]:
     out: dict[str, Any] = {
         "instance": r.instance,
@@ -126,6 +188,8 @@ def _instance_json(r: InstanceResult) -> dict[str, Any]:
             "mbu_trace": r.mbu_trace,
             "mbu_wall": r.mbu_wall,
         }
+    if r.host is not None:
+        out |= _view_json(r.host)
     return out
 
 
@@ -180,6 +244,14 @@ def _stage_json(
             "mbu_trace": s.mbu_trace,
             "mbu_wall": s.mbu_wall,
         }
+    if s.host is not None:
+        out |= _view_json(s.host) | {
+            "host_bound": s.host_bound,
+            "host_verdict": host_verdict(s),
+            "mfu_launch_only": s.mfu_launch_only,
+        }
+        if s.per_step is not None:
+            out["per_step"] = _view_json(s.per_step)
     return out
 
 
@@ -586,6 +658,64 @@ def _decode_lines(report: MfuReport) -> list[str]:
     return lines
 
 
+_HOST_HEAD: Final = (
+    "stage",
+    "span ms",
+    "launch",
+    "sync",
+    "API",
+    "no API",
+    "launches",
+    "syncs",
+    "copies",
+    "busy",
+    "starved",
+    "queued",
+    "edge",
+    "lat µs",
+    "µs/op",
+    "bound",
+)
+
+
+def _host_row(name: str, v: HostGpuView, bound: str) -> tuple[str, ...]:
+    span, window = v.span_ns or 1.0, v.gpu_window_ns or 1.0
+    host = (v.launch_ns, v.sync_ns, v.other_api_ns, v.outside_api_ns)
+    gpu = (v.busy_ns, v.starved_ns, v.queued_ns, v.edge_ns)
+    return (
+        name,
+        _ms(v.span_ns),
+        *(format_pct(x / span) for x in host),
+        *(f"{x:,.0f}" for x in (v.n_launches, v.n_syncs, v.n_memcpy)),
+        *(format_pct(x / window) for x in gpu),
+        _us(v.launch_latency_median_ns),
+        _us(v.host_per_gpu_op_ns),
+        bound,
+    )
+
+
+def _host_rows(report: MfuReport) -> list[tuple[str, ...]]:
+    """Stages (summed over instances) and the median decode step; host parts as shares of the
+    host span, GPU parts as shares of the GPU window."""
+    rows = []
+    for s in report.stages.values():
+        if s.host is not None:
+            rows.append(_host_row(s.stage, s.host, s.host_bound or ""))
+        if s.per_step is not None:
+            rows.append(_host_row(f"{s.stage}/step", s.per_step, "(median)"))
+    return rows
+
+
+_HOST_TITLE: Final = (
+    "Where the wall time goes: host span in launch, sync, other API calls and outside them; "
+    "GPU window busy, starved, queued, edge"
+)
+
+
+def _host_verdicts(report: MfuReport) -> list[str]:
+    return [v for s in report.stages.values() if (v := host_verdict(s)) is not None]
+
+
 _CONTEXT_HEAD: Final = ("inst", "image", "Lp", "steps", "C first", "C last", "C mean", "C from")
 
 
@@ -657,6 +787,9 @@ def render_table(report: MfuReport, console: Console) -> None:
     if any(len(s.instances) > 1 for s in report.stages.values()):
         parts.append(_rich_table("Per image instance", _INSTANCE_HEAD, _instance_rows(report), 3))
     parts.append(Text("\n".join(_decode_lines(report))))
+    if host_rows := _host_rows(report):
+        parts.append(_rich_table(_HOST_TITLE, _HOST_HEAD, host_rows))
+        parts.append(Text("\n".join(_host_verdicts(report))))
     parts.append(_rich_table(_context_title(report), _CONTEXT_HEAD, _context_rows(report), 2))
     peak_rows = _peak_rows(report)
     if peak_rows:
@@ -739,6 +872,9 @@ def to_markdown(report: MfuReport) -> str:
     decode = _decode_lines(report)
     if decode:
         out += ["## Decode", "", *(f"- {line}" for line in decode), ""]
+    if host_rows := _host_rows(report):
+        out += [f"## {_HOST_TITLE}", "", _md_table(_HOST_HEAD, host_rows), ""]
+        out += [*(f"- {v}" for v in _host_verdicts(report)), ""]
     out += [f"## {_context_title(report)}", "", _md_table(_CONTEXT_HEAD, _context_rows(report)), ""]
     peak_rows = _peak_rows(report)
     if peak_rows:

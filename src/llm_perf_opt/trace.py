@@ -59,6 +59,7 @@ GPU_OP_TABLES: Final = {
     "graph": "CUPTI_ACTIVITY_KIND_GRAPH_TRACE",
 }
 RUNTIME_TABLE: Final = "CUPTI_ACTIVITY_KIND_RUNTIME"
+SYNC_TABLE: Final = "CUPTI_ACTIVITY_KIND_SYNCHRONIZATION"
 NVTX_TABLE: Final = "NVTX_EVENTS"
 
 OP_KINDS: Final = pl.Enum(list(GPU_OP_TABLES))
@@ -391,6 +392,27 @@ class Trace:
             calls = calls.with_columns(name=self.resolve_strings(calls["name_id"]))
         order = [c for c in API_CALLS_SCHEMA.names() if c in calls.columns]
         return calls.select(order + (["name"] if with_names else []))
+
+    def sync_events(self) -> pl.DataFrame:
+        """Host synchronizations CUPTI recorded (CUPTI_ACTIVITY_KIND_SYNCHRONIZATION): `global_pid,
+        correlation_id` (joins the API call), `start_ns, end_ns, stream_id, sync_type`. Empty
+        when the export has no such table (older nsys, or no synchronization captured)."""
+        wanted = {
+            "globalPid": "global_pid",
+            "correlationId": "correlation_id",
+            "start": "start_ns",
+            "end": "end_ns",
+            "streamId": "stream_id",
+            "syncType": "sync_type",
+        }
+        schema = dict.fromkeys(wanted.values(), pl.Int64)
+        cols = set(self.columns(SYNC_TABLE))
+        if not cols:
+            return pl.DataFrame(schema=schema)
+        select = ", ".join(
+            f"{src if src in cols else 'NULL'} AS {dst}" for src, dst in wanted.items()
+        )
+        return self._frame(f"SELECT {select} FROM {SYNC_TABLE}", schema)
 
     def gpu_info(self) -> pl.DataFrame:
         """`device_id, name, sm_count, clock_hz, memory_bandwidth_Bps, total_memory_B, chip_name,

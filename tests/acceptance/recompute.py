@@ -19,6 +19,8 @@ from llm_perf_opt.attribution import Attribution
 from llm_perf_opt.flops import analytic, traffic
 from llm_perf_opt.flops.configs import ModelConfig
 
+from .recompute_host import HostReference, with_host
+
 STAGES: Final = ("vision", "prefill", "decode")
 GPU_NAME: Final = "NVIDIA H100 80GB HBM3"
 # H100 SXM (nsys's `NVIDIA H100 80GB HBM3`), dense, no sparsity; HBM3 bandwidth.
@@ -128,8 +130,10 @@ def expected_report(
     *,
     mode: str = "auto",
     ctx_len: int | None = None,
+    host: HostReference | None = None,
 ) -> dict[str, Any]:
-    """The `--format json` document's numbers (and the strings that follow from them)."""
+    """The `--format json` document's numbers (and the strings that follow from them); with
+    `host`, the host/GPU breakdown too."""
     cfg = config_of(meta)
     text = cfg.text
     images = meta["images"]
@@ -231,6 +235,8 @@ def expected_report(
         stage: _stage(stage, rows, attr, kernel_names, moved[stage])
         for stage, rows in per_stage.items()
     }
+    if host is not None:
+        with_host(stages, instances, host, PEAK_BF16_FLOPS)
     flops_total = sum(s["flops"] for s in stages.values())
     busy_total = sum(s["gpu_busy_s"] for s in stages.values())
     wall_total = sum(s["wall_s"] for s in stages.values())

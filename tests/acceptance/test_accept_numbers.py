@@ -18,6 +18,7 @@ from .recompute import (
     expected_report,
     measured_instances,
 )
+from .recompute_host import reference_for
 
 # (flags, mode, C of every step): fixed C lies between every trace's last real C (Lp + 5 ≤ 917)
 # and the window; max is the window, 8192.
@@ -40,9 +41,9 @@ def test_every_number_recomputed(
 ) -> None:
     doc = _report(real, name, flags)
     names = open_trace(real.plain(name)).kernel_names()
-    expected = expected_report(
-        real.meta(name), real.attribution(name), names, mode=mode, ctx_len=ctx_len
-    )
+    attr = real.attribution(name)
+    host = reference_for(real.plain(name), attr.ops)
+    expected = expected_report(real.meta(name), attr, names, mode=mode, ctx_len=ctx_len, host=host)
     compared = assert_matches(doc, expected)
     # 3 stages × 3 instances × ~15 numbers, 15 decode steps × 8, 30 top kernels × 4, …
     assert compared > 400

@@ -92,6 +92,8 @@ def test_every_output_renders_without_a_vision_stage(tmp_path: Path) -> None:
     assert stages.to_list() == ["prefill", "decode"]
     assert sorted(p.name for p in tmp_path.glob("*.png")) == [
         "decode_step_time.png",
+        "host_gpu_decode.png",
+        "host_gpu_prefill.png",
         "mfu_trace_vs_wall.png",
         "stage_time_split.png",
     ]

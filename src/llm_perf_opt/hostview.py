@@ -1,0 +1,542 @@
+"""Where a range's wall time goes: host (CPU) and GPU views of the same span.
+
+Host view of a window (a range's CPU interval on its own thread): the time inside kernel/graph
+launch calls, inside synchronizing calls, inside other CUDA API calls, and outside any CUDA call
+(framework and Python code). CUDA runtime rows may contain driver rows of the same thread; the API
+intervals of a thread are merged first, so nested time counts once, for the class of the call that
+encloses it. The four parts sum to the window's span.
+
+GPU view of the same window, over the ops the window launched, per device and summed over the
+devices: busy (union of op intervals), and idle split into *starved* (the host had not yet called
+the next op's launch when the previous op ended), *queued* (the launch call had started, the op
+still waited: launch latency or a dependency) and *edge* (head and tail idle at the window's
+ends). A gap before an op whose launch call started inside the gap is starved up to the call and
+queued after it.
+
+Pure functions over frames with the schemas below; no I/O. Vectorised: sorted searches and
+running maxima over whole tables; loops only over threads and over owner ranges.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Final
+
+import numpy as np
+import polars as pl
+
+from llm_perf_opt.attribution import _is_sorted, _segmented_prev_max
+
+# API call classes (`cls` of `classify_names`).
+OTHER, LAUNCH, SYNC = 0, 1, 2
+LAUNCH_PREFIXES: Final = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch")
+SYNC_PREFIXES: Final = (
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+    "cudaEventSynchronize",
+    "cuStreamSynchronize",
+    "cuCtxSynchronize",
+    "cuEventSynchronize",
+)
+MEMCPY_PREFIXES: Final = ("cudaMemcpy", "cuMemcpy")
+# A stream waiting on an event stalls the GPU queue, not the host: never a host sync, even when
+# CUPTI records a synchronization row for it.
+GPU_SIDE_WAIT: Final = "StreamWaitEvent"
+
+# Inputs. Windows: `owner_id` is the range whose attributed ops the GPU view counts (a decode
+# step counts the ops of its decode range launched during the step); `group` names the set the
+# window is summed into.
+WINDOWS_SCHEMA: Final = pl.Schema(
+    {
+        "window_id": pl.Int64,
+        "owner_id": pl.Int64,
+        "group": pl.String,
+        "global_tid": pl.Int64,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+    }
+)
+# `Trace.api_calls(with_names=True)`.
+CALLS_SCHEMA: Final = pl.Schema(
+    {
+        "global_tid": pl.Int64,
+        "global_pid": pl.Int64,
+        "correlation_id": pl.Int64,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+        "name": pl.String,
+    }
+)
+# What is used of `Trace.sync_events()`.
+SYNCS_SCHEMA: Final = pl.Schema({"global_pid": pl.Int64, "correlation_id": pl.Int64})
+# What is used of `Attribution.ops`.
+OPS_SCHEMA: Final = pl.Schema(
+    {
+        "range_id": pl.Int64,
+        "launch_ns": pl.Int64,
+        "device_id": pl.Int32,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+    }
+)
+
+HOST_PARTS: Final = ("launch_ns", "sync_ns", "other_api_ns", "outside_api_ns")
+GPU_PARTS: Final = ("busy_ns", "starved_ns", "queued_ns", "edge_ns")
+COUNTS: Final = ("n_launches", "n_syncs", "n_memcpy", "n_gpu_ops")
+# `host_view` output, beside `window_id`.
+HOST_SCHEMA: Final = pl.Schema(
+    {"span_ns": pl.Float64, **dict.fromkeys((*HOST_PARTS, *COUNTS[:3]), pl.Float64)}
+)
+# Output: one row per window (and, in `Breakdown.groups`, per group).
+VIEW_SCHEMA: Final = pl.Schema(
+    {
+        "span_ns": pl.Float64,
+        **dict.fromkeys(HOST_PARTS, pl.Float64),
+        **dict.fromkeys(COUNTS, pl.Float64),
+        "gpu_window_ns": pl.Float64,
+        **dict.fromkeys(GPU_PARTS, pl.Float64),
+        "launch_latency_median_ns": pl.Float64,
+    }
+)
+
+
+@dataclass(frozen=True)
+class HostGpuView:
+    """Host and GPU view of one window, the sum over a group, or the median over a group."""
+
+    span_ns: float
+    launch_ns: float
+    sync_ns: float
+    other_api_ns: float
+    outside_api_ns: float
+    n_launches: float
+    n_syncs: float
+    n_memcpy: float
+    n_gpu_ops: float
+    gpu_window_ns: float
+    busy_ns: float
+    starved_ns: float
+    queued_ns: float
+    edge_ns: float
+    launch_latency_median_ns: float | None
+
+    @property
+    def host_per_gpu_op_ns(self) -> float | None:
+        """CPU time of the span per GPU op it launched: above the ops' mean duration the GPU
+        must wait for the host."""
+        return self.span_ns / self.n_gpu_ops if self.n_gpu_ops else None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, float | None]) -> HostGpuView:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """`windows`: `window_id` + `VIEW_SCHEMA` per window; `groups`: `group` + `VIEW_SCHEMA`,
+    parts and counts summed and the launch latency median taken over the group's ops."""
+
+    windows: pl.DataFrame
+    groups: pl.DataFrame
+
+    def window(self, window_id: int) -> HostGpuView:
+        return HostGpuView.from_row(self.windows.row(_index(self.windows, "window_id", window_id),
+                                                    named=True))  # fmt: skip
+
+    def group(self, group: str) -> HostGpuView | None:
+        rows = self.groups.filter(pl.col("group") == group)
+        return HostGpuView.from_row(rows.row(0, named=True)) if rows.height else None
+
+    def median(self, window_ids: list[int]) -> HostGpuView | None:
+        """Column-wise median over the given windows (a typical decode step)."""
+        rows = self.windows.filter(pl.col("window_id").is_in(window_ids))
+        if rows.is_empty():
+            return None
+        return HostGpuView.from_row(
+            rows.select(pl.exclude("window_id").median()).row(0, named=True)
+        )
+
+
+def _index(frame: pl.DataFrame, column: str, value: int) -> int:
+    hits = np.flatnonzero(frame[column].to_numpy() == value)
+    if hits.size == 0:
+        raise KeyError(f"no {column} {value}")
+    return int(hits[0])
+
+
+def classify_names(names: pl.Series) -> pl.DataFrame:
+    """`name, cls, is_memcpy, gpu_side_wait` for each distinct API name: its class (launch,
+    sync: the blocking calls and the synchronous, non-Async copies; or other), whether it copies,
+    and whether it is a stream's wait on an event."""
+    distinct = pl.DataFrame({"name": names.unique()})
+
+    def starts(prefixes: tuple[str, ...]) -> pl.Expr:
+        expr = pl.lit(False)
+        for prefix in prefixes:
+            expr = expr | pl.col("name").str.starts_with(prefix)
+        return expr.fill_null(False)
+
+    memcpy = starts(MEMCPY_PREFIXES)
+    blocking_copy = memcpy & ~pl.col("name").str.contains("Async").fill_null(False)
+    return distinct.select(
+        "name",
+        cls=pl.when(starts(LAUNCH_PREFIXES))
+        .then(LAUNCH)
+        .when(starts(SYNC_PREFIXES) | blocking_copy)
+        .then(SYNC)
+        .otherwise(OTHER)
+        .cast(pl.Int8),
+        is_memcpy=memcpy,
+        gpu_side_wait=pl.col("name").str.contains(GPU_SIDE_WAIT).fill_null(False),
+    )
+
+
+def host_view(
+    windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame | None
+) -> pl.DataFrame:
+    """The host view of each window: `window_id` + `HOST_SCHEMA` (windows need `window_id,
+    global_tid, start_ns, end_ns`; calls and syncs are frames of `CALLS_SCHEMA` and
+    `SYNCS_SCHEMA`; extra columns are ignored). It needs no attribution, so it can run while
+    the attribution does, and the API table can go before the GPU view starts.
+
+    `n_syncs` counts the synchronization rows whose API call starts in the window; where
+    `syncs` is None or empty (older exports, or no rows), the synchronizing calls."""
+    windows = windows.select("window_id", "global_tid", "start_ns", "end_ns").cast(pl.Int64)
+    columns = _host_view(windows, calls, syncs)
+    return windows.select("window_id").with_columns(*columns).cast(dict(HOST_SCHEMA))  # type: ignore[arg-type]
+
+
+def breakdown(windows: pl.DataFrame, host: pl.DataFrame, ops: pl.DataFrame) -> Breakdown:
+    """Host and GPU views of every window (`WINDOWS_SCHEMA`), from their `host_view` (which may
+    hold more windows) and the attributed ops (`OPS_SCHEMA`; extra columns are ignored)."""
+    windows = windows.select(WINDOWS_SCHEMA.names()).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
+    gpu, latency = _gpu_view(windows, ops)
+    per_window = (
+        windows.select("window_id", "group")
+        .join(host, on="window_id", how="left", maintain_order="left")
+        .with_columns(*gpu)
+    )
+    names, group_code = np.unique(windows["group"].to_numpy(), return_inverse=True)
+    win = latency["window"].to_numpy()
+    latency = latency.with_columns(group=pl.Series(group_code[win], dtype=pl.Int64))
+    per_window = per_window.with_columns(
+        launch_latency_median_ns=_medians(latency, "window", windows.height)
+    )
+    sums = per_window.group_by("group", maintain_order=True).agg(
+        pl.exclude("window_id", "launch_latency_median_ns").sum()
+    )
+    medians = pl.DataFrame(
+        {
+            "group": names.astype(str),
+            "launch_latency_median_ns": _medians(latency, "group", len(names)),
+        }
+    )
+    groups = sums.join(medians, on="group", how="left", maintain_order="left")
+    return Breakdown(
+        windows=per_window.select("window_id", *VIEW_SCHEMA.names()).cast(dict(VIEW_SCHEMA)),  # type: ignore[arg-type]
+        groups=groups.select("group", *VIEW_SCHEMA.names()).cast(dict(VIEW_SCHEMA)),  # type: ignore[arg-type]
+    )
+
+
+def _medians(latency: pl.DataFrame, by: str, n: int) -> pl.Series:
+    """Median latency for each code 0..n-1 of column `by` (null where it has no ops)."""
+    per = latency.group_by(by).agg(m=pl.col("latency_ns").median())
+    values = np.full(n, np.nan)
+    values[per[by].to_numpy()] = per["m"].to_numpy()
+    return pl.Series("launch_latency_median_ns", values).fill_nan(None)
+
+
+# --- host view ---------------------------------------------------------------------------------
+
+
+def _host_view(
+    windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame | None
+) -> list[pl.Series]:
+    """Per window: span, the four host parts and the three host counts."""
+    n = windows.height
+    out = {c: np.zeros(n, dtype=np.float64) for c in (*HOST_PARTS[:3], *COUNTS[:3])}
+    span = (windows["end_ns"] - windows["start_ns"]).to_numpy().astype(np.float64)
+    calls = calls.select(CALLS_SCHEMA.names()).filter(
+        pl.col("global_tid").is_in(windows["global_tid"].unique().to_list())
+    )
+    kinds = classify_names(calls["name"])
+    calls = (
+        calls.join(kinds, on="name", how="left")
+        .drop("name")
+        .with_columns(pl.col("cls").fill_null(OTHER))
+    )
+    have_syncs = syncs is not None and syncs.height > 0
+    if syncs is not None and have_syncs:
+        blocking = syncs.select("global_pid", "correlation_id").unique().with_columns(has_sync=True)
+        calls = calls.join(blocking, on=["global_pid", "correlation_id"], how="left")
+        calls = calls.with_columns(
+            cls=pl.when(pl.col("has_sync") & ~pl.col("gpu_side_wait"))
+            .then(pl.lit(SYNC, pl.Int8))
+            .otherwise("cls"),
+            n_sync_rows=pl.col("has_sync").fill_null(False) & ~pl.col("gpu_side_wait"),
+        )
+        if calls.height:  # one count per synchronization row, not per call
+            per_call = syncs.group_by("global_pid", "correlation_id").agg(n=pl.len())
+            calls = calls.join(per_call, on=["global_pid", "correlation_id"], how="left")
+            calls = calls.with_columns(
+                n_sync_rows=pl.when("n_sync_rows").then(pl.col("n")).otherwise(0)
+            )
+    if not _calls_sorted(calls):  # exports usually list a thread's calls by start already
+        calls = calls.sort(
+            "global_tid", "start_ns", pl.col("end_ns"), descending=[False, False, True]
+        )
+    tid = calls["global_tid"].to_numpy()
+    start = calls["start_ns"].to_numpy()
+    end = np.maximum(calls["end_ns"].to_numpy(), start)
+    cls = calls["cls"].to_numpy()
+    memcpy = calls["is_memcpy"].to_numpy()
+    sync_rows = calls["n_sync_rows"].to_numpy() if have_syncs else None
+    w_tid = windows["global_tid"].to_numpy()
+    w_start = windows["start_ns"].to_numpy()
+    w_end = windows["end_ns"].to_numpy()
+    if len(tid):
+        new_seg = np.r_[True, tid[1:] != tid[:-1]]
+        covered = _segmented_prev_max(end, new_seg)
+        outermost = start >= covered
+        piece_start = np.maximum(start, covered)
+        heads = np.flatnonzero(new_seg)
+        bounds = np.r_[heads, len(tid)]
+        for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
+            rows = np.flatnonzero(w_tid == tid[a])
+            if rows.size == 0:
+                continue
+            seg = slice(a, b)
+            keep = end[seg] > piece_start[seg]
+            ps, pe, pc = piece_start[seg][keep], end[seg][keep], cls[seg][keep]
+            for c, key in ((LAUNCH, "launch_ns"), (SYNC, "sync_ns"), (OTHER, "other_api_ns")):
+                out[key][rows] = _time_in(ps, pe, pc == c, w_start[rows], w_end[rows])
+            top = outermost[seg]
+            starts = start[seg][top]
+            lo = np.searchsorted(starts, w_start[rows], side="left")
+            hi = np.searchsorted(starts, w_end[rows], side="right")
+            out["n_launches"][rows] = _count(cls[seg][top] == LAUNCH, lo, hi)
+            out["n_memcpy"][rows] = _count(memcpy[seg][top], lo, hi)
+            if sync_rows is not None:
+                # a synchronization row counts wherever its call sits, nested or not
+                all_lo = np.searchsorted(start[seg], w_start[rows], side="left")
+                all_hi = np.searchsorted(start[seg], w_end[rows], side="right")
+                out["n_syncs"][rows] = _count(sync_rows[seg], all_lo, all_hi)
+            else:
+                out["n_syncs"][rows] = _count(cls[seg][top] == SYNC, lo, hi)
+    outside = span - out["launch_ns"] - out["sync_ns"] - out["other_api_ns"]
+    return [
+        pl.Series("span_ns", span),
+        *(pl.Series(k, out[k]) for k in HOST_PARTS[:3]),
+        pl.Series("outside_api_ns", outside),
+        *(pl.Series(k, out[k]) for k in COUNTS[:3]),
+    ]
+
+
+def _calls_sorted(calls: pl.DataFrame) -> bool:
+    """True when calls run by thread, then start, an enclosing call before the calls it
+    encloses (longer first at equal starts)."""
+    tid, start, end = (np.diff(calls[c].to_numpy()) for c in ("global_tid", "start_ns", "end_ns"))
+    return bool(np.all((tid > 0) | ((tid == 0) & ((start > 0) | ((start == 0) & (end <= 0))))))
+
+
+def _time_in(
+    ps: np.ndarray, pe: np.ndarray, mine: np.ndarray, a: np.ndarray, b: np.ndarray
+) -> np.ndarray:
+    """Length of the disjoint, sorted pieces `[ps, pe)` flagged `mine` inside each `[a, b]`."""
+    inside: np.ndarray = _covered_before(ps, pe, mine, b) - _covered_before(ps, pe, mine, a)
+    return inside
+
+
+def _covered_before(ps: np.ndarray, pe: np.ndarray, mine: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Length of the flagged pieces before time t: whole pieces ended by t, plus the part of the
+    piece that t falls into."""
+    lengths = np.where(mine, pe - ps, 0)
+    prefix = np.r_[0, np.cumsum(lengths)]
+    k = np.searchsorted(pe, t, side="right")
+    total: np.ndarray = prefix[k].astype(np.float64)
+    inside = k < len(ps)
+    kk = np.minimum(k, max(len(ps) - 1, 0))
+    if len(ps):
+        partial = np.where(inside & mine[kk], np.clip(t - ps[kk], 0, None), 0)
+        total += partial
+    return total
+
+
+def _count(flags: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Sum of `flags[lo:hi]` for each pair, by prefix sums."""
+    prefix = np.r_[0, np.cumsum(flags.astype(np.int64))]
+    counts: np.ndarray = (prefix[hi] - prefix[lo]).astype(np.float64)
+    return counts
+
+
+# --- GPU view ----------------------------------------------------------------------------------
+
+
+def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series], pl.DataFrame]:
+    """Per window: its GPU window length, busy, starved, queued, edge and op count; and the
+    launch → start latency of every (window, op) pair."""
+    n = windows.height
+    out: dict[str, np.ndarray] = {
+        k: np.zeros(n, dtype=np.float64) for k in ("gpu_window_ns", *GPU_PARTS, "n_gpu_ops")
+    }
+    # the owners' ops by (owner, launch time); numpy: the ops usually come nearly in that order
+    op_owner = ops["range_id"].fill_null(-1).to_numpy()
+    op_launch = ops["launch_ns"].fill_null(-1).to_numpy()
+    keep = np.flatnonzero(np.isin(op_owner, windows["owner_id"].to_numpy()) & (op_launch >= 0))
+    keep = keep[np.lexsort((op_launch[keep], op_owner[keep]))]
+    owner, launch = op_owner[keep], op_launch[keep]
+    op_dev, op_start, op_end = (
+        ops[c].to_numpy()[keep] for c in ("device_id", "start_ns", "end_ns")
+    )
+    # each window's ops: a slice of its owner's ops, by launch time
+    w_owner = windows["owner_id"].to_numpy()
+    w_start = windows["start_ns"].to_numpy()
+    w_end = windows["end_ns"].to_numpy()
+    seg_lo = np.searchsorted(owner, w_owner, side="left")
+    seg_hi = np.searchsorted(owner, w_owner, side="right")
+    lo = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, w_start, "left")
+    hi = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, w_end, "right")
+    lengths = np.maximum(hi - lo, 0)
+    total = int(lengths.sum())
+    empty_latency = pl.DataFrame(schema={"window": pl.Int64, "latency_ns": pl.Int64})
+    if total == 0:
+        out["gpu_window_ns"] = (w_end - w_start).astype(np.float64)
+        out["edge_ns"] = out["gpu_window_ns"].copy()
+        return [pl.Series(k, v) for k, v in out.items()], empty_latency
+    offsets = np.cumsum(lengths) - lengths
+    member = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo, lengths)
+    win = np.repeat(np.arange(n, dtype=np.int64), lengths)
+    dev = op_dev[member].astype(np.int64)
+    m_launch = launch[member]
+    raw_start = op_start[member]
+    # an op cannot start before its window (only clock skew makes it look so)
+    m_start = np.maximum(raw_start, w_start[win])
+    m_end = np.maximum(op_end[member], m_start)
+    order = _order_by_window_device_start(win, dev, m_start - w_start[win])
+    if order is not None:
+        win, dev, m_start, m_end, m_launch, raw_start = (
+            a[order] for a in (win, dev, m_start, m_end, m_launch, raw_start)
+        )
+    # the GPU window: from the range's CPU start to the later of its CPU end and its last op end
+    last_end = np.full(n, np.iinfo(np.int64).min)
+    win_heads = np.flatnonzero(np.r_[True, win[1:] != win[:-1]])  # members run by window
+    last_end[win[win_heads]] = np.maximum.reduceat(m_end, win_heads)
+    g_end = np.maximum(w_end, last_end)
+    out["gpu_window_ns"] = (g_end - w_start).astype(np.float64)
+    new_seg = np.r_[True, (win[1:] != win[:-1]) | (dev[1:] != dev[:-1])]
+    covered = _segmented_prev_max(m_end, new_seg)
+    busy = np.clip(m_end - np.maximum(m_start, covered), 0, None)
+    gap = np.where(new_seg, 0, np.clip(m_start - covered, 0, None))
+    starved = np.where(new_seg, 0, np.clip(m_launch - covered, 0, gap))
+    head = np.where(new_seg, m_start - w_start[win], 0)
+    seg_heads = np.flatnonzero(new_seg)
+    seg_end = np.maximum.reduceat(m_end, seg_heads)
+    tail = g_end[win[seg_heads]] - seg_end
+    out["busy_ns"] = np.bincount(win, busy, minlength=n)
+    out["starved_ns"] = np.bincount(win, starved, minlength=n)
+    out["queued_ns"] = np.bincount(win, gap - starved, minlength=n)
+    out["edge_ns"] = np.bincount(win, head, minlength=n)
+    out["edge_ns"] += np.bincount(win[seg_heads], tail, minlength=n)
+    out["n_gpu_ops"] = lengths.astype(np.float64)
+    # device-less windows (no ops) are all edge
+    idle = out["gpu_window_ns"] - out["busy_ns"]
+    out["edge_ns"] = np.where(lengths == 0, idle, out["edge_ns"])
+    latency = pl.DataFrame({"window": win, "latency_ns": raw_start - m_launch})
+    return [pl.Series(k, v) for k, v in out.items()], latency
+
+
+def _order_by_window_device_start(
+    win: np.ndarray, dev: np.ndarray, offset: np.ndarray
+) -> np.ndarray | None:
+    """The permutation that sorts members by (window, device, start), or None when they already
+    are (one stream per device: launch order is start order). One int64 key and a stable sort,
+    which is fast on the nearly sorted rows, instead of a lexsort over three keys."""
+    n_dev = int(dev.max()) + 1
+    bits = max(int(offset.max()).bit_length(), 1)
+    if bits + (int(win.max()) * n_dev + n_dev).bit_length() < 63:
+        key = ((win * n_dev + dev) << bits) + offset
+        if bool(np.all(key[1:] >= key[:-1])):
+            return None
+        order: np.ndarray = np.argsort(key, kind="stable")
+        return order
+    if _is_sorted(win, dev, offset):
+        return None
+    return np.lexsort((offset, dev, win))
+
+
+def _searchsorted_in(
+    values: np.ndarray, lo: np.ndarray, hi: np.ndarray, queries: np.ndarray, side: str
+) -> np.ndarray:
+    """Position of each query inside its own sorted slice `values[lo:hi]` (offset from lo).
+
+    Slices are few (one per owner range), so a loop over distinct slices, not over queries."""
+    result = np.zeros(len(queries), dtype=np.int64)
+    pairs = np.stack([lo, hi], axis=1)
+    for a, b in np.unique(pairs, axis=0).tolist():
+        rows = np.flatnonzero((lo == a) & (hi == b))
+        result[rows] = np.searchsorted(values[a:b], queries[rows], side=side)  # type: ignore[call-overload]
+    return result
+
+
+# --- stages ------------------------------------------------------------------------------------
+
+STEP_GROUP: Final = "decode_step"
+# A stage whose GPU is busy at least this share of its GPU window is limited by its kernels.
+GPU_BOUND_SHARE: Final = 0.5
+# Host syncs on at least this share of the launches, and at least MIN_SYNCS of them per step (or
+# instance), make removing them the first advice: each one drains the GPU queue and keeps CUDA
+# graphs from capturing the loop.
+SYNCS_PER_LAUNCH: Final = 0.05
+MIN_SYNCS: Final = 10
+ADVICE: Final = {
+    "gpu-bound": "faster kernels or more work per launch lift MFU",
+    "sync-bound": "remove the host syncs (fuse, e.g. grouped_mm experts) to lift MFU",
+    "launch-bound": "fewer, larger kernels or CUDA graphs cut the launch time",
+    "framework-bound": "capture CUDA graphs or compile to take Python off the critical path",
+    "api-bound": "look at the other CUDA calls (allocations, attribute queries) first",
+    "queue-bound": "ops wait in the GPU queue (launch latency, gaps between dependent kernels): "
+    "fewer, longer kernels help",
+}
+
+
+def stage_windows(
+    ranges: pl.DataFrame,
+    stage_ranges: Mapping[str, list[int]],
+    decode_steps: list[tuple[int, int]],
+) -> pl.DataFrame:
+    """Windows (`WINDOWS_SCHEMA`) of the stage ranges (group = stage) and of the decode steps
+    (group `decode_step`, owner = their decode range), from the attribution's ranges frame."""
+    keys = [(rid, rid, stage) for stage, ids in stage_ranges.items() for rid in ids]
+    keys += [(step, owner, STEP_GROUP) for owner, step in decode_steps]
+    wanted = pl.DataFrame(
+        keys, schema={"window_id": pl.Int64, "owner_id": pl.Int64, "group": pl.String}, orient="row"
+    )
+    found = ranges.select(pl.col("range_id").alias("window_id"), "global_tid", "start_ns", "end_ns")
+    return wanted.join(found, on="window_id", how="inner", maintain_order="left").select(
+        WINDOWS_SCHEMA.names()
+    )
+
+
+def many_syncs(n_syncs: float, n_launches: float) -> bool:
+    """Whether the host syncs often enough, per step or instance, to be the first thing to fix
+    (`MIN_SYNCS`, `SYNCS_PER_LAUNCH`)."""
+    return n_syncs >= MIN_SYNCS and n_syncs >= SYNCS_PER_LAUNCH * n_launches
+
+
+def host_bound(view: HostGpuView) -> str:
+    """What limits a stage, from its breakdown: `gpu-bound` when the GPU is busy most of its
+    window; else, when the host was late (starved ≥ queued + edge), the largest host part
+    (`sync-`, `launch-`, `framework-` (outside CUDA calls) or `api-bound`); else `queue-bound`."""
+    window = view.gpu_window_ns
+    if window <= 0 or view.busy_ns >= GPU_BOUND_SHARE * window:
+        return "gpu-bound"
+    if view.starved_ns < view.queued_ns + view.edge_ns:
+        return "queue-bound"
+    parts = {
+        "sync-bound": view.sync_ns,
+        "launch-bound": view.launch_ns,
+        "framework-bound": view.outside_api_ns,
+        "api-bound": view.other_api_ns,
+    }
+    return max(parts, key=lambda k: parts[k])
