@@ -25,7 +25,6 @@ Structure of one image view (square, `side_px` pixels):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -33,7 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast, get_args, get_origin, get_type_hints
 
-from llm_perf_opt.errors import ConfigError
+from llm_perf_opt.errors import ConfigError, MissingInputError
+from llm_perf_opt.userfiles import load_json
 
 Family = Literal["deepseek-ocr", "deepseek-ocr2"]
 FAMILIES: Final[tuple[Family, ...]] = ("deepseek-ocr", "deepseek-ocr2")
@@ -665,11 +665,11 @@ def load_config_json(path: str | Path) -> ModelConfig:
     """
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
+        data = load_json(p, "config")
+    except MissingInputError:
         raise ConfigError(f"config file {p} does not exist; pass an existing JSON file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not readable JSON ({exc}); fix the file") from None
+    except ConfigError as exc:
+        raise ConfigError(f"config file {p} is not readable JSON: {exc}; fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
     return config_from_json_dict(data, source=str(p))

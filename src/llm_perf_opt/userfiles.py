@@ -1,0 +1,87 @@
+"""Read the small JSON files a user passes (`--meta`, `--static-compute`, `--config`) safely.
+
+Whatever the file holds, the result is its parsed value or one `ConfigError` that names the file
+and the problem: a FIFO or device is refused before it is opened (reading one would block), a
+file too large for an option file is refused before it is read, non-UTF-8 bytes, JSON nested too
+deep for the parser, and NaN/Infinity (which `json` accepts but a report cannot hold) are errors.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import stat
+from pathlib import Path
+from typing import Any, Final, NoReturn
+
+from llm_perf_opt.errors import ConfigError, MissingInputError
+
+# Run metadata of a long run is well below a megabyte; anything this large is not an option file.
+MAX_OPTION_FILE_BYTES: Final = 64 << 20
+
+
+def read_text(path: str | Path, what: str) -> str:
+    """The UTF-8 text of the `what` file at `path`.
+
+    Raises:
+        MissingInputError: the file does not exist.
+        ConfigError: it is not a regular readable file, too large, or not UTF-8.
+    """
+    p = Path(path)
+    try:
+        info = p.stat()
+    except FileNotFoundError:
+        raise MissingInputError(f"{what} file {str(p)!r} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} file {str(p)!r} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ConfigError(
+            f"{what} file {str(p)!r} is not a regular file (a folder, FIFO or device)"
+        )
+    if info.st_size > MAX_OPTION_FILE_BYTES:
+        raise ConfigError(
+            f"{what} file {str(p)!r} has {info.st_size:,} bytes, more than the "
+            f"{MAX_OPTION_FILE_BYTES:,} an option file may have"
+        )
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} file {str(p)!r} cannot be read ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{what} file {str(p)!r} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+
+
+def parse_json(text: str, what: str) -> Any:
+    """`text` parsed as JSON with finite numbers only.
+
+    Raises:
+        ConfigError: not JSON, nested too deeply, or holding NaN/Infinity (also as 1e999).
+    """
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} is JSON nested too deeply to be a real file") from None
+    except ValueError as exc:
+        raise ConfigError(f"{what} holds {exc}; use finite numbers") from None
+
+
+def load_json(path: str | Path, what: str) -> Any:
+    """`read_text` then `parse_json`; errors name the file."""
+    return parse_json(read_text(path, what), f"{what} ({path})")
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"the non-number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"the number {text}, too large for a float")
+    return value
