@@ -494,6 +494,12 @@ def _decode_ctx(
             "decode FLOPs need the number of decode steps: pass --decode-tokens T "
             "(or nest one range per step inside decode, see --stage decode_step=NAME)"
         )
+    if n_steps + (facts.prefill_len or 0) > window:  # checked before any per-step list exists
+        raise ConfigError(
+            f"{n_steps:,} decode steps after a prefill of {facts.prefill_len or 0} positions "
+            f"exceed the model window of {window} positions; check --decode-tokens (or the run "
+            "metadata's decode_steps)"
+        )
     payloads = [s.get("payload_int") for s in steps]
     if ctx.mode == "fixed":
         if ctx.ctx_len is None:
