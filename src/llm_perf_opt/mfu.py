@@ -906,6 +906,8 @@ class Analysis:
     ranges: pl.DataFrame
     report: MfuReport | None
     skipped_reason: str | None = None
+    # What the reader left out of the trace (impossible rows), also in the report's warnings.
+    trace_warnings: tuple[str, ...] = ()
 
 
 def analyze_trace(
@@ -956,16 +958,18 @@ def analyze_trace(
         selection = RangeSelection(names=names, domains=domains)
     say("attributing GPU ops to NVTX ranges")
     attribution = attribute(trace, selection, other_threads=options.other_threads)
+    read_warnings = tuple(trace.warnings)
     if reason is not None:
-        return Analysis(attribution.ranges, None, reason)
+        return Analysis(attribution.ranges, None, reason, read_warnings)
     try:
         say("computing MFU")
         report = _report(trace, attribution.ranges, attribution.ops, meta, refs, options, path)
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
-        return Analysis(attribution.ranges, None, str(exc))
-    return Analysis(attribution.ranges, report)
+        return Analysis(attribution.ranges, None, str(exc), read_warnings)
+    report = replace(report, warnings=(*read_warnings, *report.warnings))
+    return Analysis(attribution.ranges, report, None, read_warnings)
 
 
 def _report(

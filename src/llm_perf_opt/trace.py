@@ -357,6 +357,12 @@ class Trace:
         them; `closed` says which were. Raises NoNvtxEventsError when the export has none.
         """
         if self._nvtx_ranges.is_empty():
+            left_out = [w for w in self.warnings if "NVTX ranges" in w]
+            if left_out:
+                raise NoNvtxEventsError(
+                    f"{self.path}: no usable NVTX ranges: {'; '.join(left_out)}. The export is "
+                    "damaged or the ranges were never ended; capture again."
+                )
             raise NoNvtxEventsError(
                 f"{self.path}: the export has no NVTX ranges. Capture with "
                 "`nsys profile -t cuda,nvtx ...` and wrap the stages in NVTX ranges."

@@ -81,6 +81,8 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
             write_ranges_csv(analysis.ranges, handle)
     report = analysis.report
     if report is None:
+        for warning in analysis.trace_warnings:
+            click.echo(f"warning: {warning}", err=True)
         click.echo(f"note: MFU not computed ({analysis.skipped_reason})", err=True)
         return
     _emit(report, kw["format"] or "table", kw["output"])
