@@ -23,6 +23,7 @@ LARGE_TRACE_BYTES: Final = 200 * 1024 * 1024
 # Width of the table when stdout is not a terminal (files, pipes): wide enough not to wrap.
 WIDE: Final = 160
 # Bounds of options that size work or output: beyond them a value is a typo, not a request.
+MIN_PEAK_TFLOPS: Final = 1e-3
 MAX_PEAK_TFLOPS: Final = 1e6
 MAX_TOP_KERNELS: Final = 10_000
 MAX_TOKENS: Final = 10_000_000
@@ -132,7 +133,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--peak-tflops",
-    type=FiniteFloat(0, MAX_PEAK_TFLOPS),
+    type=FiniteFloat(MIN_PEAK_TFLOPS, MAX_PEAK_TFLOPS),
     help="Dense peak TFLOP/s, overriding the GPU table (needed for GPUs it does not know).",
 )
 @click.option(
