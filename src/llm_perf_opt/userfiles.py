@@ -71,11 +71,6 @@ def parse_json(text: str, what: str) -> Any:
         raise ConfigError(f"{what} holds {exc}; use finite numbers") from None
 
 
-def load_json(path: str | Path, what: str) -> Any:
-    """`read_text` then `parse_json`; errors name the file."""
-    return parse_json(read_text(path, what), f"{what} ({path})")
-
-
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"the non-number {name}")
 

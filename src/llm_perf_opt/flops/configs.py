@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from llm_perf_opt.errors import ConfigError, MissingInputError
-from llm_perf_opt.userfiles import load_json
+from llm_perf_opt.userfiles import parse_json, read_text
 
 Family = Literal["deepseek-ocr", "deepseek-ocr2"]
 FAMILIES: Final[tuple[Family, ...]] = ("deepseek-ocr", "deepseek-ocr2")
@@ -665,11 +665,13 @@ def load_config_json(path: str | Path) -> ModelConfig:
     """
     p = Path(path)
     try:
-        data = load_json(p, "config")
+        text = read_text(p, "config")
     except MissingInputError:
         raise ConfigError(f"config file {p} does not exist; pass an existing JSON file") from None
+    try:
+        data = parse_json(text, f"config file {p}")
     except ConfigError as exc:
-        raise ConfigError(f"config file {p} is not readable JSON: {exc}; fix the file") from None
+        raise ConfigError(f"{exc} (not readable JSON); fix the file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
     return config_from_json_dict(data, source=str(p))
