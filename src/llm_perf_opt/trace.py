@@ -14,6 +14,7 @@ import gzip
 import lzma
 import os
 import re
+import secrets
 import shutil
 import sqlite3
 import stat
@@ -850,13 +851,16 @@ def _decompressed(path: Path) -> tuple[Path, Path | None]:
     if kind is None:
         return path, None
     cap = decompress_cap(path.stat().st_size)
+    # Registered before it exists, so a signal arriving in between still finds it.
+    scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
+    _SCRATCH_DIRS.add(scratch)
     try:
-        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX))
+        scratch.mkdir(mode=0o700)
     except OSError as exc:
+        _SCRATCH_DIRS.discard(scratch)
         raise TraceAccessError(
             f"{path}: no temporary folder to decompress it into ({exc}); set TMPDIR"
         ) from None
-    _SCRATCH_DIRS.add(scratch)
     target = scratch / "trace.sqlite"
     try:
         free = shutil.disk_usage(scratch).free
