@@ -176,3 +176,17 @@ def test_d5_invalid_utf8_in_the_metadata_mark(v1_plain: Path, tmp_path: Path) ->
     data = json.loads(result.stdout)
     assert data["meta_source"] == "trace mark"
     assert data["stages"]["decode"]["flops"] > 0
+
+
+def test_d5_error_line_is_capped_for_a_1mb_nvtx_name(tmp_path: Path) -> None:
+    huge = "n" * (1 << 20)
+    trace = mutated(
+        PROBE,
+        tmp_path / "t.sqlite",
+        "UPDATE NVTX_EVENTS SET text = ? WHERE rowid = 3",
+        params=[huge],
+    )
+    line = assert_error(
+        analyze(trace, *PROBE_STAGES, "--stage", "vision=absent", "--format", "json"), "absent"
+    )
+    assert len(line) < 1000 and "more characters)" in line
