@@ -19,6 +19,7 @@ from llm_perf_opt.trace import DECOMPRESS_CAP_ENV, MAX_OPEN_RANGES_PER_THREAD, o
 
 from .helpers import PROBE, V1_XZ, analyze, assert_error, assert_ok, mutated, scratch_left
 
+V1_T32_XZ = V1_XZ.with_name("dsocr_v1_base_t32.sqlite.xz")
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
@@ -53,18 +54,31 @@ def _start(args: list[str], tmpdir: Path) -> subprocess.Popen[bytes]:
     )
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize(
+    ("signum", "delay_s"),
+    [
+        (signal.SIGINT, 0.0),  # while decompressing
+        (signal.SIGTERM, 0.0),
+        (signal.SIGHUP, 0.0),
+        (signal.SIGINT, 0.8),  # later: reading, attributing or plotting (2-3 s in all)
+    ],
+)
 def test_d10_signals_stop_promptly_and_remove_temporaries(
-    tmp_path: Path, signum: signal.Signals
+    tmp_path: Path, signum: signal.Signals, delay_s: float
 ) -> None:
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir()
     out = tmp_path / "r.csv"
-    proc = _start([str(V1_XZ), "--format", "json", "--ranges-out", str(out)], tmpdir)
+    args = [str(V1_T32_XZ), "--format", "json", "--ranges-out", str(out), "--plots", str(tmp_path)]
+    proc = _start(args, tmpdir)
     deadline = time.monotonic() + 60
     while not scratch_left(tmpdir) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
     assert scratch_left(tmpdir), "the decompressed copy never appeared"
+    time.sleep(delay_s)
+    if proc.poll() is not None:
+        proc.communicate()
+        pytest.fail("the run ended before the signal")
     sent = time.monotonic()
     proc.send_signal(signum)
     code = proc.wait(timeout=30)
@@ -74,9 +88,13 @@ def test_d10_signals_stop_promptly_and_remove_temporaries(
     proc.stderr.close()
     assert code == 128 + signum, err
     assert elapsed < 2.0, elapsed
-    assert err.strip().splitlines()[-1] == f"Error: stopped by {signum.name}; nothing was written"
+    assert (
+        err.strip().splitlines()[-1]
+        == f"Error: stopped by {signum.name}; unfinished outputs removed"
+    )
     assert list(tmpdir.iterdir()) == []
-    assert not out.exists()
+    if delay_s == 0:
+        assert not out.exists()
 
 
 def test_d10_temporaries_removed_on_success_and_on_errors(

@@ -87,6 +87,8 @@ def guarded(
             raise CliError("standard output was closed before the output was written") from None
         except RecursionError:
             raise CliError("the input is nested too deeply to be a real file") from None
+        except OverflowError as exc:  # an absurd size in a config or the metadata
+            raise CliError(f"a number in the inputs is too large to compute with ({exc})") from None
         finally:
             remove_scratch()
 
@@ -202,7 +204,7 @@ def _stop(signum: int) -> None:
             path.unlink(missing_ok=True)
         name = signal.Signals(signum).name
         with suppress(OSError):
-            os.write(2, f"Error: stopped by {name}; nothing was written\n".encode())
+            os.write(2, f"Error: stopped by {name}; unfinished outputs removed\n".encode())
         os._exit(128 + signum)
 
 
