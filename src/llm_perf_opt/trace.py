@@ -851,6 +851,9 @@ def _decompressed(path: Path) -> tuple[Path, Path | None]:
     if kind is None:
         return path, None
     cap = decompress_cap(path.stat().st_size)
+    declared = _xz_declared_size(path) if kind == "xz" else None
+    if declared is not None and declared > cap:
+        raise TraceTooLargeError(_over_cap_message(path, cap))
     # Registered before it exists, so a signal arriving in between still finds it.
     scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
     _SCRATCH_DIRS.add(scratch)
@@ -864,6 +867,8 @@ def _decompressed(path: Path) -> tuple[Path, Path | None]:
     target = scratch / "trace.sqlite"
     try:
         free = shutil.disk_usage(scratch).free
+        if declared is not None and declared > free:
+            raise TraceTooLargeError(_no_space_message(path, declared, free, scratch.parent))
         with (
             lzma.open(path) if kind == "xz" else gzip.open(path) as src,
             target.open("wb") as dst,
@@ -871,17 +876,10 @@ def _decompressed(path: Path) -> tuple[Path, Path | None]:
             written = 0
             while chunk := src.read(1 << 22):
                 written += len(chunk)
-                if written > cap:
-                    raise TraceTooLargeError(
-                        f"{path}: decompresses to more than {cap:,} bytes, the cap for a "
-                        f"{path.stat().st_size:,}-byte file; if it is a real trace, raise the "
-                        f"cap with {DECOMPRESS_CAP_ENV}=BYTES or decompress it yourself"
-                    )
+                if written > cap:  # the declared size can lie, or be absent (gzip)
+                    raise TraceTooLargeError(_over_cap_message(path, cap))
                 if written > free:
-                    raise TraceTooLargeError(
-                        f"{path}: decompressing it needs more than the {free:,} bytes free in "
-                        f"{scratch.parent}; set TMPDIR to a larger disk or decompress it yourself"
-                    )
+                    raise TraceTooLargeError(_no_space_message(path, written, free, scratch.parent))
                 dst.write(chunk)
     except OSError as exc:
         _remove_scratch(scratch)
@@ -898,6 +896,63 @@ def _decompressed(path: Path) -> tuple[Path, Path | None]:
         _remove_scratch(scratch)
         raise
     return target, scratch
+
+
+def _over_cap_message(path: Path, cap: int) -> str:
+    return (
+        f"{path}: decompresses to more than {cap:,} bytes, the cap for a "
+        f"{path.stat().st_size:,}-byte file; if it is a real trace, raise the cap with "
+        f"{DECOMPRESS_CAP_ENV}=BYTES or decompress it yourself"
+    )
+
+
+def _no_space_message(path: Path, needed: int, free: int, folder: Path) -> str:
+    return (
+        f"{path}: decompressing it needs at least {needed:,} bytes but {folder} has {free:,} "
+        "free; set TMPDIR to a larger disk or decompress it yourself"
+    )
+
+
+def _xz_declared_size(path: Path) -> int | None:
+    """Uncompressed size the index of the file's last .xz stream declares (None when the tail
+    is not a well-formed index): known before a byte is written."""
+    size = path.stat().st_size
+    if size < 24:
+        return None
+    with path.open("rb") as handle:
+        handle.seek(size - 12)
+        footer = handle.read(12)
+        if footer[-2:] != b"YZ":
+            return None
+        index_size = (int.from_bytes(footer[4:8], "little") + 1) * 4
+        if index_size > size - 24:
+            return None
+        handle.seek(size - 12 - index_size)
+        index = handle.read(index_size)
+    if not index or index[0] != 0:
+        return None
+    try:
+        n_records, pos = _xz_varint(index, 1)
+        total = 0
+        for _ in range(n_records):  # one record per xz block: a handful, not per row
+            _, pos = _xz_varint(index, pos)
+            uncompressed, pos = _xz_varint(index, pos)
+            total += uncompressed
+    except IndexError:
+        return None
+    return total
+
+
+def _xz_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The .xz multibyte integer at `pos` and the position after it."""
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80 or shift > 56:
+            return value, pos
+        shift += 7
 
 
 def _decompress_error(path: Path, exc: BaseException) -> CorruptTraceError:

@@ -138,3 +138,24 @@ def test_d10_decompression_size_cap(
     monkeypatch.setenv(DECOMPRESS_CAP_ENV, "lots")
     assert_error(analyze(packed), DECOMPRESS_CAP_ENV)
     assert scratch_left(scratch_tmp) == []
+
+
+def test_d10_free_space_is_checked_before_decompressing(
+    tmp_path: Path, scratch_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    packed = tmp_path / "t.sqlite.xz"
+    raw = PROBE.read_bytes()
+    packed.write_bytes(lzma.compress(raw))
+    assert trace_module._xz_declared_size(packed) == len(raw)  # the xz index, read up front
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**6, 10**6 - 1000, 1000))
+    line = assert_error(analyze(packed), f"needs at least {len(raw):,} bytes")
+    assert "TMPDIR" in line and "has 1,000 free" in line
+    assert scratch_left(scratch_tmp) == []
+    gz = tmp_path / "t.sqlite.gz"  # no declared size: stopped once the copy passes the free space
+    gz.write_bytes(gzip.compress(raw))
+    assert_error(analyze(gz), "bytes but")
+    assert scratch_left(scratch_tmp) == []
