@@ -13,7 +13,7 @@ from llm_perf_opt.cli._common import output_file
 from llm_perf_opt.errors import OutputError
 from llm_perf_opt.trace import open_trace
 
-from .helpers import PROBE, V1_META, analyze, assert_error, assert_ok, digest, mutated
+from .helpers import PROBE, PROBE_STAGES, V1_META, analyze, assert_error, assert_ok, digest, mutated
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
@@ -46,15 +46,22 @@ def test_d1_output_onto_a_folder(tmp_path: Path) -> None:
     assert_error(analyze(PROBE, "--ranges-out", tmp_path), "")
 
 
-@pytest.mark.parametrize("module", ["analyze", "flops"])
+def _cli_args(module: str, v1_plain: Path) -> list[str]:
+    return {
+        "analyze": [str(v1_plain), "--format", "json"],
+        "analyze-table": [str(v1_plain)],
+        "flops": ["--model", "deepseek-ocr", "--format", "json"],
+    }[module]
+
+
+def _python_m(module: str) -> list[str]:
+    return [sys.executable, "-m", f"llm_perf_opt.cli.{module.split('-')[0]}"]
+
+
+@pytest.mark.parametrize("module", ["analyze", "analyze-table", "flops"])
 def test_d1_closed_stdout_pipe(v1_plain: Path, module: str) -> None:
-    args = (
-        [str(v1_plain), "--format", "json"]
-        if module == "analyze"
-        else ["--model", "deepseek-ocr", "--format", "json"]
-    )
     proc = subprocess.Popen(
-        [sys.executable, "-m", f"llm_perf_opt.cli.{module}", *args],
+        [*_python_m(module), *_cli_args(module, v1_plain)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": SRC},
@@ -67,6 +74,27 @@ def test_d1_closed_stdout_pipe(v1_plain: Path, module: str) -> None:
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), err
     assert "pipe" in lines[0]
+
+
+@pytest.mark.parametrize("module", ["analyze", "analyze-table", "flops"])
+def test_d1_stdout_on_a_full_device(v1_plain: Path, module: str) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*_python_m(module), *_cli_args(module, v1_plain)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": SRC},
+            timeout=120,
+        )
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, lines
+    assert lines[0] == "Error: cannot write <stdout>: no space left on the device"
+
+
+def test_d1_plots_into_a_path_through_a_file(tmp_path: Path) -> None:
+    assert_error(analyze(PROBE, *PROBE_STAGES, "--plots", PROBE / "figs"), "cannot write")
 
 
 def test_d2_output_equal_to_the_input_is_refused(tmp_path: Path) -> None:

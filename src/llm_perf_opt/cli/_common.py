@@ -82,9 +82,6 @@ def guarded(
             yield
         except LlmPerfOptError as exc:
             raise CliError(str(exc)) from None
-        except BrokenPipeError:
-            _silence_stdout()
-            raise CliError("standard output was closed before the output was written") from None
         except RecursionError:
             raise CliError("the input is nested too deeply to be a real file") from None
         except OverflowError as exc:  # an absurd size in a config or the metadata
@@ -171,13 +168,21 @@ def _output_error(path: Path, exc: OSError) -> OutputError:
 
 def echo_stdout(text: str) -> None:
     """Write `text` to stdout; a closed pipe or full disk is one error line, not a traceback."""
-    try:
+    with stdout_errors():
         click.echo(text, nl=False)
         sys.stdout.flush()
-    except BrokenPipeError:
-        _silence_stdout()
-        raise OutputError("cannot write to standard output: the pipe was closed") from None
+
+
+@contextmanager
+def stdout_errors() -> Iterator[None]:
+    """Failures writing stdout (a closed pipe, /dev/full) as one OutputError; stdout is then
+    pointed at /dev/null so the interpreter's final flush does not fail a second time."""
+    try:
+        yield
     except OSError as exc:
+        _silence_stdout()
+        if isinstance(exc, BrokenPipeError):
+            raise OutputError("cannot write to standard output: the pipe was closed") from None
         raise _output_error(Path("<stdout>"), exc) from None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections.abc import Iterator
@@ -12,7 +13,14 @@ from typing import Any, Final
 import click
 from rich.console import Console
 
-from llm_perf_opt.cli._common import FiniteFloat, echo_stdout, guarded, output_file, writing
+from llm_perf_opt.cli._common import (
+    FiniteFloat,
+    echo_stdout,
+    guarded,
+    output_file,
+    stdout_errors,
+    writing,
+)
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
 from llm_perf_opt.peaks import DTYPES
@@ -111,7 +119,14 @@ def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
         return
     if output is None:
         console = Console()
-        render_table(report, console if console.is_terminal else Console(width=WIDE))
+        if console.is_terminal:
+            with stdout_errors():
+                render_table(report, console)
+            return
+        # Rendered aside, then written by us: rich exits 1 by itself on a closed pipe.
+        buffer = io.StringIO()
+        render_table(report, Console(file=buffer, width=WIDE))
+        echo_stdout(buffer.getvalue())
         return
     with output_file(output) as handle:
         render_table(report, Console(file=handle, width=WIDE))
