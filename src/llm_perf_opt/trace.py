@@ -626,13 +626,21 @@ def _narrowed(part: pl.DataFrame, schema: dict[str, Any], path: Path, query: str
     try:
         return part.cast(schema)  # type: ignore[arg-type]
     except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
-        column = next(
-            (c for c, t in schema.items() if part[c].dtype != t and _cast_fails(part[c], t)), "?"
-        )
+        alias = next((c for c, t in schema.items() if _cast_fails(part[c], t)), None)
+        if alias is None:
+            raise CorruptTraceError(_corrupt_message(path, exc)) from exc
+        values = part[alias]
+        try:
+            lost = values.cast(schema[alias], strict=False).is_null() & values.is_not_null()
+            bad = values.filter(lost)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
+            bad = values.drop_nulls()  # no value of this type converts at all (bytes)
+        example = repr(bad[0])[:40] if len(bad) else "?"
+        source = re.search(rf"(\w+) AS {alias}\b", query)
         raise CorruptTraceError(
-            f"{path}: column {column} of table {_table_of(query)} holds values that are not "
-            f"{schema[column]} ({type(exc).__name__}); the export was edited or damaged. Export "
-            "it again with `nsys export --type sqlite`."
+            f"{path}: column {source[1] if source else alias} of table {_table_of(query)} holds "
+            f"{example}, not a value of type {schema[alias]}; the export was edited or damaged. "
+            "Export it again with `nsys export --type sqlite`."
         ) from exc
 
 
@@ -810,9 +818,15 @@ def _remove_scratch(scratch: Path | None) -> None:
         _SCRATCH_DIRS.discard(scratch)
 
 
-def remove_scratch() -> None:
-    """Remove every decompressed copy this process made (on Ctrl-C, SIGTERM, SIGHUP)."""
-    for scratch in list(_SCRATCH_DIRS):
+def scratch_dirs() -> frozenset[Path]:
+    """The folders of this process's live decompressed copies."""
+    return frozenset(_SCRATCH_DIRS)
+
+
+def remove_scratch(keep: frozenset[Path] = frozenset()) -> None:
+    """Remove this process's decompressed copies but those in `keep` (a CLI run removes what it
+    made; a signal removes everything)."""
+    for scratch in _SCRATCH_DIRS - keep:
         _remove_scratch(scratch)
 
 

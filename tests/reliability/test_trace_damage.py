@@ -108,7 +108,19 @@ def test_d4_text_and_out_of_range_ids_are_one_clear_error(tmp_path: Path) -> Non
         PROBE, tmp_path / "b.sqlite", f"UPDATE {KERNELS} SET streamId = {1 << 40} WHERE rowid = 5"
     )
     assert_error(
-        analyze(big, "--ranges-out", tmp_path / "r.csv"), f"column stream_id of table {KERNELS}"
+        analyze(big, "--ranges-out", tmp_path / "r.csv"),
+        f"column streamId of table {KERNELS} holds {1 << 40}",
+    )
+
+
+def test_d4_bytes_in_a_time_column_are_one_clear_error(tmp_path: Path) -> None:
+    # found by the fuzz test: a BLOB where nsys writes integers (no cast applies at all)
+    blob = mutated(
+        PROBE, tmp_path / "t.sqlite", f"UPDATE {KERNELS} SET start = X'FF00'", loosen=[KERNELS]
+    )
+    assert_error(
+        analyze(blob, "--ranges-out", tmp_path / "r.csv"),
+        f"column start of table {KERNELS} holds b'",
     )
 
 

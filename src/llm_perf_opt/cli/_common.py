@@ -22,7 +22,7 @@ from typing import IO, Any, Final
 import click
 
 from llm_perf_opt.errors import LlmPerfOptError, OutputError
-from llm_perf_opt.trace import in_scratch, remove_scratch
+from llm_perf_opt.trace import in_scratch, remove_scratch, scratch_dirs
 
 # An error line longer than this is cut (a 1 MB NVTX name is not echoed whole).
 MAX_ERROR_CHARS: Final = 600
@@ -76,6 +76,7 @@ def guarded(
 ) -> Iterator[None]:
     """Run a command body under the contract: outputs are checked against the inputs before any
     work, user errors become one `Error:` line, signals stop the run cleanly, temporaries go."""
+    earlier = scratch_dirs()
     with _stop_on_signals():
         try:
             refuse_input_overwrite(outputs, inputs)
@@ -87,7 +88,7 @@ def guarded(
         except OverflowError as exc:  # an absurd size in a config or the metadata
             raise CliError(f"a number in the inputs is too large to compute with ({exc})") from None
         finally:
-            remove_scratch()
+            remove_scratch(keep=earlier)
 
 
 def refuse_input_overwrite(

@@ -17,6 +17,7 @@ from llm_perf_opt.cli._common import (
     FiniteFloat,
     echo_stdout,
     guarded,
+    one_line,
     output_file,
     stdout_errors,
     writing,
@@ -92,7 +93,7 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
     if report is None:
         for warning in analysis.trace_warnings:
             click.echo(f"warning: {warning}", err=True)
-        click.echo(f"note: MFU not computed ({analysis.skipped_reason})", err=True)
+        click.echo(f"note: MFU not computed ({one_line(analysis.skipped_reason or '')})", err=True)
         return
     _emit(report, kw["format"] or "table", kw["output"])
     for option, fmt in (("csv", "csv"), ("markdown", "md")):
