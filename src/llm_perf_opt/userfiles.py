@@ -12,7 +12,7 @@ import json
 import math
 import stat
 from pathlib import Path
-from typing import Any, Final, NoReturn
+from typing import Any, Final
 
 from llm_perf_opt.errors import ConfigError, MissingInputError
 
@@ -59,24 +59,33 @@ def parse_json(text: str, what: str) -> Any:
     """`text` parsed as JSON with finite numbers only.
 
     Raises:
-        ConfigError: not JSON, nested too deeply, or holding NaN/Infinity (also as 1e999).
+        ConfigError: not JSON, nested too deeply, or holding NaN/Infinity (also as 1e999); the
+            message names the key of the first non-finite number.
     """
     try:
-        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{what} is not valid JSON: {exc}") from None
     except RecursionError:
         raise ConfigError(f"{what} is JSON nested too deeply to be a real file") from None
-    except ValueError as exc:
-        raise ConfigError(f"{what} holds {exc}; use finite numbers") from None
+    bad = _first_non_finite(data)
+    if bad is not None:
+        key, value = bad
+        raise ConfigError(f"{what}: `{key}` must be a finite number, got {value}")
+    return data
 
 
-def _reject_constant(name: str) -> NoReturn:
-    raise ValueError(f"the non-number {name}")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"the number {text}, too large for a float")
-    return value
+def _first_non_finite(data: Any) -> tuple[str, float] | None:
+    """Dotted key path and value of the first NaN or ±Infinity in `data`, walked with a stack
+    (no recursion, whatever the nesting)."""
+    stack: list[tuple[str, Any]] = [("(top level)", data)]
+    while stack:
+        key, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return key, value
+        if isinstance(value, dict):
+            prefix = "" if key == "(top level)" else f"{key}."
+            stack.extend((f"{prefix}{k}", v) for k, v in reversed(list(value.items())))
+        elif isinstance(value, list):
+            stack.extend((f"{key}[{i}]", v) for i, v in reversed(list(enumerate(value))))
+    return None

@@ -61,7 +61,8 @@ def test_d6_non_finite_and_absurd_values_in_the_trace_mark(v1_plain: Path, tmp_p
         mark["images"][0]["wall_s"]["vision"] = float("nan")
         return json.dumps(mark)  # writes the bare NaN json.loads would accept
 
-    assert_error(analyze(with_mark(v1_plain, tmp_path / "n.sqlite", nan_wall)), "NaN")
+    line = assert_error(analyze(with_mark(v1_plain, tmp_path / "n.sqlite", nan_wall)), "got nan")
+    assert "`images[0].wall_s.vision` must be a finite number" in line
 
     def tiny_wall(mark: dict[str, Any]) -> dict[str, Any]:
         for image in mark["images"]:
