@@ -75,6 +75,23 @@ def parse_json(text: str, what: str) -> Any:
     return data
 
 
+def load_config_file(path: str | Path) -> Any:
+    """The JSON value of a model config file (`--config`), with the messages config readers give.
+
+    Raises:
+        ConfigError: missing, not a regular UTF-8 file, or not JSON with finite numbers.
+    """
+    p = Path(path)
+    try:
+        text = read_text(p, "config")
+    except MissingInputError:
+        raise ConfigError(f"config file {p} does not exist; pass an existing JSON file") from None
+    try:
+        return parse_json(text, f"config file {p}")
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (not readable JSON); fix the file") from None
+
+
 def _first_non_finite(data: Any) -> tuple[str, float] | None:
     """Dotted key path and value of the first NaN or ±Infinity in `data`, walked with a stack
     (no recursion, whatever the nesting)."""

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast, get_args, get_origin, get_type_hints
 
-from llm_perf_opt.errors import ConfigError, MissingInputError
-from llm_perf_opt.userfiles import parse_json, read_text
+from llm_perf_opt.errors import ConfigError
+from llm_perf_opt.userfiles import load_config_file
 
 Family = Literal["deepseek-ocr", "deepseek-ocr2"]
 FAMILIES: Final[tuple[Family, ...]] = ("deepseek-ocr", "deepseek-ocr2")
@@ -664,14 +664,7 @@ def load_config_json(path: str | Path) -> ModelConfig:
         ConfigError: the file is missing, not JSON, or lacks a required key.
     """
     p = Path(path)
-    try:
-        text = read_text(p, "config")
-    except MissingInputError:
-        raise ConfigError(f"config file {p} does not exist; pass an existing JSON file") from None
-    try:
-        data = parse_json(text, f"config file {p}")
-    except ConfigError as exc:
-        raise ConfigError(f"{exc} (not readable JSON); fix the file") from None
+    data = load_config_file(p)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
     return config_from_json_dict(data, source=str(p))
