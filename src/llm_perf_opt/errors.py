@@ -43,3 +43,23 @@ class ConfigError(LlmPerfOptError):
 
 class MissingInputError(LlmPerfOptError):
     """A fact the analysis needs is neither in the trace nor given on the command line."""
+
+
+class TraceAccessError(TraceError):
+    """The trace cannot be opened: permission denied, or not a regular file (FIFO, device)."""
+
+
+class TraceLockedError(TraceError):
+    """Another process holds a lock on the trace (it is being written)."""
+
+
+class MissingColumnError(MissingTableError):
+    """A table lacks a column the analysis needs (an unusual or edited export)."""
+
+
+class TraceTooLargeError(TraceError):
+    """A compressed trace would decompress past the size cap or the free temporary space."""
+
+
+class OutputError(LlmPerfOptError):
+    """An output cannot be written where asked (missing folder, read-only, disk full, an input)."""

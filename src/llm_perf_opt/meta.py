@@ -7,7 +7,6 @@ are checked, by hand (no torch, no jsonschema dependency), so that a hand-edited
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ from typing import Any, TypeVar
 
 import polars as pl
 
-from llm_perf_opt.errors import ConfigError, MissingInputError
+from llm_perf_opt.errors import ConfigError
+from llm_perf_opt.userfiles import parse_json, read_text
 
 SCHEMA_ID = "llm_perf_opt.run_meta/1"
 STATIC_COMPUTE_SCHEMA = "llm_perf_opt.static_compute/1"
@@ -222,9 +222,9 @@ def parse_meta(data: Any, source: str) -> RunMeta:
 
 def _decode(text: str, source: str, what: str = "run metadata") -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MetaError(f"{what} ({source}) is not valid JSON: {exc}") from exc
+        return parse_json(text, f"{what} ({source})")
+    except ConfigError as exc:
+        raise MetaError(str(exc)) from None
 
 
 def load_meta_file(path: str | Path) -> RunMeta:
@@ -235,9 +235,7 @@ def load_meta_file(path: str | Path) -> RunMeta:
         MetaError: it is not valid metadata.
     """
     p = Path(path)
-    if not p.is_file():
-        raise MissingInputError(f"--meta file {str(p)!r} does not exist")
-    return parse_meta(_decode(p.read_text(encoding="utf-8"), str(p)), str(p))
+    return parse_meta(_decode(read_text(p, "--meta"), str(p)), str(p))
 
 
 def meta_from_marks(marks: pl.DataFrame) -> RunMeta | None:
@@ -272,10 +270,8 @@ def load_static_compute(path: str | Path) -> dict[str, Any]:
         MetaError: it is not JSON or not a static compute report (`schema`, `stages`).
     """
     p = Path(path)
-    if not p.is_file():
-        raise MissingInputError(f"--static-compute file {str(p)!r} does not exist")
     what = "static compute report"
-    data = _decode(p.read_text(encoding="utf-8"), str(p), what)
+    data = _decode(read_text(p, "--static-compute"), str(p), what)
     r = _Reader(str(p), what)
     top = r.check(data, "(top level)", dict)
     schema = r.get(top, "schema", "schema", str)

@@ -545,6 +545,12 @@ def _decode_ctx(
             "decode FLOPs need the number of decode steps: pass --decode-tokens T "
             "(or nest one range per step inside decode, see --stage decode_step=NAME)"
         )
+    if n_steps + (facts.prefill_len or 0) > window:  # checked before any per-step list exists
+        raise ConfigError(
+            f"{n_steps:,} decode steps after a prefill of {facts.prefill_len or 0} positions "
+            f"exceed the model window of {window} positions; check --decode-tokens (or the run "
+            "metadata's decode_steps)"
+        )
     payloads = [s.get("payload_int") for s in steps]
     if ctx.mode == "fixed":
         if ctx.ctx_len is None:
@@ -1070,6 +1076,8 @@ class Analysis:
     ranges: pl.DataFrame
     report: MfuReport | None
     skipped_reason: str | None = None
+    # What the reader left out of the trace (impossible rows), also in the report's warnings.
+    trace_warnings: tuple[str, ...] = ()
 
 
 def analyze_trace(
@@ -1123,8 +1131,9 @@ def analyze_trace(
     host_read = _read_host_views(trace, raw, refs) if reason is None else None
     say("attributing GPU ops to NVTX ranges")
     attribution = attribute(trace, selection, other_threads=options.other_threads)
+    read_warnings = tuple(trace.warnings)
     if reason is not None or host_read is None:
-        return Analysis(attribution.ranges, None, reason)
+        return Analysis(attribution.ranges, None, reason, read_warnings)
     try:
         say("computing MFU")
         report = _report(
@@ -1141,8 +1150,9 @@ def analyze_trace(
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
-        return Analysis(attribution.ranges, None, str(exc))
-    return Analysis(attribution.ranges, report)
+        return Analysis(attribution.ranges, None, str(exc), read_warnings)
+    report = replace(report, warnings=(*read_warnings, *report.warnings))
+    return Analysis(attribution.ranges, report, None, read_warnings)
 
 
 def read_host_views(trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:

@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import IO, Any, Final
 
 import polars as pl
 from rich.console import Console, Group
@@ -25,6 +25,7 @@ from llm_perf_opt.hostview import ADVICE, HostGpuView, many_syncs
 from llm_perf_opt.mfu import (
     IDLE_FRACTION_BOUND,
     SHORT_KERNEL_NS,
+    AnalysisError,
     ContextInstance,
     InstanceResult,
     MfuReport,
@@ -350,8 +351,15 @@ def _verdict_rule() -> str:
 
 
 def to_json_text(report: MfuReport) -> str:
-    """`to_json` as indented text with a final newline."""
-    return json.dumps(to_json(report), indent=2, allow_nan=False) + "\n"
+    """`to_json` as indented text with a final newline; a non-finite number (only absurd inputs
+    make one) is an error, never `NaN` or `Infinity` in the document."""
+    try:
+        return json.dumps(to_json(report), indent=2, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise AnalysisError(
+            f"the report holds a non-finite number ({exc}); check the peak, metadata and "
+            "lengths given"
+        ) from None
 
 
 def _csv_row(level: str, stage: str, item: Any, report: MfuReport) -> dict[str, Any]:
@@ -406,9 +414,12 @@ def to_csv(report: MfuReport) -> str:
     return buf.getvalue()
 
 
-def write_ranges_csv(ranges: pl.DataFrame, path: str | Path) -> None:
-    """The `--ranges-out` file: exactly `RANGES_OUT_COLUMNS`, in order, one row per range."""
-    ranges.select(RANGES_OUT_COLUMNS).write_csv(Path(path))
+def write_ranges_csv(ranges: pl.DataFrame, target: str | Path | IO[bytes]) -> None:
+    """The `--ranges-out` file (a path or a binary handle): exactly `RANGES_OUT_COLUMNS`, in
+    order, one row per range."""
+    ranges.select(RANGES_OUT_COLUMNS).write_csv(
+        target if not isinstance(target, str | Path) else Path(target)
+    )
 
 
 # --- human-readable ------------------------------------------------------------------------------

@@ -9,10 +9,15 @@ empty frames. Names are resolved from `StringIds` here, at the edge; kernel name
 from __future__ import annotations
 
 import ctypes
+import errno
 import gzip
 import lzma
+import os
+import re
+import secrets
 import shutil
 import sqlite3
+import stat
 import tempfile
 import urllib.parse
 import weakref
@@ -23,14 +28,22 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Final
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from llm_perf_opt.errors import (
     CorruptTraceError,
+    MissingColumnError,
     MissingTableError,
     NoGpuOpsError,
     NoNvtxEventsError,
+    TraceAccessError,
+    TraceError,
+    TraceLockedError,
     TraceNotFoundError,
+    TraceTooLargeError,
     WrongFileKindError,
 )
 
@@ -39,6 +52,34 @@ SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 # Rows per Arrow record batch read from SQLite.
 BATCH_ROWS: Final = str(1 << 18)
 COMPRESSED_MAGIC: Final = {b"\xfd7zXZ\x00": "xz", b"\x1f\x8b": "gzip"}
+# A compressed export may decompress to at most this multiple of its size (nsys exports compress
+# about 5x), and never less than the floor; the environment variable overrides both, in bytes.
+DECOMPRESS_RATIO_CAP: Final = 50
+DECOMPRESS_FLOOR_BYTES: Final = 1 << 30
+DECOMPRESS_CAP_ENV: Final = "LLM_PERF_OPT_MAX_DECOMPRESSED_BYTES"
+SCRATCH_PREFIX: Final = "mfu-trace-"
+# Byte 18 of the SQLite header (file format write version): 2 means WAL journal mode.
+WAL_HEADER_OFFSET: Final = 18
+# A thread with more open (never ended) ranges than this was not cut short mid-range: its open
+# ranges are dropped instead of all nesting to the end of the trace.
+MAX_OPEN_RANGES_PER_THREAD: Final = 32
+# Columns without which a table cannot be read at all; nsys has written them since 2022.4.
+REQUIRED_COLUMNS: Final = {
+    "CUPTI_ACTIVITY_KIND_KERNEL": (
+        "start", "end", "deviceId", "streamId", "globalPid", "correlationId", "shortName",
+    ),
+    "CUPTI_ACTIVITY_KIND_MEMCPY": (
+        "start", "end", "deviceId", "streamId", "globalPid", "correlationId",
+    ),
+    "CUPTI_ACTIVITY_KIND_MEMSET": (
+        "start", "end", "deviceId", "streamId", "globalPid", "correlationId",
+    ),
+    "CUPTI_ACTIVITY_KIND_RUNTIME": ("start", "end", "globalTid", "correlationId"),
+    "NVTX_EVENTS": ("start", "eventType", "globalTid"),
+    "StringIds": ("id", "value"),
+    "PROCESSES": ("globalPid", "pid", "name"),
+    "ThreadNames": ("globalTid", "nameId"),
+}  # fmt: skip
 
 # ENUM_NSYS_EVENT_TYPE ids (stable across versions).
 NVTX_MARK_TYPES: Final = (34, 65)
@@ -134,6 +175,8 @@ class Trace:
     _conn: sqlite3.Connection = field(repr=False)
     db_path: Path | None = None
     _prefetched: dict[str, Future[pl.DataFrame]] = field(default_factory=dict, repr=False)
+    # Rows left out because they cannot be real (no time, end before start), one line each.
+    warnings: list[str] = field(default_factory=list)
 
     # -- metadata -------------------------------------------------------------------------------
     @cached_property
@@ -163,6 +206,19 @@ class Trace:
             return ()
         return tuple(r[1] for r in self._sql(f"PRAGMA table_info({table})"))
 
+    def present_columns(self, table: str) -> set[str]:
+        """Columns of `table` (empty when absent); raises MissingColumnError when the table is
+        there but lacks one of its `REQUIRED_COLUMNS`."""
+        cols = set(self.columns(table))
+        missing = [c for c in REQUIRED_COLUMNS.get(table, ()) if cols and c not in cols]
+        if missing:
+            raise MissingColumnError(
+                f"{self.path}: trace lacks column {missing[0]} of table {table} (nsys export "
+                f"version {self.nsys_version}, schema {self.schema_version}); export the report "
+                "again with `nsys export --type sqlite` (nsys 2022.4 or later)"
+            )
+        return cols
+
     @cached_property
     def trace_end_ns(self) -> int:
         """Latest timestamp of any event: where open NVTX ranges end, as NVIDIA treats them."""
@@ -181,7 +237,11 @@ class Trace:
     def _string_ids(self) -> pl.DataFrame:
         if "StringIds" not in self.tables:
             return pl.DataFrame(schema={"id": pl.Int64, "value": pl.String})
-        return self._frame("SELECT id, value FROM StringIds", {"id": pl.Int64, "value": pl.String})
+        self.present_columns("StringIds")
+        return self._frame(
+            "SELECT id, CAST(value AS BLOB) AS value FROM StringIds",
+            {"id": pl.Int64, "value": pl.String},
+        )
 
     def resolve_strings(self, ids: pl.Series) -> pl.Series:
         """Map StringIds ids to their text (null where unknown), keeping order."""
@@ -194,7 +254,7 @@ class Trace:
 
     # -- NVTX -------------------------------------------------------------------------------------
     def _nvtx_raw(self, event_types: Iterable[int]) -> pl.DataFrame:
-        cols = set(self.columns(NVTX_TABLE))
+        cols = self.present_columns(NVTX_TABLE)
         if not cols:
             raise NoNvtxEventsError(
                 f"{self.path}: the export has no NVTX_EVENTS table. Capture with "
@@ -213,8 +273,8 @@ class Trace:
                 "rowid AS event_id",
                 "CAST(start AS INTEGER) AS start",
                 "CAST(eventType AS INTEGER) AS eventType",
-                col("text", "TEXT"),
-                col("jsonText", "TEXT"),
+                col("text", "BLOB"),
+                col("jsonText", "BLOB"),
                 col("doubleValue", "REAL"),
                 col("floatValue", "REAL"),
                 *(col(c, "INTEGER") for c in int_cols),
@@ -259,6 +319,21 @@ class Trace:
     @cached_property
     def _nvtx_ranges(self) -> pl.DataFrame:
         raw = self._with_domain(self._nvtx_raw(NVTX_PUSHPOP_TYPES + NVTX_STARTEND_TYPES))
+        raw = self._drop_rows(
+            raw,
+            pl.col("start").is_null() | pl.col("globalTid").is_null(),
+            "NVTX ranges without a start time or thread",
+        )
+        raw = self._drop_rows(
+            raw, pl.col("end") < pl.col("start"), "NVTX ranges ending before they start"
+        )
+        raw = self._drop_rows(
+            raw,
+            pl.col("end").is_null()
+            & (pl.col("end").is_null().sum().over("globalTid") > MAX_OPEN_RANGES_PER_THREAD),
+            f"open NVTX ranges on threads with more than {MAX_OPEN_RANGES_PER_THREAD} (never "
+            "ended: the capture did not just stop mid-range)",
+        )
         end_of_trace = self.trace_end_ns
         ranges = raw.select(
             "event_id",
@@ -288,6 +363,12 @@ class Trace:
         them; `closed` says which were. Raises NoNvtxEventsError when the export has none.
         """
         if self._nvtx_ranges.is_empty():
+            left_out = [w for w in self.warnings if "NVTX ranges" in w]
+            if left_out:
+                raise NoNvtxEventsError(
+                    f"{self.path}: no usable NVTX ranges: {'; '.join(left_out)}. The export is "
+                    "damaged or the ranges were never ended; capture again."
+                )
             raise NoNvtxEventsError(
                 f"{self.path}: the export has no NVTX ranges. Capture with "
                 "`nsys profile -t cuda,nvtx ...` and wrap the stages in NVTX ranges."
@@ -331,7 +412,7 @@ class Trace:
         wanted = [c for c in GPU_OPS_SCHEMA.names() if not lean or c not in LEAN_DROPS]
         parts = []
         for kind_index, (kind, table) in enumerate(GPU_OP_TABLES.items()):
-            cols = set(self.columns(table))
+            cols = self.present_columns(table)
             if not cols:
                 continue
             if kind == "kernel":
@@ -364,6 +445,14 @@ class Trace:
                 "executions. Capture with `nsys profile -t cuda,nvtx ...`."
             )
         ops = pl.concat(parts, how="vertical", rechunk=False).select(wanted)
+        ops = self._drop_rows(
+            ops,
+            pl.any_horizontal(pl.col("start_ns", "end_ns", "device_id", "global_pid").is_null()),
+            "GPU ops without a start, end, device or process",
+        )
+        ops = self._drop_rows(
+            ops, pl.col("end_ns") < pl.col("start_ns"), "GPU ops ending before they start"
+        )
         return ops.cast({k: GPU_OPS_SCHEMA[k] for k in wanted})
 
     def launch_calls(self) -> pl.DataFrame:
@@ -382,9 +471,12 @@ class Trace:
             **({"nameId": "name_id"} if with_names else {}),
         }
         schema = dict.fromkeys(wanted.values(), pl.Int64)
-        if RUNTIME_TABLE in self.tables:
+        if self.present_columns(RUNTIME_TABLE):
             select = ", ".join(f"{src} AS {dst}" for src, dst in wanted.items())
             calls = self._frame(f"SELECT {select} FROM {RUNTIME_TABLE}", schema)
+            calls = calls.filter(
+                pl.col("global_tid").is_not_null(), pl.col("start_ns").is_not_null()
+            )
         else:
             calls = pl.DataFrame(schema=schema)
         calls = calls.with_columns(global_pid=process_key(pl.col("global_tid")))
@@ -430,7 +522,8 @@ class Trace:
         }
         cols = set(self.columns("TARGET_INFO_GPU"))
         select = ", ".join(
-            f"{src if src in cols else 'NULL'} AS {dst}" for src, (dst, _) in wanted.items()
+            f"{_sql_column(src, dtype) if src in cols else 'NULL'} AS {dst}"
+            for src, (dst, dtype) in wanted.items()
         )
         schema = dict(wanted.values())
         if not cols:
@@ -440,14 +533,16 @@ class Trace:
     def processes(self) -> pl.DataFrame:
         """`global_pid, pid, name` of the captured processes (empty when absent)."""
         schema = {"global_pid": pl.Int64, "pid": pl.Int64, "name": pl.String}
-        if "PROCESSES" not in self.tables:
+        if not self.present_columns("PROCESSES"):
             return pl.DataFrame(schema=schema)
-        return self._frame("SELECT globalPid AS global_pid, pid, name FROM PROCESSES", schema)
+        return self._frame(
+            "SELECT globalPid AS global_pid, pid, CAST(name AS BLOB) AS name FROM PROCESSES", schema
+        )
 
     def threads(self) -> pl.DataFrame:
         """`global_tid, pid, tid, name` from ThreadNames (empty when absent)."""
         schema = {"global_tid": pl.Int64, "nameId": pl.Int64}
-        if "ThreadNames" not in self.tables:
+        if not self.present_columns("ThreadNames"):
             frame = pl.DataFrame(schema=schema)
         else:
             frame = self._frame("SELECT globalTid AS global_tid, nameId FROM ThreadNames", schema)
@@ -480,11 +575,20 @@ class Trace:
         return ops.result(), calls.result()
 
     # -- plumbing ---------------------------------------------------------------------------------
+    def _drop_rows(self, frame: pl.DataFrame, bad: pl.Expr, what: str) -> pl.DataFrame:
+        """`frame` without the rows where `bad` holds, with a warning that counts them."""
+        flagged = frame.select(bad.fill_null(False).alias("bad"))["bad"]
+        n_bad = int(flagged.sum())
+        if n_bad == 0:
+            return frame
+        self.warnings.append(f"{n_bad} {what} left out")
+        return frame.filter(~flagged)
+
     def _sql(self, query: str) -> list[tuple[Any, ...]]:
         try:
             return self._conn.execute(query).fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise CorruptTraceError(_corrupt_message(self.path, exc)) from exc
+        except sqlite3.Error as exc:
+            raise _read_error(self.path, exc, query) from exc
 
     def _frame(self, query: str, schema: dict[str, Any]) -> pl.DataFrame:
         """Run `query` into a frame of `schema` through Arrow (ADBC), not Python rows.
@@ -502,11 +606,9 @@ class Trace:
                 for batch in cur.fetch_record_batch():
                     part = pl.from_arrow(batch)
                     assert isinstance(part, pl.DataFrame)
-                    parts.append(part.cast(schema))  # type: ignore[arg-type]
-        except Exception as exc:  # ADBC raises its own DB-API error classes
-            if "malformed" in str(exc) or "not a database" in str(exc):
-                raise CorruptTraceError(_corrupt_message(self.path, exc)) from exc
-            raise
+                    parts.append(_narrowed(part, schema, self.path, query))
+        except (OSError, adbc.Error) as exc:  # the driver's errors, and SQLite's as OSError
+            raise _read_error(self.path, exc, query) from exc
         finally:
             _release_freed_memory()
         if not parts:
@@ -525,7 +627,137 @@ def _release_freed_memory() -> None:
 
 
 def _readonly_uri(path: Path) -> str:
-    return f"file:{urllib.parse.quote(str(path.resolve()))}?mode=ro"
+    """Read-only URI; `immutable=1` (no locks, no -wal/-shm files) for a WAL-mode database, whose
+    read-only opening would otherwise create those files beside it, and for private copies."""
+    query = "mode=ro"
+    if path.parent.name.startswith(SCRATCH_PREFIX) or _is_wal(path):
+        query += "&immutable=1"
+    return f"file:{urllib.parse.quote(str(path.resolve()))}?{query}"
+
+
+def _is_wal(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(WAL_HEADER_OFFSET)
+        return handle.read(1) == b"\x02"
+
+
+def _sql_column(name: str, dtype: Any) -> str:
+    """`name` as SQL, read as BLOB when it is text (decoded by `_narrowed`, invalid UTF-8 too)."""
+    return f"CAST({name} AS BLOB)" if dtype == pl.String else name
+
+
+def _narrowed(part: pl.DataFrame, schema: dict[str, Any], path: Path, query: str) -> pl.DataFrame:
+    """One record batch cast to `schema`; text read as BLOB is decoded, and a value the schema
+    cannot hold (text or a fraction in an id column, an id beyond int32) is a clear error."""
+    decoded = [
+        _decoded(part[c])
+        for c, t in schema.items()
+        if t == pl.String and part[c].dtype == pl.Binary
+    ]
+    part = part.with_columns(decoded)
+    try:
+        return part.cast(schema)  # type: ignore[arg-type]
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError) as exc:
+        alias = next((c for c, t in schema.items() if _cast_fails(part[c], t)), None)
+        if alias is None:
+            raise CorruptTraceError(_corrupt_message(path, exc)) from exc
+        values = part[alias]
+        try:
+            lost = values.cast(schema[alias], strict=False).is_null() & values.is_not_null()
+            bad = values.filter(lost)
+        except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
+            bad = values.drop_nulls()  # no value of this type converts at all (bytes)
+        example = repr(bad[0])[:40] if len(bad) else "?"
+        source = re.search(rf"(\w+) AS {alias}\b", query)
+        raise CorruptTraceError(
+            f"{path}: column {source[1] if source else alias} of table {_table_of(query)} holds "
+            f"{example}, not a value of type {schema[alias]}; the export was edited or damaged. "
+            "Export it again with `nsys export --type sqlite`."
+        ) from exc
+
+
+def _cast_fails(values: pl.Series, dtype: Any) -> bool:
+    try:
+        values.cast(dtype)
+    except (pl.exceptions.InvalidOperationError, pl.exceptions.ComputeError):
+        return True
+    return False
+
+
+def _decoded(values: pl.Series) -> pl.Series:
+    """Binary → String with invalid UTF-8 (damaged or hand-written NVTX text) decoded with
+    U+FFFD replacements. Valid data is checked in one pass over the whole buffer; only the rows
+    found invalid are decoded one by one."""
+    arrow = values.rechunk().to_arrow()
+    _, offset_buffer, data = arrow.buffers()
+    width = np.int64 if arrow.type == pa.large_binary() else np.int32
+    window = np.frombuffer(offset_buffer, width)[arrow.offset : arrow.offset + len(arrow) + 1]
+    offsets = window.astype(np.int64)  # positions in the data buffer
+    raw = data.to_pybytes() if data is not None else b""
+    bad: list[int] = []
+    pos, end = int(offsets[0]), int(offsets[-1])
+    while pos < end:
+        try:
+            raw[pos:end].decode("utf-8")
+            break
+        except UnicodeDecodeError as exc:
+            row = int(np.searchsorted(offsets, pos + exc.start, side="right")) - 1
+            bad.append(row)
+            pos = int(offsets[row + 1])
+    # Valid as a whole, but a row may still start inside another row's character.
+    starts, stops = offsets[:-1], offsets[1:]
+    nonempty = np.flatnonzero(stops > starts)
+    if len(nonempty):
+        heads = np.frombuffer(raw, np.uint8)[starts[nonempty]]
+        split = np.flatnonzero((heads & 0xC0) == 0x80)  # and the row before may end mid-char
+        bad.extend(nonempty[split].tolist() + nonempty[split[split > 0] - 1].tolist())
+    if not bad:
+        return values.cast(pl.String)
+    rows = sorted(set(bad))
+    fixed = [raw[offsets[r] : offsets[r + 1]].decode("utf-8", "replace") for r in rows]
+    invalid = np.zeros(len(arrow), dtype=bool)
+    invalid[rows] = True
+    valid_only = pc.if_else(pa.array(invalid), pa.scalar(None, arrow.type), arrow)
+    text = pl.Series(values.name, valid_only.cast(pa.large_string()))
+    return text.scatter(rows, fixed)
+
+
+def _table_of(query: str) -> str:
+    match = re.search(r"\bFROM\s+(\w+)", query)
+    return match[1] if match else "?"
+
+
+def _read_error(path: Path, exc: Exception, query: str = "") -> TraceError:
+    """The error a failed SQLite read means, said plainly."""
+    text = str(exc)
+    lower = text.lower()
+    if "locked" in lower or "busy" in lower:
+        return TraceLockedError(
+            f"{path}: the trace is locked by another process (it is being written); wait for "
+            "that process to finish, or analyze a copy"
+        )
+    column = re.search(r"no such column:\s*(\S+)", text)
+    if column:
+        return MissingColumnError(
+            f"{path}: trace lacks column {column[1]} of table {_table_of(query)}; export the "
+            "report again with `nsys export --type sqlite`"
+        )
+    table = re.search(r"no such table:\s*(\S+)", text)
+    if table:
+        return MissingTableError(
+            f"{path}: trace lacks table {table[1]} (a view or table refers to it); export the "
+            "report again with `nsys export --type sqlite`"
+        )
+    if "type mismatch" in lower:
+        return CorruptTraceError(
+            f"{path}: a column of table {_table_of(query)} mixes text and numbers ({text}); the "
+            "export was edited or damaged. Export it again with `nsys export --type sqlite`."
+        )
+    if "permission" in lower or "readonly" in lower or "unable to open" in lower:
+        return TraceAccessError(
+            f"{path}: SQLite cannot open the trace ({text}); check its permissions"
+        )
+    return CorruptTraceError(_corrupt_message(path, exc))
 
 
 def _corrupt_message(path: Path, exc: Exception) -> str:
@@ -536,32 +768,64 @@ def _corrupt_message(path: Path, exc: Exception) -> str:
 
 
 def open_trace(path: str | Path) -> Trace:
-    """Open an nsys SQLite export read-only; the file is never written.
+    """Open an nsys SQLite export read-only; the file is never written, and no -wal, -shm or
+    -journal file is created beside it.
 
     Raises:
         TraceNotFoundError: the path does not exist.
+        TraceAccessError: permission denied, or not a regular file (a FIFO or device).
         WrongFileKindError: a .nsys-rep/.qdstrm or another non-SQLite file was given.
         CorruptTraceError: the file is truncated or damaged.
+        TraceLockedError: another process is writing it.
+        TraceTooLargeError: a compressed export would decompress past the size cap.
         MissingTableError: it is SQLite, but not an nsys export.
     """
     path = Path(path)
-    if not path.exists():
-        raise TraceNotFoundError(f"{path}: no such file. Give the path of an nsys SQLite export.")
-    if path.is_dir():
-        raise WrongFileKindError(f"{path}: is a directory, not an nsys SQLite export.")
-    db_path, scratch = _decompressed(path)
-    with db_path.open("rb") as handle:
-        magic = handle.read(len(SQLITE_MAGIC))
-    if magic != SQLITE_MAGIC:
-        raise WrongFileKindError(_wrong_kind_message(path))
     try:
-        conn = sqlite3.connect(_readonly_uri(db_path), uri=True, check_same_thread=False)
+        info = path.stat()
+    except FileNotFoundError:
+        raise TraceNotFoundError(
+            f"{path}: no such file. Give the path of an nsys SQLite export."
+        ) from None
+    except OSError as exc:
+        raise TraceAccessError(f"{path}: cannot be read ({exc.strerror}).") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise WrongFileKindError(f"{path}: is a directory, not an nsys SQLite export.")
+    if not stat.S_ISREG(info.st_mode):
+        raise TraceAccessError(
+            f"{path}: is not a regular file (a FIFO, socket or device); give the path of an "
+            "nsys SQLite export on disk."
+        )
+    try:
+        db_path, scratch = _decompressed(path)
+        with db_path.open("rb") as handle:
+            magic = handle.read(len(SQLITE_MAGIC))
+    except PermissionError:
+        raise TraceAccessError(
+            f"{path}: permission denied; make the file readable (`chmod u+r {path}`)."
+        ) from None
+    if magic != SQLITE_MAGIC:
+        _remove_scratch(scratch)
+        raise WrongFileKindError(_wrong_kind_message(path))
+    if _is_wal(db_path) and _has_pending_wal(db_path):
+        _remove_scratch(scratch)
+        raise TraceLockedError(
+            f"{path}: is in WAL mode with changes still in {db_path.name}-wal (another process "
+            "may be writing it); let that process finish, or analyze a copy made with "
+            "`sqlite3 FILE '.backup copy.sqlite'`."
+        )
+    try:
+        conn = sqlite3.connect(
+            _readonly_uri(db_path), uri=True, check_same_thread=False, timeout=1.0
+        )
+        conn.text_factory = lambda raw: raw.decode("utf-8", "replace")
         trace = Trace(path=path, _conn=conn, db_path=db_path)
         if scratch is not None:  # the decompressed copy goes when the Trace does
-            weakref.finalize(trace, shutil.rmtree, scratch, ignore_errors=True)
+            weakref.finalize(trace, _remove_scratch, scratch)
         tables = trace.tables
-    except sqlite3.DatabaseError as exc:
-        raise CorruptTraceError(_corrupt_message(path, exc)) from exc
+    except sqlite3.Error as exc:
+        _remove_scratch(scratch)
+        raise _read_error(path, exc) from exc
     if not tables & {NVTX_TABLE, RUNTIME_TABLE, "StringIds", *GPU_OP_TABLES.values()}:
         raise MissingTableError(
             f"{path}: this SQLite file is not an Nsight Systems export (none of NVTX_EVENTS, "
@@ -570,29 +834,178 @@ def open_trace(path: str | Path) -> Trace:
     return trace
 
 
+def _has_pending_wal(db_path: Path) -> bool:
+    wal = db_path.with_name(db_path.name + "-wal")
+    return wal.is_file() and wal.stat().st_size > 0
+
+
+# Private decompressed copies alive in this process: removed with their Trace, and by
+# `remove_scratch()` when the process is stopped by a signal.
+_SCRATCH_DIRS: set[Path] = set()
+
+
+def _remove_scratch(scratch: Path | None) -> None:
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
+        _SCRATCH_DIRS.discard(scratch)
+
+
+def scratch_dirs() -> frozenset[Path]:
+    """The folders of this process's live decompressed copies."""
+    return frozenset(_SCRATCH_DIRS)
+
+
+def remove_scratch(keep: frozenset[Path] = frozenset()) -> None:
+    """Remove this process's decompressed copies but those in `keep` (a CLI run removes what it
+    made; a signal removes everything)."""
+    for scratch in _SCRATCH_DIRS - keep:
+        _remove_scratch(scratch)
+
+
+def in_scratch(path: Path) -> bool:
+    """True when `path` lies in one of this process's decompressed copies' folders."""
+    target = path.resolve()
+    return any(target.is_relative_to(d.resolve()) for d in _SCRATCH_DIRS)
+
+
+def decompress_cap(compressed_bytes: int) -> int:
+    """Most bytes a compressed export of this size may decompress to (`DECOMPRESS_CAP_ENV`
+    overrides).
+
+    Raises:
+        TraceError: the environment variable is not a positive integer.
+    """
+    override = os.environ.get(DECOMPRESS_CAP_ENV)
+    if override is not None:
+        try:
+            value = int(override)
+        except ValueError:
+            value = 0
+        if value <= 0:
+            raise TraceError(f"{DECOMPRESS_CAP_ENV}={override!r} must be a positive byte count")
+        return value
+    return max(DECOMPRESS_FLOOR_BYTES, DECOMPRESS_RATIO_CAP * compressed_bytes)
+
+
 def _decompressed(path: Path) -> tuple[Path, Path | None]:
     """The SQLite file to open: `path` itself, or an .xz/.gz export decompressed to a private
-    temporary folder that lives as long as the Trace."""
+    temporary folder that lives as long as the Trace. The copy stops at `decompress_cap` and
+    must fit the free space of the temporary folder."""
     with path.open("rb") as handle:
         head = handle.read(8)
     kind = next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
     if kind is None:
         return path, None
-    scratch = Path(tempfile.mkdtemp(prefix="mfu-trace-"))
+    cap = decompress_cap(path.stat().st_size)
+    declared = _xz_declared_size(path) if kind == "xz" else None
+    if declared is not None and declared > cap:
+        raise TraceTooLargeError(_over_cap_message(path, cap))
+    # Registered before it exists, so a signal arriving in between still finds it.
+    scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
+    _SCRATCH_DIRS.add(scratch)
+    try:
+        scratch.mkdir(mode=0o700)
+    except OSError as exc:
+        _SCRATCH_DIRS.discard(scratch)
+        raise TraceAccessError(
+            f"{path}: no temporary folder to decompress it into ({exc}); set TMPDIR"
+        ) from None
     target = scratch / "trace.sqlite"
     try:
+        free = shutil.disk_usage(scratch).free
+        if declared is not None and declared > free:
+            raise TraceTooLargeError(_no_space_message(path, declared, free, scratch.parent))
         with (
             lzma.open(path) if kind == "xz" else gzip.open(path) as src,
             target.open("wb") as dst,
         ):
-            shutil.copyfileobj(src, dst, length=1 << 22)
-    except (OSError, EOFError, lzma.LZMAError) as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise CorruptTraceError(
-            f"{path}: the compressed export cannot be decompressed ({exc}); it is truncated or "
-            "damaged. Compress it again (`xz -k FILE.sqlite`) or give the plain .sqlite."
-        ) from exc
+            written = 0
+            while chunk := src.read(1 << 22):
+                written += len(chunk)
+                if written > cap:  # the declared size can lie, or be absent (gzip)
+                    raise TraceTooLargeError(_over_cap_message(path, cap))
+                if written > free:
+                    raise TraceTooLargeError(_no_space_message(path, written, free, scratch.parent))
+                dst.write(chunk)
+    except OSError as exc:
+        _remove_scratch(scratch)
+        if exc.errno != errno.ENOSPC:
+            raise _decompress_error(path, exc) from exc
+        raise TraceTooLargeError(
+            f"{path}: no space left in {scratch.parent} to decompress it; set TMPDIR to a "
+            "larger disk or decompress it yourself"
+        ) from None
+    except (EOFError, lzma.LZMAError) as exc:
+        _remove_scratch(scratch)
+        raise _decompress_error(path, exc) from exc
+    except BaseException:
+        _remove_scratch(scratch)
+        raise
     return target, scratch
+
+
+def _over_cap_message(path: Path, cap: int) -> str:
+    return (
+        f"{path}: decompresses to more than {cap:,} bytes, the cap for a "
+        f"{path.stat().st_size:,}-byte file; if it is a real trace, raise the cap with "
+        f"{DECOMPRESS_CAP_ENV}=BYTES or decompress it yourself"
+    )
+
+
+def _no_space_message(path: Path, needed: int, free: int, folder: Path) -> str:
+    return (
+        f"{path}: decompressing it needs at least {needed:,} bytes but {folder} has {free:,} "
+        "free; set TMPDIR to a larger disk or decompress it yourself"
+    )
+
+
+def _xz_declared_size(path: Path) -> int | None:
+    """Uncompressed size the index of the file's last .xz stream declares (None when the tail
+    is not a well-formed index): known before a byte is written."""
+    size = path.stat().st_size
+    if size < 24:
+        return None
+    with path.open("rb") as handle:
+        handle.seek(size - 12)
+        footer = handle.read(12)
+        if footer[-2:] != b"YZ":
+            return None
+        index_size = (int.from_bytes(footer[4:8], "little") + 1) * 4
+        if index_size > size - 24:
+            return None
+        handle.seek(size - 12 - index_size)
+        index = handle.read(index_size)
+    if not index or index[0] != 0:
+        return None
+    try:
+        n_records, pos = _xz_varint(index, 1)
+        total = 0
+        for _ in range(n_records):  # one record per xz block: a handful, not per row
+            _, pos = _xz_varint(index, pos)
+            uncompressed, pos = _xz_varint(index, pos)
+            total += uncompressed
+    except IndexError:
+        return None
+    return total
+
+
+def _xz_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """The .xz multibyte integer at `pos` and the position after it."""
+    value, shift = 0, 0
+    while True:
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos += 1
+        if byte < 0x80 or shift > 56:
+            return value, pos
+        shift += 7
+
+
+def _decompress_error(path: Path, exc: BaseException) -> CorruptTraceError:
+    return CorruptTraceError(
+        f"{path}: the compressed export cannot be decompressed ({exc}); it is truncated or "
+        "damaged. Compress it again (`xz -k FILE.sqlite`) or give the plain .sqlite."
+    )
 
 
 def _wrong_kind_message(path: Path) -> str:

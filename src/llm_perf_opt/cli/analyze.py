@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 import time
 from collections.abc import Iterator
@@ -12,7 +13,15 @@ from typing import Any, Final
 import click
 from rich.console import Console
 
-from llm_perf_opt.errors import LlmPerfOptError
+from llm_perf_opt.cli._common import (
+    FiniteFloat,
+    echo_stdout,
+    guarded,
+    one_line,
+    output_file,
+    stdout_errors,
+    writing,
+)
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
@@ -24,12 +33,14 @@ from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
 LARGE_TRACE_BYTES: Final = 200 * 1024 * 1024
 # Width of the table when stdout is not a terminal (files, pipes): wide enough not to wrap.
 WIDE: Final = 160
-
-
-class AnalyzeError(click.ClickException):
-    """Bad input: one `Error: …` line on stderr, exit code 2 (as click's usage errors)."""
-
-    exit_code = 2
+# Bounds of options that size work or output: beyond them a value is a typo, not a request.
+MIN_PEAK_TFLOPS: Final = 1e-3
+MAX_PEAK_TFLOPS: Final = 1e6
+MAX_TOP_KERNELS: Final = 10_000
+MAX_TOKENS: Final = 10_000_000
+# Options naming files the run reads (never written over) and files it writes.
+INPUT_OPTIONS: Final = ("meta", "static_compute", "config")
+OUTPUT_OPTIONS: Final = ("output", "csv", "markdown", "ranges_out")
 
 
 @contextmanager
@@ -81,21 +92,25 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
     with _progress(trace) as progress:
         analysis = analyze_trace(trace, _options(kw), require_mfu=wants_mfu, progress=progress)
     if kw["ranges_out"] is not None:
-        write_ranges_csv(analysis.ranges, kw["ranges_out"])
+        with output_file(kw["ranges_out"], "wb") as handle:
+            write_ranges_csv(analysis.ranges, handle)
     report = analysis.report
     if report is None:
-        click.echo(f"note: MFU not computed ({analysis.skipped_reason})", err=True)
+        for warning in analysis.trace_warnings:
+            click.echo(f"warning: {warning}", err=True)
+        click.echo(f"note: MFU not computed ({one_line(analysis.skipped_reason or '')})", err=True)
         return
     _emit(report, kw["format"] or "table", kw["output"])
-    if kw["csv"]:
-        kw["csv"].write_text(RENDERERS["csv"](report), encoding="utf-8")
-    if kw["markdown"]:
-        kw["markdown"].write_text(RENDERERS["md"](report), encoding="utf-8")
+    for option, fmt in (("csv", "csv"), ("markdown", "md")):
+        if kw[option]:
+            with output_file(kw[option]) as handle:
+                handle.write(RENDERERS[fmt](report))
     if kw["plots"]:
         from llm_perf_opt.plots import write_plots  # matplotlib costs 0.3 s: only when asked
 
-        for path in write_plots(report, kw["plots"]):
-            click.echo(f"wrote {path}", err=True)
+        with writing(kw["plots"]):
+            for path in write_plots(report, kw["plots"]):
+                click.echo(f"wrote {path}", err=True)
 
 
 def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
@@ -103,15 +118,23 @@ def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
     if fmt != "table":
         text = RENDERERS[fmt](report)
         if output is None:
-            click.echo(text, nl=False)
+            echo_stdout(text)
         else:
-            output.write_text(text, encoding="utf-8")
+            with output_file(output) as handle:
+                handle.write(text)
         return
     if output is None:
         console = Console()
-        render_table(report, console if console.is_terminal else Console(width=WIDE))
+        if console.is_terminal:
+            with stdout_errors():
+                render_table(report, console)
+            return
+        # Rendered aside, then written by us: rich exits 1 by itself on a closed pipe.
+        buffer = io.StringIO()
+        render_table(report, Console(file=buffer, width=WIDE))
+        echo_stdout(buffer.getvalue())
         return
-    with output.open("w", encoding="utf-8") as handle:
+    with output_file(output) as handle:
         render_table(report, Console(file=handle, width=WIDE))
 
 
@@ -126,10 +149,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Context length C of decode steps: auto = the real C = Lp + k of each step; fixed = "
     "--ctx-len; max = the model window. [default: the run's setting, else auto]",
 )
-@click.option("--ctx-len", type=click.IntRange(min=1), help="C for --ctx-mode fixed (implies it).")
+@click.option(
+    "--ctx-len", type=click.IntRange(1, MAX_TOKENS), help="C for --ctx-mode fixed (implies it)."
+)
 @click.option(
     "--peak-tflops",
-    type=click.FloatRange(min=0, min_open=True),
+    type=FiniteFloat(MIN_PEAK_TFLOPS, MAX_PEAK_TFLOPS),
     help="Dense peak TFLOP/s, overriding the GPU table (needed for GPUs it does not know).",
 )
 @click.option(
@@ -173,12 +198,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--prefill-len",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, MAX_TOKENS),
     help="Lp, positions in the prefill forward (without run metadata).",
 )
 @click.option(
     "--decode-tokens",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_TOKENS),
     help="Decode steps per image (without metadata and without nested decode_step ranges).",
 )
 @click.option(
@@ -223,7 +248,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--top-kernels",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, MAX_TOP_KERNELS),
     default=10,
     show_default=True,
     help="Kernel names listed per stage.",
@@ -254,10 +279,9 @@ def main(trace: Path, **kw: Any) -> None:
       mfu-analyze llama.sqlite --config config.json --prefill-len 512
       mfu-analyze any.sqlite --ranges-out ranges.csv
     """
-    try:
+    inputs = [trace, *(kw[k] for k in INPUT_OPTIONS)]
+    with guarded(inputs=inputs, outputs=[kw[k] for k in OUTPUT_OPTIONS]):
         _run(trace, kw)
-    except LlmPerfOptError as exc:
-        raise AnalyzeError(str(exc)) from exc
 
 
 if __name__ == "__main__":

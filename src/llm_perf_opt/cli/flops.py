@@ -4,11 +4,12 @@ from its config.json (no torch, no GPU)."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import click
 
-from llm_perf_opt.errors import ConfigError, LlmPerfOptError
+from llm_perf_opt.cli._common import echo_stdout, guarded
+from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.configs import FAMILIES, ModelConfig, builtin_config, load_config_json
 from llm_perf_opt.flops.estimate import estimate_run, parse_crops
 from llm_perf_opt.flops.hf import HfModel
@@ -19,11 +20,8 @@ from llm_perf_opt.flops.hf_model import (
     supported_note,
 )
 
-
-class UserError(click.ClickException):
-    """Bad input: one `Error: …` line on stderr, exit status 2."""
-
-    exit_code = 2
+# Lengths beyond this are typos, not requests (every model window is far smaller).
+MAX_TOKENS: Final = 10_000_000
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -41,13 +39,13 @@ class UserError(click.ClickException):
 @click.option("--crops", help="Gundam crop grid WxH (crops across x down), e.g. 3x2.")
 @click.option(
     "--prefill-len",
-    type=int,
+    type=click.IntRange(max=MAX_TOKENS),
     help="Lp, positions of the prefill forward. Default: the image positions of the mode alone "
     "(a real run adds its prompt's text tokens).",
 )
 @click.option(
     "--decode-tokens",
-    type=int,
+    type=click.IntRange(max=MAX_TOKENS),
     default=1,
     show_default=True,
     help="T, decode forward passes after prefill (generated tokens - 1).",
@@ -58,7 +56,7 @@ class UserError(click.ClickException):
     show_default=True,
     help="auto: step k attends to Lp + k; fixed: --ctx-len C; max: the context window.",
 )
-@click.option("--ctx-len", type=int, help="C for --ctx-mode fixed.")
+@click.option("--ctx-len", type=click.IntRange(max=MAX_TOKENS), help="C for --ctx-mode fixed.")
 @click.option("--dtype", default="bfloat16", show_default=True, help="bfloat16|float16|float32.")
 @click.option("--format", "fmt", default="table", show_default=True, help="table|json.")
 @click.option(
@@ -104,7 +102,7 @@ def cli(
         mfu-flops --model deepseek-ocr --mode base --prefill-len 273 \\
             --decode-tokens 1 --ctx-mode fixed --ctx-len 1024 --format json
     """
-    try:
+    with guarded(inputs=[config_path]):
         if fmt not in ("table", "json"):
             raise ConfigError(f"format {fmt!r} is unknown; use table or json")
         model = _model(model_name, config_path, tiny)
@@ -132,9 +130,10 @@ def cli(
             ctx_len=ctx_len,
             dtype=dtype,
         )
-    except LlmPerfOptError as exc:
-        raise UserError(str(exc)) from None
-    click.echo(json.dumps(result, indent=2) if fmt == "json" else render_table(result))
+        text = (
+            json.dumps(result, indent=2, allow_nan=False) if fmt == "json" else render_table(result)
+        )
+        echo_stdout(text + "\n")
 
 
 def _model(model_name: str | None, config_path: str | None, tiny: bool) -> ModelConfig | HfModel:

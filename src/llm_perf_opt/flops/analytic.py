@@ -405,25 +405,37 @@ def decode_flops(
 
     Per-step FLOPs are linear in C, so the exact sum equals T steps at the mean C; for auto the
     mean is Lp + (T+1)/2 (= Lp + T_gen/2 with T_gen = T + 1 generated tokens; the seed plan's
-    Lp + T/2 with T decode steps is half a position short).
+    Lp + T/2 with T decode steps is half a position short). The sum of C over the steps is
+    closed-form, so no per-step list is built, and Lp + T is checked against the window first.
 
     Raises:
-        ConfigError: see `resolve_ctx`.
+        ConfigError: see `resolve_ctx`; also Lp + T beyond the window in any mode.
     """
-    lens = resolve_ctx(text, ctx_mode, prefill_len, steps, ctx_len)
+    if steps < 1:
+        raise ConfigError(f"decode tokens must be ≥ 1, got {steps}")
+    check_context(
+        text, prefill_len + steps, f"prefill length + decode tokens ({prefill_len} + {steps})"
+    )
+    first = resolve_ctx(text, ctx_mode, prefill_len, 1, ctx_len)[0]  # checks mode and --ctx-len
+    if ctx_mode == "auto":
+        last = prefill_len + steps
+        ctx_sum = steps * prefill_len + steps * (steps + 1) // 2
+    else:
+        last = first
+        ctx_sum = first * steps
     fixed = _decoder_linear_per_token(text)
     fixed["text.attn_scores"] = 0
     fixed["text.lm_head"] = lm_head_flops(text)
     per_key = _attn_scores_per_key(text)
     total_blocks = {name: value * steps for name, value in fixed.items()}
-    total_blocks["text.attn_scores"] = per_key * sum(lens)
-    # Exact integer: per_key is a multiple of 4 and sum(lens)/T = Lp + (T+1)/2 for auto.
+    total_blocks["text.attn_scores"] = per_key * ctx_sum
+    # Exact integer: per_key is a multiple of 4 and ctx_sum/T = Lp + (T+1)/2 for auto.
     mean = {name: value // steps for name, value in total_blocks.items()}
     return DecodeEstimate(
         ctx_mode=ctx_mode,
         steps=steps,
-        ctx_lens_first_last=(lens[0], lens[-1]),
-        ctx_len_effective=sum(lens) / steps,
+        ctx_lens_first_last=(first, last),
+        ctx_len_effective=ctx_sum / steps,
         flops_total=Flops(total_blocks),
         flops_per_token=Flops(mean),
     )

@@ -25,7 +25,6 @@ Structure of one image view (square, `side_px` pixels):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from llm_perf_opt.errors import ConfigError
+from llm_perf_opt.userfiles import load_config_file
 
 Family = Literal["deepseek-ocr", "deepseek-ocr2"]
 FAMILIES: Final[tuple[Family, ...]] = ("deepseek-ocr", "deepseek-ocr2")
@@ -664,12 +664,7 @@ def load_config_json(path: str | Path) -> ModelConfig:
         ConfigError: the file is missing, not JSON, or lacks a required key.
     """
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; pass an existing JSON file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not readable JSON ({exc}); fix the file") from None
+    data = load_config_file(p)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
     return config_from_json_dict(data, source=str(p))
