@@ -900,6 +900,8 @@ class Analysis:
     ranges: pl.DataFrame
     report: MfuReport | None
     skipped_reason: str | None = None
+    # the run metadata the analysis used (backend settings for the results database)
+    meta: RunMeta | None = None
 
 
 def analyze_trace(
@@ -951,15 +953,15 @@ def analyze_trace(
     say("attributing GPU ops to NVTX ranges")
     attribution = attribute(trace, selection, other_threads=options.other_threads)
     if reason is not None:
-        return Analysis(attribution.ranges, None, reason)
+        return Analysis(attribution.ranges, None, reason, meta)
     try:
         say("computing MFU")
         report = _report(trace, attribution.ranges, attribution.ops, meta, refs, options, path)
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
-        return Analysis(attribution.ranges, None, str(exc))
-    return Analysis(attribution.ranges, report)
+        return Analysis(attribution.ranges, None, str(exc), meta)
+    return Analysis(attribution.ranges, report, meta=meta)
 
 
 def _report(

@@ -1,0 +1,465 @@
+"""Many traces in one call: expand paths, analyze each trace on its own, fan out, summarize.
+
+Each trace is analyzed independently by `analyze_one`, which never raises for a bad trace: it
+returns a `RunResult` holding the report (a few hundred kB of plain dataclasses, no frames) or
+the error line. The traces fan out over local processes (`-j N`) or a `dask.distributed`
+scheduler (`--dask ADDRESS`); workers open traces by path and send back results, and only this
+(client) process writes the results database and the outputs (docs/many-runs.md).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from llm_perf_opt.errors import LlmPerfOptError, SelectionError
+from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, analyze_trace
+from llm_perf_opt.report import RENDERERS, _md_table, _rich_table, format_pct, to_json_text
+from llm_perf_opt.resultsdb import (
+    ResultsDb,
+    RunRecord,
+    RunRows,
+    file_hash,
+    meta_facts,
+    options_json,
+    rows_from_report,
+)
+
+TRACE_SUFFIXES: Final = (".sqlite", ".sqlite.xz", ".sqlite.gz")
+GLOB_CHARS: Final = frozenset("*?[")
+DASK_ENV: Final = "DASK_SCHEDULER_ADDRESS"
+SUMMARY_SCHEMA_ID: Final = "llm_perf_opt.mfu_summary/1"
+# Exit code of a batch in which at least one trace failed (the others are still reported).
+EXIT_SOME_FAILED: Final = 2
+# Characters of a failed trace's error shown in the summary table (stderr has all of it).
+ERROR_WIDTH: Final = 60
+# Seconds to wait for a Dask scheduler before giving up.
+DASK_CONNECT_TIMEOUT_S: Final = 20
+
+Echo = Callable[[str], None]
+
+
+class NoTracesError(SelectionError):
+    """A directory or glob given on the command line matched no trace file."""
+
+
+class DaskError(LlmPerfOptError):
+    """The Dask scheduler cannot be used (not installed or not reachable)."""
+
+
+def has_glob(spec: str) -> bool:
+    return any(c in GLOB_CHARS for c in spec)
+
+
+def is_trace_file(path: Path) -> bool:
+    return path.is_file() and path.name.endswith(TRACE_SUFFIXES)
+
+
+def expand_paths(specs: Sequence[str]) -> list[Path]:
+    """Trace paths from files, directories (their `*.sqlite[.xz|.gz]`, recursively) and globs,
+    in the order given, each once. A plain path is kept even when missing: its analysis then
+    fails with the reader's error, next to the others.
+
+    Raises:
+        NoTracesError: a directory or glob matched no trace.
+    """
+    found: dict[Path, None] = {}
+    for spec in specs:
+        path = Path(spec)
+        if has_glob(spec):
+            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
+            hits = [p for p in matches if is_trace_file(p)]
+        elif path.is_dir():
+            hits = sorted(p for p in path.rglob("*") if is_trace_file(p))
+        else:
+            hits = [path]
+        if not hits:
+            raise NoTracesError(
+                f"{spec!r} matched no trace (*{', *'.join(TRACE_SUFFIXES)}); give trace files, "
+                "directories holding them or a glob such as 'runs/*.sqlite.xz'"
+            )
+        found.update(dict.fromkeys(hits))
+    return list(found)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One trace's outcome: its record and report, or the error that stopped it."""
+
+    trace: str
+    record: RunRecord | None = None
+    report: MfuReport | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def rows(self) -> RunRows:
+        assert self.record is not None and self.report is not None, "rows of a failed run"
+        return rows_from_report(self.record, self.report)
+
+
+def analyze_one(path: str | Path, options: AnalyzeOptions) -> RunResult:
+    """Analyze one trace; every failure becomes the result's error line (never raised), so one
+    bad trace in a sweep does not stop the others."""
+    started = time.perf_counter()
+    try:
+        analysis = analyze_trace(path, options)
+        assert analysis.report is not None  # require_mfu=True raises instead
+        record = RunRecord(
+            trace_path=str(path),
+            content_hash=file_hash(path),
+            options=options_json(options),
+            meta=meta_facts(analysis.meta),
+            analysis_s=time.perf_counter() - started,
+        )
+    except LlmPerfOptError as exc:
+        return RunResult(str(path), error=str(exc))
+    except Exception as exc:  # a bug must not sink a sweep of hundreds of traces either
+        return RunResult(str(path), error=f"internal error {type(exc).__name__}: {exc}")
+    return RunResult(str(path), record, analysis.report)
+
+
+def default_jobs() -> int:
+    return os.cpu_count() or 1
+
+
+def analyze_many(
+    paths: Sequence[str | Path],
+    options: AnalyzeOptions,
+    *,
+    jobs: int | None = None,
+    dask_address: str | None = None,
+    on_result: Callable[[RunResult], None] | None = None,
+) -> list[RunResult]:
+    """Analyze every trace: in this process (`jobs` 1), in `jobs` local processes, or on the
+    Dask scheduler at `dask_address`. `on_result` sees each result as it arrives; the list
+    returned is in the order of `paths`.
+
+    Raises:
+        DaskError: dask.distributed is missing or the scheduler does not answer.
+    """
+    done: dict[int, RunResult] = {}
+
+    def take(index: int, result: RunResult) -> None:
+        done[index] = result
+        if on_result is not None:
+            on_result(result)
+
+    if dask_address is not None:
+        _dask_map(paths, options, dask_address, take)
+    else:
+        n_jobs = min(jobs or default_jobs(), len(paths))
+        if n_jobs <= 1:
+            for i, path in enumerate(paths):
+                take(i, analyze_one(path, options))
+        else:
+            # spawn, not fork: polars' thread pool must not be forked mid-flight
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+                futures = {pool.submit(analyze_one, p, options): i for i, p in enumerate(paths)}
+                for future in as_completed(futures):
+                    take(futures[future], future.result())
+    return [done[i] for i in range(len(paths))]
+
+
+def _dask_map(
+    paths: Sequence[str | Path],
+    options: AnalyzeOptions,
+    address: str,
+    take: Callable[[int, RunResult], None],
+) -> None:
+    try:
+        from distributed import Client
+        from distributed import as_completed as dask_completed
+    except ImportError as exc:
+        raise DaskError("--dask needs dask.distributed: pip install 'llm-perf-opt[dask]'") from exc
+    try:
+        client = Client(  # type: ignore[no-untyped-call]
+            address, timeout=DASK_CONNECT_TIMEOUT_S, set_as_default=False
+        )
+    except (OSError, TimeoutError) as exc:
+        raise DaskError(
+            f"no Dask scheduler answers at {address!r} ({exc}); start one (`dask scheduler`) "
+            f"or fix --dask / {DASK_ENV}"
+        ) from exc
+    with client:
+        # absolute paths: the workers may run in other directories (shared filesystem)
+        futures = client.map(
+            analyze_one, [str(Path(p).resolve()) for p in paths], options=options, pure=False
+        )
+        index = {f.key: i for i, f in enumerate(futures)}
+        for future in dask_completed(futures):  # type: ignore[no-untyped-call]
+            result: RunResult = future.result()
+            i = index[future.key]
+            take(i, RunResult(str(paths[i]), result.record, result.report, result.error))
+
+
+# --- the batch command ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """What `mfu-analyze` was asked in batch mode (several traces, a directory, a glob or --db)."""
+
+    specs: tuple[str, ...]
+    options: AnalyzeOptions
+    jobs: int | None = None
+    dask_address: str | None = None
+    db_path: Path | None = None
+    fmt: str = "table"
+    output: Path | None = None
+    outdir: Path | None = None
+
+
+class BatchUsageError(SelectionError):
+    """An option that writes one trace's output was given with several traces."""
+
+
+# `mfu-analyze` options that write one trace's output (refused in batch mode).
+SINGLE_TRACE_OUTPUTS: Final = ("csv", "markdown", "plots", "ranges_out")
+
+
+def is_batch(specs: Sequence[str], kw: Mapping[str, Any]) -> bool:
+    """Batch mode: several traces, a directory, a glob, --db or --dask. One plain path without
+    them is the single-trace command, unchanged."""
+    if len(specs) != 1 or kw.get("db") is not None or kw.get("dask") is not None:
+        return True
+    return has_glob(specs[0]) or Path(specs[0]).is_dir()
+
+
+def batch_request(
+    specs: Sequence[str], options: AnalyzeOptions, kw: Mapping[str, Any]
+) -> BatchRequest:
+    """The batch request from `mfu-analyze`'s keyword arguments.
+
+    Raises:
+        BatchUsageError: a single-trace output option was given.
+    """
+    single = [f"--{k.replace('_', '-')}" for k in SINGLE_TRACE_OUTPUTS if kw.get(k) is not None]
+    if single:
+        raise BatchUsageError(
+            f"{single[0]} writes one trace's output; with several traces use --outdir DIR"
+        )
+    return BatchRequest(
+        specs=tuple(specs),
+        options=options,
+        jobs=kw.get("jobs"),
+        dask_address=kw.get("dask") or os.environ.get(DASK_ENV) or None,
+        db_path=kw.get("db"),
+        fmt=kw.get("format") or "table",
+        output=kw.get("output"),
+        outdir=kw.get("outdir"),
+    )
+
+
+@contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[str], None]]:
+    """Advance a progress bar over traces on stderr when it is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda _name: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("traces", total=total)
+        yield lambda name: bar.update(task, advance=1, description=name)
+
+
+def _outdir_names(results: Sequence[RunResult]) -> dict[str, str]:
+    """File stem per trace for --outdir: the trace name without its suffix, the content hash
+    appended when two traces share a name."""
+    stems = {r.trace: _stem(Path(r.trace).name) for r in results if r.record is not None}
+    counts = Counter(stems.values())
+    names = {}
+    for r in results:
+        if r.record is not None:
+            stem = stems[r.trace]
+            names[r.trace] = stem if counts[stem] == 1 else f"{stem}-{r.record.content_hash[:8]}"
+    return names
+
+
+def _stem(name: str) -> str:
+    for suffix in sorted(TRACE_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def run_batch(request: BatchRequest, echo_err: Echo) -> int:
+    """Analyze the traces, write the database and per-trace outputs, print the summary.
+
+    Returns 0 when every trace was analyzed, `EXIT_SOME_FAILED` when any failed.
+
+    Raises:
+        LlmPerfOptError: no trace matched, the database or the scheduler is unusable.
+    """
+    paths = expand_paths(request.specs)
+    db = ResultsDb(request.db_path) if request.db_path is not None else None
+    if request.outdir is not None:
+        request.outdir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        with _progress_bar(len(paths)) as advance:
+
+            def on_result(result: RunResult) -> None:
+                advance(Path(result.trace).name)
+                if not result.ok:
+                    error = str(result.error)
+                    named = error if result.trace in error else f"{result.trace}: {error}"
+                    echo_err(f"error: {named}")
+                elif db is not None:
+                    db.write(result.rows())
+
+            results = analyze_many(
+                paths,
+                request.options,
+                jobs=request.jobs,
+                dask_address=request.dask_address,
+                on_result=on_result,
+            )
+    finally:
+        if db is not None:
+            db.close()
+    if request.outdir is not None:
+        for trace, stem in _outdir_names(results).items():
+            report = next(r.report for r in results if r.trace == trace)
+            assert report is not None
+            (request.outdir / f"{stem}.json").write_text(to_json_text(report), encoding="utf-8")
+            (request.outdir / f"{stem}.md").write_text(RENDERERS["md"](report), encoding="utf-8")
+    _emit_summary(results, request.fmt, request.output)
+    failed = sum(not r.ok for r in results)
+    echo_err(
+        f"{len(results)} trace(s): {len(results) - failed} analyzed, {failed} failed "
+        f"in {time.perf_counter() - started:.1f} s"
+        + (f"; results in {request.db_path}" if request.db_path is not None else "")
+    )
+    return EXIT_SOME_FAILED if failed else 0
+
+
+# --- summary: one row per trace x stage ----------------------------------------------------------
+
+_SUMMARY_HEAD: Final = ("trace", "run", "stage", "inst", "busy ms", "wall ms", "MFU trace",
+                        "MFU wall", "MBU trace", "kernels/step", "step µs", "verdict")  # fmt: skip
+
+
+def _summary_rows(results: Sequence[RunResult]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    for result in results:
+        name = Path(result.trace).name
+        if not result.ok:
+            error = str(result.error)
+            shown = error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…"
+            rows.append((name, "", "FAILED", *[""] * 8, shown))
+            continue
+        run_rows = result.rows()
+        for s in run_rows.tables["stages"]:
+            rows.append(
+                (
+                    name,
+                    run_rows.run_id[:8],
+                    str(s["stage"]),
+                    str(s["n_instances"]),
+                    _fmt(s["gpu_busy_s"], 1e3, ",.2f"),
+                    _fmt(s["wall_s"], 1e3, ",.2f"),
+                    format_pct(s["mfu_trace"]),
+                    format_pct(s["mfu_wall"]),
+                    format_pct(s["mbu_trace"]),
+                    _fmt(s["kernels_per_step"], 1, ",.1f"),
+                    _fmt(s["step_gpu_busy_s"], 1e6, ",.1f"),
+                    str(s["verdict"]),
+                )
+            )
+    return rows
+
+
+def _fmt(value: float | None, scale: float, spec: str) -> str:
+    return "–" if value is None else format(value * scale, spec)
+
+
+def summary_json(results: Sequence[RunResult]) -> dict[str, Any]:
+    """The batch summary document (docs/many-runs.md)."""
+    traces: list[dict[str, Any]] = []
+    for r in results:
+        entry: dict[str, Any] = {"trace": r.trace, "ok": r.ok, "error": r.error}
+        if r.ok:
+            rows = r.rows()
+            entry |= {
+                "run_id": rows.run_id,
+                "content_hash": rows.run["content_hash"],
+                "gpu_name": rows.run["gpu_name"],
+                "stages": {
+                    s["stage"]: {k: v for k, v in s.items() if k not in ("run_id", "stage")}
+                    for s in rows.tables["stages"]
+                },
+            }
+        traces.append(entry)
+    failed = sum(not r.ok for r in results)
+    return {
+        "schema": SUMMARY_SCHEMA_ID,
+        "n_traces": len(results),
+        "n_failed": failed,
+        "traces": traces,
+    }
+
+
+def _summary_csv(results: Sequence[RunResult]) -> str:
+    import polars as pl
+
+    frames = []
+    for r in results:
+        if r.ok:
+            rows = r.rows()
+            frames.append(
+                rows.frame("stages").with_columns(
+                    pl.lit(r.trace).alias("trace"), pl.lit(None, pl.String).alias("error")
+                )
+            )
+        else:
+            frames.append(pl.DataFrame({"trace": [r.trace], "error": [r.error]}))
+    table = pl.concat(frames, how="diagonal_relaxed")
+    first = ["trace", "run_id", "stage"]
+    table = table.select([c for c in first if c in table.columns] +
+                         [c for c in table.columns if c not in first])  # fmt: skip
+    return table.write_csv()
+
+
+def render_summary(results: Sequence[RunResult], fmt: str) -> str:
+    """The summary as `json`, `csv` or `md` text."""
+    if fmt == "json":
+        return json.dumps(summary_json(results), indent=2, allow_nan=False) + "\n"
+    if fmt == "csv":
+        return _summary_csv(results)
+    return "# MFU summary\n\n" + _md_table(_SUMMARY_HEAD, _summary_rows(results)) + "\n"
+
+
+def _emit_summary(results: Sequence[RunResult], fmt: str, output: Path | None) -> None:
+    if fmt != "table":
+        text = render_summary(results, fmt)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text, encoding="utf-8")
+        return
+    table = _rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(results), 3)
+    if output is None:
+        console = Console()
+        (console if console.is_terminal else Console(width=200)).print(table)
+        return
+    with output.open("w", encoding="utf-8") as handle:
+        Console(file=handle, width=200).print(table)
