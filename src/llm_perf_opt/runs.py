@@ -227,6 +227,11 @@ class BatchRequest:
     outdir: Path | None = None
 
 
+def dask_address_from(flag: str | None) -> str | None:
+    """--dask, else the DASK_SCHEDULER_ADDRESS environment variable, else local processes."""
+    return flag or os.environ.get(DASK_ENV) or None
+
+
 class BatchUsageError(SelectionError):
     """An option that writes one trace's output was given with several traces."""
 
@@ -260,7 +265,7 @@ def batch_request(
         specs=tuple(specs),
         options=options,
         jobs=kw.get("jobs"),
-        dask_address=kw.get("dask") or os.environ.get(DASK_ENV) or None,
+        dask_address=dask_address_from(kw.get("dask")),
         db_path=kw.get("db"),
         fmt=kw.get("format") or "table",
         output=kw.get("output"),

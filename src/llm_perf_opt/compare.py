@@ -1,0 +1,287 @@
+"""Run-vs-run comparison per stage with a noise band (docs/many-runs.md#statistics).
+
+Pure: takes the database rows of the runs on each side (`RunRows`, from traces just analyzed or
+from the results database) and returns a `Comparison`; it neither reads files nor prints.
+
+Every metric is a ratio of sums over sampling units, so a group of runs pools its units:
+`busy_s` = Σ busy / Σ 1 over image instances (the mean stage busy time of one image),
+`mfu_trace` = Σ FLOPs / Σ (peak × busy), `step_busy_s` = mean GPU busy time of a decode step, …
+The noise band is a seeded percentile bootstrap of new/base: units are resampled with
+replacement on each side independently and the metric recomputed. A change is *improved* or
+*regressed* only when the band excludes 0 AND the change is at least `min_effect_pct`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+import polars as pl
+
+from llm_perf_opt.resultsdb import RunRows, frame_of
+
+Verdict = Literal["improved", "regressed", "within_noise"]
+# (stage, metric, delta %) of the time metrics over the `--fail-on-regression` threshold.
+Regressions = list[tuple[str, str, float]]
+FloatArray = npt.NDArray[np.float64]
+
+DEFAULT_MIN_EFFECT_PCT: Final = 3.0
+CONFIDENCE: Final = 0.95
+RESAMPLES: Final = 2000
+SEED: Final = 0
+METHOD: Final = (
+    "percentile bootstrap of the ratio new/base of each metric (a ratio of sums over image "
+    "instances or decode steps), units resampled with replacement on each side, seeded"
+)
+# Resampled unit draws held in memory at once (float64), bounding the bootstrap's memory.
+BOOTSTRAP_CHUNK_DRAWS: Final = 4_000_000
+# Time metrics `--fail-on-regression` looks at.
+TIME_METRICS: Final = ("busy_s", "wall_s", "step_busy_s")
+RUN_FACTS: Final = ("model", "mode", "gpu_name", "dtype")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric as Σ numerator / Σ denominator over the units of one table."""
+
+    name: str
+    unit: Literal["instance", "decode_step"]
+    numerator: pl.Expr
+    denominator: pl.Expr
+    lower_is_better: bool
+    decode_only: bool = False
+
+
+_ONE: Final = pl.lit(1.0)
+METRICS: Final = (
+    Metric("busy_s", "instance", pl.col("gpu_busy_s"), _ONE, lower_is_better=True),
+    Metric("wall_s", "instance", pl.col("wall_s"), _ONE, lower_is_better=True),
+    Metric("mfu_trace", "instance", pl.col("flops"),
+           pl.col("gpu_busy_s") * pl.col("peak_flops"), lower_is_better=False),
+    Metric("mfu_wall", "instance", pl.col("flops"),
+           pl.col("wall_s") * pl.col("peak_flops"), lower_is_better=False),
+    Metric("mbu_trace", "instance", pl.col("decode_bytes"),
+           pl.col("gpu_busy_s") * pl.col("peak_bandwidth_Bps"), lower_is_better=False,
+           decode_only=True),
+    Metric("mbu_wall", "instance", pl.col("decode_bytes"),
+           pl.col("wall_s") * pl.col("peak_bandwidth_Bps"), lower_is_better=False,
+           decode_only=True),
+    Metric("kernels_per_step", "instance", pl.col("n_kernels").cast(pl.Float64),
+           pl.col("decode_steps").cast(pl.Float64), lower_is_better=True, decode_only=True),
+    Metric("step_busy_s", "decode_step", pl.col("gpu_busy_s"), _ONE, lower_is_better=True,
+           decode_only=True),
+)  # fmt: skip
+# Without decode_step ranges the step time is decode busy over the instance's step count.
+STEP_BUSY_BY_INSTANCE: Final = Metric(
+    "step_busy_s",
+    "instance",
+    pl.col("gpu_busy_s"),
+    pl.col("decode_steps").cast(pl.Float64),
+    lower_is_better=True,
+    decode_only=True,
+)
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    """One metric of one stage: both sides, the change and its noise band, the verdict."""
+
+    base: float
+    new: float
+    delta_pct: float
+    ci_low_pct: float
+    ci_high_pct: float
+    verdict: Verdict
+    n_base: int
+    n_new: int
+    unit: str
+    lower_is_better: bool
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What identifies a compared run in the output."""
+
+    run_id: str
+    trace_name: str
+    gpu_name: str | None
+    model: str | None
+    mode: str | None
+    dtype: str | None
+    experts_implementation: str | None
+    attn_implementation: str | None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Per stage, per metric deltas, the runs of each side and what does not match."""
+
+    base: tuple[RunInfo, ...]
+    new: tuple[RunInfo, ...]
+    stages: Mapping[str, Mapping[str, MetricDelta]]
+    flags: tuple[str, ...]
+    min_effect_pct: float
+    confidence: float = CONFIDENCE
+    resamples: int = RESAMPLES
+    seed: int = SEED
+    method: str = METHOD
+
+
+def _run_info(rows: RunRows) -> RunInfo:
+    r = rows.run
+    return RunInfo(
+        run_id=str(r["run_id"]),
+        trace_name=str(r["trace_name"]),
+        gpu_name=r.get("gpu_name"),
+        model=r.get("model"),
+        mode=r.get("mode"),
+        dtype=r.get("dtype"),
+        experts_implementation=r.get("experts_implementation"),
+        attn_implementation=r.get("attn_implementation"),
+    )
+
+
+def _units(side: Sequence[RunRows], table: str) -> pl.DataFrame:
+    """The side's rows of `instances` or `decode_steps`, with each run's peaks joined."""
+    frame = pl.concat([r.frame(table) for r in side])
+    peaks = frame_of("runs", [r.run for r in side]).select(
+        "run_id", "peak_flops", "peak_bandwidth_Bps"
+    )
+    return frame.join(peaks, on="run_id", how="left")
+
+
+def _draws(a: FloatArray, b: FloatArray, rng: np.random.Generator, n_draws: int) -> FloatArray:
+    """`n_draws` bootstrap values of Σa/Σb, resampling the units with replacement."""
+    n = len(a)
+    per_chunk = max(1, BOOTSTRAP_CHUNK_DRAWS // max(n, 1))
+    out = np.empty(n_draws)
+    for start in range(0, n_draws, per_chunk):
+        stop = min(n_draws, start + per_chunk)
+        idx = rng.integers(0, n, size=(stop - start, n))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out[start:stop] = a[idx].sum(axis=1) / b[idx].sum(axis=1)
+    return out
+
+
+def verdict_of(delta_pct: float, low: float, high: float, *, lower_is_better: bool,
+               min_effect_pct: float) -> Verdict:  # fmt: skip
+    """Improved/regressed only outside the noise band AND at least the practical threshold."""
+    outside = low > 0 or high < 0
+    if not outside or abs(delta_pct) < min_effect_pct:
+        return "within_noise"
+    better = delta_pct < 0 if lower_is_better else delta_pct > 0
+    return "improved" if better else "regressed"
+
+
+def _delta(
+    metric: Metric,
+    base: pl.DataFrame,
+    new: pl.DataFrame,
+    rng: np.random.Generator,
+    min_effect_pct: float,
+) -> MetricDelta | None:
+    """One metric over the units of each side; None when a side cannot compute it."""
+    sides = []
+    for frame in (base, new):
+        ab = frame.select(a=metric.numerator, b=metric.denominator).drop_nulls()
+        if ab.height != frame.height or ab.is_empty() or ab["b"].sum() <= 0:
+            return None
+        sides.append((ab["a"].to_numpy().astype(float), ab["b"].to_numpy().astype(float)))
+    (ba, bb), (na, nb) = sides
+    base_value, new_value = float(ba.sum() / bb.sum()), float(na.sum() / nb.sum())
+    if base_value == 0:
+        return None
+    ratio = _draws(na, nb, rng, RESAMPLES) / _draws(ba, bb, rng, RESAMPLES)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = (float(q) for q in np.nanpercentile(ratio, [tail, 100 - tail]))
+    delta_pct = 100 * (new_value / base_value - 1)
+    low_pct, high_pct = 100 * (low - 1), 100 * (high - 1)
+    return MetricDelta(
+        base=base_value,
+        new=new_value,
+        delta_pct=delta_pct,
+        ci_low_pct=low_pct,
+        ci_high_pct=high_pct,
+        verdict=verdict_of(
+            delta_pct,
+            low_pct,
+            high_pct,
+            lower_is_better=metric.lower_is_better,
+            min_effect_pct=min_effect_pct,
+        ),
+        n_base=len(ba),
+        n_new=len(na),
+        unit=metric.unit,
+        lower_is_better=metric.lower_is_better,
+    )
+
+
+def _flags(base: Sequence[RunInfo], new: Sequence[RunInfo]) -> list[str]:
+    """Differences that make the comparison apples to oranges (allowed, but said)."""
+    flags = []
+    for fact in RUN_FACTS:
+        b = sorted({str(getattr(r, fact)) for r in base})
+        n = sorted({str(getattr(r, fact)) for r in new})
+        if b != n or len(b) > 1:
+            flags.append(f"{fact} differs: base {', '.join(b)}; new {', '.join(n)}")
+    shared = {r.run_id for r in base} & {r.run_id for r in new}
+    if shared:
+        flags.append(f"the same run is on both sides: {', '.join(sorted(shared))}")
+    return flags
+
+
+def compare_runs(
+    base: Sequence[RunRows],
+    new: Sequence[RunRows],
+    *,
+    min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
+    seed: int = SEED,
+) -> Comparison:
+    """Compare the stages both sides have, metric by metric (see the module docstring)."""
+    if not base or not new:
+        raise ValueError("each side needs at least one run")
+    rng = np.random.default_rng(seed)
+    instances = _units(base, "instances"), _units(new, "instances")
+    steps = _units(base, "decode_steps"), _units(new, "decode_steps")
+    has_steps = all(not s.is_empty() for s in steps)
+    names = [s for s in instances[0]["stage"].unique(maintain_order=True).to_list()
+             if s in set(instances[1]["stage"].to_list())]  # fmt: skip
+    stages: dict[str, dict[str, MetricDelta]] = {}
+    for stage in names:
+        per_stage = tuple(f.filter(pl.col("stage") == stage) for f in instances)
+        deltas: dict[str, MetricDelta] = {}
+        for metric in METRICS:
+            if metric.decode_only and stage != "decode":
+                continue
+            if metric.unit == "decode_step":
+                pick, units = (metric, steps) if has_steps else (STEP_BUSY_BY_INSTANCE, per_stage)
+            else:
+                pick, units = metric, per_stage
+            delta = _delta(pick, units[0], units[1], rng, min_effect_pct)
+            if delta is not None:
+                deltas[metric.name] = delta
+        stages[stage] = deltas
+    base_info = tuple(_run_info(r) for r in base)
+    new_info = tuple(_run_info(r) for r in new)
+    return Comparison(
+        base=base_info,
+        new=new_info,
+        stages=stages,
+        flags=tuple(_flags(base_info, new_info)),
+        min_effect_pct=min_effect_pct,
+        seed=seed,
+    )
+
+
+def regressions(comparison: Comparison, threshold_pct: float) -> Regressions:
+    """(stage, metric, delta %) of every time metric that regressed beyond noise by more than
+    `threshold_pct` (the `--fail-on-regression` gate)."""
+    return [
+        (stage, name, d.delta_pct)
+        for stage, deltas in comparison.stages.items()
+        for name, d in deltas.items()
+        if name in TIME_METRICS and d.verdict == "regressed" and d.delta_pct > threshold_pct
+    ]
