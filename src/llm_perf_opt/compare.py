@@ -6,8 +6,9 @@ from the results database) and returns a `Comparison`; it neither reads files no
 Every metric is a ratio of sums over sampling units, so a group of runs pools its units:
 `busy_s` = Σ busy / Σ 1 over image instances (the mean stage busy time of one image),
 `mfu_trace` = Σ FLOPs / Σ (peak × busy), `step_busy_s` = mean GPU busy time of a decode step, …
-The noise band is a seeded percentile bootstrap of new/base: units are resampled with
-replacement on each side independently and the metric recomputed. A change is *improved* or
+The noise band is a seeded percentile bootstrap of new/base: both sides are redrawn, each at
+its own size, from the units of both sides scaled to their side's level (`_band`), and the
+metric recomputed. A change is *improved* or
 *regressed* only when the band excludes 0 AND the change is at least `min_effect_pct`.
 """
 
@@ -33,8 +34,8 @@ CONFIDENCE: Final = 0.95
 RESAMPLES: Final = 2000
 SEED: Final = 0
 METHOD: Final = (
-    "percentile bootstrap of the ratio new/base of each metric (a ratio of sums over image "
-    "instances or decode steps), units resampled with replacement on each side, seeded"
+    "percentile bootstrap of new/base, each metric a ratio of sums over image instances or "
+    "decode steps; both sides redrawn from their pooled, leverage-adjusted relative residuals"
 )
 # Resampled unit draws held in memory at once (float64), bounding the bootstrap's memory.
 BOOTSTRAP_CHUNK_DRAWS: Final = 4_000_000
@@ -153,17 +154,51 @@ def _units(side: Sequence[RunRows], table: str) -> pl.DataFrame:
     return frame.join(peaks, on="run_id", how="left")
 
 
-def _draws(a: FloatArray, b: FloatArray, rng: np.random.Generator, n_draws: int) -> FloatArray:
-    """`n_draws` bootstrap values of Σa/Σb, resampling the units with replacement."""
-    n = len(a)
+def _draws(
+    a: FloatArray, b: FloatArray, n: int, rng: np.random.Generator, n_draws: int
+) -> FloatArray:
+    """`n_draws` bootstrap values of Σa/Σb over `n` units drawn with replacement from (a, b)."""
     per_chunk = max(1, BOOTSTRAP_CHUNK_DRAWS // max(n, 1))
     out = np.empty(n_draws)
     for start in range(0, n_draws, per_chunk):
         stop = min(n_draws, start + per_chunk)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            out[start:stop] = a[idx].sum(axis=1) / b[idx].sum(axis=1)
+        idx = rng.integers(0, len(a), size=(stop - start, n))
+        out[start:stop] = a[idx].sum(axis=1) / b[idx].sum(axis=1)
     return out
+
+
+def _residuals(a: FloatArray, b: FloatArray) -> FloatArray:
+    """Each unit's numerator relative to its side's level, spread widened by 1/sqrt(1 - 1/n)
+    (leverage-adjusted residuals: a side's level is fitted to its own n units, so the raw
+    residuals understate the spread). A side of one unit has no residual to give."""
+    n = len(a)
+    if n < 2:
+        return np.empty(0)
+    level = a.sum() / b.sum()
+    per_unit = a / (b * level)
+    return np.asarray((1 + (per_unit - 1) / np.sqrt(1 - 1 / n)) * b, dtype=np.float64)
+
+
+def _band(
+    sides: Sequence[tuple[FloatArray, FloatArray]], rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile band of new/base from the pooled relative residuals of both sides.
+
+    Each side is redrawn (at its own size) from the residuals of both sides and rescaled by
+    its own level. Pooling lets a side of one or two images borrow the spread seen on the
+    other; it assumes both sides scatter alike relative to their level (the same workload with
+    one setting changed). With one unit on each side there is no spread: the band is 0.
+    """
+    pooled_a = np.concatenate([_residuals(a, b) for a, b in sides])
+    pooled_b = np.concatenate([b for a, b in sides if len(a) >= 2])
+    if len(pooled_a) == 0:
+        return 1.0, 1.0
+    (base_a, _), (new_a, _) = sides
+    base = _draws(pooled_a, pooled_b, len(base_a), rng, RESAMPLES)
+    new = _draws(pooled_a, pooled_b, len(new_a), rng, RESAMPLES)
+    tail = 100 * (1 - CONFIDENCE) / 2
+    low, high = np.percentile(new / base, [tail, 100 - tail])
+    return float(low), float(high)
 
 
 def verdict_of(delta_pct: float, low: float, high: float, *, lower_is_better: bool,
@@ -187,18 +222,17 @@ def _delta(
     sides = []
     for frame in (base, new):
         ab = frame.select(a=metric.numerator, b=metric.denominator).drop_nulls()
-        if ab.height != frame.height or ab.is_empty() or ab["b"].sum() <= 0:
+        if ab.height != frame.height or ab.is_empty() or (ab["b"] <= 0).any():
             return None
         sides.append((ab["a"].to_numpy().astype(float), ab["b"].to_numpy().astype(float)))
     (ba, bb), (na, nb) = sides
     base_value, new_value = float(ba.sum() / bb.sum()), float(na.sum() / nb.sum())
-    if base_value == 0:
+    if base_value == 0 or new_value == 0:
         return None
-    ratio = _draws(na, nb, rng, RESAMPLES) / _draws(ba, bb, rng, RESAMPLES)
-    tail = 100 * (1 - CONFIDENCE) / 2
-    low, high = (float(q) for q in np.nanpercentile(ratio, [tail, 100 - tail]))
-    delta_pct = 100 * (new_value / base_value - 1)
-    low_pct, high_pct = 100 * (low - 1), 100 * (high - 1)
+    low, high = _band(sides, rng)
+    ratio = new_value / base_value
+    delta_pct = 100 * (ratio - 1)
+    low_pct, high_pct = 100 * (ratio * low - 1), 100 * (ratio * high - 1)
     return MetricDelta(
         base=base_value,
         new=new_value,
