@@ -409,6 +409,12 @@ class ResultsDb:
     def close(self) -> None:
         self.db.close()
 
+    def __enter__(self) -> ResultsDb:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def write(self, rows: RunRows) -> None:
         """Replace the run's rows in every table, in one transaction."""
         rid = rows.run_id
