@@ -191,7 +191,7 @@ def _dask_map(
         raise DaskError("--dask needs dask.distributed: pip install 'llm-perf-opt[dask]'") from exc
     try:
         client = Client(  # type: ignore[no-untyped-call]
-            address, timeout=DASK_CONNECT_TIMEOUT_S, set_as_default=False
+            address, timeout=DASK_CONNECT_TIMEOUT_S
         )
     except (OSError, TimeoutError) as exc:
         raise DaskError(
