@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
-import sqlite_utils
 
 from llm_perf_opt import __version__
 from llm_perf_opt.errors import LlmPerfOptError
@@ -363,6 +362,8 @@ class ResultsDb:
     """The results database file; `readonly=True` opens an existing one without writing."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        import sqlite_utils  # 0.3 s of imports: only when a database is used
+
         self.path = Path(path)
         if readonly:
             if not self.path.is_file():
