@@ -35,10 +35,15 @@ RESAMPLES: Final = 2000
 SEED: Final = 0
 METHOD: Final = (
     "percentile bootstrap of new/base, each metric a ratio of sums over image instances or "
-    "decode steps; both sides redrawn from their pooled, leverage-adjusted relative residuals"
+    "decode steps; both sides redrawn from their pooled, leverage-adjusted relative residuals, "
+    "widened by t/z for the residual degrees of freedom"
 )
 # Resampled unit draws held in memory at once (float64), bounding the bootstrap's memory.
 BOOTSTRAP_CHUNK_DRAWS: Final = 4_000_000
+# Two-sided 95 % quantiles of Student's t for 1-10 degrees of freedom, and the normal one: the
+# band is widened by t/z because the spread itself is estimated from a handful of units.
+T_975: Final = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+Z_975: Final = 1.959964
 # Time metrics `--fail-on-regression` looks at.
 TIME_METRICS: Final = ("busy_s", "wall_s", "step_busy_s")
 RUN_FACTS: Final = ("model", "mode", "gpu_name", "dtype")
@@ -179,6 +184,17 @@ def _residuals(a: FloatArray, b: FloatArray) -> FloatArray:
     return np.asarray((1 + (per_unit - 1) / np.sqrt(1 - 1 / n)) * b, dtype=np.float64)
 
 
+def small_sample_widening(df: int) -> float:
+    """t(0.975, df) / z(0.975): 6.5 for one degree of freedom, 1.4 for four, → 1 for many
+    (beyond the table the Cornish-Fisher expansion of t, within 0.1 % there)."""
+    if df < 1:
+        return 1.0
+    if df <= len(T_975):
+        return T_975[df - 1] / Z_975
+    z = Z_975
+    return 1 + (z**2 + 1) / (4 * df) + (5 * z**4 + 16 * z**2 + 3) / (96 * df**2)
+
+
 def _band(
     sides: Sequence[tuple[FloatArray, FloatArray]], rng: np.random.Generator
 ) -> tuple[float, float]:
@@ -187,7 +203,8 @@ def _band(
     Each side is redrawn (at its own size) from the residuals of both sides and rescaled by
     its own level. Pooling lets a side of one or two images borrow the spread seen on the
     other; it assumes both sides scatter alike relative to their level (the same workload with
-    one setting changed). With one unit on each side there is no spread: the band is 0.
+    one setting changed). The band is then widened, in log ratio, by t/z for the residual
+    degrees of freedom. With one unit on each side there is no spread: the band is 0.
     """
     pooled_a = np.concatenate([_residuals(a, b) for a, b in sides])
     pooled_b = np.concatenate([b for a, b in sides if len(a) >= 2])
@@ -198,7 +215,9 @@ def _band(
     new = _draws(pooled_a, pooled_b, len(new_a), rng, RESAMPLES)
     tail = 100 * (1 - CONFIDENCE) / 2
     low, high = np.percentile(new / base, [tail, 100 - tail])
-    return float(low), float(high)
+    # residual degrees of freedom: pooled units less one fitted level per contributing side
+    widen = small_sample_widening(len(pooled_a) - sum(len(a) >= 2 for a, _ in sides))
+    return float(low**widen), float(high**widen)
 
 
 def verdict_of(delta_pct: float, low: float, high: float, *, lower_is_better: bool,

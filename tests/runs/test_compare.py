@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from llm_perf_opt.cli.compare import main
-from llm_perf_opt.compare import compare_runs, regressions, verdict_of
+from llm_perf_opt.compare import compare_runs, regressions, small_sample_widening, verdict_of
 from llm_perf_opt.mfu import AnalyzeOptions
 from llm_perf_opt.resultsdb import ResultsDb, RunRows
 from llm_perf_opt.runs import analyze_one
@@ -97,6 +97,22 @@ def test_two_halves_of_one_real_trace_are_within_noise(real_rows: RunRows) -> No
     # the wall band is wide because the walls scatter: the band reflects the data
     wall = comparison.stages["prefill"]["wall_s"]
     assert wall.ci_high_pct - wall.ci_low_pct > 50
+
+
+@pytest.mark.parametrize("trace", ["dsocr_v1_base_h200", "dsocr_v1_base_gmm"])
+def test_halves_of_the_h200_traces_are_within_noise(trace: str) -> None:
+    result = analyze_one(REAL_BASE.with_name(f"{trace}.sqlite.xz"), AnalyzeOptions())
+    assert result.ok, result.error
+    rows = result.rows()
+    comparison = compare_runs([keep_instances(rows, {0, 2})], [keep_instances(rows, {1})])
+    verdicts = {(s, m): d.verdict for s, ds in comparison.stages.items() for m, d in ds.items()}
+    assert len(verdicts) == 16 and set(verdicts.values()) == {"within_noise"}, verdicts
+
+
+@pytest.mark.parametrize(("df", "t_975"), [(1, 12.706), (4, 2.776), (11, 2.201), (20, 2.086),
+                                           (60, 2.000)])  # fmt: skip
+def test_small_sample_widening_is_t_over_z(df: int, t_975: float) -> None:
+    assert small_sample_widening(df) * 1.959964 == pytest.approx(t_975, rel=2e-3)
 
 
 def test_point_values_are_ratios_of_sums_over_instances(real_rows: RunRows) -> None:
