@@ -19,10 +19,11 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
+import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -34,6 +35,7 @@ from llm_perf_opt.resultsdb import (
     RunRecord,
     RunRows,
     file_hash,
+    frame_of,
     meta_facts,
     options_json,
     rows_from_report,
@@ -45,6 +47,8 @@ DASK_ENV: Final = "DASK_SCHEDULER_ADDRESS"
 SUMMARY_SCHEMA_ID: Final = "llm_perf_opt.mfu_summary/1"
 # Exit code of a batch in which at least one trace failed (the others are still reported).
 EXIT_SOME_FAILED: Final = 2
+# Width of the summary table when stdout is not a terminal.
+SUMMARY_WIDTH: Final = 200
 # Characters of a failed trace's error shown in the summary table (stderr has all of it).
 ERROR_WIDTH: Final = 60
 # Seconds to wait for a Dask scheduler before giving up.
@@ -139,51 +143,51 @@ def default_jobs() -> int:
     return os.cpu_count() or 1
 
 
+def iter_results(
+    paths: Sequence[str | Path],
+    options: AnalyzeOptions,
+    *,
+    jobs: int | None = None,
+    dask_address: str | None = None,
+) -> Iterator[tuple[int, RunResult]]:
+    """(index in `paths`, result) of every trace as it completes: in this process (`jobs` 1),
+    in `jobs` local processes (default: the CPU cores), or on the Dask scheduler at
+    `dask_address`.
+
+    Raises:
+        DaskError: dask.distributed is missing or the scheduler does not answer.
+    """
+    if dask_address is not None:
+        yield from _dask_results(paths, options, dask_address)
+        return
+    n_jobs = min(jobs or default_jobs(), len(paths))
+    if n_jobs <= 1:
+        for i, path in enumerate(paths):
+            yield i, analyze_one(path, options)
+        return
+    # spawn, not fork: polars' thread pool must not be forked mid-flight
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
+        futures = {pool.submit(analyze_one, p, options): i for i, p in enumerate(paths)}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+
+
 def analyze_many(
     paths: Sequence[str | Path],
     options: AnalyzeOptions,
     *,
     jobs: int | None = None,
     dask_address: str | None = None,
-    on_result: Callable[[RunResult], None] | None = None,
 ) -> list[RunResult]:
-    """Analyze every trace: in this process (`jobs` 1), in `jobs` local processes, or on the
-    Dask scheduler at `dask_address`. `on_result` sees each result as it arrives; the list
-    returned is in the order of `paths`.
-
-    Raises:
-        DaskError: dask.distributed is missing or the scheduler does not answer.
-    """
-    done: dict[int, RunResult] = {}
-
-    def take(index: int, result: RunResult) -> None:
-        done[index] = result
-        if on_result is not None:
-            on_result(result)
-
-    if dask_address is not None:
-        _dask_map(paths, options, dask_address, take)
-    else:
-        n_jobs = min(jobs or default_jobs(), len(paths))
-        if n_jobs <= 1:
-            for i, path in enumerate(paths):
-                take(i, analyze_one(path, options))
-        else:
-            # spawn, not fork: polars' thread pool must not be forked mid-flight
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
-                futures = {pool.submit(analyze_one, p, options): i for i, p in enumerate(paths)}
-                for future in as_completed(futures):
-                    take(futures[future], future.result())
+    """`iter_results` collected in the order of `paths`."""
+    done = dict(iter_results(paths, options, jobs=jobs, dask_address=dask_address))
     return [done[i] for i in range(len(paths))]
 
 
-def _dask_map(
-    paths: Sequence[str | Path],
-    options: AnalyzeOptions,
-    address: str,
-    take: Callable[[int, RunResult], None],
-) -> None:
+def _dask_results(
+    paths: Sequence[str | Path], options: AnalyzeOptions, address: str
+) -> Iterator[tuple[int, RunResult]]:
     try:
         from distributed import Client
         from distributed import as_completed as dask_completed
@@ -207,7 +211,17 @@ def _dask_map(
         for future in dask_completed(futures):  # type: ignore[no-untyped-call]
             result: RunResult = future.result()
             i = index[future.key]
-            take(i, RunResult(str(paths[i]), result.record, result.report, result.error))
+            # report the path as given, as a local run does
+            given = str(paths[i])
+            yield (
+                i,
+                RunResult(
+                    given,
+                    None if result.record is None else replace(result.record, trace_path=given),
+                    None if result.report is None else replace(result.report, trace_path=given),
+                    result.error,
+                ),
+            )
 
 
 # --- the batch command ---------------------------------------------------------------------------
@@ -286,17 +300,18 @@ def _progress_bar(total: int) -> Iterator[Callable[[str], None]]:
         yield lambda name: bar.update(task, advance=1, description=name)
 
 
-def _outdir_names(results: Sequence[RunResult]) -> dict[str, str]:
-    """File stem per trace for --outdir: the trace name without its suffix, the content hash
-    appended when two traces share a name."""
-    stems = {r.trace: _stem(Path(r.trace).name) for r in results if r.record is not None}
-    counts = Counter(stems.values())
-    names = {}
-    for r in results:
-        if r.record is not None:
-            stem = stems[r.trace]
-            names[r.trace] = stem if counts[stem] == 1 else f"{stem}-{r.record.content_hash[:8]}"
-    return names
+@dataclass(frozen=True)
+class BatchEntry:
+    """What the summary keeps of one trace: its run and stage rows, or its error."""
+
+    trace: str
+    error: str | None = None
+    run: Mapping[str, Any] | None = None
+    stages: tuple[Mapping[str, Any], ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
 
 
 def _stem(name: str) -> str:
@@ -306,8 +321,28 @@ def _stem(name: str) -> str:
     return name
 
 
+class _Outdir:
+    """Per-trace reports: `DIR/NAME.json` and `.md`, NAME the trace's file name without its
+    suffix, the content hash appended when another trace of the batch has the same name."""
+
+    def __init__(self, root: Path, paths: Sequence[Path]) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self.shared = {s for s, n in Counter(_stem(p.name) for p in paths).items() if n > 1}
+
+    def write(self, result: RunResult) -> None:
+        assert result.record is not None and result.report is not None
+        stem = _stem(Path(result.trace).name)
+        if stem in self.shared:
+            stem = f"{stem}-{result.record.content_hash[:8]}"
+        report = result.report
+        (self.root / f"{stem}.json").write_text(to_json_text(report), encoding="utf-8")
+        (self.root / f"{stem}.md").write_text(RENDERERS["md"](report), encoding="utf-8")
+
+
 def run_batch(request: BatchRequest, echo_err: Echo) -> int:
-    """Analyze the traces, write the database and per-trace outputs, print the summary.
+    """Analyze the traces; as each arrives write its database rows and --outdir reports (only
+    here, in the client) and keep its summary rows; then print the summary.
 
     Returns 0 when every trace was analyzed, `EXIT_SOME_FAILED` when any failed.
 
@@ -316,41 +351,35 @@ def run_batch(request: BatchRequest, echo_err: Echo) -> int:
     """
     paths = expand_paths(request.specs)
     db = ResultsDb(request.db_path) if request.db_path is not None else None
-    if request.outdir is not None:
-        request.outdir.mkdir(parents=True, exist_ok=True)
+    outdir = _Outdir(request.outdir, paths) if request.outdir is not None else None
+    entries: dict[int, BatchEntry] = {}
     started = time.perf_counter()
     try:
         with _progress_bar(len(paths)) as advance:
-
-            def on_result(result: RunResult) -> None:
+            for i, result in iter_results(
+                paths, request.options, jobs=request.jobs, dask_address=request.dask_address
+            ):
                 advance(Path(result.trace).name)
                 if not result.ok:
                     error = str(result.error)
                     named = error if result.trace in error else f"{result.trace}: {error}"
                     echo_err(f"error: {named}")
-                elif db is not None:
-                    db.write(result.rows())
-
-            results = analyze_many(
-                paths,
-                request.options,
-                jobs=request.jobs,
-                dask_address=request.dask_address,
-                on_result=on_result,
-            )
+                    entries[i] = BatchEntry(result.trace, error)
+                    continue
+                rows = result.rows()
+                if db is not None:
+                    db.write(rows)
+                if outdir is not None:
+                    outdir.write(result)
+                entries[i] = BatchEntry(result.trace, None, rows.run, tuple(rows.tables["stages"]))
     finally:
         if db is not None:
             db.close()
-    if request.outdir is not None:
-        for trace, stem in _outdir_names(results).items():
-            report = next(r.report for r in results if r.trace == trace)
-            assert report is not None
-            (request.outdir / f"{stem}.json").write_text(to_json_text(report), encoding="utf-8")
-            (request.outdir / f"{stem}.md").write_text(RENDERERS["md"](report), encoding="utf-8")
-    _emit_summary(results, request.fmt, request.output)
-    failed = sum(not r.ok for r in results)
+    ordered = [entries[i] for i in range(len(paths))]
+    _emit_summary(ordered, request.fmt, request.output)
+    failed = sum(not e.ok for e in ordered)
     echo_err(
-        f"{len(results)} trace(s): {len(results) - failed} analyzed, {failed} failed "
+        f"{len(ordered)} trace(s): {len(ordered) - failed} analyzed, {failed} failed "
         f"in {time.perf_counter() - started:.1f} s"
         + (f"; results in {request.db_path}" if request.db_path is not None else "")
     )
@@ -363,21 +392,20 @@ _SUMMARY_HEAD: Final = ("trace", "run", "stage", "inst", "busy ms", "wall ms", "
                         "MFU wall", "MBU trace", "kernels/step", "step µs", "verdict")  # fmt: skip
 
 
-def _summary_rows(results: Sequence[RunResult]) -> list[tuple[str, ...]]:
+def _summary_rows(entries: Sequence[BatchEntry]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
-    for result in results:
-        name = Path(result.trace).name
-        if not result.ok:
-            error = str(result.error)
+    for entry in entries:
+        name = Path(entry.trace).name
+        if entry.run is None:
+            error = str(entry.error)
             shown = error if len(error) <= ERROR_WIDTH else error[: ERROR_WIDTH - 1] + "…"
             rows.append((name, "", "FAILED", *[""] * 8, shown))
             continue
-        run_rows = result.rows()
-        for s in run_rows.tables["stages"]:
+        for s in entry.stages:
             rows.append(
                 (
                     name,
-                    run_rows.run_id[:8],
+                    str(entry.run["run_id"])[:8],
                     str(s["stage"]),
                     str(s["n_instances"]),
                     _fmt(s["gpu_busy_s"], 1e3, ",.2f"),
@@ -397,74 +425,65 @@ def _fmt(value: float | None, scale: float, spec: str) -> str:
     return "–" if value is None else format(value * scale, spec)
 
 
-def summary_json(results: Sequence[RunResult]) -> dict[str, Any]:
+def summary_json(entries: Sequence[BatchEntry]) -> dict[str, Any]:
     """The batch summary document (docs/many-runs.md)."""
     traces: list[dict[str, Any]] = []
-    for r in results:
-        entry: dict[str, Any] = {"trace": r.trace, "ok": r.ok, "error": r.error}
-        if r.ok:
-            rows = r.rows()
-            entry |= {
-                "run_id": rows.run_id,
-                "content_hash": rows.run["content_hash"],
-                "gpu_name": rows.run["gpu_name"],
+    for e in entries:
+        doc: dict[str, Any] = {"trace": e.trace, "ok": e.ok, "error": e.error}
+        if e.run is not None:
+            doc |= {
+                "run_id": e.run["run_id"],
+                "content_hash": e.run["content_hash"],
+                "gpu_name": e.run["gpu_name"],
                 "stages": {
                     s["stage"]: {k: v for k, v in s.items() if k not in ("run_id", "stage")}
-                    for s in rows.tables["stages"]
+                    for s in e.stages
                 },
             }
-        traces.append(entry)
-    failed = sum(not r.ok for r in results)
+        traces.append(doc)
     return {
         "schema": SUMMARY_SCHEMA_ID,
-        "n_traces": len(results),
-        "n_failed": failed,
+        "n_traces": len(entries),
+        "n_failed": sum(not e.ok for e in entries),
         "traces": traces,
     }
 
 
-def _summary_csv(results: Sequence[RunResult]) -> str:
-    import polars as pl
-
-    frames = []
-    for r in results:
-        if r.ok:
-            rows = r.rows()
-            frames.append(
-                rows.frame("stages").with_columns(
-                    pl.lit(r.trace).alias("trace"), pl.lit(None, pl.String).alias("error")
-                )
-            )
-        else:
-            frames.append(pl.DataFrame({"trace": [r.trace], "error": [r.error]}))
+def _summary_csv(entries: Sequence[BatchEntry]) -> str:
+    frames = [
+        frame_of("stages", e.stages).with_columns(
+            pl.lit(e.trace).alias("trace"), pl.lit(None, pl.String).alias("error")
+        )
+        if e.run is not None
+        else pl.DataFrame({"trace": [e.trace], "error": [e.error]})
+        for e in entries
+    ]
     table = pl.concat(frames, how="diagonal_relaxed")
     first = ["trace", "run_id", "stage"]
-    table = table.select([c for c in first if c in table.columns] +
-                         [c for c in table.columns if c not in first])  # fmt: skip
-    return table.write_csv()
+    return table.select(first + [c for c in table.columns if c not in first]).write_csv()
 
 
-def render_summary(results: Sequence[RunResult], fmt: str) -> str:
+def render_summary(entries: Sequence[BatchEntry], fmt: str) -> str:
     """The summary as `json`, `csv` or `md` text."""
     if fmt == "json":
-        return json.dumps(summary_json(results), indent=2, allow_nan=False) + "\n"
+        return json.dumps(summary_json(entries), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
-        return _summary_csv(results)
-    return "# MFU summary\n\n" + _md_table(_SUMMARY_HEAD, _summary_rows(results)) + "\n"
+        return _summary_csv(entries)
+    return "# MFU summary\n\n" + _md_table(_SUMMARY_HEAD, _summary_rows(entries)) + "\n"
 
 
-def _emit_summary(results: Sequence[RunResult], fmt: str, output: Path | None) -> None:
+def _emit_summary(entries: Sequence[BatchEntry], fmt: str, output: Path | None) -> None:
     if fmt != "table":
-        text = render_summary(results, fmt)
+        text = render_summary(entries, fmt)
         if output is None:
             sys.stdout.write(text)
         else:
             output.write_text(text, encoding="utf-8")
         return
-    table = _rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(results), 3)
+    table = _rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
     if output is None:
         console = Console()
-        (console if console.is_terminal else Console(width=200)).print(table)
+        (console if console.is_terminal else Console(width=SUMMARY_WIDTH)).print(table)
         return
     with output.open("w", encoding="utf-8") as handle:
-        Console(file=handle, width=200).print(table)
+        Console(file=handle, width=SUMMARY_WIDTH).print(table)
