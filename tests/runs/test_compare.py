@@ -227,7 +227,9 @@ def test_cli_errors_are_one_line(stored: tuple[Path, str], real_rows: RunRows) -
     no_db = invoke("abcdef", "--", "012345")
     assert no_db.exit_code == 2 and "--db" in no_db.stderr
     no_sep = invoke("--db", db, real_rows.run_id)
-    assert no_sep.exit_code == 2 and "--" in no_sep.stderr
+    assert no_sep.exit_code == 2 and "no NEW runs given" in no_sep.stderr
+    helped = invoke("--help")
+    assert helped.exit_code == 0 and "BASE... -- NEW..." in helped.stdout
 
 
 def test_cli_on_traces_compares_their_fresh_analysis(good_traces: list[Path]) -> None:

@@ -41,8 +41,9 @@ class _SplitAtDashes(click.Command):
     written after it are moved back before it."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" not in args:
-            raise click.UsageError("separate the sides with --: mfu-compare BASE... -- NEW...", ctx)
+        if "--" not in args:  # --help, or an error naming the missing NEW side
+            ctx.meta["new_side"] = ()
+            return super().parse_args(ctx, args)
         cut = args.index("--")
         head, tail = list(args[:cut]), args[cut + 1 :]
         takes_value = {
