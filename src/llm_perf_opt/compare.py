@@ -44,6 +44,8 @@ BOOTSTRAP_CHUNK_DRAWS: Final = 4_000_000
 # band is widened by t/z because the spread itself is estimated from a handful of units.
 T_975: Final = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 Z_975: Final = 1.959964
+# Smallest relative value a widened residual may take (a unit at 0.1 % of its side's level).
+MIN_RELATIVE_UNIT: Final = 1e-3
 # Time metrics `--fail-on-regression` looks at.
 TIME_METRICS: Final = ("busy_s", "wall_s", "step_busy_s")
 RUN_FACTS: Final = ("model", "mode", "gpu_name", "dtype")
@@ -175,13 +177,15 @@ def _draws(
 def _residuals(a: FloatArray, b: FloatArray) -> FloatArray:
     """Each unit's numerator relative to its side's level, spread widened by 1/sqrt(1 - 1/n)
     (leverage-adjusted residuals: a side's level is fitted to its own n units, so the raw
-    residuals understate the spread). A side of one unit has no residual to give."""
+    residuals understate the spread), kept above `MIN_RELATIVE_UNIT` so that no redrawn level
+    turns negative. A side of one unit has no residual to give."""
     n = len(a)
     if n < 2:
         return np.empty(0)
     level = a.sum() / b.sum()
     per_unit = a / (b * level)
-    return np.asarray((1 + (per_unit - 1) / np.sqrt(1 - 1 / n)) * b, dtype=np.float64)
+    widened = np.maximum(1 + (per_unit - 1) / np.sqrt(1 - 1 / n), MIN_RELATIVE_UNIT)
+    return np.asarray(widened * b, dtype=np.float64)
 
 
 def small_sample_widening(df: int) -> float:

@@ -2,9 +2,10 @@
 
 Each trace is analyzed independently by `analyze_one`, which never raises for a bad trace: it
 returns a `RunResult` holding the report (plain dataclasses, no frames: ~20 kB pickled for the
-committed traces, growing with the decode steps) or the error line. The traces fan out over local processes (`-j N`) or a `dask.distributed`
-scheduler (`--dask ADDRESS`); workers open traces by path and send back results, and only this
-(client) process writes the results database and the outputs (docs/many-runs.md).
+committed traces, growing with the decode steps) or the error line. The traces fan out over
+local processes (`-j N`) or a `dask.distributed` scheduler (`--dask ADDRESS`); workers open
+traces by path and send back results, and only this (client) process writes the results
+database and the outputs (docs/many-runs.md).
 """
 
 from __future__ import annotations

@@ -270,3 +270,17 @@ def test_grouped_mm_improves_decode_and_prefill_busy_time_on_the_h200_traces() -
     assert decode["step_busy_s"].verdict == "improved"
     assert decode["kernels_per_step"].verdict == "improved"
     assert comparison.stages["vision"]["busy_s"].verdict == "within_noise"
+
+
+def test_wildly_scattered_units_give_a_finite_band(real_rows: RunRows) -> None:
+    """One page 20x slower than the other two: the widened residuals would go below zero
+    without their floor; the band stays finite and positive-ratio."""
+
+    def scatter(table: str, row: Row) -> Row:
+        slow = table == "instances" and row["stage"] == "prefill" and row["instance"] == 0
+        return {**row, "wall_s": row["wall_s"] * 20} if slow else row
+
+    wild = changed(real_rows, "w" * 16, scatter)
+    wall = compare_runs([wild], [real_rows]).stages["prefill"]["wall_s"]
+    assert wall.ci_low_pct > -100 and wall.ci_high_pct < float("inf")
+    assert wall.ci_low_pct < wall.delta_pct < wall.ci_high_pct

@@ -143,6 +143,26 @@ def test_a_writer_killed_mid_run_leaves_the_old_rows(
     assert dump(db, volatile=True) == before
 
 
+def test_two_writers_at_once_both_land(good_traces: list[Path], tmp_path: Path) -> None:
+    """Two `mfu-analyze --db` processes on one database at the same time: WAL and the busy
+    timeout serialize their transactions; every run of both is there, the file intact."""
+    db = tmp_path / "shared.sqlite"
+    env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
+    cli = [sys.executable, "-m", "llm_perf_opt.cli.analyze", "--db", str(db), "-j", "1"]
+    jobs = [[*cli, *(str(t) for t in good_traces[:2])], [*cli, str(good_traces[2])]]
+    children = [
+        subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for argv in jobs
+    ]
+    for child in children:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err
+    assert counts(db)["runs"] == 3
+    con = sqlite3.connect(db)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+
+
 def test_readonly_open_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ResultsDbError, match="does not exist"):
         ResultsDb(tmp_path / "none.sqlite", readonly=True)
