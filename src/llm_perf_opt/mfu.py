@@ -1078,6 +1078,8 @@ class Analysis:
     skipped_reason: str | None = None
     # What the reader left out of the trace (impossible rows), also in the report's warnings.
     trace_warnings: tuple[str, ...] = ()
+    # the run metadata the analysis used (backend settings for the results database)
+    meta: RunMeta | None = None
 
 
 def analyze_trace(
@@ -1133,7 +1135,7 @@ def analyze_trace(
     attribution = attribute(trace, selection, other_threads=options.other_threads)
     read_warnings = tuple(trace.warnings)
     if reason is not None or host_read is None:
-        return Analysis(attribution.ranges, None, reason, read_warnings)
+        return Analysis(attribution.ranges, None, reason, read_warnings, meta)
     try:
         say("computing MFU")
         report = _report(
@@ -1150,9 +1152,9 @@ def analyze_trace(
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
-        return Analysis(attribution.ranges, None, str(exc), read_warnings)
+        return Analysis(attribution.ranges, None, str(exc), read_warnings, meta)
     report = replace(report, warnings=(*read_warnings, *report.warnings))
-    return Analysis(attribution.ranges, report, None, read_warnings)
+    return Analysis(attribution.ranges, report, None, read_warnings, meta)
 
 
 def read_host_views(trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:

@@ -13,6 +13,7 @@ from typing import Any, Final
 import click
 from rich.console import Console
 
+from llm_perf_opt import runs
 from llm_perf_opt.cli._common import (
     FiniteFloat,
     echo_stdout,
@@ -142,7 +143,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("trace", type=_FILE)
+@click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @click.option(
     "--ctx-mode",
     type=click.Choice(["auto", "max", "fixed"]),
@@ -258,9 +259,32 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     is_flag=True,
     help="Also attribute launches from range-less threads of the process by time (heuristic).",
 )
-def main(trace: Path, **kw: Any) -> None:
+@click.option(
+    "--db",
+    type=_FILE,
+    help="Batch: store every run in this results database (sqlite; docs/many-runs.md).",
+)
+@click.option(
+    "--jobs",
+    "-j",
+    type=click.IntRange(min=1),
+    help="Batch: traces analyzed in parallel local processes. [default: the CPU cores]",
+)
+@click.option(
+    "--dask",
+    metavar="ADDRESS",
+    help="Batch: run on this dask.distributed scheduler (workers read the traces by path). "
+    "[default: $DASK_SCHEDULER_ADDRESS, else local processes]",
+)
+@click.option(
+    "--outdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Batch: write each trace's JSON and Markdown report into this directory.",
+)
+def main(traces: tuple[str, ...], **kw: Any) -> None:
     """Per-stage MFU (vision, prefill, decode: any of them) of an inference run from an nsys
-    SQLite TRACE (DeepSeek-OCR, or a Hugging Face model with --config config.json).
+    SQLite TRACE (DeepSeek-OCR, or a Hugging Face model with --config config.json); several
+    TRACEs, folders or globs make a batch (docs/many-runs.md).
 
     MFU = FLOPs / (peak FLOP/s × time), once with the GPU busy time of each stage's NVTX
     ranges (trace) and once with wall time (the runner's synchronized clock, or the range span);
@@ -278,10 +302,14 @@ def main(trace: Path, **kw: Any) -> None:
           --stage decode=decode --model deepseek-ocr --prefill-len 273 --decode-tokens 32
       mfu-analyze llama.sqlite --config config.json --prefill-len 512
       mfu-analyze any.sqlite --ranges-out ranges.csv
+      mfu-analyze runs/ 'sweep/*.sqlite.xz' --db results.sqlite -j 2   # batch, docs/many-runs.md
     """
-    inputs = [trace, *(kw[k] for k in INPUT_OPTIONS)]
-    with guarded(inputs=inputs, outputs=[kw[k] for k in OUTPUT_OPTIONS]):
-        _run(trace, kw)
+    inputs = [*map(Path, traces), *(kw[k] for k in INPUT_OPTIONS)]
+    with guarded(inputs=inputs, outputs=[kw[k] for k in (*OUTPUT_OPTIONS, "db")]):
+        if runs.is_batch(traces, kw):
+            request = runs.batch_request(traces, _options(kw), kw)
+            sys.exit(runs.run_batch(request, lambda line: click.echo(line, err=True)))
+        _run(Path(traces[0]), kw)
 
 
 if __name__ == "__main__":

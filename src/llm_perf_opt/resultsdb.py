@@ -1,0 +1,468 @@
+"""The results database: every analyzed run as rows of five sqlite tables (docs/many-runs.md).
+
+A run is keyed by its `run_id`, a hash of (trace content hash, analysis options): analyzing the
+same file with the same options again replaces its rows, in one transaction, so a killed writer
+leaves either the old rows or the new ones and never a mix. The database is in WAL mode and only
+the client process writes it (workers return rows, they never open the database).
+
+Rows are built from an `MfuReport` here, once; the compare step reads them back as frames, so a
+comparison of traces and one of stored run ids see the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import polars as pl
+
+from llm_perf_opt import __version__
+from llm_perf_opt.errors import LlmPerfOptError
+from llm_perf_opt.meta import RunMeta
+from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, RangeRef
+
+# Seconds a writer waits for another writer's transaction before giving up.
+BUSY_TIMEOUT_S: Final = 60.0
+
+RUNS: Final[dict[str, type]] = {
+    "run_id": str,
+    "trace_path": str,
+    "trace_name": str,
+    "content_hash": str,
+    "options_key": str,
+    "options": str,
+    "gpu_name": str,
+    "model": str,
+    "family": str,
+    "mode": str,
+    "dtype": str,
+    "attn_implementation": str,
+    "experts_implementation": str,
+    "backend": str,
+    "meta_run_id": str,
+    "peak_flops": float,
+    "peak_bandwidth_Bps": float,
+    "ctx_mode": str,
+    "flops_source": str,
+    "meta_source": str,
+    "warnings": str,
+    "tool_version": str,
+    "analyzed_at": str,
+    "analysis_s": float,
+}
+STAGES: Final[dict[str, type]] = {
+    "run_id": str,
+    "stage": str,
+    "n_instances": int,
+    "flops": float,
+    "gpu_busy_s": float,
+    "kernel_sum_s": float,
+    "cpu_s": float,
+    "wall_s": float,
+    "wall_source": str,
+    "mfu_trace": float,
+    "mfu_wall": float,
+    "idle_fraction": float,
+    "n_gpu_ops": int,
+    "n_kernels": int,
+    "mean_kernel_us": float,
+    "verdict": str,
+    "decode_steps": int,
+    "kernels_per_step": float,
+    "step_gpu_busy_s": float,
+    "step_wall_s": float,
+    "decode_bytes": float,
+    "bytes_per_step": float,
+    "mbu_trace": float,
+    "mbu_wall": float,
+}
+INSTANCES: Final[dict[str, type]] = {
+    "run_id": str,
+    "stage": str,
+    "instance": int,
+    "image_index": int,
+    "warmup": int,
+    "flops": float,
+    "gpu_busy_s": float,
+    "kernel_sum_s": float,
+    "cpu_s": float,
+    "wall_s": float,
+    "mfu_trace": float,
+    "mfu_wall": float,
+    "idle_fraction": float,
+    "n_gpu_ops": int,
+    "n_kernels": int,
+    "decode_steps": int,
+    "decode_bytes": float,
+    "mbu_trace": float,
+    "mbu_wall": float,
+}
+DECODE_STEPS: Final[dict[str, type]] = {
+    "run_id": str,
+    "instance": int,
+    "step": int,
+    "ctx_len": int,
+    "gpu_busy_s": float,
+    "cpu_s": float,
+    "wall_s": float,
+    "wall_source": str,
+    "n_gpu_ops": int,
+}
+TOP_KERNELS: Final[dict[str, type]] = {
+    "run_id": str,
+    "stage": str,
+    "rank": int,
+    "name": str,
+    "count": int,
+    "total_s": float,
+    "mean_us": float,
+    "share": float,
+}
+# table → (columns, primary key); children are deleted before their run is written again.
+TABLES: Final[dict[str, tuple[dict[str, type], tuple[str, ...]]]] = {
+    "runs": (RUNS, ("run_id",)),
+    "stages": (STAGES, ("run_id", "stage")),
+    "instances": (INSTANCES, ("run_id", "stage", "instance")),
+    "decode_steps": (DECODE_STEPS, ("run_id", "instance", "step")),
+    "top_kernels": (TOP_KERNELS, ("run_id", "stage", "rank")),
+}
+# Columns that record when and how fast a run was analyzed, not what was measured.
+VOLATILE_COLUMNS: Final = frozenset({"analyzed_at", "analysis_s"})
+_POLARS: Final = {str: pl.String, int: pl.Int64, float: pl.Float64}
+
+
+class ResultsDbError(LlmPerfOptError):
+    """The results database cannot be used as asked."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, RangeRef):
+        return [value.name, value.domain]
+    if is_dataclass(value) and not isinstance(value, type):
+        return _jsonable(asdict(value))
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def options_json(options: AnalyzeOptions) -> str:
+    """The analysis options as canonical JSON (sorted keys): equal options, equal text."""
+    fields = {k: _jsonable(getattr(options, k)) for k in sorted(options.__dataclass_fields__)}
+    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+
+
+def run_id_of(content_hash: str, options_text: str) -> str:
+    """The key of a run: the same bytes analyzed with the same options get the same id."""
+    digest = hashlib.sha256(f"{content_hash}\n{options_text}".encode()).hexdigest()
+    return digest[:16]
+
+
+def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file's bytes (as stored: a compressed trace hashes its compressed bytes)."""
+    sha = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What identifies a run and how it was made, besides the report itself."""
+
+    trace_path: str
+    content_hash: str
+    options: str
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    analysis_s: float = 0.0
+
+    @property
+    def run_id(self) -> str:
+        return run_id_of(self.content_hash, self.options)
+
+
+def meta_facts(meta: RunMeta | None) -> dict[str, Any]:
+    """Model, mode and backend settings of the run metadata, for the `runs` row."""
+    if meta is None:
+        return {}
+    model = meta.raw.get("model", {}) if isinstance(meta.raw.get("model"), Mapping) else {}
+    backend = {
+        k: model[k] for k in ("attn_implementation", "experts_implementation", "sdpa_cudnn")
+        if k in model
+    }  # fmt: skip
+    backend |= {k: meta.raw[k] for k in ("cuda_graphs",) if k in meta.raw}
+    return {
+        "model": meta.model_name,
+        "family": meta.family,
+        "mode": meta.mode,
+        "dtype": meta.dtype,
+        "attn_implementation": model.get("attn_implementation"),
+        "experts_implementation": model.get("experts_implementation"),
+        "backend": json.dumps(backend, sort_keys=True),
+        "meta_run_id": meta.run_id,
+    }
+
+
+@dataclass(frozen=True)
+class RunRows:
+    """One run as rows of each table (`runs` holds exactly one)."""
+
+    tables: Mapping[str, Sequence[Mapping[str, Any]]]
+
+    @property
+    def run(self) -> Mapping[str, Any]:
+        return self.tables["runs"][0]
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["run_id"])
+
+    def frame(self, table: str) -> pl.DataFrame:
+        """A table's rows as a frame with the declared column types."""
+        return frame_of(table, self.tables[table])
+
+
+def frame_of(table: str, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    """Rows of `table` as a frame with its declared schema (also when there are none)."""
+    columns = TABLES[table][0]
+    schema = {name: _POLARS[kind] for name, kind in columns.items()}
+    return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
+
+
+def _s(ns: float | None) -> float | None:
+    return None if ns is None else ns / 1e9
+
+
+def rows_from_report(
+    record: RunRecord, report: MfuReport, analyzed_at: str | None = None
+) -> RunRows:
+    """The five tables' rows of one analyzed trace."""
+    rid = record.run_id
+    peak = report.peak
+    run = dict.fromkeys(RUNS) | {
+        "run_id": rid,
+        "trace_path": record.trace_path,
+        "trace_name": Path(record.trace_path).name,
+        "content_hash": record.content_hash,
+        "options_key": hashlib.sha256(record.options.encode()).hexdigest()[:16],
+        "options": record.options,
+        "gpu_name": report.gpu_name,
+        "peak_flops": peak.peak_flops,
+        "peak_bandwidth_Bps": peak.peak_bandwidth_Bps,
+        "ctx_mode": report.ctx.mode,
+        "flops_source": report.flops_source,
+        "meta_source": report.meta_source,
+        "warnings": json.dumps(list(report.warnings)),
+        "tool_version": __version__,
+        "analyzed_at": analyzed_at or datetime.now(UTC).isoformat(timespec="seconds"),
+        "analysis_s": record.analysis_s,
+    }
+    run |= {k: v for k, v in record.meta.items() if k in RUNS}
+    stages, instances, kernels = [], [], []
+    for name, s in report.stages.items():
+        stages.append(
+            {
+                "run_id": rid,
+                "stage": name,
+                "n_instances": len(s.instances),
+                "flops": s.flops,
+                "gpu_busy_s": _s(s.gpu_busy_ns),
+                "kernel_sum_s": _s(s.kernel_sum_ns),
+                "cpu_s": _s(s.cpu_duration_ns),
+                "wall_s": _s(s.wall_ns),
+                "wall_source": s.wall_source,
+                "mfu_trace": s.mfu_trace,
+                "mfu_wall": s.mfu_wall,
+                "idle_fraction": s.idle_fraction,
+                "n_gpu_ops": s.n_gpu_ops,
+                "n_kernels": s.n_kernels,
+                "mean_kernel_us": None if s.mean_kernel_ns is None else s.mean_kernel_ns / 1e3,
+                "verdict": s.verdict,
+                "decode_steps": s.decode_steps,
+                "kernels_per_step": s.kernels_per_step,
+                "step_gpu_busy_s": _s(s.step_busy_ns),
+                "step_wall_s": _s(s.step_wall_ns),
+                "decode_bytes": s.decode_bytes,
+                "bytes_per_step": s.bytes_per_step,
+                "mbu_trace": s.mbu_trace,
+                "mbu_wall": s.mbu_wall,
+            }
+        )
+        instances += [
+            {
+                "run_id": rid,
+                "stage": name,
+                "instance": r.instance,
+                "image_index": r.image_index,
+                "warmup": int(r.warmup),
+                "flops": r.flops,
+                "gpu_busy_s": _s(r.gpu_busy_ns),
+                "kernel_sum_s": _s(r.kernel_sum_ns),
+                "cpu_s": _s(r.cpu_duration_ns),
+                "wall_s": _s(r.wall_ns),
+                "mfu_trace": r.mfu_trace,
+                "mfu_wall": r.mfu_wall,
+                "idle_fraction": r.idle_fraction,
+                "n_gpu_ops": r.n_gpu_ops,
+                "n_kernels": r.n_kernels,
+                "decode_steps": r.decode_steps,
+                "decode_bytes": r.decode_bytes,
+                "mbu_trace": r.mbu_trace,
+                "mbu_wall": r.mbu_wall,
+            }
+            for r in s.instances
+        ]
+        kernels += [
+            {
+                "run_id": rid,
+                "stage": name,
+                "rank": rank,
+                "name": k.name,
+                "count": k.count,
+                "total_s": _s(k.total_ns),
+                "mean_us": k.mean_ns / 1e3,
+                "share": k.share,
+            }
+            for rank, k in enumerate(s.top_kernels, start=1)
+        ]
+    steps = [
+        {
+            "run_id": rid,
+            "instance": d.instance,
+            "step": d.step,
+            "ctx_len": d.ctx_len,
+            "gpu_busy_s": _s(d.gpu_busy_ns),
+            "cpu_s": _s(d.cpu_duration_ns),
+            "wall_s": _s(d.wall_ns),
+            "wall_source": d.wall_source,
+            "n_gpu_ops": d.n_gpu_ops,
+        }
+        for d in report.decode_steps
+    ]
+    return RunRows(
+        {
+            "runs": [run],
+            "stages": stages,
+            "instances": instances,
+            "decode_steps": steps,
+            "top_kernels": kernels,
+        }
+    )
+
+
+class ResultsDb:
+    """The results database file; `readonly=True` opens an existing one without writing."""
+
+    def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
+        import sqlite_utils  # 0.3 s of imports: only when a database is used
+
+        self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise ResultsDbError(
+                    f"results database {str(self.path)!r} does not exist; make one with "
+                    "`mfu-analyze TRACES... --db FILE`"
+                )
+            conn = sqlite3.connect(
+                f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S
+            )
+        else:
+            try:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
+            except sqlite3.OperationalError as exc:
+                raise ResultsDbError(
+                    f"cannot open results database {str(self.path)!r} ({exc}); check the path"
+                ) from exc
+        self.db = sqlite_utils.Database(conn)
+        try:
+            if readonly:
+                missing = [t for t in TABLES if not self.db[t].exists()]
+                if missing:
+                    raise ResultsDbError(
+                        f"{str(self.path)!r} is not a results database (no table "
+                        f"{missing[0]!r}); give the file `mfu-analyze --db` wrote"
+                    )
+            else:
+                self._create()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise ResultsDbError(
+                f"{str(self.path)!r} is not a usable SQLite database ({exc}); give another --db"
+            ) from exc
+
+    def _create(self) -> None:
+        self.db.enable_wal()
+        with self.db.atomic():
+            for name, (columns, pk) in TABLES.items():
+                key = pk if len(pk) > 1 else pk[0]
+                self.db.table(name).create(columns, pk=key, if_not_exists=True)
+            self.db.table("runs").create_index(["content_hash"], if_not_exists=True)
+            self.db.table("runs").create_index(["trace_name"], if_not_exists=True)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def __enter__(self) -> ResultsDb:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def write(self, rows: RunRows) -> None:
+        """Replace the run's rows in every table, in one transaction."""
+        rid = rows.run_id
+        with self.db.atomic():
+            for name in reversed(list(TABLES)):
+                self.db.execute(f"DELETE FROM [{name}] WHERE run_id = ?", [rid])
+            for name, table_rows in rows.tables.items():
+                if table_rows:
+                    self.db.table(name).insert_all(dict(r) for r in table_rows)
+
+    def run_ids(self) -> list[str]:
+        return [r["run_id"] for r in self.db.query("SELECT run_id FROM runs ORDER BY run_id")]
+
+    def resolve(self, token: str) -> str:
+        """A run id from itself or a unique prefix of it.
+
+        Raises:
+            ResultsDbError: no run, or several, match.
+        """
+        found = [
+            r["run_id"]
+            for r in self.db.query(
+                "SELECT run_id FROM runs WHERE run_id LIKE ? ORDER BY run_id", [f"{token}%"]
+            )
+        ]
+        if len(found) != 1:
+            what = "no run" if not found else f"{len(found)} runs"
+            raise ResultsDbError(
+                f"{what} in {str(self.path)!r} with id {token!r}; give a trace path or one of "
+                "the ids `sqlite-utils FILE 'select run_id, trace_name from runs'` lists"
+            )
+        return str(found[0])
+
+    def load(self, run_id: str) -> RunRows:
+        """Every row of one run."""
+        tables = {}
+        for name, (_, pk) in TABLES.items():
+            query = f"SELECT * FROM [{name}] WHERE run_id = ? ORDER BY {', '.join(pk)}"
+            tables[name] = list(self.db.query(query, [run_id]))
+        return RunRows(tables)
+
+    def dump(self, *, volatile: bool = False) -> dict[str, list[tuple[Any, ...]]]:
+        """Every table's rows in key order (without the volatile columns unless asked): two
+        databases with the same runs give equal dumps."""
+        out: dict[str, list[tuple[Any, ...]]] = {}
+        for name, (columns, pk) in TABLES.items():
+            cols = [c for c in columns if volatile or c not in VOLATILE_COLUMNS]
+            query = f"SELECT {', '.join(cols)} FROM [{name}] ORDER BY {', '.join(pk)}"
+            out[name] = [tuple(r.values()) for r in self.db.query(query)]
+        return out
