@@ -7,7 +7,6 @@ prints. `read_hf_config` tells a Hugging Face family config from our own and Dee
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from llm_perf_opt.flops.hf import (
     hf_model_from_dict,
     unsupported_type_error,
 )
+from llm_perf_opt.userfiles import load_config_file
 
 # Keys of our own config JSON and of DeepSeek-OCR's config.json (read by `flops.configs`).
 _OWN_FORMS: Final = ("schema", "language_config")
@@ -61,12 +61,7 @@ def read_hf_config(path: str | Path) -> HfModel | None:
         ConfigError: unreadable file, or a model_type no reader supports.
     """
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {p} does not exist; pass an existing JSON file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {p} is not readable JSON ({exc}); fix the file") from None
+    data = load_config_file(p)
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a JSON object, got {type(data).__name__}")
     if _is_deepseek_ocr(data):
