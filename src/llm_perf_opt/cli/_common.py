@@ -51,7 +51,7 @@ class CliError(click.ClickException):
         super().__init__(one_line(message))
 
 
-class FiniteFloat(click.ParamType[float]):
+class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.3
     """A float option in `(low, high]`: NaN, ±Inf and absurd magnitudes are usage errors."""
 
     name = "float"
