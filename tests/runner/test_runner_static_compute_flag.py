@@ -7,6 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+# The runner extra (`pip install -e ".[runner]"`) brings these; without it the module is skipped.
+pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
+pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 
 from llm_perf_opt.runner.cli import main
