@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
@@ -399,6 +400,20 @@ class ResultsDb:
             ) from exc
 
     def _create(self) -> None:
+        """Create the tables, waiting out another writer doing the same: switching to WAL and
+        upgrading a read to a write lock fail at once with "locked" (SQLite's busy handler is
+        not asked where waiting could deadlock), so those are retried until the busy timeout."""
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._create_once()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _create_once(self) -> None:
         self.db.enable_wal()
         with self.db.atomic():
             for name, (columns, pk) in TABLES.items():
