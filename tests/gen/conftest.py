@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from benchmarks.gen_trace import Summary, generate
+
+from .trace_facts import Op, Range, connect, ops, ranges
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.gen_trace import Summary, generate  # noqa: E402
-
-from .trace_facts import Op, Range, connect, ops, ranges  # noqa: E402
-
 TINY_KERNELS = 2_000
 
 

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from benchmarks.gen_trace import generate
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.gen_trace import generate  # noqa: E402
 
 SMALL_KERNELS = 2_000
 SEEDS = (1, 2, 3)
