@@ -32,7 +32,9 @@ OPTION_SETS: dict[str, tuple[str, ...]] = {
     "fp16_top3": ("--dtype", "fp16", "--top-kernels", "3"),
 }
 FORMATS = ("json", "csv", "md", "table")
-EXTRA_ARGS = {"llama_1b_shape": ("--config", "traces/meta/llama_1b_shape.config.json")}
+EXTRA_ARGS = {
+    "llama_1b_shape": ("--config", "traces/meta/llama_1b_shape.config.json", "--prefill-len", "512")
+}
 
 
 def _jobs(out: Path) -> list[tuple[list[str], Path]]:
