@@ -29,7 +29,8 @@ if __package__ in (None, ""):  # run as a script: import from the repo root and 
     _ROOT = Path(__file__).resolve().parents[1]
     sys.path[:0] = [str(_ROOT), str(_ROOT / "src")]
 
-from benchmarks.gen_trace import generate, parse_count
+from benchmarks.gen_trace import generate
+from benchmarks.gen_trace.cli import parse_count
 
 REPO = Path(__file__).resolve().parents[1]
 GET_NSYS = REPO.parent / "shared" / "tools" / "get-nsys-stats.sh"
