@@ -1,6 +1,6 @@
 """Speed and peak memory of the analysis on one generated trace, next to NVIDIA and a raw scan.
 
-Issue 7 asks, on the same file and in one run: the full `mfu-analyze --format json`, the
+Times, on the same file and in one run: the full `mfu-analyze --format json`, the
 `--ranges-out` attribution alone, NVIDIA's `nsys stats -r nvtxgpuproj,nvtxkernsum` and the floor,
 a raw scan of the three big tables through the sqlite3 CLI. Each command runs in a fresh child
 of a small wrapper, so its wall time and its peak RSS (`RUSAGE_CHILDREN`: the largest process of
@@ -29,10 +29,11 @@ if __package__ in (None, ""):  # run as a script: import from the repo root and 
     _ROOT = Path(__file__).resolve().parents[1]
     sys.path[:0] = [str(_ROOT), str(_ROOT / "src")]
 
-from benchmarks.gen_trace import generate, parse_count
+from benchmarks.gen_trace import generate
+from benchmarks.gen_trace.cli import parse_count
 
 REPO = Path(__file__).resolve().parents[1]
-GET_NSYS = REPO.parent / "shared" / "tools" / "get-nsys-stats.sh"
+GET_NSYS = REPO / "scripts" / "get-nsys-stats.sh"
 DEFAULT_ANALYZE = f"{shlex.quote(sys.executable)} -m llm_perf_opt.cli.analyze"
 RAW_SCAN_SQL = (
     "SELECT start, end, correlationId, globalPid FROM CUPTI_ACTIVITY_KIND_KERNEL; "

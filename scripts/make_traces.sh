@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Makes the DeepSeek-OCR traces committed in traces/ on the lent H100 (traces/README.md says how
-# each file was made). Run from the repository root on the GPU machine, with .devkit/ from
-# ../shared/device/make-kit.sh carried along:   bash scripts/make_traces.sh
+# Makes the DeepSeek-OCR traces committed in traces/ on an H100 (traces/README.md says how each
+# file was made). Run from the repository root on the GPU machine, with the capture kit in
+# .devkit/ (its nsys-capture.sh) beside it:   bash scripts/make_traces.sh
 # Writes to $OUT: one .sqlite.xz per capture and capture_extras.tgz (NVIDIA's projection CSVs,
 # run.meta.json of each capture, the NVTX-overhead benchmark, versions).
 set -euo pipefail

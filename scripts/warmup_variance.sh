@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cold vs warmed stage times (issue 6): fresh runner processes with 0 and with 2 warmup rounds,
+# Cold vs warmed stage times: fresh runner processes with 0 and with 2 warmup rounds,
 # REPEATS each, alternating; every run.meta.json goes into $1 (default /tmp/traces/warmup).
 set -euo pipefail
 dest=${1:-/tmp/traces/warmup}

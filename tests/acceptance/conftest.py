@@ -28,7 +28,7 @@ TRACES: Final = REPO / "traces"
 NAMES: Final = ("dsocr_v1_base", "dsocr_v1_gundam", "dsocr2_base")
 STAGES: Final = ("vision", "prefill", "decode")
 DOMAIN: Final = "llm_perf_opt"
-# NVTX push/pop and start/end range event types (shared/reference/nsys-sqlite.md).
+# NVTX push/pop and start/end range event types of NVIDIA's SQLite export (docs/architecture.md).
 RANGE_EVENT_TYPES: Final = (59, 60, 70, 71)
 
 

@@ -1,10 +1,11 @@
-"""The MFU report of a real trace, rebuilt from independent pieces (issue 5's acceptance).
+"""The MFU report of a real trace, rebuilt from independent pieces (the acceptance oracle).
 
 Nothing here calls `llm_perf_opt.mfu` or `llm_perf_opt.report`: FLOPs and bytes come from
 `flops.analytic` and the config the runner recorded in the trace's metadata mark, GPU time from
 `attribution.attribute` on the stage ranges (inclusive columns), the peak from NVIDIA's datasheet
-(shared/reference/gpu-peaks.md), wall time from the metadata's `images[i].wall_s`. Warmup ranges
-are recognized by time containment in the `warmup` range, not by the analyzer's path rule.
+(typed in here, not read from `llm_perf_opt.peaks`), wall time from the metadata's
+`images[i].wall_s`. Warmup ranges are recognized by time containment in the `warmup` range, not by
+the analyzer's path rule.
 """
 
 from __future__ import annotations

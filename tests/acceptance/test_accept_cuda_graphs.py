@@ -1,4 +1,4 @@
-"""Decode through CUDA graphs, traced both ways on an H200 (issue 12): GPU busy and MFU of the
+"""Decode through CUDA graphs, traced both ways on an H200: GPU busy and MFU of the
 graph-level trace (nsys's default) against the node-level one of the same run.
 
 `traces/dsocr_v1_base_cg_node` and `_cg_graph`: v1 base, `--cuda-graphs --experts-implementation

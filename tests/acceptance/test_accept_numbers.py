@@ -1,4 +1,4 @@
-"""Issue 5 acceptance on the real H100 traces: every number of `mfu-analyze --format json`
+"""Acceptance on the real H100 traces: every number of `mfu-analyze --format json`
 recomputed from independent pieces, in every context mode, and the relations the math implies."""
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def test_flops_follow_the_formulas(real: RealTraces, name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_trace_mfu_at_least_wall_mfu_and_all_non_zero(real: RealTraces, name: str) -> None:
-    """Issue 6: vision, prefill and decode MFU are non-zero, trace and wall; trace ≥ wall."""
+    """Vision, prefill and decode MFU are non-zero, trace and wall; trace ≥ wall."""
     doc = real.auto(name)
     for stage in STAGES:
         s = doc["stages"][stage]

@@ -1,4 +1,4 @@
-"""The report files on a real trace: PNG plots (issue 5), CSV and Markdown with the stage rows, and
+"""The report files on a real trace: PNG plots, CSV and Markdown with the stage rows, and
 printed percentages that mean something (decode MFU is ~0.03 %: never a bare `0.0%`)."""
 
 from __future__ import annotations

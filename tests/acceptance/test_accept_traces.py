@@ -1,4 +1,4 @@
-"""Issue 6: the committed traces are what traces/README.md says — NVTX names and nesting, the
+"""The committed traces are what traces/README.md says — NVTX names and nesting, the
 runner's metadata (checked against the schema and against the analytic image layout) and the GPU."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Issue 6's validation output: docs/validation.md is what scripts/validate_plan.py makes from the
+"""The validation output: docs/validation.md is what scripts/validate_plan.py makes from the
 committed traces and figures, and the figures it quotes are the ones it says they are."""
 
 from __future__ import annotations

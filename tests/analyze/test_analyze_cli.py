@@ -27,7 +27,7 @@ STAGE_FLAGS = [
     "--stage", "vision=vision", "--stage", "prefill=prefill", "--stage", "decode=decode",
     "--model", "deepseek-ocr", "--prefill-len", "273", "--decode-tokens", "32",
 ]  # fmt: skip
-H100_SXM_BF16 = 989.4e12  # shared/reference/gpu-peaks.md, dense
+H100_SXM_BF16 = 989.4e12  # NVIDIA's datasheet, dense
 
 
 def invoke(*args: str | Path) -> Result:
@@ -65,7 +65,7 @@ def test_probe_json_numbers_from_independent_pieces(
             analytic.decode_flops_per_token(cfg.text, 273 + k).total_flops for k in range(1, 33)
         ),
     }
-    # v1 decode per token: 1,148,190,720 + 61,440·C (shared/reference/flops-and-mfu.md)
+    # v1 decode per token: 1,148,190,720 + 61,440·C (docs/flops.md)
     assert flops["decode"] == sum(1_148_190_720 + 61_440 * (273 + k) for k in range(1, 33))
     # GPU busy time straight from the attribution of the three stage ranges
     attr = attribute(open_trace(probe_trace), RangeSelection(names=("vision", "prefill", "decode")))

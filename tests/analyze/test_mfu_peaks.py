@@ -1,4 +1,4 @@
-"""GPU peak lookup: nsys/nvidia-smi names → datasheet rows (shared/reference/gpu-peaks.md)."""
+"""GPU peak lookup: nsys/nvidia-smi names → datasheet rows (llm_perf_opt.peaks)."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from .test_report_outputs import STATIC
 
 REPO = Path(__file__).resolve().parents[2]
 TRACE = REPO / "traces" / "dsocr_v1_base.sqlite.xz"
-H100_SXM = (989.4e12, 3.35e12)  # dense bf16 FLOP/s, bytes/s (shared/reference/gpu-peaks.md)
+H100_SXM = (989.4e12, 3.35e12)  # dense bf16 FLOP/s, bytes/s (NVIDIA's datasheet)
 MEASURED = (CALIBRATION["peak_tflops"] * 1e12, CALIBRATION["peak_bandwidth_TBps"] * 1e12)
 LP = 282  # v1 base: 273 image positions + 9 text tokens
 

@@ -1,4 +1,4 @@
-"""Attribution parity on CUDA-graph decode traced both ways on an H200 (issue 12).
+"""Attribution parity on CUDA-graph decode traced both ways on an H200.
 
 The same run of v1 base with `--cuda-graphs --experts-implementation grouped_mm`, captured with
 `--cuda-graph-trace=node` and with `--cuda-graph-trace=graph` (nsys's default); NVIDIA's CSVs from

@@ -144,8 +144,8 @@ def test_fixed_and_max_decode() -> None:
 
 @given(lp=st.integers(1, 4000), steps=st.integers(1, 2000), slack=st.integers(0, 8192))
 def test_context_modes_order_auto_fixed_max(lp: int, steps: int, slack: int) -> None:
-    # With T decode steps (T + 1 generated tokens) the exact mean context is Lp + (T+1)/2, the
-    # issue's Lp + T_gen/2; whenever it is ≤ the fixed C ≤ window: auto ≤ fixed ≤ max.
+    # With T decode steps (T + 1 generated tokens) the exact mean context is Lp + (T+1)/2, that
+    # is Lp + T_gen/2; whenever it is ≤ the fixed C ≤ window: auto ≤ fixed ≤ max.
     fixed = lp + (steps + 2) // 2 + slack  # ≥ Lp + (T+1)/2
     assume(lp + steps <= TEXT.max_position_embeddings)
     assume(fixed <= TEXT.max_position_embeddings)

@@ -60,8 +60,12 @@ def test_llama_decode_is_twice_the_matmul_params_plus_attention(ctx_len: int) ->
 @pytest.mark.parametrize("name", DENSE)
 def test_dense_matmul_params_equal_the_transformers_linear_weights(name: str) -> None:
     """On the meta device (no memory), transformers' own Linear weights at full size."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip(
+        "torch", reason="needs the runner extra: pip install -e '.[runner]'"
+    )
+    transformers = pytest.importorskip(
+        "transformers", reason="needs the runner extra: pip install -e '.[runner]'"
+    )
     config = transformers.AutoConfig.for_model(**_json(name))
     with torch.device("meta"):
         model = transformers.AutoModelForCausalLM.from_config(config)

@@ -14,8 +14,10 @@ from typing import Any, Final
 
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
+transformers = pytest.importorskip(
+    "transformers", reason="needs the runner extra: pip install -e '.[runner]'"
+)
 
 from llm_perf_opt.flops import decoders, vision_towers  # noqa: E402
 from llm_perf_opt.flops.hf import hf_model_from_dict  # noqa: E402

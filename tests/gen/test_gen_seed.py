@@ -7,13 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from benchmarks.gen_trace import (
+from benchmarks.gen_trace import generate, plan_trace
+from benchmarks.gen_trace.plan import (
     BG_KERNELS_PER_IMAGE,
     FIXED_KERNELS,
     WARMUP_NEW_TOKENS,
     WARMUP_ROUNDS,
-    generate,
-    plan_trace,
 )
 
 from .trace_facts import connect, ranges

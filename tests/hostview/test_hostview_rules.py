@@ -6,7 +6,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-from tests.core.frames import gpid, gtid, ops_and_calls, ranges
 
 from llm_perf_opt.attribution import RangeSelection, attribute_frames
 from llm_perf_opt.hostview import (
@@ -19,6 +18,7 @@ from llm_perf_opt.hostview import (
     host_view,
     stage_windows,
 )
+from tests.core.frames import gpid, gtid, ops_and_calls, ranges
 
 MAIN, WORKER = gtid(1), gtid(2)
 

@@ -13,7 +13,6 @@ import pytest
 
 from llm_perf_opt.trace import open_trace
 
-pytest.importorskip("torch")
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 
@@ -52,6 +51,8 @@ def test_the_config_is_llama_3_2_1b_shaped() -> None:
 
 
 def test_the_script_runs_prefill_and_decode_on_a_small_config(tmp_path: Path) -> None:
+    pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
+    pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
     small = json.loads(CONFIG.read_text())
     small.update(
         hidden_size=64,
