@@ -14,7 +14,7 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from llm_perf_opt.compare import Comparison, MetricDelta, Regressions, RunInfo
-from llm_perf_opt.report import _md_table, _rich_table, format_pct
+from llm_perf_opt.report import format_pct, md_table, rich_table
 
 COMPARE_SCHEMA_ID: Final = "llm_perf_opt.mfu_compare/1"
 # How each metric is shown to a person: scale and format (JSON keeps the raw SI values).
@@ -114,7 +114,7 @@ def _header(c: Comparison) -> list[str]:
 
 def render_table(c: Comparison, console: Console, regressions: Regressions) -> None:
     parts: list[Any] = [Text("\n".join(_header(c)))]
-    parts.append(_rich_table("Base vs new per stage", _HEAD, _rows(c), 2))
+    parts.append(rich_table("Base vs new per stage", _HEAD, _rows(c), 2))
     notes = [f"flag: {f}" for f in c.flags] + [
         f"regression: {s} {m} {p:+.1f}%" for s, m, p in regressions
     ]
@@ -125,7 +125,7 @@ def render_table(c: Comparison, console: Console, regressions: Regressions) -> N
 
 def to_markdown(c: Comparison, regressions: Regressions) -> str:
     out = ["# MFU comparison", "", *(f"- {line}" for line in _header(c)), ""]
-    out += [_md_table(_HEAD, _rows(c)), ""]
+    out += [md_table(_HEAD, _rows(c)), ""]
     if c.flags:
         out += ["## Flags", "", *(f"- {f}" for f in c.flags), ""]
     if regressions:

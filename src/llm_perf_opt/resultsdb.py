@@ -5,8 +5,9 @@ same file with the same options again replaces its rows, in one transaction, so 
 leaves either the old rows or the new ones and never a mix. The database is in WAL mode and only
 the client process writes it (workers return rows, they never open the database).
 
-Rows are built from an `MfuReport` here, once; the compare step reads them back as frames, so a
-comparison of traces and one of stored run ids see the same numbers.
+Rows are the frames of the report's levels (`report.levels`: the columns flagged for the
+database), built here once; the compare step reads them back as frames, so a comparison of
+traces and one of stored run ids see the same numbers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +28,39 @@ from llm_perf_opt import __version__
 from llm_perf_opt.errors import LlmPerfOptError
 from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, RangeRef
+from llm_perf_opt.report.fields import DB, Field, Level
+from llm_perf_opt.report.levels import (
+    DECODE_STEP,
+    INSTANCE,
+    KERNEL,
+    RUN,
+    RUN_CONTEXT,
+    RUN_INPUTS,
+    RUN_PEAK,
+    RUN_SOURCE,
+    RUN_WARNINGS,
+    STAGE,
+    decode_step_frame,
+    instance_frame,
+    kernel_frame,
+    run_frame,
+    stage_frame,
+)
 
 # Seconds a writer waits for another writer's transaction before giving up.
 BUSY_TIMEOUT_S: Final = 60.0
 
+
+_SQLITE: Final[dict[Any, type]] = {pl.Float64: float, pl.Int64: int, pl.Boolean: int}
+
+
+def _sqlite_types(fields: Iterable[Field]) -> dict[str, type]:
+    """Column types of the fields the database writes (a flag is stored as 0/1, a list as its
+    JSON text)."""
+    return {f.name: _SQLITE.get(f.dtype.base_type(), str) for f in fields if DB in f.outputs}
+
+
+# What identifies the run, the GPU, the run metadata's facts, the report's other run columns.
 RUNS: Final[dict[str, type]] = {
     "run_id": str,
     "trace_path": str,
@@ -38,7 +68,7 @@ RUNS: Final[dict[str, type]] = {
     "content_hash": str,
     "options_key": str,
     "options": str,
-    "gpu_name": str,
+    **_sqlite_types(RUN_SOURCE),
     "model": str,
     "family": str,
     "mode": str,
@@ -47,91 +77,26 @@ RUNS: Final[dict[str, type]] = {
     "experts_implementation": str,
     "backend": str,
     "meta_run_id": str,
-    "peak_flops": float,
-    "peak_bandwidth_Bps": float,
-    "ctx_mode": str,
-    "flops_source": str,
-    "meta_source": str,
-    "warnings": str,
+    **_sqlite_types(RUN_PEAK + RUN_CONTEXT + RUN_INPUTS + RUN_WARNINGS),
     "tool_version": str,
     "analyzed_at": str,
     "analysis_s": float,
 }
-STAGES: Final[dict[str, type]] = {
-    "run_id": str,
-    "stage": str,
-    "n_instances": int,
-    "flops": float,
-    "gpu_busy_s": float,
-    "kernel_sum_s": float,
-    "cpu_s": float,
-    "wall_s": float,
-    "wall_source": str,
-    "mfu_trace": float,
-    "mfu_wall": float,
-    "idle_fraction": float,
-    "n_gpu_ops": int,
-    "n_kernels": int,
-    "mean_kernel_us": float,
-    "verdict": str,
-    "decode_steps": int,
-    "kernels_per_step": float,
-    "step_gpu_busy_s": float,
-    "step_wall_s": float,
-    "decode_bytes": float,
-    "bytes_per_step": float,
-    "mbu_trace": float,
-    "mbu_wall": float,
-}
-INSTANCES: Final[dict[str, type]] = {
-    "run_id": str,
-    "stage": str,
-    "instance": int,
-    "image_index": int,
-    "warmup": int,
-    "flops": float,
-    "gpu_busy_s": float,
-    "kernel_sum_s": float,
-    "cpu_s": float,
-    "wall_s": float,
-    "mfu_trace": float,
-    "mfu_wall": float,
-    "idle_fraction": float,
-    "n_gpu_ops": int,
-    "n_kernels": int,
-    "decode_steps": int,
-    "decode_bytes": float,
-    "mbu_trace": float,
-    "mbu_wall": float,
-}
-DECODE_STEPS: Final[dict[str, type]] = {
-    "run_id": str,
-    "instance": int,
-    "step": int,
-    "ctx_len": int,
-    "gpu_busy_s": float,
-    "cpu_s": float,
-    "wall_s": float,
-    "wall_source": str,
-    "n_gpu_ops": int,
-}
-TOP_KERNELS: Final[dict[str, type]] = {
-    "run_id": str,
-    "stage": str,
-    "rank": int,
-    "name": str,
-    "count": int,
-    "total_s": float,
-    "mean_us": float,
-    "share": float,
+Flatten = Callable[[MfuReport], pl.DataFrame]
+# The report's levels stored one table each: table → (level, its frame, key after `run_id`).
+LEVEL_TABLES: Final[dict[str, tuple[Level, Flatten, tuple[str, ...]]]] = {
+    "stages": (STAGE, stage_frame, ("stage",)),
+    "instances": (INSTANCE, instance_frame, ("stage", "instance")),
+    "decode_steps": (DECODE_STEP, decode_step_frame, ("instance", "step")),
+    "top_kernels": (KERNEL, kernel_frame, ("stage", "rank")),
 }
 # table → (columns, primary key); children are deleted before their run is written again.
 TABLES: Final[dict[str, tuple[dict[str, type], tuple[str, ...]]]] = {
     "runs": (RUNS, ("run_id",)),
-    "stages": (STAGES, ("run_id", "stage")),
-    "instances": (INSTANCES, ("run_id", "stage", "instance")),
-    "decode_steps": (DECODE_STEPS, ("run_id", "instance", "step")),
-    "top_kernels": (TOP_KERNELS, ("run_id", "stage", "rank")),
+    **{
+        table: ({"run_id": str, **_sqlite_types(level.fields)}, ("run_id", *key))
+        for table, (level, _, key) in LEVEL_TABLES.items()
+    },
 }
 # Columns that record when and how fast a run was analyzed, not what was measured.
 VOLATILE_COLUMNS: Final = frozenset({"analyzed_at", "analysis_s"})
@@ -238,8 +203,9 @@ def frame_of(table: str, rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame([dict(r) for r in rows], schema=schema, orient="row")
 
 
-def _s(ns: float | None) -> float | None:
-    return None if ns is None else ns / 1e9
+def _sqlite_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: json.dumps(v) if isinstance(v, list) else int(v) if isinstance(v, bool) else v
+            for k, v in row.items()}  # fmt: skip
 
 
 def rows_from_report(
@@ -247,7 +213,6 @@ def rows_from_report(
 ) -> RunRows:
     """The five tables' rows of one analyzed trace."""
     rid = record.run_id
-    peak = report.peak
     run = dict.fromkeys(RUNS) | {
         "run_id": rid,
         "trace_path": record.trace_path,
@@ -255,108 +220,17 @@ def rows_from_report(
         "content_hash": record.content_hash,
         "options_key": hashlib.sha256(record.options.encode()).hexdigest()[:16],
         "options": record.options,
-        "gpu_name": report.gpu_name,
-        "peak_flops": peak.peak_flops,
-        "peak_bandwidth_Bps": peak.peak_bandwidth_Bps,
-        "ctx_mode": report.ctx.mode,
-        "flops_source": report.flops_source,
-        "meta_source": report.meta_source,
-        "warnings": json.dumps(list(report.warnings)),
+        **_sqlite_row(RUN.rows(run_frame(report), DB)[0]),
         "tool_version": __version__,
         "analyzed_at": analyzed_at or datetime.now(UTC).isoformat(timespec="seconds"),
         "analysis_s": record.analysis_s,
     }
     run |= {k: v for k, v in record.meta.items() if k in RUNS}
-    stages, instances, kernels = [], [], []
-    for name, s in report.stages.items():
-        stages.append(
-            {
-                "run_id": rid,
-                "stage": name,
-                "n_instances": len(s.instances),
-                "flops": s.flops,
-                "gpu_busy_s": _s(s.gpu_busy_ns),
-                "kernel_sum_s": _s(s.kernel_sum_ns),
-                "cpu_s": _s(s.cpu_duration_ns),
-                "wall_s": _s(s.wall_ns),
-                "wall_source": s.wall_source,
-                "mfu_trace": s.mfu_trace,
-                "mfu_wall": s.mfu_wall,
-                "idle_fraction": s.idle_fraction,
-                "n_gpu_ops": s.n_gpu_ops,
-                "n_kernels": s.n_kernels,
-                "mean_kernel_us": None if s.mean_kernel_ns is None else s.mean_kernel_ns / 1e3,
-                "verdict": s.verdict,
-                "decode_steps": s.decode_steps,
-                "kernels_per_step": s.kernels_per_step,
-                "step_gpu_busy_s": _s(s.step_busy_ns),
-                "step_wall_s": _s(s.step_wall_ns),
-                "decode_bytes": s.decode_bytes,
-                "bytes_per_step": s.bytes_per_step,
-                "mbu_trace": s.mbu_trace,
-                "mbu_wall": s.mbu_wall,
-            }
-        )
-        instances += [
-            {
-                "run_id": rid,
-                "stage": name,
-                "instance": r.instance,
-                "image_index": r.image_index,
-                "warmup": int(r.warmup),
-                "flops": r.flops,
-                "gpu_busy_s": _s(r.gpu_busy_ns),
-                "kernel_sum_s": _s(r.kernel_sum_ns),
-                "cpu_s": _s(r.cpu_duration_ns),
-                "wall_s": _s(r.wall_ns),
-                "mfu_trace": r.mfu_trace,
-                "mfu_wall": r.mfu_wall,
-                "idle_fraction": r.idle_fraction,
-                "n_gpu_ops": r.n_gpu_ops,
-                "n_kernels": r.n_kernels,
-                "decode_steps": r.decode_steps,
-                "decode_bytes": r.decode_bytes,
-                "mbu_trace": r.mbu_trace,
-                "mbu_wall": r.mbu_wall,
-            }
-            for r in s.instances
-        ]
-        kernels += [
-            {
-                "run_id": rid,
-                "stage": name,
-                "rank": rank,
-                "name": k.name,
-                "count": k.count,
-                "total_s": _s(k.total_ns),
-                "mean_us": k.mean_ns / 1e3,
-                "share": k.share,
-            }
-            for rank, k in enumerate(s.top_kernels, start=1)
-        ]
-    steps = [
-        {
-            "run_id": rid,
-            "instance": d.instance,
-            "step": d.step,
-            "ctx_len": d.ctx_len,
-            "gpu_busy_s": _s(d.gpu_busy_ns),
-            "cpu_s": _s(d.cpu_duration_ns),
-            "wall_s": _s(d.wall_ns),
-            "wall_source": d.wall_source,
-            "n_gpu_ops": d.n_gpu_ops,
-        }
-        for d in report.decode_steps
-    ]
-    return RunRows(
-        {
-            "runs": [run],
-            "stages": stages,
-            "instances": instances,
-            "decode_steps": steps,
-            "top_kernels": kernels,
-        }
-    )
+    tables: dict[str, list[dict[str, Any]]] = {"runs": [run]}
+    for table, (level, frame, _) in LEVEL_TABLES.items():
+        rows = level.rows(frame(report), DB)
+        tables[table] = [{"run_id": rid, **_sqlite_row(row)} for row in rows]
+    return RunRows(tables)
 
 
 class ResultsDb:

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from llm_perf_opt.errors import LlmPerfOptError, SelectionError
 from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, analyze_trace
-from llm_perf_opt.report import RENDERERS, _md_table, _rich_table, format_pct, to_json_text
+from llm_perf_opt.report import format_pct, md_table, rich_table, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
     ResultsDb,
     RunRecord,
@@ -338,7 +338,7 @@ class _Outdir:
             stem = f"{stem}-{result.record.content_hash[:8]}"
         report = result.report
         (self.root / f"{stem}.json").write_text(to_json_text(report), encoding="utf-8")
-        (self.root / f"{stem}.md").write_text(RENDERERS["md"](report), encoding="utf-8")
+        (self.root / f"{stem}.md").write_text(to_markdown(report), encoding="utf-8")
 
 
 def run_batch(request: BatchRequest, echo_err: Echo) -> int:
@@ -470,7 +470,7 @@ def render_summary(entries: Sequence[BatchEntry], fmt: str) -> str:
         return json.dumps(summary_json(entries), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         return _summary_csv(entries)
-    return "# MFU summary\n\n" + _md_table(_SUMMARY_HEAD, _summary_rows(entries)) + "\n"
+    return "# MFU summary\n\n" + md_table(_SUMMARY_HEAD, _summary_rows(entries)) + "\n"
 
 
 def _emit_summary(entries: Sequence[BatchEntry], fmt: str, output: Path | None) -> None:
@@ -481,7 +481,7 @@ def _emit_summary(entries: Sequence[BatchEntry], fmt: str, output: Path | None) 
         else:
             output.write_text(text, encoding="utf-8")
         return
-    table = _rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
+    table = rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
     if output is None:
         console = Console()
         (console if console.is_terminal else Console(width=SUMMARY_WIDTH)).print(table)

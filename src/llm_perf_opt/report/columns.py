@@ -1,0 +1,186 @@
+"""The tables a person reads (Markdown and the terminal view), one per level: each column's
+header and how its cell shows the level's fields."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Final, NamedTuple
+
+from llm_perf_opt.hostview import HostGpuView
+from llm_perf_opt.mfu import InstanceResult, ModelResult, StageResult
+from llm_perf_opt.report.fields import Column, Field, shown
+from llm_perf_opt.report.levels import (
+    ACHIEVED,
+    BOUND,
+    CTX_FIRST,
+    CTX_LAST,
+    CTX_MEAN,
+    CTX_SOURCE,
+    DECODE_STEPS,
+    FLOPS,
+    GPU_BUSY,
+    GRAPH_OPS,
+    GRAPH_S,
+    IDLE,
+    IMAGE_INDEX,
+    INSTANCE_NO,
+    INTENSITY,
+    KERNEL_COUNT,
+    KERNEL_MEAN,
+    KERNEL_NAME,
+    KERNEL_SHARE,
+    KERNEL_SUM,
+    KERNEL_TOTAL,
+    MEAN_KERNEL,
+    MFU_TRACE,
+    MFU_WALL,
+    N_INSTANCES,
+    N_KERNELS,
+    PREFILL_LEN,
+    STAGE_NAME,
+    VERDICT,
+    WALL,
+    WALL_SOURCE,
+)
+from llm_perf_opt.report.text import count, format_pct, gflop, ms, num, short, tflops, us
+
+
+def _with_graphs(label: str, field: Field, graphs: Field, fmt: Callable[[Any], str]) -> Column:
+    """A kernel figure and, for a stage that ran CUDA graphs traced whole, the graphs' own."""
+    return Column(
+        label,
+        lambda s: fmt(field.raw(s)) + (f" + {fmt(graphs.raw(s))} graph" if s.n_graph_ops else ""),
+    )
+
+
+def _blank(x: object) -> str:
+    return "" if x is None else str(x)
+
+
+def _dash(x: object) -> str:
+    return "–" if x is None else str(x)
+
+
+_GFLOP: Final = shown("GFLOP", FLOPS, gflop)
+_BUSY: Final = shown("busy ms", GPU_BUSY, ms)
+_WALL: Final = shown("wall ms", WALL, ms)
+_MFU_TRACE: Final = shown("MFU trace", MFU_TRACE, format_pct)
+_MFU_WALL: Final = shown("MFU wall", MFU_WALL, format_pct)
+_IDLE: Final = shown("GPU idle", IDLE, format_pct)
+_STAGE: Final = shown("stage", STAGE_NAME, str)
+
+STAGE_TABLE: Final = (
+    _STAGE,
+    shown("inst", N_INSTANCES, str),
+    _GFLOP,
+    _BUSY,
+    _with_graphs("kernel ms", KERNEL_SUM, GRAPH_S, ms),
+    _WALL,
+    shown("wall from", WALL_SOURCE, str),
+    _MFU_TRACE,
+    _MFU_WALL,
+    _IDLE,
+    _with_graphs("kernels", N_KERNELS, GRAPH_OPS, count),
+    shown("µs/kernel", MEAN_KERNEL, us),
+    shown("verdict", VERDICT, str),
+)
+
+
+def _model_name(m: ModelResult) -> str:
+    return f"model (no {', '.join(m.absent_stages)})" if m.absent_stages else "model"
+
+
+# The model's row of the stage table: the columns it has.
+MODEL_ROW: Final = (Column("stage", _model_name), _GFLOP, _BUSY, _WALL, _MFU_TRACE, _MFU_WALL)
+
+
+def _image(r: InstanceResult) -> str:
+    return ("warmup " if r.warmup else "") + _blank(r.image_index)
+
+
+INSTANCE_TABLE: Final = (
+    _STAGE,
+    shown("inst", INSTANCE_NO, str),
+    Column("image", _image),
+    _GFLOP,
+    _BUSY,
+    _WALL,
+    _MFU_TRACE,
+    _MFU_WALL,
+    _IDLE,
+)
+KERNEL_TABLE: Final = (
+    shown("kernel", KERNEL_NAME, lambda name: short(name, 72)),
+    shown("count", KERNEL_COUNT, count),
+    shown("total ms", KERNEL_TOTAL, ms),
+    shown("mean µs", KERNEL_MEAN, us),
+    shown("share", KERNEL_SHARE, format_pct),
+)
+CONTEXT_TABLE: Final = (
+    shown("inst", INSTANCE_NO, str),
+    shown("image", IMAGE_INDEX, _blank),
+    shown("Lp", PREFILL_LEN, _dash),
+    shown("steps", DECODE_STEPS, str),
+    shown("C first", CTX_FIRST, lambda x: num(x, "d")),
+    shown("C last", CTX_LAST, lambda x: num(x, "d")),
+    shown("C mean", CTX_MEAN, lambda x: num(x, ".1f")),
+    shown("C from", CTX_SOURCE, str),
+)
+ROOFLINE_TABLE: Final = (
+    _STAGE,
+    _GFLOP,
+    Column("GB moved", lambda p: f"{p.bytes_moved / 1e9:,.3f}"),
+    shown("FLOP/byte", INTENSITY, lambda x: f"{x:,.1f}"),
+    shown("achieved TFLOP/s", ACHIEVED, tflops),
+    Column("roof TFLOP/s", lambda p: tflops(p.attainable_flops)),
+    shown("bound", BOUND, lambda b: b or "–"),
+)
+
+
+class HostRow(NamedTuple):
+    """A row of the host table: a stage's summed view, or its median decode step."""
+
+    name: str
+    view: HostGpuView
+    bound: str
+
+
+def host_rows(stages: Iterable[StageResult]) -> list[HostRow]:
+    rows = []
+    for s in stages:
+        if s.host is not None:
+            rows.append(HostRow(s.stage, s.host, s.host_bound or ""))
+        if s.per_step is not None:
+            rows.append(HostRow(f"{s.stage}/step", s.per_step, "(median)"))
+    return rows
+
+
+def _share(label: str, part: str, whole: str) -> Column:
+    """A part of the host span or of the GPU window, as a share of it."""
+    return Column(
+        label, lambda r: format_pct(getattr(r.view, part) / (getattr(r.view, whole) or 1.0))
+    )
+
+
+def _view(label: str, attr: str, fmt: Callable[[Any], str]) -> Column:
+    return Column(label, lambda r: fmt(getattr(r.view, attr)))
+
+
+HOST_TABLE: Final = (
+    Column("stage", lambda r: r.name),
+    _view("span ms", "span_ns", ms),
+    _share("launch", "launch_ns", "span_ns"),
+    _share("sync", "sync_ns", "span_ns"),
+    _share("API", "other_api_ns", "span_ns"),
+    _share("no API", "outside_api_ns", "span_ns"),
+    _view("launches", "n_launches", lambda x: f"{x:,.0f}"),
+    _view("syncs", "n_syncs", lambda x: f"{x:,.0f}"),
+    _view("copies", "n_memcpy", lambda x: f"{x:,.0f}"),
+    _share("busy", "busy_ns", "gpu_window_ns"),
+    _share("starved", "starved_ns", "gpu_window_ns"),
+    _share("queued", "queued_ns", "gpu_window_ns"),
+    _share("edge", "edge_ns", "gpu_window_ns"),
+    _view("lat µs", "launch_latency_median_ns", us),
+    _view("µs/op", "host_per_gpu_op_ns", us),
+    Column("bound", lambda r: r.bound),
+)

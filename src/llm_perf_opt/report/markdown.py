@@ -1,0 +1,52 @@
+"""The report as Markdown (`--format md`)."""
+
+from __future__ import annotations
+
+from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.report import sections
+from llm_perf_opt.report.tables import md_table
+from llm_perf_opt.report.text import WALL_SOURCES, verdict_rule
+
+
+def _section(s: sections.Section) -> list[str]:
+    return [f"## {s.title}", "", md_table(s.head, s.rows), ""]
+
+
+def to_markdown(report: MfuReport) -> str:
+    """A Markdown report: MFU per stage, instances, decode MBU, context lengths, MFU/MBU by
+    denominator and the calibration GEMMs (calibrated runs), the roofline, top kernels, the
+    static compute table when one was found, and warnings."""
+    out = ["# MFU report", "", *(f"- {line}" for line in sections.header_lines(report)), ""]
+    out += _section(sections.stage_section(report))
+    out += [
+        f"Wall time: {WALL_SOURCES.get(next(iter(report.stages.values())).wall_source, '')}. "
+        f"Verdict rule: {verdict_rule()}.",
+        "",
+    ]
+    out += _section(sections.instance_section(report))
+    decode = sections.decode_lines(report)
+    if decode:
+        out += ["## Decode", "", *(f"- {line}" for line in decode), ""]
+    host = sections.host_section(report)
+    if host.rows:
+        out += [*_section(host), *(f"- {v}" for v in sections.host_verdicts(report)), ""]
+    out += _section(sections.context_section(report))
+    peaks = sections.peak_section(report)
+    if peaks.rows:
+        out += _section(peaks) + _section(sections.calibration_section(report))
+    roofline = sections.roofline_section(report)
+    if roofline.rows:
+        out += _section(roofline)
+    for s in report.stages.values():
+        if s.top_kernels:
+            kernels = sections.kernel_section(s)
+            # names as code: demangled C++ (`<unnamed>`, `*`) would read as HTML or emphasis
+            rows = [(f"`{name}`", *rest) for name, *rest in kernels.rows]
+            out += _section(kernels._replace(rows=rows))
+    if report.static_compute is not None:
+        static = sections.static_section(report.static_compute, "Static compute (runner, fvcore)")
+        note = sections.static_note(report.static_compute)
+        out += [f"## {static.title}", "", note + "\n\n" + md_table(static.head, static.rows), ""]
+    if report.warnings:
+        out += ["## Warnings", "", *(f"- {w}" for w in report.warnings), ""]
+    return "\n".join(out)

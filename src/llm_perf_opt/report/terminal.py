@@ -1,0 +1,46 @@
+"""The report for a person at a terminal (`--format table`), as rich tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.report import sections
+from llm_perf_opt.report.tables import rich_table
+
+
+def _table(s: sections.Section) -> Table:
+    return rich_table(s.title, s.head, s.rows, s.left)
+
+
+def render_table(report: MfuReport, console: Console) -> None:
+    """Print the report for a person: header, stages, instances, decode, context, both
+    denominators (calibrated runs), roofline, kernels, static compute.
+
+    Columns do not wrap; give a non-terminal console a width (the CLI uses 160)."""
+    parts: list[Any] = [Text("\n".join(sections.header_lines(report)))]
+    parts.append(_table(sections.stage_section(report)))
+    if any(len(s.instances) > 1 for s in report.stages.values()):
+        parts.append(_table(sections.instance_section(report)))
+    parts.append(Text("\n".join(sections.decode_lines(report))))
+    host = sections.host_section(report)
+    if host.rows:
+        parts += [_table(host), Text("\n".join(sections.host_verdicts(report)))]
+    parts.append(_table(sections.context_section(report)))
+    peaks = sections.peak_section(report)
+    if peaks.rows:
+        parts += [_table(peaks), _table(sections.calibration_section(report))]
+    roofline = sections.roofline_section(report)
+    if roofline.rows:
+        parts.append(_table(roofline))
+    parts += [_table(sections.kernel_section(s)) for s in report.stages.values() if s.top_kernels]
+    if report.static_compute is not None:
+        title = "Static compute (runner, fvcore): " + sections.static_note(report.static_compute)
+        parts.append(_table(sections.static_section(report.static_compute, title)))
+    if report.warnings:
+        parts.append(Text("\n".join(f"warning: {w}" for w in report.warnings), style="yellow"))
+    console.print(Group(*parts))
