@@ -47,6 +47,7 @@ from llm_perf_opt.trace.files import (
 from llm_perf_opt.trace.frames import Trace
 from llm_perf_opt.trace.opening import open_trace
 from llm_perf_opt.trace.sqlite import SqliteTrace
+from llm_perf_opt.trace.tables import TableTrace
 
 __all__ = [
     "API_CALLS_SCHEMA",
@@ -64,6 +65,7 @@ __all__ = [
     "NoGpuOpsError",
     "NoNvtxEventsError",
     "SqliteTrace",
+    "TableTrace",
     "Trace",
     "TraceAccessError",
     "TraceError",

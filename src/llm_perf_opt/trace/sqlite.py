@@ -27,6 +27,7 @@ from llm_perf_opt.errors import (
     TraceAccessError,
     TraceError,
     TraceLockedError,
+    UnorderedTableError,
     WrongFileKindError,
 )
 from llm_perf_opt.trace.columns import EXPORT_MARKERS, Field, TableRead
@@ -80,6 +81,12 @@ class SqliteTrace(Trace):
         """Consecutive rowid ranges: each query seeks past the last rowid read, no sort."""
         import adbc_driver_sqlite.dbapi as adbc
 
+        kind = self._sql(f"SELECT type FROM sqlite_master WHERE name = '{read.table}'")
+        if kind and kind[0][0] == "view":
+            raise UnorderedTableError(
+                f"{self.path}: {read.table} is a view, without a stored row order to read in "
+                "batches; read it whole instead"
+            )
         select = f"rowid AS _rowid, {self._select(read)}"
         schema = {"_rowid": pl.Int64(), **read.schema}
         after = ""
