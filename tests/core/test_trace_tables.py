@@ -32,7 +32,7 @@ REPO: Final = Path(__file__).resolve().parents[2]
 LLAMA_SQLITE: Final = REPO / "traces" / "llama_1b_shape.sqlite.xz"
 LLAMA_PARQUET: Final = REPO / "tests" / "data" / "llama_parquet"
 CONFIG: Final = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
-ORACLE: Final = REPO / "tests" / "data" / "llama_small"
+LLAMA_SMALL: Final = REPO / "tests" / "data" / "llama_small"
 KERNELS: Final = "CUPTI_ACTIVITY_KIND_KERNEL"
 # Every frame a Trace returns, with the arguments that change its columns.
 FRAMES: Final[list[tuple[str, dict[str, Any]]]] = [
@@ -101,9 +101,11 @@ def test_the_report_is_the_sqlite_exports(twin: tuple[Path, Path, int]) -> None:
 
 def test_arrow_export_matches_nvidias_projection(llama_small: dict[str, Path]) -> None:
     ours = attribute(open_trace(llama_small["arrow"]))
-    bad = projection_mismatches(ours, ORACLE / "llama_small_nsys2025_nvtx_gpu_proj_trace.csv.xz")
+    bad = projection_mismatches(
+        ours, LLAMA_SMALL / "llama_small_nsys2025_nvtx_gpu_proj_trace.csv.xz"
+    )
     assert bad.is_empty(), bad
-    theirs, mine = kernel_sums(ours, ORACLE / "llama_small_nsys2025_nvtx_kern_sum.csv.xz")
+    theirs, mine = kernel_sums(ours, LLAMA_SMALL / "llama_small_nsys2025_nvtx_kern_sum.csv.xz")
     assert_frame_equal(theirs, mine)
     assert ours.ranges.filter(pl.col("name") == "decode_step").height == 8
 
@@ -155,9 +157,11 @@ def test_folders_that_are_no_export(tmp_path: Path) -> None:
         open_trace(LLAMA_PARQUET / "StringIds.parquet")
 
 
-def test_one_arrowdir_table_given_as_the_trace(llama_small: dict[str, Path]) -> None:
+def test_one_arrowdir_table_or_a_compressed_arrow_export(llama_small: dict[str, Path]) -> None:
     with pytest.raises(WrongFileKindError, match="holds only table NVTX_EVENTS"):
         open_trace(llama_small["arrowdir"] / "NVTX_EVENTS.arrow")
+    with pytest.raises(WrongFileKindError, match="is a compressed Arrow export"):
+        open_trace(LLAMA_SMALL / "llama_small.arrows.xz")
 
 
 def test_missing_table_and_column(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from llm_perf_opt.errors import (
 )
 from llm_perf_opt.trace.columns import EXPORT_MARKERS, Field, TableRead
 from llm_perf_opt.trace.files import (
+    ARROW_STREAM_MAGIC,
     SCRATCH_PREFIX,
     SQLITE_MAGIC,
     decompressed,
@@ -344,6 +345,11 @@ def open_sqlite(path: Path) -> SqliteTrace:
         ) from None
     if magic != SQLITE_MAGIC:
         remove_scratch_dir(scratch)
+        if scratch is not None and magic.startswith(ARROW_STREAM_MAGIC):
+            raise WrongFileKindError(
+                f"{path}: is a compressed Arrow export; only SQLite exports are read compressed. "
+                f"Decompress it (`xz -dk {path}`) and give the file."
+            )
         raise WrongFileKindError(wrong_kind_message(path))
     if _is_wal(db_path) and _has_pending_wal(db_path):
         remove_scratch_dir(scratch)
