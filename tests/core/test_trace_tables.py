@@ -155,6 +155,8 @@ def test_folders_that_are_no_export(tmp_path: Path) -> None:
         open_trace(tmp_path / "other")
     with pytest.raises(WrongFileKindError, match="one table of an nsys parquetdir export"):
         open_trace(LLAMA_PARQUET / "StringIds.parquet")
+    with pytest.raises(WrongFileKindError, match="is a Parquet file, not an nsys export"):
+        open_trace(tmp_path / "other" / "data.parquet")
 
 
 def test_one_arrowdir_table_or_a_compressed_arrow_export(llama_small: dict[str, Path]) -> None:

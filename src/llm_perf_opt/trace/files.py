@@ -81,10 +81,15 @@ def wrong_kind_message(path: Path) -> str:
             f"{path}: is a raw .qdstrm capture stream. Let nsys finish it into a .nsys-rep "
             "(`QdstrmImporter -i FILE.qdstrm`), then `nsys export --type sqlite` that report."
         )
-    if suffix == ".parquet" or (suffix == ".arrow" and table_dir_format(path.parent)):
+    if suffix == ".parquet":
+        if table_dir_format(path.parent):
+            return (
+                f"{path}: is one table of an nsys parquetdir export; give its folder "
+                f"{path.parent}, which is the trace."
+            )
         return (
-            f"{path}: is one table of an nsys {suffix[1:]}dir export; give its folder "
-            f"{path.parent}, which is the trace."
+            f"{path}: is a Parquet file, not an nsys export. Give the folder `nsys export "
+            "--type parquetdir -o DIR REPORT.nsys-rep` writes, or an SQLite export."
         )
     return f"{path}: is not an SQLite file. Give the `.sqlite` export of an nsys report."
 
