@@ -63,3 +63,7 @@ class TraceTooLargeError(TraceError):
 
 class OutputError(LlmPerfOptError):
     """An output cannot be written where asked (missing folder, read-only, disk full, an input)."""
+
+
+class UnorderedTableError(TraceError):
+    """A table is not stored in start order, so it cannot be read in batches; read it whole."""

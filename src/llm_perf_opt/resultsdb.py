@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import polars as pl
@@ -116,6 +116,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in sorted(value.items())}
     if isinstance(value, tuple | list):
         return [_jsonable(v) for v in value]
+    if isinstance(value, PurePath):  # option files given on the command line
+        return str(value)
     return value
 
 
@@ -132,11 +134,17 @@ def run_id_of(content_hash: str, options_text: str) -> str:
 
 
 def file_hash(path: str | Path, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file's bytes (as stored: a compressed trace hashes its compressed bytes)."""
+    """SHA-256 of a file's bytes (as stored: a compressed trace hashes its compressed bytes); of
+    a folder (a table export), of its files' names and bytes in name order."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
     sha = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while block := handle.read(chunk):
-            sha.update(block)
+    for file in files:
+        if path.is_dir():
+            sha.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:
+            while block := handle.read(chunk):
+                sha.update(block)
     return sha.hexdigest()
 
 

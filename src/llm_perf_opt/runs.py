@@ -41,8 +41,10 @@ from llm_perf_opt.resultsdb import (
     options_json,
     rows_from_report,
 )
+from llm_perf_opt.trace import table_dir_format
 
-TRACE_SUFFIXES: Final = (".sqlite", ".sqlite.xz", ".sqlite.gz")
+# Trace files; a folder of a parquetdir or arrowdir export is one trace too (`is_trace_file`).
+TRACE_SUFFIXES: Final = (".sqlite", ".sqlite.xz", ".sqlite.gz", ".arrows", ".arrow")
 GLOB_CHARS: Final = frozenset("*?[")
 DASK_ENV: Final = "DASK_SCHEDULER_ADDRESS"
 SUMMARY_SCHEMA_ID: Final = "llm_perf_opt.mfu_summary/1"
@@ -71,12 +73,21 @@ def has_glob(spec: str) -> bool:
 
 
 def is_trace_file(path: Path) -> bool:
-    return path.is_file() and path.name.endswith(TRACE_SUFFIXES)
+    """An nsys export: a file with a trace suffix, or a folder of a parquetdir or arrowdir
+    export (one trace; the .arrow table files inside it are not traces of their own)."""
+    if path.is_dir():
+        return table_dir_format(path) is not None
+    return (
+        path.is_file()
+        and path.name.endswith(TRACE_SUFFIXES)
+        and not (path.suffix == ".arrow" and table_dir_format(path.parent))
+    )
 
 
 def expand_paths(specs: Sequence[str]) -> list[Path]:
-    """Trace paths from files, directories (their `*.sqlite[.xz|.gz]`, recursively) and globs,
-    in the order given, each once. A plain path is kept even when missing: its analysis then
+    """Trace paths from files, directories (their `*.sqlite[.xz|.gz]`, `*.arrow[s]` and table
+    export folders, recursively; a table export folder itself is one trace) and globs, in the
+    order given, each once. A plain path is kept even when missing: its analysis then
     fails with the reader's error, next to the others.
 
     Raises:
@@ -88,7 +99,7 @@ def expand_paths(specs: Sequence[str]) -> list[Path]:
         if has_glob(spec):
             matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
             hits = [p for p in matches if is_trace_file(p)]
-        elif path.is_dir():
+        elif path.is_dir() and not is_trace_file(path):
             hits = sorted(p for p in path.rglob("*") if is_trace_file(p))
         else:
             hits = [path]
@@ -256,11 +267,12 @@ SINGLE_TRACE_OUTPUTS: Final = ("csv", "markdown", "plots", "ranges_out")
 
 
 def is_batch(specs: Sequence[str], kw: Mapping[str, Any]) -> bool:
-    """Batch mode: several traces, a directory, a glob, --db or --dask. One plain path without
-    them is the single-trace command, unchanged."""
+    """Batch mode: several traces, a directory (but a table export's folder: one trace), a glob,
+    --db or --dask. One plain path without them is the single-trace command, unchanged."""
     if len(specs) != 1 or kw.get("db") is not None or kw.get("dask") is not None:
         return True
-    return has_glob(specs[0]) or Path(specs[0]).is_dir()
+    path = Path(specs[0])
+    return has_glob(specs[0]) or (path.is_dir() and not is_trace_file(path))
 
 
 def batch_request(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import llm_perf_opt.trace as trace_module
+import llm_perf_opt.trace.files as trace_files
 from llm_perf_opt.trace import DECOMPRESS_CAP_ENV, MAX_OPEN_RANGES_PER_THREAD, open_trace
 
 from .helpers import PROBE, V1_XZ, analyze, assert_error, assert_ok, mutated, scratch_left
@@ -123,9 +123,9 @@ def test_d10_decompression_size_cap(
     bomb.write_bytes(lzma.compress(b"SQLite format 3\x00" + bytes(64 << 20)))
     assert bomb.stat().st_size < 20_000
     # the floor (1 GiB by default) lowered so that the ratio cap is what stops this bomb
-    monkeypatch.setattr(trace_module, "DECOMPRESS_FLOOR_BYTES", 1 << 20)
-    cap = trace_module.decompress_cap(bomb.stat().st_size)
-    assert cap == max(1 << 20, trace_module.DECOMPRESS_RATIO_CAP * bomb.stat().st_size)
+    monkeypatch.setattr(trace_files, "DECOMPRESS_FLOOR_BYTES", 1 << 20)
+    cap = trace_files.decompress_cap(bomb.stat().st_size)
+    assert cap == max(1 << 20, trace_files.DECOMPRESS_RATIO_CAP * bomb.stat().st_size)
     line = assert_error(analyze(bomb), f"decompresses to more than {cap:,} bytes")
     assert DECOMPRESS_CAP_ENV in line
     assert scratch_left(scratch_tmp) == []
@@ -149,7 +149,7 @@ def test_d10_free_space_is_checked_before_decompressing(
     packed = tmp_path / "t.sqlite.xz"
     raw = PROBE.read_bytes()
     packed.write_bytes(lzma.compress(raw))
-    assert trace_module._xz_declared_size(packed) == len(raw)  # the xz index, read up front
+    assert trace_files._xz_declared_size(packed) == len(raw)  # the xz index, read up front
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda _path: usage(10**6, 10**6 - 1000, 1000))
     line = assert_error(analyze(packed), f"needs at least {len(raw):,} bytes")

@@ -18,7 +18,14 @@ from click.testing import CliRunner
 
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.mfu import AnalyzeOptions
-from llm_perf_opt.resultsdb import TABLES, ResultsDb, ResultsDbError, options_json, run_id_of
+from llm_perf_opt.resultsdb import (
+    TABLES,
+    ResultsDb,
+    ResultsDbError,
+    file_hash,
+    options_json,
+    run_id_of,
+)
 from llm_perf_opt.runs import analyze_one
 
 REPO = Path(__file__).resolve().parents[2]
@@ -173,3 +180,19 @@ def test_readonly_open_names_the_problem(tmp_path: Path) -> None:
     (tmp_path / "junk.sqlite").write_text("not sqlite at all " * 100)
     with pytest.raises(ResultsDbError, match="not a usable SQLite database"):
         ResultsDb(tmp_path / "junk.sqlite")
+
+
+def test_a_table_export_folder_hashes_its_files(tmp_path: Path) -> None:
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "StringIds.parquet").write_bytes(b"strings")
+    (export / "NVTX_EVENTS.parquet").write_bytes(b"ranges")
+    before = file_hash(export)
+    assert file_hash(export) == before
+    (export / "NVTX_EVENTS.parquet").write_bytes(b"ranges, edited")
+    assert file_hash(export) != before
+
+
+def test_option_files_are_recorded_as_their_paths() -> None:
+    text = options_json(AnalyzeOptions(config_path=Path("meta/config.json")))  # type: ignore[arg-type]
+    assert json.loads(text)["config_path"] == "meta/config.json"

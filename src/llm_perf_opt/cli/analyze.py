@@ -1,4 +1,4 @@
-"""`mfu-analyze`: per-stage MFU of DeepSeek-OCR inference from an nsys SQLite trace."""
+"""`mfu-analyze`: per-stage MFU of DeepSeek-OCR inference from an nsys trace export."""
 
 from __future__ import annotations
 
@@ -283,8 +283,9 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 def main(traces: tuple[str, ...], **kw: Any) -> None:
     """Per-stage MFU (vision, prefill, decode: any of them) of an inference run from an nsys
-    SQLite TRACE (DeepSeek-OCR, or a Hugging Face model with --config config.json); several
-    TRACEs, folders or globs make a batch (docs/many-runs.md).
+    TRACE (DeepSeek-OCR, or a Hugging Face model with --config config.json): an SQLite export,
+    the folder of a parquetdir or arrowdir export, or an arrow export (docs/inputs.md); several
+    TRACEs, folders of traces or globs make a batch (docs/many-runs.md).
 
     MFU = FLOPs / (peak FLOP/s × time), once with the GPU busy time of each stage's NVTX
     ranges (trace) and once with wall time (the runner's synchronized clock, or the range span);
@@ -297,6 +298,7 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
     Example:
       mfu-analyze traces/dsocr_v1_base.sqlite.xz --ctx-mode auto
       mfu-analyze run.sqlite --format json > mfu.json
+      mfu-analyze run_parquet/ --format json > mfu.json   # nsys export --type parquetdir
       mfu-analyze run.sqlite --markdown report.md --plots figs/
       mfu-analyze probe.sqlite --stage vision=vision --stage prefill=prefill \\
           --stage decode=decode --model deepseek-ocr --prefill-len 273 --decode-tokens 32
