@@ -63,3 +63,16 @@ class TraceTooLargeError(TraceError):
 
 class OutputError(LlmPerfOptError):
     """An output cannot be written where asked (missing folder, read-only, disk full, an input)."""
+
+
+class MetaError(ConfigError):
+    """Run metadata (or a static compute report) does not match its schema; the message names
+    the key and the source."""
+
+
+class AnalysisError(LlmPerfOptError):
+    """The trace and the facts given for it do not fit together."""
+
+
+class NoGpuTimeError(AnalysisError):
+    """A stage with FLOPs has no GPU time: its ranges launched no GPU work."""

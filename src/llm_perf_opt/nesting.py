@@ -2,9 +2,10 @@
 
 Ranges nest by containment on their thread, whatever their style (a push/pop range inside a
 start/end range is its child, as in NVIDIA's report); ranges ended on another thread stay at depth
-0 without a parent (NVIDIA leaves them out). On that tree: the selected ancestors, and the
-innermost selected range containing a time. Columnar: a sweep per thread, then one join per
-nesting level (nesting is shallow), never a loop over ranges.
+0 without a parent (NVIDIA leaves them out). On that tree: the nearest ancestor of a range among
+some ranges, the selected ancestors, and the innermost selected range containing a time.
+Columnar: a sweep per thread, then one join per nesting level (nesting is shallow), never a loop
+over ranges.
 """
 
 from __future__ import annotations
@@ -167,3 +168,17 @@ def ancestor_members(ranges: pl.DataFrame, lean: pl.DataFrame, guessed: pl.Serie
             break
         out.append(current)
     return pl.concat(out)
+
+
+def nearest_ancestor(ranges: pl.DataFrame, start: pl.Series, targets: pl.Series) -> pl.Series:
+    """For each range id of `start`, itself or its nearest ancestor (along `ranges`' `parent_id`)
+    among `targets`; null where there is none."""
+    found = pl.Series("ancestor", [None] * len(start), dtype=pl.Int64)
+    candidate = start.cast(pl.Int64)
+    for _ in range(max_depth(ranges) + 1):
+        hit = pl.select(pl.when(candidate.is_in(targets.implode())).then(candidate)).to_series()
+        found = found.fill_null(hit)
+        candidate = candidate.replace_strict(
+            ranges["range_id"], ranges["parent_id"], default=None, return_dtype=pl.Int64
+        )
+    return found.alias("ancestor")

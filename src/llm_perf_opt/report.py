@@ -21,11 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from llm_perf_opt.attribution import RANGES_OUT_COLUMNS
+from llm_perf_opt.errors import AnalysisError
 from llm_perf_opt.hostview import ADVICE, HostGpuView, many_syncs
 from llm_perf_opt.mfu import (
     IDLE_FRACTION_BOUND,
     SHORT_KERNEL_NS,
-    AnalysisError,
     ContextInstance,
     InstanceResult,
     MfuReport,

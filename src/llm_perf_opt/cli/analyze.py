@@ -14,6 +14,7 @@ import click
 from rich.console import Console
 
 from llm_perf_opt import runs
+from llm_perf_opt.analysis import AnalyzeOptions, Progress, analyze_trace
 from llm_perf_opt.cli._common import (
     FiniteFloat,
     echo_stdout,
@@ -25,10 +26,11 @@ from llm_perf_opt.cli._common import (
 )
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
-from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.peak_sources import parse_peak_source
-from llm_perf_opt.peaks import DTYPES
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
+from llm_perf_opt.stages import parse_stage_option
+from llm_perf_opt.vocab import PEAK_DTYPES
 
 # Show a status line on stderr for traces at least this large even when stderr is not a TTY.
 LARGE_TRACE_BYTES: Final = 200 * 1024 * 1024
@@ -169,7 +171,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--dtype",
-    type=click.Choice(DTYPES),
+    type=click.Choice(PEAK_DTYPES),
     help="Peak column to divide by. [default: the run's dtype from its metadata, else bf16]",
 )
 @click.option(

@@ -10,6 +10,7 @@ import click
 from rich.console import Console
 
 from llm_perf_opt import compare_report, runs
+from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.compare import (
     DEFAULT_MIN_EFFECT_PCT,
     Comparison,
@@ -18,7 +19,6 @@ from llm_perf_opt.compare import (
     regressions,
 )
 from llm_perf_opt.errors import LlmPerfOptError, SelectionError
-from llm_perf_opt.mfu import AnalyzeOptions
 from llm_perf_opt.resultsdb import ResultsDb, RunRows
 
 # Width of the table when stdout is not a terminal.

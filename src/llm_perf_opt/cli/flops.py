@@ -10,7 +10,7 @@ import click
 
 from llm_perf_opt.cli._common import echo_stdout, guarded
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.flops.configs import FAMILIES, ModelConfig, builtin_config, load_config_json
+from llm_perf_opt.flops.configs import ModelConfig, builtin_config, load_config_json
 from llm_perf_opt.flops.estimate import estimate_run, parse_crops
 from llm_perf_opt.flops.hf import HfModel
 from llm_perf_opt.flops.hf_model import (
@@ -19,6 +19,7 @@ from llm_perf_opt.flops.hf_model import (
     read_hf_config,
     supported_note,
 )
+from llm_perf_opt.vocab import FAMILIES
 
 # Lengths beyond this are typos, not requests (every model window is far smaller).
 MAX_TOKENS: Final = 10_000_000
