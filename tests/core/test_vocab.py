@@ -1,18 +1,27 @@
-"""The shared vocabulary: one spelling of each word, which the schemas, the CLIs and the runner's
-checks all use, and the one `AxB` size reader."""
+"""The shared vocabulary: one spelling of each word, which the schemas, the CLIs' choices and the
+runner's checks all use, and the one `AxB` size reader."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import click
 import pytest
 
 from llm_perf_opt import vocab
+from llm_perf_opt.cli.analyze import main as analyze
+from llm_perf_opt.cli.flops import cli as flops
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.analytic import DTYPE_BYTES
 from llm_perf_opt.schemas import STATIC_COMPUTE_SCHEMA, load_schema
 
 RUN_META = load_schema()
+
+
+def _choices(command: click.Command, option: str) -> tuple[str, ...]:
+    param = next(p for p in command.params if p.name == option)
+    assert isinstance(param.type, click.Choice)
+    return tuple(param.type.choices)
 
 
 def _prop(schema: dict[str, Any], *path: str) -> dict[str, Any]:
@@ -46,6 +55,16 @@ def test_dtype_spellings_map_onto_each_other() -> None:
     assert set(vocab.STORAGE_DTYPE_OF.values()) == set(vocab.STORAGE_DTYPES)
     for storage in vocab.STORAGE_DTYPES:  # a storage dtype's peak column implies it back
         assert vocab.STORAGE_DTYPE_OF[vocab.PEAK_DTYPE_OF[storage]] == storage
+
+
+def test_both_clis_take_their_choices_from_the_vocabulary() -> None:
+    for command in (analyze, flops):
+        assert _choices(command, "ctx_mode") == vocab.CTX_MODES
+        assert _choices(command, "prefill_logits") == vocab.LM_HEAD_POSITIONS
+    assert _choices(analyze, "model") == _choices(flops, "model_name") == vocab.FAMILIES
+    assert _choices(analyze, "mode") == _choices(flops, "mode") == vocab.VISION_MODES
+    assert _choices(analyze, "dtype") == vocab.PEAK_DTYPES
+    assert _choices(flops, "dtype") == vocab.STORAGE_DTYPES
 
 
 def test_parse_size_reads_two_positive_integers() -> None:
