@@ -5,7 +5,7 @@ combine them (docs/mfu-math.md, docs/configuration.md).
   rounds run the first image's shapes. Flags override the metadata.
 - Context policy: `--ctx-mode fixed` and `max` give every decode step one C; `auto` takes the
   decode_step payloads, else the metadata's `decode_context_lens`, else Lp + k (the C of each
-  mode is `flops.analytic.context_lens`).
+  mode is `flops.context.context_lens`).
 - Wall time: the runner's synchronized clock when the metadata has it, else the range's span
   (CPU start → the later of its CPU end and its last GPU op end).
 - The peak column (`--dtype`, else the run's dtype, else bf16), the storage dtype of decode bytes
@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from llm_perf_opt.errors import AnalysisError, ConfigError, MissingInputError
-from llm_perf_opt.flops.analytic import context_lens
+from llm_perf_opt.flops.context import context_lens
 from llm_perf_opt.meta import ImageMeta, RunMeta
 from llm_perf_opt.stages import Instance
 from llm_perf_opt.vocab import (

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from llm_perf_opt.flops.analytic import decode_context_lens, decode_flops
+from llm_perf_opt.flops.analytic import decode_flops
 from llm_perf_opt.flops.configs import builtin_config
+from llm_perf_opt.flops.context import decode_context_lens
 
 from .helpers import (
     PROBE,

@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from llm_perf_opt.flops.analytic import Convention, Flops, check_length, dtype_bytes
+from llm_perf_opt.flops.analytic import Convention, Flops, dtype_bytes
+from llm_perf_opt.flops.context import check_length
 from llm_perf_opt.flops.hf import DecoderSpec, DenseMlp, GqaAttention, MlaAttention, MoeMlp
 from llm_perf_opt.vocab import LmHeadPositions
 

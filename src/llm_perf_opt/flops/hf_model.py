@@ -15,7 +15,8 @@ from typing import Any, Final
 
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops import decoders, vision_towers
-from llm_perf_opt.flops.analytic import check_length, context_lens, dtype_bytes
+from llm_perf_opt.flops.analytic import dtype_bytes
+from llm_perf_opt.flops.context import check_length, context_lens
 from llm_perf_opt.flops.hf import (
     COMPOSITE_TEXT,
     DECODER_TYPES,

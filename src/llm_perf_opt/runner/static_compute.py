@@ -37,6 +37,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import ModelConfig
+from llm_perf_opt.flops.context import check_length
 from llm_perf_opt.runner import stages
 from llm_perf_opt.runner.model import BuiltModel, build_model
 from llm_perf_opt.runner.preprocess import synthetic_page
@@ -251,9 +252,7 @@ def stage_runs(
         ConfigError: seq_len outside the context window (one position is left for decode).
     """
     config = built.config
-    analytic.check_length(
-        config.text.max_position_embeddings, seq_len + 1, "seq_len + 1 decode position"
-    )
+    check_length(config.text.max_position_embeddings, seq_len + 1, "seq_len + 1 decode position")
     layout = prepared.layout
     pixels: tuple[torch.Tensor, ...] = (prepared.pixel_values,)
     if prepared.pixel_values_local is not None:
