@@ -21,18 +21,13 @@ from typing import Any, Final
 
 import polars as pl
 
+from llm_perf_opt.analysis import Analysis, AnalyzeOptions, analyze_trace
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import builtin_config
-from llm_perf_opt.mfu import (
-    STAGES,
-    Analysis,
-    AnalyzeOptions,
-    MfuReport,
-    StageResult,
-    analyze_trace,
-)
+from llm_perf_opt.mfu import MfuReport, StageResult
 from llm_perf_opt.report import format_pct
 from llm_perf_opt.trace import open_trace
+from llm_perf_opt.vocab import STAGES
 
 REPO: Final = Path(__file__).resolve().parents[1]
 TRACES: Final = ("dsocr_v1_base", "dsocr_v1_gundam", "dsocr2_base")
@@ -113,7 +108,7 @@ def header(runs: Sequence[Run]) -> list[str]:
         "rerun it after changing the analysis (`--check` fails when this file is out of date). "
         "Each table names the command or file it came from; `mfu-analyze` is "
         "`PYTHONPATH=src python3 -m llm_perf_opt.cli.analyze` without an install (the script "
-        "calls the same library function, `llm_perf_opt.mfu.analyze_trace`).",
+        "calls the same library function, `llm_perf_opt.analysis.analyze_trace`).",
         "",
         f"Hardware and software of the captures: {versions[0]} (GPU, driver); {versions[1]}; "
         f"Nsight Systems {', '.join(sorted(nsys))} (the `nsys` shipped inside Nsight Compute "

@@ -40,7 +40,21 @@ import numpy as np
 import polars as pl
 
 from llm_perf_opt.errors import SelectionError
-from llm_perf_opt.trace import Trace, pid_of, process_key, tid_of
+from llm_perf_opt.intervals import chunk_bounds, first_match, sorted_by, union_parts
+from llm_perf_opt.nesting import (
+    ancestor_members,
+    innermost_containing,
+    selected_chain,
+    with_structure,
+)
+from llm_perf_opt.trace import (
+    GPU_OPS_SCHEMA,
+    NVTX_RANGES_SCHEMA,
+    Trace,
+    pid_of,
+    process_key,
+    tid_of,
+)
 
 # What attribution needs of an op, in launch order (`row`: its position in the ops frame).
 LAUNCH_COLUMNS: Final = (
@@ -67,6 +81,47 @@ ATTRIBUTED_BY: Final = pl.Enum(["launch_thread", "other_thread_time"])
 UNATTRIBUTED_REASON: Final = pl.Enum(
     ["no_launch_call", "outside_any_range", "outside_selected_ranges"]
 )
+
+# Per range: launching calls with GPU work, op rows, kernel time, busy union; inclusive, and with
+# this prefix exclusive.
+RANGE_STATS: Final = ("n_gpu_ops", "n_op_rows", "kernel_sum_ns", "gpu_busy_ns")
+EXCLUSIVE: Final = "excl_"
+# `Attribution.ranges`: the reader's range columns (`event_id` as `range_id`), the nesting, and
+# the statistics.
+RANGES_SCHEMA: Final = pl.Schema(
+    {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
+        "range_id": pl.Int64,
+        **{c: t for c, t in NVTX_RANGES_SCHEMA.items() if c != "event_id"},
+        "cpu_start_ns": pl.Int64,
+        "cpu_duration_ns": pl.Int64,
+        "depth": pl.Int64,
+        "parent_id": pl.Int64,
+        "path": pl.String,
+        "selected": pl.Boolean,
+        **dict.fromkeys(RANGE_STATS, pl.Int64),
+        "proj_start_ns": pl.Int64,
+        **dict.fromkeys((f"{EXCLUSIVE}{c}" for c in RANGE_STATS), pl.Int64),
+        "proj_duration_ns": pl.Int64,
+    }
+)
+# `Attribution.ops`: the reader's op columns (the last three only where the reader gave them),
+# the launching thread and call, and the assignment.
+READER_OP_COLUMNS: Final = (
+    "op_id", "kind", "device_id", "stream_id", "start_ns", "end_ns", "name_id", "correlation_id",
+    "graph_id", "graph_node_id", "bytes",
+)  # fmt: skip
+OPS_SCHEMA: Final = pl.Schema(
+    {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
+        **{c: GPU_OPS_SCHEMA[c] for c in READER_OP_COLUMNS},
+        "pid": pl.Int32,
+        "tid": pl.Int32,
+        "launch_ns": pl.Int64,
+        "range_id": pl.Int64,
+        "attributed_by": ATTRIBUTED_BY,
+        "unattributed_reason": UNATTRIBUTED_REASON,
+    }
+)
+OPS_OPTIONAL: Final = ("graph_id", "graph_node_id", "bytes")
 
 RANGES_OUT_COLUMNS: Final = (
     "name",
@@ -175,7 +230,7 @@ def attribute_frames(
 ) -> Attribution:
     """`attribute` on frames shaped like `Trace.nvtx_ranges()`, `gpu_ops()` and `api_calls()`."""
     selection = selection or RangeSelection()
-    ranges = _with_structure(ranges)
+    ranges = with_structure(ranges)
     ranges = ranges.with_columns(selected=selection.expr())
     if selection != RangeSelection() and not ranges["selected"].any():
         raise SelectionError(
@@ -199,33 +254,33 @@ def attribute_frames(
             ),
             range_id=pl.coalesce(pl.col("range_id"), guessed),
         )
-        extra = _ancestor_members(ranges, lean, guessed)
+        extra = ancestor_members(ranges, lean, guessed)
     op_table = _op_table(ops, excl, by_thread)
     del ops
     inclusive = _inclusive_stats(ranges, lean, lo, hi, extra)
     exclusive = _range_stats(
-        excl.filter(pl.col("range_id").is_not_null()).select(STATS_COLUMNS), prefix="excl_"
+        excl.filter(pl.col("range_id").is_not_null()).select(STATS_COLUMNS), prefix=EXCLUSIVE
     )
     stats = (
         ranges.join(inclusive, on="range_id", how="left")
         .join(exclusive, on="range_id", how="left")
         .with_columns(
-            pl.col(
-                "n_gpu_ops",
-                "n_op_rows",
-                "kernel_sum_ns",
-                "gpu_busy_ns",
-                "excl_n_gpu_ops",
-                "excl_n_op_rows",
-                "excl_kernel_sum_ns",
-                "excl_gpu_busy_ns",
-            ).fill_null(0),
+            pl.col(*RANGE_STATS, *(f"{EXCLUSIVE}{c}" for c in RANGE_STATS)).fill_null(0),
             proj_duration_ns=pl.col("proj_end_ns") - pl.col("proj_start_ns"),
         )
         .drop("proj_end_ns")
         .sort("range_id")
     )
-    return Attribution(ranges=stats, ops=op_table)
+    return Attribution(ranges=conformed(stats, RANGES_SCHEMA), ops=op_table)
+
+
+def conformed(
+    frame: pl.DataFrame, schema: pl.Schema, optional: tuple[str, ...] = ()
+) -> pl.DataFrame:
+    """`frame` as `schema` declares it: its columns in that order (an `optional` one only where
+    present), each cast to its type; a column missing is an error of this module."""
+    names = [c for c in schema.names() if c not in optional or c in frame.columns]
+    return frame.select(names).cast({c: schema[c] for c in names})
 
 
 def without_covered_graph_rows(ops: pl.DataFrame) -> pl.DataFrame:
@@ -247,91 +302,6 @@ def without_covered_graph_rows(ops: pl.DataFrame) -> pl.DataFrame:
     return ops.filter(~(is_graph & pl.col("op_id").is_in(covered.implode())))
 
 
-def _max_depth(ranges: pl.DataFrame) -> int:
-    """Deepest nesting level present (0 for an empty frame)."""
-    return int(ranges.select(pl.col("depth").max().fill_null(0)).item())
-
-
-def _with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
-    """Add `range_id` (the NVTX_EVENTS rowid, as NVIDIA numbers ranges), `depth`, `parent_id`,
-    `path`, and the CPU columns. Ranges nest by containment on their thread, whatever their style
-    (a push/pop range inside a start/end range is its child, as in NVIDIA's report); ranges ended
-    on another thread stay at depth 0 without a parent (NVIDIA leaves them out)."""
-    base = ranges.rename({"event_id": "range_id"}).with_columns(
-        cpu_start_ns=pl.col("start_ns"),
-        cpu_duration_ns=pl.col("end_ns") - pl.col("start_ns"),
-    )
-    pushpop = base.filter(~pl.col("ends_on_other_thread"))
-    # Sweep of +1 (push) / -1 (pop) events per thread: the running sum at a push is depth + 1.
-    # At equal times pops come before pushes, and an enclosing push before the one it encloses.
-    events = pl.concat(
-        [
-            pushpop.select(
-                "global_tid",
-                "range_id",
-                t="start_ns",
-                kind=pl.lit(1),
-                order=-pl.col("end_ns"),
-                step=pl.lit(1),
-            ),
-            pushpop.select(
-                "global_tid",
-                "range_id",
-                t="end_ns",
-                kind=pl.lit(0),
-                order=-pl.col("start_ns"),
-                step=pl.lit(-1),
-            ),
-        ]
-    ).sort("global_tid", "t", "kind", "order", "range_id")
-    depth = (
-        events.with_columns(level=pl.col("step").cum_sum().over("global_tid"))
-        .filter(pl.col("kind") == 1)
-        .select("range_id", depth=(pl.col("level") - 1).cast(pl.Int64))
-    )
-    ordered = pushpop.join(depth, on="range_id").sort(
-        "global_tid",
-        "start_ns",
-        pl.col("end_ns"),
-        "range_id",
-        descending=[False, False, True, False],
-    )
-    max_depth = _max_depth(ordered)
-    parent = pl.lit(None, pl.Int64)
-    for level in range(1, max_depth + 1):
-        last_at_level_above = (
-            pl.when(pl.col("depth") == level - 1)
-            .then(pl.col("range_id"))
-            .forward_fill()
-            .over("global_tid")
-        )
-        parent = pl.when(pl.col("depth") == level).then(last_at_level_above).otherwise(parent)
-    ordered = ordered.with_columns(parent_id=parent)
-    flat = base.filter(pl.col("ends_on_other_thread")).with_columns(
-        depth=pl.lit(0, pl.Int64), parent_id=pl.lit(None, pl.Int64)
-    )
-    structured = pl.concat([ordered, flat.select(ordered.columns)])
-    return _with_paths(structured).sort("range_id")
-
-
-def _with_paths(structured: pl.DataFrame) -> pl.DataFrame:
-    """Full `/`-joined name paths from the root, level by level (depth is small)."""
-    by_depth = structured.sort("depth")
-    paths = by_depth.filter(pl.col("depth") == 0).select("range_id", path="name")
-    max_depth = _max_depth(by_depth)
-    for level in range(1, max_depth + 1):
-        level_rows = by_depth.filter(pl.col("depth") == level).join(
-            paths.rename({"range_id": "parent_id", "path": "parent_path"}), on="parent_id"
-        )
-        paths = pl.concat(
-            [
-                paths,
-                level_rows.select("range_id", path=pl.col("parent_path") + "/" + pl.col("name")),
-            ]
-        )
-    return structured.join(paths, on="range_id", how="left")
-
-
 def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Join each op to its launching call: `launch_tid` (globalTid) and `launch_ns` (call start).
 
@@ -348,13 +318,13 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame
     call_corr = calls["correlation_id"].fill_null(-1).to_numpy()
     pids = pl.Series(op_pid).unique().to_list()
     if len(pids) == 1 and bool(np.all(call_pid == pids[0])):  # one process: no per-process copies
-        call_of_op = _lookup(call_corr, None, op_corr)
+        call_of_op = first_match(call_corr, None, op_corr)
     else:
         call_of_op = np.full(len(op_pid), -1, dtype=np.int64)
         for pid in pids:
             op_rows = np.flatnonzero(op_pid == pid)
             call_rows = np.flatnonzero(call_pid == pid)
-            call_of_op[op_rows] = _lookup(call_corr[call_rows], call_rows, op_corr[op_rows])
+            call_of_op[op_rows] = first_match(call_corr[call_rows], call_rows, op_corr[op_rows])
     del op_pid, op_corr, call_pid, call_corr
     picked = np.where(call_of_op >= 0, call_of_op, 0)
     empty = np.zeros(len(picked), np.int64)
@@ -379,27 +349,6 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame
         )
     )
     return ops, launched.select(LAUNCH_COLUMNS)
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray | None, queries: np.ndarray) -> np.ndarray:
-    """values[i] (i itself when `values` is None) for the first i with keys[i] == query, or -1:
-    a direct table for dense non-negative keys, else a sorted search."""
-    if len(keys) == 0:
-        return np.full(len(queries), -1, dtype=np.int64)
-    if values is None:
-        values = np.arange(len(keys), dtype=np.int64)
-    valid = keys >= 0
-    top = int(keys.max())
-    if top < 4 * len(keys) + (1 << 20):
-        table = np.full(top + 2, -1, dtype=np.int64)
-        table[keys[valid][::-1]] = values[valid][::-1]  # reversed: the first occurrence wins
-        inside = (queries >= 0) & (queries <= top)
-        return np.where(inside, table[np.clip(queries, 0, top + 1)], -1)
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    pos = np.clip(np.searchsorted(sorted_keys, queries, side="left"), 0, len(keys) - 1)
-    hit = (sorted_keys[pos] == queries) & (queries >= 0)
-    return np.where(hit, values[order][pos], -1)
 
 
 def _launch_slices(
@@ -447,7 +396,7 @@ def _inclusive_stats(
     memory stays bounded however deep the nesting or long the trace."""
     lengths = hi - lo
     range_ids = ranges["range_id"].to_numpy()
-    bounds = _chunk_bounds(lengths, MEMBER_CHUNK_ROWS)
+    bounds = chunk_bounds(lengths, MEMBER_CHUNK_ROWS)
     parts = []
     for a, b in itertools.pairwise(bounds):
         chunk_len = lengths[a:b]
@@ -464,76 +413,12 @@ def _inclusive_stats(
     return pl.concat(parts)
 
 
-def _chunk_bounds(lengths: np.ndarray, max_rows: int) -> list[int]:
-    """Split consecutive ranges into chunks of about `max_rows` member rows (a long range is a
-    chunk of its own)."""
-    cumulative = np.cumsum(lengths)
-    bounds = [0]
-    while bounds[-1] < len(lengths):
-        base = int(cumulative[bounds[-1] - 1]) if bounds[-1] else 0
-        nxt = int(np.searchsorted(cumulative, base + max_rows, side="right"))
-        bounds.append(max(nxt, bounds[-1] + 1))
-    return bounds
-
-
-def _selected_chain(ranges: pl.DataFrame) -> pl.DataFrame:
-    """Selected ranges with `sel_parent_id`: their nearest selected ancestor (or null)."""
-    link = ranges.select("range_id", "parent_id", "selected")
-    anc = ranges.select("range_id", cand=pl.col("parent_id"))
-    max_depth = _max_depth(ranges)
-    for _ in range(max_depth):
-        anc = (
-            anc.join(link, left_on="cand", right_on="range_id", how="left")
-            .with_columns(
-                cand=pl.when(pl.col("selected").fill_null(True)).then("cand").otherwise("parent_id")
-            )
-            .select("range_id", "cand")
-        )
-    return (
-        ranges.filter("selected")
-        .join(anc.rename({"cand": "sel_parent_id"}), on="range_id", how="left")
-        .select("range_id", "global_tid", "start_ns", "end_ns", "depth", "sel_parent_id")
-    )
-
-
-def _innermost_containing(chain: pl.DataFrame, queries: pl.DataFrame, by: str) -> pl.Series:
-    """For each query (`q_by`, `t`), the latest-starting selected range of group `by` containing
-    `t`: an as-of join on start, then up the selected-ancestor chain while the candidate ended."""
-    table = chain.sort(by, "start_ns", "depth").select(q_by=by, t="start_ns", cand="range_id")
-    ordered = queries.with_row_index("q").sort("q_by", "t", nulls_last=True)
-    found = ordered.join_asof(
-        table,
-        on="t",
-        by="q_by",
-        strategy="backward",
-        check_sortedness=False,  # sorted by (q_by, t) above; polars cannot verify within groups
-    )
-    t = found["t"].fill_null(-1).to_numpy()
-    cand = found["cand"].fill_null(-1).to_numpy(writable=True)
-    # per range id: its end and its nearest selected ancestor (index arrays, not joins)
-    ids = chain["range_id"].to_numpy()
-    size = int(ids.max()) + 1 if len(ids) else 1
-    end_of = np.full(size, -1, dtype=np.int64)
-    parent_of = np.full(size, -1, dtype=np.int64)
-    end_of[ids] = chain["end_ns"].to_numpy()
-    parent_of[ids] = chain["sel_parent_id"].fill_null(-1).to_numpy()
-    open_rows = np.flatnonzero(cand >= 0)
-    while open_rows.size:
-        ended = end_of[cand[open_rows]] < t[open_rows]
-        open_rows = open_rows[ended]
-        cand[open_rows] = parent_of[cand[open_rows]]
-        open_rows = open_rows[cand[open_rows] >= 0]
-    result = np.full(len(cand), -1, dtype=np.int64)
-    result[found["q"].to_numpy()] = cand
-    return pl.Series("range_id", result, dtype=pl.Int64).replace(-1, None)
-
-
 def _exclusive_ranges(ranges: pl.DataFrame, launched: pl.DataFrame) -> pl.DataFrame:
     """`launched` with `range_id` (innermost selected range on the own thread) and
     `attributed_by`."""
-    chain = _selected_chain(ranges)
+    chain = selected_chain(ranges)
     queries = launched.select(q_by="launch_tid", t="launch_ns")
-    innermost = _innermost_containing(chain, queries, "global_tid")
+    innermost = innermost_containing(chain, queries, "global_tid")
     return launched.with_columns(
         range_id=innermost,
         attributed_by=pl.when(innermost.is_not_null()).then(pl.lit("launch_thread", ATTRIBUTED_BY)),
@@ -545,33 +430,14 @@ def _other_thread_ranges(
 ) -> pl.Series:
     """Heuristic range for ops whose launching thread has no range around the call."""
     chain = (
-        _selected_chain(ranges)
+        selected_chain(ranges)
         .join(ranges.select("range_id", "pid"), on="range_id")
         .with_columns(global_pid=process_key(pl.col("global_tid")))
     )
     queries = launched.select(
         q_by=pl.when(~has_own_range).then(pl.col("global_pid")), t="launch_ns"
     )
-    return _innermost_containing(chain, queries, "global_pid")
-
-
-def _ancestor_members(ranges: pl.DataFrame, lean: pl.DataFrame, guessed: pl.Series) -> pl.DataFrame:
-    """Inclusive pairs for heuristically attributed ops: their range and all its ancestors."""
-    ops = lean.with_columns(range_id=guessed).filter(pl.col("range_id").is_not_null())
-    parents = ranges.select("range_id", up="parent_id")
-    out = [ops]
-    current = ops
-    for _ in range(_max_depth(ranges)):
-        current = (
-            current.join(parents, on="range_id")
-            .filter(pl.col("up").is_not_null())
-            .with_columns(range_id=pl.col("up"))
-            .drop("up")
-        )
-        if current.is_empty():
-            break
-        out.append(current)
-    return pl.concat(out)
+    return innermost_containing(chain, queries, "global_pid")
 
 
 def _op_table(ops: pl.DataFrame, excl: pl.DataFrame, has_own_range: pl.Series) -> pl.DataFrame:
@@ -581,21 +447,9 @@ def _op_table(ops: pl.DataFrame, excl: pl.DataFrame, has_own_range: pl.Series) -
     inverse[excl["row"].to_numpy()] = np.arange(excl.height)
     back = pl.Series(inverse)
     assigned = excl.select("range_id", "attributed_by").with_columns(has_own_range=has_own_range)
-    return pl.concat([ops, assigned.gather(back)], how="horizontal").select(
-        "op_id",
-        "kind",
-        "device_id",
-        "stream_id",
-        "start_ns",
-        "end_ns",
-        "name_id",
-        "correlation_id",
-        *(c for c in ("graph_id", "graph_node_id", "bytes") if c in ops.columns),
+    table = pl.concat([ops, assigned.gather(back)], how="horizontal").with_columns(
         pid=pid_of(pl.col("global_pid")).cast(pl.Int32),
         tid=tid_of(pl.col("launch_tid")).cast(pl.Int32),
-        launch_ns="launch_ns",
-        range_id="range_id",
-        attributed_by="attributed_by",
         unattributed_reason=pl.when(pl.col("range_id").is_not_null())
         .then(None)
         .when(pl.col("launch_ns").is_null())
@@ -604,6 +458,7 @@ def _op_table(ops: pl.DataFrame, excl: pl.DataFrame, has_own_range: pl.Series) -
         .then(pl.lit("outside_any_range", UNATTRIBUTED_REASON))
         .otherwise(pl.lit("outside_selected_ranges", UNATTRIBUTED_REASON)),
     )
+    return conformed(table, OPS_SCHEMA, OPS_OPTIONAL)
 
 
 def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
@@ -612,14 +467,14 @@ def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
     Columnar numpy over the whole member table: sort by (range, device, start) unless already so,
     a segmented running maximum of end times gives each op's newly covered time, and `reduceat`
     sums per range. `members` has `STATS_COLUMNS`."""
-    names = [f"{prefix}{n}" for n in ("n_gpu_ops", "n_op_rows", "kernel_sum_ns", "gpu_busy_ns")]
+    names = [f"{prefix}{n}" for n in RANGE_STATS]
     extra = [] if prefix else ["proj_start_ns", "proj_end_ns"]
     if members.is_empty():
         return pl.DataFrame(schema=dict.fromkeys(["range_id", *names, *extra], pl.Int64))
     rid, dev, start, end = (members[c].to_numpy() for c in STATS_COLUMNS[:4])
     kernel = members["is_kernel"].to_numpy()
     first = members["first_of_launch"].to_numpy()
-    if not _is_sorted(rid, dev, start):
+    if not sorted_by(rid, dev, start):
         order = np.lexsort((start, dev, rid))
         rid, dev, start, end, kernel, first = (
             a[order] for a in (rid, dev, start, end, kernel, first)
@@ -627,8 +482,7 @@ def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
     n = len(rid)
     new_seg = np.ones(n, dtype=bool)
     new_seg[1:] = (rid[1:] != rid[:-1]) | (dev[1:] != dev[:-1])
-    covered_until = _segmented_prev_max(end, new_seg)
-    busy_part = np.clip(end - np.maximum(start, covered_until), 0, None)
+    _, busy_part = union_parts(start, end, new_seg)
     heads = np.flatnonzero(np.r_[True, rid[1:] != rid[:-1]])
     columns = {
         "range_id": rid[heads],
@@ -641,32 +495,3 @@ def _range_stats(members: pl.DataFrame, prefix: str) -> pl.DataFrame:
         columns["proj_start_ns"] = np.minimum.reduceat(start, heads)
         columns["proj_end_ns"] = np.maximum.reduceat(end, heads)
     return pl.DataFrame(columns).cast(pl.Int64)
-
-
-def _is_sorted(rid: np.ndarray, dev: np.ndarray, start: np.ndarray) -> bool:
-    """True when rows already run by (range, device, start): launch order on one stream usually
-    does, and skipping the sort of millions of rows is what matters."""
-    d_r, d_d, d_s = np.diff(rid), np.diff(dev), np.diff(start)
-    return bool(np.all((d_r > 0) | ((d_r == 0) & ((d_d > 0) | ((d_d == 0) & (d_s >= 0))))))
-
-
-def _segmented_prev_max(end: np.ndarray, new_seg: np.ndarray) -> np.ndarray:
-    """For each row, the largest `end` of the earlier rows of its segment (int64 min at a
-    segment's first row). Segments are lifted apart by a per-segment offset so one running
-    maximum over the whole array never crosses a segment boundary."""
-    seg = np.cumsum(new_seg) - 1
-    low = int(end.min())
-    span = int(end.max()) - low + 1
-    floor = np.iinfo(np.int64).min
-    if (int(seg[-1]) + 1) * span >= 1 << 62:  # would overflow: fall back to polars windows
-        frame = pl.DataFrame({"seg": seg, "end": end})
-        windowed = frame.select(pl.col("end").cum_max().shift(1).over("seg").fill_null(floor))
-        return windowed.to_series().to_numpy()
-    lifted = (end - low) + seg * span
-    running: np.ndarray = np.maximum.accumulate(lifted)
-    prev = np.empty_like(running)
-    prev[0] = 0
-    prev[1:] = running[:-1]
-    out: np.ndarray = prev - seg * span + low
-    out[new_seg] = floor
-    return out

@@ -2,18 +2,18 @@
 
 `scripts/run_dsocr.py --calibrate` times dense GEMMs and a device-to-device copy before the
 workload; the best GEMM is the achievable FLOP/s ceiling and the copy the achievable bandwidth,
-the "measured" denominators of MFU and MBU. Checked here with the strictness of `meta.py`: every
-number finite and positive, every error naming the dotted key.
+the "measured" denominators of MFU and MBU. Checked against its part of the run-metadata schema:
+every rate and time finite and positive, every error naming the dotted key.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from llm_perf_opt.meta import STAGES, RunMeta, _Reader
+from llm_perf_opt.meta import RunMeta
+from llm_perf_opt.schemas import check_part
 
 _TERA: Final = 1e12
 KEY: Final = "calibration"
@@ -81,47 +81,17 @@ class Calibration:
         return max(self.gemms, key=lambda g: g.tflops)
 
 
-def _positive(r: _Reader, obj: Mapping[str, Any], key: str, path: str) -> float:
-    value = r.get(obj, key, path, float)
-    if not math.isfinite(value) or value <= 0:
-        raise r.fail(path, f"must be a finite number > 0, got {value!r}")
-    return value
-
-
-def _count(r: _Reader, obj: Mapping[str, Any], key: str, path: str) -> int:
-    value = r.get(obj, key, path, int)
-    if value <= 0:
-        raise r.fail(path, f"must be an integer > 0, got {value}")
-    return value
-
-
-def _gemm(r: _Reader, obj: Any, i: int) -> GemmTiming:
-    p = f"{KEY}.gemms[{i}]"
-    gemm = r.check(obj, p, dict)
-    stage = r.opt(gemm, "stage", f"{p}.stage", str)
-    if stage is not None and stage not in STAGES:
-        raise r.fail(f"{p}.stage", f"must be one of {', '.join(STAGES)} or null, got {stage!r}")
+def _gemm(gemm: Mapping[str, Any]) -> GemmTiming:
     return GemmTiming(
-        label=r.get(gemm, "label", f"{p}.label", str),
-        stage=stage,
-        m=_count(r, gemm, "m", f"{p}.m"),
-        n=_count(r, gemm, "n", f"{p}.n"),
-        k=_count(r, gemm, "k", f"{p}.k"),
-        median_s=_positive(r, gemm, "median_s", f"{p}.median_s"),
-        tflops=_positive(r, gemm, "tflops", f"{p}.tflops"),
-        repeats=_count(r, gemm, "repeats", f"{p}.repeats"),
+        label=gemm["label"],
+        stage=gemm["stage"],
+        m=int(gemm["m"]),
+        n=int(gemm["n"]),
+        k=int(gemm["k"]),
+        median_s=float(gemm["median_s"]),
+        tflops=float(gemm["tflops"]),
+        repeats=int(gemm["repeats"]),
     )
-
-
-def _clocks(r: _Reader, obj: Mapping[str, Any]) -> Clocks | None:
-    p = f"{KEY}.clocks"
-    clocks = r.opt(obj, "clocks", p, dict)
-    if clocks is None:
-        return None
-    mhz = {}
-    for key in ("sm_mhz", "mem_mhz"):
-        mhz[key] = None if clocks.get(key) is None else _positive(r, clocks, key, f"{p}.{key}")
-    return Clocks(mhz["sm_mhz"], mhz["mem_mhz"], r.opt(clocks, "source", f"{p}.source", str))
 
 
 def parse_calibration(data: Any, source: str) -> Calibration:
@@ -134,26 +104,24 @@ def parse_calibration(data: Any, source: str) -> Calibration:
     Raises:
         MetaError: a key is missing, mistyped, not finite or not positive, or `gemms` is empty.
     """
-    r = _Reader(source)
-    top = r.check(data, KEY, dict)
-    gemms = tuple(_gemm(r, g, i) for i, g in enumerate(r.get(top, "gemms", f"{KEY}.gemms", list)))
-    if not gemms:
-        raise r.fail(f"{KEY}.gemms", "is empty; the calibration must time at least one GEMM")
-    copy = r.get(top, "copy", f"{KEY}.copy", dict)
+    check_part(data, KEY, f"run metadata ({source})")
+    copy, clocks = data["copy"], data["clocks"]
     return Calibration(
         source=source,
-        dtype=r.get(top, "dtype", f"{KEY}.dtype", str),
-        device_name=r.opt(top, "device_name", f"{KEY}.device_name", str),
-        gemms=gemms,
-        peak_tflops=_positive(r, top, "peak_tflops", f"{KEY}.peak_tflops"),
+        dtype=data["dtype"],
+        device_name=data["device_name"],
+        gemms=tuple(_gemm(g) for g in data["gemms"]),
+        peak_tflops=float(data["peak_tflops"]),
         copy=CopyTiming(
-            bytes_moved=_count(r, copy, "bytes_moved", f"{KEY}.copy.bytes_moved"),
-            median_s=_positive(r, copy, "median_s", f"{KEY}.copy.median_s"),
-            tbps=_positive(r, copy, "tbps", f"{KEY}.copy.tbps"),
-            repeats=_count(r, copy, "repeats", f"{KEY}.copy.repeats"),
+            bytes_moved=int(copy["bytes_moved"]),
+            median_s=float(copy["median_s"]),
+            tbps=float(copy["tbps"]),
+            repeats=int(copy["repeats"]),
         ),
-        peak_bandwidth_TBps=_positive(r, top, "peak_bandwidth_TBps", f"{KEY}.peak_bandwidth_TBps"),
-        clocks=_clocks(r, top),
+        peak_bandwidth_TBps=float(data["peak_bandwidth_TBps"]),
+        clocks=None
+        if clocks is None
+        else Clocks(float(clocks["sm_mhz"]), float(clocks["mem_mhz"]), clocks["source"]),
     )
 
 

@@ -67,3 +67,16 @@ class OutputError(LlmPerfOptError):
 
 class UnorderedTableError(TraceError):
     """A table is not stored in start order, so it cannot be read in batches; read it whole."""
+
+
+class MetaError(ConfigError):
+    """Run metadata (or a static compute report) does not match its schema; the message names
+    the key and the source."""
+
+
+class AnalysisError(LlmPerfOptError):
+    """The trace and the facts given for it do not fit together."""
+
+
+class NoGpuTimeError(AnalysisError):
+    """A stage with FLOPs has no GPU time: its ranges launched no GPU work."""

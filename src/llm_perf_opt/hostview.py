@@ -26,7 +26,7 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.attribution import _is_sorted, _segmented_prev_max
+from llm_perf_opt import intervals
 
 # API call classes (`cls` of `classify_names`).
 OTHER, LAUNCH, SYNC = 0, 1, 2
@@ -297,7 +297,7 @@ def _host_view(
     w_end = windows["end_ns"].to_numpy()
     if len(tid):
         new_seg = np.r_[True, tid[1:] != tid[:-1]]
-        covered = _segmented_prev_max(end, new_seg)
+        covered = intervals.segmented_prev_max(end, new_seg)
         outermost = start >= covered
         piece_start = np.maximum(start, covered)
         heads = np.flatnonzero(new_seg)
@@ -310,20 +310,22 @@ def _host_view(
             keep = end[seg] > piece_start[seg]
             ps, pe, pc = piece_start[seg][keep], end[seg][keep], cls[seg][keep]
             for c, key in ((LAUNCH, "launch_ns"), (SYNC, "sync_ns"), (OTHER, "other_api_ns")):
-                out[key][rows] = _time_in(ps, pe, pc == c, w_start[rows], w_end[rows])
+                out[key][rows] = intervals.covered_between(
+                    ps, pe, pc == c, w_start[rows], w_end[rows]
+                )
             top = outermost[seg]
             starts = start[seg][top]
             lo = np.searchsorted(starts, w_start[rows], side="left")
             hi = np.searchsorted(starts, w_end[rows], side="right")
-            out["n_launches"][rows] = _count(cls[seg][top] == LAUNCH, lo, hi)
-            out["n_memcpy"][rows] = _count(memcpy[seg][top], lo, hi)
+            out["n_launches"][rows] = intervals.count_in(cls[seg][top] == LAUNCH, lo, hi)
+            out["n_memcpy"][rows] = intervals.count_in(memcpy[seg][top], lo, hi)
             if sync_rows is not None:
                 # a synchronization row counts wherever its call sits, nested or not
                 all_lo = np.searchsorted(start[seg], w_start[rows], side="left")
                 all_hi = np.searchsorted(start[seg], w_end[rows], side="right")
-                out["n_syncs"][rows] = _count(sync_rows[seg], all_lo, all_hi)
+                out["n_syncs"][rows] = intervals.count_in(sync_rows[seg], all_lo, all_hi)
             else:
-                out["n_syncs"][rows] = _count(cls[seg][top] == SYNC, lo, hi)
+                out["n_syncs"][rows] = intervals.count_in(cls[seg][top] == SYNC, lo, hi)
     outside = span - out["launch_ns"] - out["sync_ns"] - out["other_api_ns"]
     return [
         pl.Series("span_ns", span),
@@ -338,36 +340,6 @@ def _calls_sorted(calls: pl.DataFrame) -> bool:
     encloses (longer first at equal starts)."""
     tid, start, end = (np.diff(calls[c].to_numpy()) for c in ("global_tid", "start_ns", "end_ns"))
     return bool(np.all((tid > 0) | ((tid == 0) & ((start > 0) | ((start == 0) & (end <= 0))))))
-
-
-def _time_in(
-    ps: np.ndarray, pe: np.ndarray, mine: np.ndarray, a: np.ndarray, b: np.ndarray
-) -> np.ndarray:
-    """Length of the disjoint, sorted pieces `[ps, pe)` flagged `mine` inside each `[a, b]`."""
-    inside: np.ndarray = _covered_before(ps, pe, mine, b) - _covered_before(ps, pe, mine, a)
-    return inside
-
-
-def _covered_before(ps: np.ndarray, pe: np.ndarray, mine: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """Length of the flagged pieces before time t: whole pieces ended by t, plus the part of the
-    piece that t falls into."""
-    lengths = np.where(mine, pe - ps, 0)
-    prefix = np.r_[0, np.cumsum(lengths)]
-    k = np.searchsorted(pe, t, side="right")
-    total: np.ndarray = prefix[k].astype(np.float64)
-    inside = k < len(ps)
-    kk = np.minimum(k, max(len(ps) - 1, 0))
-    if len(ps):
-        partial = np.where(inside & mine[kk], np.clip(t - ps[kk], 0, None), 0)
-        total += partial
-    return total
-
-
-def _count(flags: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Sum of `flags[lo:hi]` for each pair, by prefix sums."""
-    prefix = np.r_[0, np.cumsum(flags.astype(np.int64))]
-    counts: np.ndarray = (prefix[hi] - prefix[lo]).astype(np.float64)
-    return counts
 
 
 # --- GPU view ----------------------------------------------------------------------------------
@@ -395,8 +367,8 @@ def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series]
     w_end = windows["end_ns"].to_numpy()
     seg_lo = np.searchsorted(owner, w_owner, side="left")
     seg_hi = np.searchsorted(owner, w_owner, side="right")
-    lo = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, w_start, "left")
-    hi = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, w_end, "right")
+    lo = seg_lo + intervals.searchsorted_in(launch, seg_lo, seg_hi, w_start, "left")
+    hi = seg_lo + intervals.searchsorted_in(launch, seg_lo, seg_hi, w_end, "right")
     lengths = np.maximum(hi - lo, 0)
     total = int(lengths.sum())
     empty_latency = pl.DataFrame(schema={"window": pl.Int64, "latency_ns": pl.Int64})
@@ -425,8 +397,7 @@ def _gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> tuple[list[pl.Series]
     g_end = np.maximum(w_end, last_end)
     out["gpu_window_ns"] = (g_end - w_start).astype(np.float64)
     new_seg = np.r_[True, (win[1:] != win[:-1]) | (dev[1:] != dev[:-1])]
-    covered = _segmented_prev_max(m_end, new_seg)
-    busy = np.clip(m_end - np.maximum(m_start, covered), 0, None)
+    covered, busy = intervals.union_parts(m_start, m_end, new_seg)
     gap = np.where(new_seg, 0, np.clip(m_start - covered, 0, None))
     starved = np.where(new_seg, 0, np.clip(m_launch - covered, 0, gap))
     head = np.where(new_seg, m_start - w_start[win], 0)
@@ -460,23 +431,9 @@ def _order_by_window_device_start(
             return None
         order: np.ndarray = np.argsort(key, kind="stable")
         return order
-    if _is_sorted(win, dev, offset):
+    if intervals.sorted_by(win, dev, offset):
         return None
     return np.lexsort((offset, dev, win))
-
-
-def _searchsorted_in(
-    values: np.ndarray, lo: np.ndarray, hi: np.ndarray, queries: np.ndarray, side: str
-) -> np.ndarray:
-    """Position of each query inside its own sorted slice `values[lo:hi]` (offset from lo).
-
-    Slices are few (one per owner range), so a loop over distinct slices, not over queries."""
-    result = np.zeros(len(queries), dtype=np.int64)
-    pairs = np.stack([lo, hi], axis=1)
-    for a, b in np.unique(pairs, axis=0).tolist():
-        rows = np.flatnonzero((lo == a) & (hi == b))
-        result[rows] = np.searchsorted(values[a:b], queries[rows], side=side)  # type: ignore[call-overload]
-    return result
 
 
 # --- stages ------------------------------------------------------------------------------------

@@ -1,9 +1,8 @@
-"""Per-stage MFU and MBU of DeepSeek-OCR inference from attributed GPU time (docs/mfu-math.md).
+"""Per-stage MFU and MBU of an inference run from attributed GPU time (docs/mfu-math.md).
 
 `compute_mfu` is pure: it takes the attribution frames, the stage facts (run metadata or flags),
 a FLOPs model and a peak, and returns an `MfuReport`; it neither reads files nor prints.
-`analyze_trace` at the bottom is the one I/O entry the CLI calls: open the trace, read the
-metadata, attribute, pick the peak, then `compute_mfu`.
+`analysis.analyze_trace` is the I/O entry that gathers those inputs from a trace.
 
 Time conventions: *trace* time of a stage is its GPU busy time (union of the intervals of the GPU
 ops it launched); *wall* time is the runner's synchronized wall clock when the metadata has it,
@@ -13,182 +12,26 @@ always holds and mfu_wall ≤ mfu_trace).
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Any, Final, Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
 import polars as pl
 
-from llm_perf_opt.calibration import calibration_of
-from llm_perf_opt.errors import (
-    ConfigError,
-    LlmPerfOptError,
-    MissingInputError,
-    SelectionError,
-)
-from llm_perf_opt.flops import analytic
-from llm_perf_opt.flops import traffic as traffic_model
-from llm_perf_opt.flops.configs import (
-    ModelConfig,
-    builtin_config,
-    config_from_json_dict,
-    load_config_json,
-)
-from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
-from llm_perf_opt.flops.vision_towers import default_image_size
-from llm_perf_opt.hostview import (
-    HostGpuView,
-    breakdown,
-    host_bound,
-    host_view,
-    stage_windows,
-)
-from llm_perf_opt.meta import (
-    CTX_MODES,
-    RunMeta,
-    load_meta_file,
-    load_static_compute,
-    meta_from_marks,
-)
-from llm_perf_opt.peak_sources import PeakSources, resolve_peaks
-from llm_perf_opt.peaks import TORCH_DTYPE_TO_PEAK, Dtype, PeakChoice
+from llm_perf_opt import facts, kernels
+from llm_perf_opt.errors import ConfigError, NoGpuTimeError, SelectionError
+from llm_perf_opt.flops.model import FlopsModel, StageWork, TrafficModel, stage_work
+from llm_perf_opt.hostview import HostGpuView, breakdown, host_bound, stage_windows
+from llm_perf_opt.kernels import KernelShare, LaunchKinds
+from llm_perf_opt.peak_sources import PeakSources
+from llm_perf_opt.peaks import PeakChoice
+from llm_perf_opt.stages import Instance, RangeRef, decode_steps, group_instances
+from llm_perf_opt.vocab import CTX_MODES, STAGES
 
-STAGES: Final = ("vision", "prefill", "decode")
-# Range roles a user may rename with `--stage ROLE=NAME[@DOMAIN]`.
-ROLES: Final = (*STAGES, "decode_step", "image")
-WARMUP_PREFIX: Final = "warmup"
 # Verdict rule (docs/mfu-math.md): the GPU idles more than half of the stage and kernels are
 # short → the CPU cannot launch them fast enough.
 IDLE_FRACTION_BOUND: Final = 0.5
 SHORT_KERNEL_NS: Final = 20_000
-DEFAULT_MODE: Final = "base"
-DEFAULT_DTYPE: Final[Dtype] = "bf16"
-# The peak column's arithmetic → the storage dtype of weights and KV cache for decode bytes.
-STORAGE_DTYPE: Final[Mapping[str, str]] = {
-    "bf16": "bfloat16",
-    "fp16": "float16",
-    "fp32": "float32",
-    "tf32": "float32",
-}
-
-
-class AnalysisError(LlmPerfOptError):
-    """The trace and the facts given for it do not fit together."""
-
-
-class NoGpuTimeError(AnalysisError):
-    """A stage with FLOPs has no GPU time: its ranges launched no GPU work."""
-
-
-@dataclass(frozen=True)
-class RangeRef:
-    """An NVTX range by name, in one domain or (domain None) in any."""
-
-    name: str
-    domain: str | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> RangeRef:
-        """`NAME` or `NAME@DOMAIN` (an empty DOMAIN is the default domain)."""
-        name, sep, domain = text.partition("@")
-        if not name:
-            raise SelectionError(f"empty range name in {text!r}; write NAME or NAME@DOMAIN")
-        return cls(name, domain if sep else None)
-
-    def expr(self) -> pl.Expr:
-        """Boolean expression over a ranges frame."""
-        match = pl.col("name") == self.name
-        return match if self.domain is None else match & (pl.col("domain") == self.domain)
-
-    def describe(self) -> str:
-        if self.domain is None:
-            return f"'{self.name}' (any domain)"
-        return f"'{self.name}' in domain '{self.domain}'"
-
-
-def parse_stage_option(text: str) -> tuple[str, RangeRef]:
-    """Parse one `--stage ROLE=NAME[@DOMAIN]` value.
-
-    Raises:
-        SelectionError: malformed, or ROLE is not one of ROLES.
-    """
-    role, sep, rest = text.partition("=")
-    if not sep or role not in ROLES:
-        raise SelectionError(
-            f"--stage {text!r}: expected ROLE=NAME[@DOMAIN] with ROLE one of {', '.join(ROLES)}"
-        )
-    return role, RangeRef.parse(rest)
-
-
-def default_refs(domain: str | None) -> dict[str, RangeRef]:
-    """The runner's range names, in `domain` (None: any domain)."""
-    return {role: RangeRef(role, domain) for role in ROLES}
-
-
-@dataclass(frozen=True)
-class StageInputs:
-    """Facts FLOPs need that a trace without metadata lacks; flags override metadata."""
-
-    meta: RunMeta | None = None
-    prefill_len: int | None = None
-    decode_tokens: int | None = None
-    mode: str | None = None
-    crop_grid: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class ContextChoice:
-    """How decode FLOPs pick the context length C of each step."""
-
-    mode: str = "auto"
-    ctx_len: int | None = None
-
-
-class FlopsModel(Protocol):
-    """What `compute_mfu` needs from the FLOPs model (docs/mfu-math.md)."""
-
-    @property
-    def window(self) -> int:
-        """Context window (max positions): C for `--ctx-mode max`."""
-        ...
-
-    def vision_flops(self, mode: str, crop_grid: tuple[int, int] | None) -> float:
-        """FLOPs of the vision stage for one image."""
-        ...
-
-    def prefill_flops(self, prefill_len: int) -> float:
-        """FLOPs of the prefill forward over `prefill_len` positions."""
-        ...
-
-    def decode_flops(self, ctx_lens: Sequence[int]) -> float:
-        """FLOPs of decode steps attending to `ctx_lens` positions each."""
-        ...
-
-    def decode_bytes(self, ctx_lens: Sequence[int]) -> float | None:
-        """Bytes the same decode steps read (weights + KV cache); None when unknown."""
-        ...
-
-
-class TrafficModel(Protocol):
-    """Bytes each stage moves (flops/traffic.py), the roofline's denominator; None: unknown."""
-
-    def vision_bytes_moved(self, mode: str, crop_grid: tuple[int, int] | None) -> float | None:
-        """Bytes the vision stage of one image moves."""
-        ...
-
-    def prefill_bytes_moved(self, prefill_len: int) -> float | None:
-        """Bytes the prefill forward over `prefill_len` positions moves."""
-        ...
-
-    def decode_bytes_moved(self, ctx_lens: Sequence[int]) -> float | None:
-        """Bytes decode steps attending to `ctx_lens` positions each move."""
-        ...
-
-
-# --- results --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -219,18 +62,6 @@ class InstanceResult:
     n_graph_ops: int = 0
     graph_sum_ns: int = 0
     host: HostGpuView | None = None
-
-
-@dataclass(frozen=True)
-class KernelShare:
-    """One kernel name's (or one CUDA graph's executions') share of a stage's kernel time."""
-
-    name: str
-    count: int
-    total_ns: int
-    mean_ns: float
-    share: float
-    kind: str = "kernel"
 
 
 @dataclass(frozen=True)
@@ -341,112 +172,6 @@ class MfuReport:
     peak_sources: PeakSources | None = None
 
 
-# --- pure core ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Instance:
-    """Stage ranges (rows of the attribution frame) that belong to one image."""
-
-    key: tuple[str, int]
-    warmup: bool
-    image_index: int | None
-    start_ns: int
-    members: dict[str, dict[str, Any]] = field(default_factory=dict)
-
-
-def _is_warmup(path: str | None) -> bool:
-    return any(part.startswith(WARMUP_PREFIX) for part in (path or "").split("/"))
-
-
-def _contains(outer: Mapping[str, Any], inner: Mapping[str, Any]) -> bool:
-    """`outer` encloses `inner` on the same thread (push/pop nesting)."""
-    return bool(
-        outer["range_id"] != inner["range_id"]
-        and outer["pid"] == inner["pid"]
-        and outer["tid"] == inner["tid"]
-        and outer["cpu_start_ns"] <= inner["cpu_start_ns"]
-        and outer["cpu_start_ns"] + outer["cpu_duration_ns"]
-        >= inner["cpu_start_ns"] + inner["cpu_duration_ns"]
-    )
-
-
-def names_present(ranges: pl.DataFrame, limit: int = 30) -> str:
-    """The distinct range names (with domains) for error messages."""
-    pairs = ranges.select("name", "domain").unique().sort("name", "domain").rows()
-    shown = [f"{n}@{d}" if d else n for n, d in pairs[:limit]]
-    more = f" … ({len(pairs) - limit} more)" if len(pairs) > limit else ""
-    return ", ".join(shown) + more
-
-
-def _group_instances(
-    ranges: pl.DataFrame,
-    refs: Mapping[str, RangeRef],
-    include_warmup: bool,
-    stages: Sequence[str] = STAGES,
-) -> list[_Instance]:
-    """Pair the stage ranges into image instances: by enclosing `image` range when there is one,
-    else by order of appearance per stage."""
-    images = ranges.filter(refs["image"].expr()).to_dicts()
-    instances: dict[tuple[str, int], _Instance] = {}
-    for stage in stages:
-        rows = ranges.filter(refs[stage].expr()).sort("cpu_start_ns").to_dicts()
-        if not rows:
-            raise SelectionError(
-                f"no NVTX range {refs[stage].describe()} for stage {stage}; names present: "
-                f"{names_present(ranges)}. Pass --stage {stage}=NAME[@DOMAIN]"
-            )
-        ordinal = 0
-        for row in rows:
-            warmup = _is_warmup(row["path"])
-            if warmup and not include_warmup:
-                continue
-            enclosing = [img for img in images if _contains(img, row)]
-            if enclosing:
-                image = max(enclosing, key=lambda r: r["cpu_start_ns"])
-                key = ("image", int(image["range_id"]))
-                index = image["payload_int"]
-                start = int(image["cpu_start_ns"])
-            else:
-                key, index, start = ("ordinal", ordinal), None, int(row["cpu_start_ns"])
-                ordinal += 1
-            inst = instances.setdefault(key, _Instance(key, warmup, index, start))
-            if stage in inst.members:
-                raise AnalysisError(
-                    f"two {stage} ranges inside one image range (ids "
-                    f"{inst.members[stage]['range_id']} and {row['range_id']}); each image must "
-                    f"hold one {stage} range"
-                )
-            inst.members[stage] = row
-            inst.start_ns = min(inst.start_ns, int(row["cpu_start_ns"]))
-    return sorted(instances.values(), key=lambda i: i.start_ns)
-
-
-def _decode_step_rows(
-    ranges: pl.DataFrame, ref: RangeRef, decode_row: Mapping[str, Any]
-) -> list[dict[str, Any]]:
-    """The step ranges nested in one decode range, in order."""
-    start = decode_row["cpu_start_ns"]
-    end = start + decode_row["cpu_duration_ns"]
-    steps = ranges.filter(
-        ref.expr(),
-        pl.col("pid") == decode_row["pid"],
-        pl.col("tid") == decode_row["tid"],
-        pl.col("cpu_start_ns") >= start,
-        pl.col("cpu_start_ns") + pl.col("cpu_duration_ns") <= end,
-        pl.col("range_id") != decode_row["range_id"],
-    )
-    return steps.sort("cpu_start_ns").to_dicts()
-
-
-def _span_ns(row: Mapping[str, Any]) -> int:
-    """Range CPU start → the later of its CPU end and its last GPU op end."""
-    end = row["cpu_start_ns"] + row["cpu_duration_ns"]
-    if row.get("proj_start_ns") is not None and row.get("proj_duration_ns") is not None:
-        end = max(end, row["proj_start_ns"] + row["proj_duration_ns"])
-    return int(end - row["cpu_start_ns"])
-
-
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
 
@@ -463,207 +188,15 @@ def _verdict(idle: float | None, mean_kernel_ns: float | None, mfu: float | None
     return "compute-bound"
 
 
-@dataclass
-class _Facts:
-    """The FLOP and wall-clock facts of one instance, flags applied over the metadata."""
-
-    mode: str
-    crop_grid: tuple[int, int] | None
-    prefill_len: int | None
-    wall_s: Mapping[str, float]
-    step_wall_s: tuple[float, ...]
-    meta_ctx_lens: tuple[int, ...]
-    meta_steps: int | None
-
-
-def _instance_facts(
-    instances: Sequence[_Instance],
-    inputs: StageInputs,
-    warnings: list[str],
-    has_vision: bool = True,
-) -> list[_Facts]:
-    """Match instances to metadata images (by image index, else order) and apply flag overrides."""
-    meta = inputs.meta
-    measured = [i for i in instances if not i.warmup]
-    by_instance: dict[int, Any] = {}
-    if meta is not None:
-        if len(measured) != len(meta.images):
-            raise AnalysisError(
-                f"the trace holds {len(measured)} measured image instance(s) but the run metadata "
-                f"({meta.source}) lists {len(meta.images)} image(s); was the capture cut short?"
-            )
-        by_index = {img.index: img for img in meta.images}
-        for pos, inst in enumerate(measured):
-            img = by_index.get(inst.image_index) if inst.image_index is not None else None
-            by_instance[id(inst)] = img if img is not None else meta.images[pos]
-    if inputs.mode is None and meta is None and has_vision:
-        warnings.append(f"vision mode not given: assumed '{DEFAULT_MODE}' (pass --mode)")
-    facts = []
-    for inst in instances:
-        img = by_instance.get(id(inst))
-        # warmup rounds run the shapes of the first image (run-metadata.md)
-        shape = img if img is not None else (meta.images[0] if meta and meta.images else None)
-        facts.append(
-            _Facts(
-                mode=inputs.mode or (shape.mode if shape else DEFAULT_MODE),
-                crop_grid=inputs.crop_grid or (shape.crop_grid if shape else None),
-                prefill_len=inputs.prefill_len or (shape.prefill_len if shape else None),
-                wall_s=img.wall_s if img is not None else {},
-                step_wall_s=img.decode_step_wall_s if img is not None else (),
-                meta_ctx_lens=img.decode_context_lens if img is not None else (),
-                meta_steps=img.decode_steps if img is not None else None,
-            )
-        )
-    return facts
-
-
-def _decode_ctx(
-    pos: int,
-    inst: _Instance,
-    facts: _Facts,
-    steps: Sequence[Mapping[str, Any]],
-    inputs: StageInputs,
-    ctx: ContextChoice,
-    window: int,
-    warnings: list[str],
-) -> ContextInstance:
-    """Number of decode steps and the C of each, per the context mode."""
-    if steps:
-        n_steps = len(steps)
-        if inputs.decode_tokens is not None and inputs.decode_tokens != n_steps:
-            warnings.append(
-                f"instance {inst.image_index if inst.image_index is not None else '?'}: "
-                f"--decode-tokens {inputs.decode_tokens} but the trace has {n_steps} nested "
-                f"decode steps; using {n_steps}"
-            )
-    elif inputs.decode_tokens is not None:
-        n_steps = inputs.decode_tokens
-    elif facts.meta_steps is not None:
-        n_steps = facts.meta_steps
-    else:
-        raise MissingInputError(
-            "decode FLOPs need the number of decode steps: pass --decode-tokens T "
-            "(or nest one range per step inside decode, see --stage decode_step=NAME)"
-        )
-    if n_steps + (facts.prefill_len or 0) > window:  # checked before any per-step list exists
-        raise ConfigError(
-            f"{n_steps:,} decode steps after a prefill of {facts.prefill_len or 0} positions "
-            f"exceed the model window of {window} positions; check --decode-tokens (or the run "
-            "metadata's decode_steps)"
-        )
-    payloads = [s.get("payload_int") for s in steps]
-    if ctx.mode == "fixed":
-        if ctx.ctx_len is None:
-            raise MissingInputError("--ctx-mode fixed needs the context length: pass --ctx-len N")
-        lens, source = (ctx.ctx_len,) * n_steps, f"fixed --ctx-len {ctx.ctx_len}"
-    elif ctx.mode == "max":
-        lens, source = (window,) * n_steps, f"max: model window {window}"
-    elif steps and all(p is not None for p in payloads):
-        lens, source = tuple(int(p) for p in payloads if p is not None), "decode_step payloads"
-    elif len(facts.meta_ctx_lens) == n_steps and n_steps > 0:
-        lens, source = facts.meta_ctx_lens, "metadata decode_context_lens"
-    else:
-        if facts.prefill_len is None:
-            raise MissingInputError(
-                "decode FLOPs in --ctx-mode auto need the prefill length (C = Lp + k): "
-                "pass --prefill-len N, or --ctx-mode fixed --ctx-len N"
-            )
-        lens = tuple(facts.prefill_len + k for k in range(1, n_steps + 1))
-        source = "Lp + k"
-    return ContextInstance(
-        instance=pos,
-        image_index=inst.image_index,
-        prefill_len=facts.prefill_len,
-        decode_steps=n_steps,
-        source=source,
-        ctx_lens=tuple(lens),
-    )
-
-
-@dataclass(frozen=True)
-class _LaunchKinds:
-    """What one range launched, by kind: kernels, and CUDA graphs traced whole (their kernels
-    are not in the trace, so they are counted and timed apart from the kernels)."""
-
-    n_kernels: int = 0
-    n_graph_ops: int = 0
-    graph_sum_ns: int = 0
-
-
-def _kernel_stats(ops: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, _LaunchKinds]:
-    """Kernel and graph-execution counts, and graph time, per (exclusively attributed) range."""
-    is_graph = pl.col("kind") == "graph"
-    counted = (
-        ops.filter(
-            pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
-        )
-        .group_by("range_id")
-        .agg(
-            n_kernels=(~is_graph).sum(),
-            n_graph_ops=is_graph.sum(),
-            graph_sum_ns=pl.when(is_graph).then(pl.col("end_ns") - pl.col("start_ns")).sum(),
-        )
-    )
-    return {
-        int(r["range_id"]): _LaunchKinds(
-            int(r["n_kernels"]), int(r["n_graph_ops"]), int(r["graph_sum_ns"])
-        )
-        for r in counted.iter_rows(named=True)
-    }
-
-
-def _top_kernels(
-    ops: pl.DataFrame, range_ids: Sequence[int], names: pl.DataFrame | None, k: int
-) -> tuple[KernelShare, ...]:
-    """The `k` kernel names with the most GPU time among ops attributed to `range_ids`; the
-    executions of one CUDA graph traced whole count as one entry, `CUDA graph <graphId>`."""
-    if k <= 0:
-        return ()
-    kernels = ops.filter(
-        pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
-    ).with_columns(graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")))
-    if kernels.is_empty():
-        return ()
-    total = int((kernels["end_ns"] - kernels["start_ns"]).sum())
-    grouped = (
-        kernels.group_by("kind", "name_id", "graph_key")
-        .agg(count=pl.len(), total_ns=(pl.col("end_ns") - pl.col("start_ns")).sum())
-        .sort("total_ns", "name_id", "graph_key", descending=[True, False, False])
-        .head(k)
-    )
-    if names is not None:
-        grouped = grouped.join(names, on="name_id", how="left", maintain_order="left")
-    else:
-        grouped = grouped.with_columns(name=pl.lit(None, pl.String))
-    return tuple(
-        KernelShare(
-            name=_entry_name(row),
-            count=int(row["count"]),
-            total_ns=int(row["total_ns"]),
-            mean_ns=row["total_ns"] / row["count"],
-            share=row["total_ns"] / total if total else 0.0,
-            kind=str(row["kind"]),
-        )
-        for row in grouped.iter_rows(named=True)
-    )
-
-
-def _entry_name(row: Mapping[str, Any]) -> str:
-    """A top-kernel entry's name: the kernel's, or `CUDA graph <id>` for a graph's executions."""
-    if row["kind"] == "graph":
-        return f"CUDA graph {row['graph_key']}"
-    return row["name"] if row["name"] is not None else f"<kernel name id {row['name_id']}>"
-
-
 def compute_mfu(
     ranges: pl.DataFrame,
     ops: pl.DataFrame,
     *,
     refs: Mapping[str, RangeRef],
-    inputs: StageInputs,
+    inputs: facts.StageInputs,
     flops_model: FlopsModel,
     peak: PeakChoice,
-    ctx: ContextChoice,
+    ctx: facts.ContextChoice,
     include_warmup: bool = False,
     top_kernels: int = 10,
     kernel_names: pl.DataFrame | None = None,
@@ -712,42 +245,30 @@ def compute_mfu(
     stages = tuple(s for s in STAGES if s in stages)
     if not stages:
         raise SelectionError(f"no stage to analyze; choose some of {', '.join(STAGES)}")
-    instances = _group_instances(ranges, refs, include_warmup, stages)
-    if not instances:
-        raise SelectionError(
-            "every stage range lies under a warmup range; pass --include-warmup to analyze them"
-        )
-    for stage in stages:
-        n = sum(stage in i.members for i in instances)
-        if n != len(instances):
-            warnings.append(f"{stage}: {n} range(s) for {len(instances)} instance(s)")
-    facts = _instance_facts(instances, inputs, warnings, "vision" in stages)
-    all_ids = [int(r["range_id"]) for i in instances for r in i.members.values()]
-    n_kernels = _kernel_stats(ops, all_ids)
+    instances = group_instances(ranges, refs, include_warmup, stages, warnings)
+    known = facts.instance_facts(instances, inputs, warnings, "vision" in stages)
+    members = [int(r["range_id"]) for i in instances for r in i.members.values()]
+    n_kernels = kernels.launch_kinds(ops, members)
+    steps_of = decode_steps(ranges, refs["decode_step"], instances)
     window = flops_model.window
 
     per_stage: dict[str, list[InstanceResult]] = {s: [] for s in stages}
     contexts: list[ContextInstance] = []
     steps_out: list[DecodeStep] = []
     step_ranges: list[tuple[int, int]] = []
-    for pos, (inst, fact) in enumerate(zip(instances, facts, strict=True)):
+    for pos, (inst, fact) in enumerate(zip(instances, known, strict=True)):
         for stage, row in inst.members.items():
-            if stage != "decode":
-                work = _Work(_prefill_or_vision_flops(stage, fact, flops_model))
-                work = replace(work, bytes_moved=_stage_bytes(stage, fact, traffic))
-            else:
-                steps = _decode_step_rows(ranges, refs["decode_step"], row)
-                c = _decode_ctx(pos, inst, fact, steps, inputs, ctx, flops_model.window, warnings)
-                contexts.append(c)
+            lens: tuple[int, ...] = ()
+            if stage == "decode":
+                steps = steps_of[int(row["range_id"])]
+                c = facts.decode_context(inst, fact, steps, inputs, ctx, window, warnings)
+                head = (pos, inst.image_index, fact.prefill_len)
+                contexts.append(ContextInstance(*head, c.decode_steps, c.source, c.ctx_lens))
                 lens = c.ctx_lens
-                work = _Work(
-                    flops_model.decode_flops(lens) if lens else 0.0,
-                    flops_model.decode_bytes(lens) if lens else 0.0,
-                    len(lens),
-                    traffic.decode_bytes_moved(lens) if traffic and lens else None,
-                )
                 steps_out.extend(_steps(pos, steps, lens, fact.step_wall_s))
                 step_ranges += [(int(row["range_id"]), int(st["range_id"])) for st in steps]
+            work = stage_work(stage, flops_model, traffic, mode=fact.mode, crop_grid=fact.crop_grid,
+                              prefill_len=fact.prefill_len, ctx_lens=lens)  # fmt: skip
             res = _instance_result(stage, pos, inst, fact, row, work, n_kernels, peak)
             if res.gpu_busy_ns == 0 and res.flops > 0:
                 warnings.append(f"{stage} instance {pos}: no GPU time in range {res.range_id}")
@@ -760,7 +281,7 @@ def compute_mfu(
     if host_views is not None:
         results = _with_host_views(results, ranges, ops, host_views, step_ranges, peak.peak_flops)
     warnings.extend(_implausible(results))
-    warnings.extend(_graph_level_note(ops))
+    warnings.extend(kernels.graph_level_note(ops))
     flops_total = sum(s.flops for s in results.values())
     busy_total = sum(s.gpu_busy_ns for s in results.values())
     wall_total = sum(s.wall_ns for s in results.values())
@@ -837,65 +358,21 @@ def _implausible(stages: Mapping[str, StageResult]) -> list[str]:
     return out
 
 
-def _graph_level_note(ops: pl.DataFrame) -> list[str]:
-    """One line for a trace with CUDA graphs traced whole: what the report cannot see."""
-    n_graph = int((ops["kind"] == "graph").sum())
-    if n_graph == 0:
-        return []
-    return [
-        f"{n_graph:,} CUDA graph executions were traced whole (nsys --cuda-graph-trace=graph, "
-        "its default): their kernels are not in the trace, so each execution counts as one "
-        "entry in graph_ops/graph_s and the top kernels; capture with --cuda-graph-trace=node "
-        "for the per-kernel view"
-    ]
-
-
-@dataclass(frozen=True)
-class _Work:
-    """What the model says one stage instance computes (and, for decode, reads)."""
-
-    flops: float
-    decode_bytes: float | None = None
-    decode_steps: int | None = None
-    bytes_moved: float | None = None
-
-
-def _prefill_or_vision_flops(stage: str, fact: _Facts, flops_model: FlopsModel) -> float:
-    if stage == "vision":
-        return flops_model.vision_flops(fact.mode, fact.crop_grid)
-    if fact.prefill_len is None:
-        raise MissingInputError(
-            "prefill FLOPs need the prefill length Lp (image positions + text tokens): "
-            "pass --prefill-len N"
-        )
-    return flops_model.prefill_flops(fact.prefill_len)
-
-
-def _stage_bytes(stage: str, fact: _Facts, traffic: TrafficModel | None) -> float | None:
-    """Bytes a vision or prefill instance moves (counted after its FLOPs: Lp is known)."""
-    if traffic is None:
-        return None
-    if stage == "vision":
-        return traffic.vision_bytes_moved(fact.mode, fact.crop_grid)
-    return traffic.prefill_bytes_moved(fact.prefill_len) if fact.prefill_len else None
-
-
 def _instance_result(
     stage: str,
     pos: int,
-    inst: _Instance,
-    fact: _Facts,
+    inst: Instance,
+    fact: facts.InstanceFacts,
     row: Mapping[str, Any],
-    work: _Work,
-    n_kernels: Mapping[int, _LaunchKinds],
+    work: StageWork,
+    n_kernels: Mapping[int, LaunchKinds],
     peak: PeakChoice,
 ) -> InstanceResult:
     """Times of one stage range (exclusive columns) against its work."""
-    wall_runner = fact.wall_s.get(stage)
-    wall_ns = wall_runner * 1e9 if wall_runner is not None else float(_span_ns(row))
+    wall_ns, wall_source = facts.wall_of(fact.wall_s.get(stage), row)
     busy = int(row["excl_gpu_busy_ns"])
     rid = int(row["range_id"])
-    kinds = n_kernels.get(rid, _LaunchKinds())
+    kinds = n_kernels.get(rid, LaunchKinds())
     bw = peak.peak_bandwidth_Bps if work.decode_bytes is not None else None
     return InstanceResult(
         stage=stage,
@@ -912,7 +389,7 @@ def _instance_result(
         graph_sum_ns=kinds.graph_sum_ns,
         cpu_duration_ns=int(row["cpu_duration_ns"]),
         wall_ns=wall_ns,
-        wall_source="runner" if wall_runner is not None else "range",
+        wall_source=wall_source,
         mfu_trace=_ratio(work.flops, peak.peak_flops * busy * 1e-9),
         mfu_wall=_ratio(work.flops, peak.peak_flops * wall_ns * 1e-9),
         idle_fraction=_idle(busy, wall_ns),
@@ -941,15 +418,14 @@ def _steps(
     use_runner = len(step_wall_s) == len(rows)
     return [
         DecodeStep(
-            instance=instance,
-            step=k + 1,
-            ctx_len=lens[k] if k < len(lens) else 0,
-            payload_ctx_len=row.get("payload_int"),
-            cpu_duration_ns=int(row["cpu_duration_ns"]),
-            gpu_busy_ns=int(row["gpu_busy_ns"]),
-            n_gpu_ops=int(row["n_gpu_ops"]),
-            wall_ns=step_wall_s[k] * 1e9 if use_runner else float(_span_ns(row)),
-            wall_source="runner" if use_runner else "range",
+            instance,
+            k + 1,
+            lens[k] if k < len(lens) else 0,
+            row.get("payload_int"),
+            int(row["cpu_duration_ns"]),
+            int(row["gpu_busy_ns"]),
+            int(row["n_gpu_ops"]),
+            *facts.wall_of(step_wall_s[k] if use_runner else None, row),
         )
         for k, row in enumerate(rows)
     ]
@@ -1004,7 +480,7 @@ def _aggregate(
         mean_kernel_ns=mean_kernel,
         verdict=_verdict(idle, mean_launch, mfu_trace, None),
         instances=tuple(rows),
-        top_kernels=_top_kernels(ops, [r.range_id for r in rows], kernel_names, top_k),
+        top_kernels=kernels.top_kernels(ops, [r.range_id for r in rows], kernel_names, top_k),
         bytes_moved=sum(moved) if len(moved) == len(rows) else None,
     )
     if stage != "decode":
@@ -1026,400 +502,3 @@ def _aggregate(
         mbu_wall=_ratio(n_bytes, bw * wall * 1e-9) if bw and n_bytes is not None else None,
         verdict=_verdict(idle, mean_launch, mfu_trace, mbu_trace),
     )
-
-
-def stage_selection_refs(
-    refs: Mapping[str, RangeRef], stages: Sequence[str] = STAGES
-) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
-    """Names and domains of the stage ranges, for `RangeSelection`."""
-    names = tuple(dict.fromkeys(refs[s].name for s in stages))
-    domains = [refs[s].domain for s in stages]
-    if any(d is None for d in domains):
-        return names, None
-    return names, tuple(dict.fromkeys(d for d in domains if d is not None))
-
-
-# --- I/O entry ------------------------------------------------------------------------------------
-
-Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class AnalyzeOptions:
-    """Everything `mfu-analyze` can be told (docs/configuration.md)."""
-
-    ctx_mode: str | None = None
-    ctx_len: int | None = None
-    peak_tflops: float | None = None
-    dtype: str | None = None
-    stages: Mapping[str, RangeRef] = field(default_factory=dict)
-    model: str | None = None
-    config_path: str | None = None
-    prefill_len: int | None = None
-    decode_tokens: int | None = None
-    mode: str | None = None
-    crop_grid: tuple[int, int] | None = None
-    meta_path: str | None = None
-    static_compute_path: str | None = None
-    peak_source: str | float = "table"
-    include_warmup: bool = False
-    top_kernels: int = 10
-    other_threads: bool = False
-    prefill_logits: analytic.LmHeadPositions = "last"
-    image_hw: tuple[int, int] | None = None
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """What `analyze_trace` found: always the attribution, the report when MFU facts sufficed."""
-
-    ranges: pl.DataFrame
-    report: MfuReport | None
-    skipped_reason: str | None = None
-    # What the reader left out of the trace (impossible rows), also in the report's warnings.
-    trace_warnings: tuple[str, ...] = ()
-    # the run metadata the analysis used (backend settings for the results database)
-    meta: RunMeta | None = None
-
-
-def analyze_trace(
-    path: str | Path,
-    options: AnalyzeOptions,
-    *,
-    require_mfu: bool = True,
-    progress: Progress | None = None,
-) -> Analysis:
-    """Open a trace, attribute its GPU ops and compute the MFU report.
-
-    Args:
-        path: the nsys SQLite export.
-        options: the analysis options.
-        require_mfu: False (only `--ranges-out` asked): when MFU facts are missing, return the
-            attribution with `report=None` and the reason instead of raising.
-        progress: called with a short status line before each slow step.
-
-    Raises:
-        LlmPerfOptError: any bad input (see the subclasses), with a message naming the fix.
-    """
-    from llm_perf_opt.attribution import RangeSelection, attribute
-    from llm_perf_opt.trace import open_trace
-
-    say = progress or (lambda _msg: None)
-    say(f"reading {path}")
-    trace = open_trace(path)
-    trace.prefetch_gpu_work()  # the big tables load while the NVTX events are read
-    meta = load_meta_file(options.meta_path) if options.meta_path else None
-    if meta is None:
-        meta = meta_from_marks(trace.nvtx_marks())
-    refs = default_refs(meta.nvtx_domain if meta else None)
-    refs.update(options.stages)
-    raw = trace.nvtx_ranges()
-    present = tuple(s for s in STAGES if not raw.filter(refs[s].expr()).is_empty())
-    # A stage named with --stage must exist; a default-named one may be absent (no vision).
-    missing = [s for s in STAGES if s not in present and (s in options.stages or not present)]
-    selection = None
-    reason = None
-    if missing:
-        stage = missing[0]
-        reason = (
-            f"no NVTX range {refs[stage].describe()} for stage {stage}; names present: "
-            f"{names_present(raw)}. Pass --stage {stage}=NAME[@DOMAIN]"
-        )
-        if require_mfu:
-            raise SelectionError(reason)
-    else:
-        names, domains = stage_selection_refs(refs, present)
-        selection = RangeSelection(names=names, domains=domains)
-    host_read = _read_host_views(trace, raw, refs) if reason is None else None
-    say("attributing GPU ops to NVTX ranges")
-    attribution = attribute(trace, selection, other_threads=options.other_threads)
-    read_warnings = tuple(trace.warnings)
-    if reason is not None or host_read is None:
-        return Analysis(attribution.ranges, None, reason, read_warnings, meta)
-    try:
-        say("computing MFU")
-        report = _report(
-            trace,
-            attribution.ranges,
-            attribution.ops,
-            meta,
-            refs,
-            options,
-            path,
-            present,
-            host_read.result(),
-        )
-    except LlmPerfOptError as exc:
-        if require_mfu:
-            raise
-        return Analysis(attribution.ranges, None, str(exc), read_warnings, meta)
-    report = replace(report, warnings=(*read_warnings, *report.warnings))
-    return Analysis(attribution.ranges, report, None, read_warnings, meta)
-
-
-def read_host_views(trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:
-    """The host view (hostview.host_view) of every stage and decode-step range of `ranges`
-    (`Trace.nvtx_ranges()`), from the trace's CUDA API calls and synchronization rows."""
-    wanted = pl.any_horizontal([refs[role].expr() for role in (*STAGES, "decode_step")])
-    windows = ranges.filter(wanted).select(
-        pl.col("event_id").alias("window_id"), "global_tid", "start_ns", "end_ns"
-    )
-    return host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
-
-
-def _read_host_views(
-    trace: Any, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]
-) -> Future[pl.DataFrame]:
-    """`read_host_views` in a background thread: the SQLite scan releases the GIL, so reading
-    the API table and its host view overlap attribution, and the table is freed before it."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-view")
-    future = pool.submit(read_host_views, trace, ranges, refs)
-    pool.shutdown(wait=False)
-    return future
-
-
-def _report(
-    trace: Any,
-    ranges: pl.DataFrame,
-    ops: pl.DataFrame,
-    meta: RunMeta | None,
-    refs: Mapping[str, RangeRef],
-    options: AnalyzeOptions,
-    path: str | Path,
-    stages: Sequence[str],
-    host_views: pl.DataFrame,
-) -> MfuReport:
-    """Resolve config, dtype, GPU and peak, then `compute_mfu`."""
-    warnings: list[str] = []
-    hf_model = read_hf_config(options.config_path) if options.config_path else None
-    if hf_model is None:
-        config, flops_source = resolve_config(
-            model=options.model, config_path=options.config_path, meta=meta, warnings=warnings
-        )
-    else:
-        flops_source = f"--config {options.config_path} (Hugging Face {hf_model.model_type})"
-        tower = hf_model.vision
-        # a Qwen-VL tower takes any image size: say which one its vision FLOPs assume
-        unsized = options.image_hw is None and "vision" in stages
-        if tower is not None and tower.image_size is None and unsized:
-            h, w = default_image_size(tower)
-            warnings.append(f"vision FLOPs for {h}x{w} px images; pass --image-size HxW")
-    dtype = _dtype(options.dtype, meta)
-    if options.ctx_len is not None and options.ctx_mode not in (None, "fixed"):
-        warnings.append(
-            f"--ctx-len is used only with --ctx-mode fixed; ignored in {options.ctx_mode}"
-        )
-    gpu_name, trace_bw = _gpu(trace.gpu_info(), ops, meta)
-    peak, peak_sources, peak_warnings = resolve_peaks(
-        gpu_name,
-        dtype,
-        peak_source=options.peak_source,
-        peak_tflops=options.peak_tflops,
-        trace_bandwidth_Bps=trace_bw,
-        calibration=calibration_of(meta),
-    )
-    warnings += peak_warnings
-    bytes_dtype = _bytes_dtype(dtype, meta, warnings)
-    flops_model: AnalyticFlops | HfFlops = (
-        AnalyticFlops(config, bytes_dtype, options.prefill_logits)
-        if hf_model is None
-        else HfFlops(hf_model, bytes_dtype, options.prefill_logits, options.image_hw)
-    )
-    # --ctx-len alone means fixed; else the run's configured mode, else auto.
-    implied = "fixed" if options.ctx_len is not None else None
-    ctx = ContextChoice(
-        mode=options.ctx_mode or implied or (meta.context_len_mode if meta else "auto"),
-        ctx_len=options.ctx_len
-        if options.ctx_len is not None
-        else (meta.context_len_fixed if meta else None),
-    )
-    report = compute_mfu(
-        ranges,
-        ops,
-        refs=refs,
-        inputs=StageInputs(
-            meta=meta,
-            prefill_len=options.prefill_len,
-            decode_tokens=options.decode_tokens,
-            mode=options.mode,
-            crop_grid=options.crop_grid,
-        ),
-        flops_model=flops_model,
-        peak=peak,
-        ctx=ctx,
-        include_warmup=options.include_warmup,
-        top_kernels=options.top_kernels,
-        kernel_names=trace.kernel_names(),
-        flops_source=flops_source,
-        trace_path=str(path),
-        static_compute=_static_compute(options, path),
-        traffic=flops_model if isinstance(flops_model, AnalyticFlops) else None,
-        stages=stages,
-        host_views=host_views,
-    )
-    return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
-
-
-def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:
-    """`--static-compute FILE`, else the first report found of: beside the `--meta` file,
-    `NAME.static_compute.json` next to `NAME.run.meta.json` (the layout of traces/meta/), then
-    `static_compute.json` (the runner's `--out` folder); beside the trace `T.sqlite[.xz]`,
-    `meta/T.static_compute.json` (the repository's traces/), `T.static_compute.json` or
-    `static_compute.json`."""
-    if options.static_compute_path is not None:
-        return load_static_compute(options.static_compute_path)
-    candidates = []
-    if options.meta_path is not None:
-        meta = Path(options.meta_path)
-        stem = meta.name.removesuffix(".json").removesuffix(".run.meta")
-        candidates += [meta.with_name(f"{stem}.static_compute.json"),
-                       meta.with_name("static_compute.json")]  # fmt: skip
-    trace = Path(trace_path)
-    name = trace.name.removesuffix(".xz").removesuffix(".gz").removesuffix(".sqlite")
-    candidates += [trace.parent / "meta" / f"{name}.static_compute.json",
-                   trace.with_name(f"{name}.static_compute.json"),
-                   trace.with_name("static_compute.json")]  # fmt: skip
-    found = next((c for c in candidates if c.is_file()), None)
-    return None if found is None else load_static_compute(found)
-
-
-def _dtype(flag: str | None, meta: RunMeta | None) -> Dtype:
-    """--dtype, else the run's dtype from the metadata, else bf16."""
-    if flag is not None:
-        return TORCH_DTYPE_TO_PEAK[flag]
-    if meta is not None:
-        dtype = TORCH_DTYPE_TO_PEAK.get(meta.dtype)
-        if dtype is None:
-            raise ConfigError(f"run metadata dtype {meta.dtype!r} has no peak column; pass --dtype")
-        return dtype
-    return DEFAULT_DTYPE
-
-
-def _gpu(
-    info: pl.DataFrame, ops: pl.DataFrame, meta: RunMeta | None
-) -> tuple[str | None, float | None]:
-    """Name and bandwidth of the GPU that ran the attributed work (most ops), from the trace;
-    the metadata's device name when the trace has no GPU table."""
-    if not info.is_empty():
-        used = ops.filter(pl.col("range_id").is_not_null())["device_id"].mode()
-        row = info.filter(pl.col("device_id").is_in(used.to_list()))
-        pick = (row if not row.is_empty() else info).row(0, named=True)
-        bw = pick.get("memory_bandwidth_Bps")
-        return pick["name"], float(bw) if bw else None
-    if meta is not None and meta.device_name and meta.device_name != "cpu":
-        return meta.device_name, None
-    return None, None
-
-
-def _bytes_dtype(dtype: Dtype, meta: RunMeta | None, warnings: list[str]) -> str | None:
-    """Storage dtype of weights and KV cache: the run's, else the one the peak column implies."""
-    if meta is not None and meta.dtype in STORAGE_DTYPE.values():
-        return meta.dtype
-    storage = STORAGE_DTYPE.get(dtype)
-    if storage is None:
-        warnings.append(f"no storage dtype known for {dtype}: decode MBU not computed")
-    return storage
-
-
-@dataclass(frozen=True)
-class AnalyticFlops:
-    """`FlopsModel` over `llm_perf_opt.flops.analytic` (causal attention convention)."""
-
-    config: ModelConfig
-    bytes_dtype: str | None
-    lm_head_positions: analytic.LmHeadPositions = "last"
-
-    @property
-    def window(self) -> int:
-        return self.config.text.max_position_embeddings
-
-    def vision_flops(self, mode: str, crop_grid: tuple[int, int] | None) -> float:
-        layout = analytic.image_layout(self.config, mode, crop_grid)
-        return float(analytic.vision_flops(self.config, layout).total_flops)
-
-    def prefill_flops(self, prefill_len: int) -> float:
-        text, positions = self.config.text, self.lm_head_positions
-        return float(analytic.prefill_flops(text, prefill_len, "causal", positions).total_flops)
-
-    def decode_flops(self, ctx_lens: Sequence[int]) -> float:
-        text = self.config.text
-        return float(
-            sum(
-                n * analytic.decode_flops_per_token(text, c).total_flops
-                for c, n in Counter(ctx_lens).items()
-            )
-        )
-
-    def decode_bytes(self, ctx_lens: Sequence[int]) -> float | None:
-        if self.bytes_dtype is None:
-            return None
-        text, dtype = self.config.text, self.bytes_dtype
-        return float(
-            sum(
-                n * sum(analytic.decode_bytes_per_step(text, c, dtype).values())
-                for c, n in Counter(ctx_lens).items()
-            )
-        )
-
-    def vision_bytes_moved(self, mode: str, crop_grid: tuple[int, int] | None) -> float | None:
-        if self.bytes_dtype is None:
-            return None
-        layout = analytic.image_layout(self.config, mode, crop_grid)
-        moved = traffic_model.vision_bytes(self.config, layout, self.bytes_dtype)
-        return float(sum(moved.values()))
-
-    def prefill_bytes_moved(self, prefill_len: int) -> float | None:
-        if self.bytes_dtype is None:
-            return None
-        moved = traffic_model.decoder_bytes(self.config.text, prefill_len, prefill_len,
-                                            self.bytes_dtype)  # fmt: skip
-        return float(sum(moved.values()))
-
-    def decode_bytes_moved(self, ctx_lens: Sequence[int]) -> float | None:
-        if self.bytes_dtype is None:
-            return None
-        text, dtype = self.config.text, self.bytes_dtype
-        return float(
-            sum(
-                n * sum(traffic_model.decoder_bytes(text, 1, c, dtype).values())
-                for c, n in Counter(ctx_lens).items()
-            )
-        )
-
-
-def resolve_config(
-    *,
-    model: str | None,
-    config_path: str | None,
-    meta: RunMeta | None,
-    warnings: list[str],
-) -> tuple[ModelConfig, str]:
-    """The architecture FLOPs are counted on, and where it came from.
-
-    Order: `--config FILE`, `--model NAME`, the run metadata's `model.config` (or its family's
-    built-in config when that does not parse).
-
-    Raises:
-        MissingInputError: none of them is available.
-        ConfigError: the given file or name is invalid.
-    """
-    if config_path is not None:
-        return load_config_json(config_path), f"--config {config_path}"
-    if model is not None:
-        if meta is not None and meta.family != model:
-            warnings.append(f"--model {model} overrides the run's model family {meta.family}")
-        return builtin_config(model), f"--model {model} (built-in config)"
-    if meta is None:
-        raise MissingInputError(
-            "FLOPs need the model architecture and the trace has no run metadata: pass "
-            "--model deepseek-ocr|deepseek-ocr2, --config FILE or --meta run.meta.json"
-        )
-    if meta.model_config is not None:
-        try:
-            return config_from_json_dict(dict(meta.model_config), "run metadata model.config"), (
-                "run metadata model.config"
-            )
-        except ConfigError as exc:
-            warnings.append(f"run metadata model.config unreadable ({exc}); used the built-in")
-    tiny = " tiny" if meta.tiny else ""
-    return builtin_config(meta.family, tiny=meta.tiny), f"built-in {meta.family}{tiny} config"

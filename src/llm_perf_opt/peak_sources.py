@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from llm_perf_opt.calibration import Calibration
-from llm_perf_opt.peaks import TORCH_DTYPE_TO_PEAK, Dtype, PeakChoice, UnknownGpuError, choose_peak
+from llm_perf_opt.peaks import PeakChoice, UnknownGpuError, choose_peak
+from llm_perf_opt.vocab import PEAK_DTYPE_OF, PeakDtype
 
 PEAK_SOURCES: Final = ("table", "measured")
 _TERA: Final = 1e12
@@ -56,7 +57,7 @@ def parse_peak_source(text: str) -> str | float:
 
 def resolve_peaks(
     gpu_name: str | None,
-    dtype: Dtype,
+    dtype: PeakDtype,
     *,
     peak_source: str | float = "table",
     peak_tflops: float | None = None,
@@ -118,7 +119,7 @@ def resolve_peaks(
     return choice, sources, warnings
 
 
-def _table(gpu_name: str | None, dtype: Dtype, trace_bw: float | None) -> PeakChoice | None:
+def _table(gpu_name: str | None, dtype: PeakDtype, trace_bw: float | None) -> PeakChoice | None:
     """The datasheet peak, None when the table has no row for this GPU and dtype."""
     try:
         return choose_peak(gpu_name, dtype, trace_bandwidth_Bps=trace_bw)
@@ -127,7 +128,7 @@ def _table(gpu_name: str | None, dtype: Dtype, trace_bw: float | None) -> PeakCh
 
 
 def _measured(
-    gpu_name: str | None, dtype: Dtype, cal: Calibration, table: PeakChoice | None
+    gpu_name: str | None, dtype: PeakDtype, cal: Calibration, table: PeakChoice | None
 ) -> PeakChoice:
     best = cal.best_gemm
     base = table or PeakChoice(gpu_name, dtype, cal.peak_flops, "", None, None, None)
@@ -143,10 +144,12 @@ def _measured(
     )
 
 
-def _calibration_warnings(cal: Calibration, dtype: Dtype, table: PeakChoice | None) -> list[str]:
+def _calibration_warnings(
+    cal: Calibration, dtype: PeakDtype, table: PeakChoice | None
+) -> list[str]:
     """A measured ceiling above the datasheet, or in another dtype, is not a fair denominator."""
     out = []
-    if TORCH_DTYPE_TO_PEAK.get(cal.dtype, cal.dtype) != dtype:
+    if PEAK_DTYPE_OF.get(cal.dtype, cal.dtype) != dtype:
         out.append(f"calibration was measured in {cal.dtype}, the MFU divides {dtype} FLOPs")
     if table is not None and cal.peak_flops > table.peak_flops:
         out.append(

@@ -10,26 +10,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 from llm_perf_opt.errors import LlmPerfOptError
-
-Dtype = Literal["bf16", "fp16", "tf32", "fp32", "fp8"]
-DTYPES: tuple[Dtype, ...] = get_args(Dtype)
+from llm_perf_opt.vocab import PeakDtype
 
 _TERA = 1e12
-
-# torch dtype names as the runner records them (run metadata `dtype`) → table column
-TORCH_DTYPE_TO_PEAK: dict[str, Dtype] = {
-    "bfloat16": "bf16",
-    "float16": "fp16",
-    "float32": "fp32",
-    "bf16": "bf16",
-    "fp16": "fp16",
-    "fp32": "fp32",
-    "tf32": "tf32",
-    "fp8": "fp8",
-}
 
 
 class UnknownGpuError(LlmPerfOptError):
@@ -48,7 +33,7 @@ class GpuPeak:
     fp8_tflops: float | None
     bandwidth_tbps: float
 
-    def tflops(self, dtype: Dtype) -> float | None:
+    def tflops(self, dtype: PeakDtype) -> float | None:
         """Dense peak TFLOP/s for `dtype`, None when the GPU has no unit for it."""
         return {
             "fp32": self.fp32_tflops,
@@ -149,7 +134,7 @@ class PeakChoice:
     """The peak used for MFU/MBU and where each figure came from (shown in every report)."""
 
     gpu_name: str | None
-    dtype: Dtype
+    dtype: PeakDtype
     peak_flops: float
     peak_source: str
     table_row: str | None
@@ -159,7 +144,7 @@ class PeakChoice:
 
 def choose_peak(
     gpu_name: str | None,
-    dtype: Dtype,
+    dtype: PeakDtype,
     *,
     peak_tflops: float | None = None,
     trace_bandwidth_Bps: float | None = None,

@@ -25,9 +25,10 @@ from typing import Any, Final
 import polars as pl
 
 from llm_perf_opt import __version__
+from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.errors import LlmPerfOptError
 from llm_perf_opt.meta import RunMeta
-from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, RangeRef
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import DB, Field, Level
 from llm_perf_opt.report.levels import (
     DECODE_STEP,
@@ -46,6 +47,7 @@ from llm_perf_opt.report.levels import (
     run_frame,
     stage_frame,
 )
+from llm_perf_opt.stages import RangeRef
 
 # Seconds a writer waits for another writer's transaction before giving up.
 BUSY_TIMEOUT_S: Final = 60.0

@@ -28,8 +28,9 @@ import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.errors import LlmPerfOptError, SelectionError
-from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, analyze_trace
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import format_pct, md_table, rich_table, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
     ResultsDb,

@@ -15,8 +15,9 @@ from typing import Final
 import polars as pl
 import pytest
 
+from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import attribute_frames
-from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, analyze_trace
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.trace import open_trace
 
 TRACES: Final = Path(__file__).resolve().parents[2] / "traces"

@@ -10,8 +10,9 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.flops.configs import builtin_config
-from llm_perf_opt.schemas import RUN_META_ID, check_run_meta
+from llm_perf_opt.schemas import check_run_meta
 from llm_perf_opt.trace import open_trace
+from llm_perf_opt.vocab import RUN_META_SCHEMA_ID
 
 from .conftest import DOMAIN, EXPECTED, NAMES, STAGES, TRACES, RealTraces
 from .recompute import GPU_NAME, config_of, image_layout, measured_instances
@@ -72,7 +73,7 @@ def test_metadata_mark(real: RealTraces, name: str) -> None:
     committed = json.loads((TRACES / "meta" / f"{name}.run.meta.json").read_text())
     assert meta == committed  # traces/meta/ holds the same run.meta.json
     want = EXPECTED[name]
-    assert meta["schema"] == RUN_META_ID == "llm_perf_opt.run_meta/1"
+    assert meta["schema"] == RUN_META_SCHEMA_ID == "llm_perf_opt.run_meta/1"
     assert meta["model"]["family"] == want.family and meta["mode"] == want.mode
     assert meta["model"]["random_weights"] and not meta["model"]["tiny"]
     assert meta["nvtx_enabled"] and meta["nvtx_domain"] == DOMAIN

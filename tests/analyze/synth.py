@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from llm_perf_opt.attribution import Attribution, RangeSelection, attribute_frames
+from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.trace import API_CALLS_SCHEMA, GPU_OPS_SCHEMA, NVTX_RANGES_SCHEMA
 
@@ -168,7 +169,7 @@ def runner_like_trace(
 
 
 def meta_dict(n_images: int = 2, **overrides: Any) -> dict[str, Any]:
-    """Run metadata for `runner_like_trace` (docs/run-metadata.md)."""
+    """Run metadata for `runner_like_trace`, valid under the run-metadata schema."""
     images = [
         {
             "index": i,
@@ -195,12 +196,18 @@ def meta_dict(n_images: int = 2, **overrides: Any) -> dict[str, Any]:
         "tool_version": "0.1.0",
         "created_utc": "2025-01-01T00:00:00Z",
         "nvtx_domain": DOMAIN,
+        "nvtx_enabled": True,
         "model": {
             "name": "deepseek-ocr",
             "family": "deepseek-ocr",
             "tiny": False,
-            "config": None,
+            "config": builtin_config("deepseek-ocr").to_dict(),
+            "hf_config": {},
             "n_params": 1,
+            "random_weights": True,
+            "attn_implementation": "sdpa",
+            "experts_implementation": "eager",
+            "sdpa_cudnn": False,
         },
         "dtype": "bfloat16",
         "device": {"type": "cuda", "name": "NVIDIA H100 80GB HBM3"},
@@ -209,6 +216,8 @@ def meta_dict(n_images: int = 2, **overrides: Any) -> dict[str, Any]:
         "warmup": {"rounds": 1, "synthetic": True, "max_new_tokens": 4},
         "max_new_tokens": 4,
         "prompt_text_tokens": 27,
+        "seed": 0,
+        "versions": {"python": "3.12.3", "torch": "2.11.0", "transformers": "5.17.0"},
         "images": images,
     }
     meta.update(overrides)

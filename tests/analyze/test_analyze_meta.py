@@ -1,4 +1,4 @@
-"""Run metadata on the analysis side: the fields used are validated with messages naming them."""
+"""Run metadata on the analysis side: validated against the schema, messages naming the keys."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import polars as pl
 import pytest
 
-from llm_perf_opt.errors import MissingInputError
-from llm_perf_opt.meta import MetaError, load_meta_file, meta_from_marks, parse_meta
+from llm_perf_opt.errors import MetaError, MissingInputError
+from llm_perf_opt.meta import load_meta_file, meta_from_marks, parse_meta
 
 from .synth import meta_dict
 
@@ -38,15 +38,15 @@ def _img(i: int, **changes: Any) -> Any:
     ("edit", "message"),
     [
         (lambda d: d.pop("images"), "`images` is missing"),
-        (lambda d: d.update(schema="other/2"), "`schema` is 'other/2'"),
+        (lambda d: d.update(schema="other/2"), "`schema` must be 'llm_perf_opt.run_meta/1'"),
         (lambda d: d["model"].update(family="llama"), "`model.family` must be one of"),
         (_img(1, prefill_len="300"), "`images[1].prefill_len` must be an integer"),
-        (_img(0, prefill_len=0), "`images[0].prefill_len` must be > 0"),
+        (_img(0, prefill_len=0), "`images[0].prefill_len` must be ≥ 1, got 0"),
         (_img(0, decode_steps=True), "`images[0].decode_steps` must be an integer"),
         (_img(0, decode_context_lens=[1, 2]), "has 2 entries but decode_steps is 3"),
         (_img(0, wall_s={"vision": "fast"}), "`images[0].wall_s.vision` must be a number"),
         (_img(1, index=0), "repeated `index` values [0, 0]"),
-        (_img(0, crop_grid=[3]), "`images[0].crop_grid` must be [w, h] or null"),
+        (_img(0, crop_grid=[3]), "`images[0].crop_grid` needs at least 2 item(s)"),
         (
             lambda d: d["context"].update(context_len_mode="min"),
             "`context.context_len_mode` must be one of",

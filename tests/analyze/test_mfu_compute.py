@@ -7,18 +7,11 @@ from typing import Any
 
 import pytest
 
-from llm_perf_opt.errors import MissingInputError, SelectionError
+from llm_perf_opt.errors import AnalysisError, MissingInputError, NoGpuTimeError, SelectionError
+from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
-from llm_perf_opt.mfu import (
-    AnalysisError,
-    ContextChoice,
-    MfuReport,
-    NoGpuTimeError,
-    RangeRef,
-    StageInputs,
-    compute_mfu,
-    default_refs,
-)
+from llm_perf_opt.mfu import MfuReport, compute_mfu
+from llm_perf_opt.stages import RangeRef, default_refs
 
 from .synth import DOMAIN, LP, PEAK, LinearFlops, SynthTrace, meta_dict, runner_like_trace, union_ns
 

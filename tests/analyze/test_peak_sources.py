@@ -41,8 +41,8 @@ def test_impossible_or_mismatched_calibration_is_warned_about() -> None:
     _, _, warnings = resolve_peaks(H100, "bf16", peak_source="measured", calibration=high)
     assert any("measured peak 1200 TFLOP/s exceeds the datasheet 989.4" in w for w in warnings)
     assert any("measured bandwidth 5 TB/s exceeds the datasheet 3.35" in w for w in warnings)
-    _, _, warnings = resolve_peaks(H100, "fp16", calibration=_cal(dtype="bfloat16"))
-    assert warnings == ["calibration was measured in bfloat16, the MFU divides fp16 FLOPs"]
+    _, _, warnings = resolve_peaks(H100, "fp16", calibration=_cal(dtype="fp32"))
+    assert warnings == ["calibration was measured in fp32, the MFU divides fp16 FLOPs"]
 
 
 def test_parse_peak_source() -> None:

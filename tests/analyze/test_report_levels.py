@@ -12,7 +12,8 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from llm_perf_opt.mfu import AnalyzeOptions, MfuReport
+from llm_perf_opt.analysis import AnalyzeOptions
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import CSV_COLUMNS, md_table, rich_table, to_csv, to_json
 from llm_perf_opt.report.fields import Field, Level, union
 from llm_perf_opt.report.sections import stage_section

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
-from llm_perf_opt.mfu import ContextChoice, MfuReport, StageInputs, compute_mfu, default_refs
+from llm_perf_opt.mfu import MfuReport, compute_mfu
 from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import (
     CSV_COLUMNS,
@@ -22,6 +23,7 @@ from llm_perf_opt.report import (
     to_markdown,
     write_ranges_csv,
 )
+from llm_perf_opt.stages import default_refs
 
 from .synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
 

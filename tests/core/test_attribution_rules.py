@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 import pytest
 
-from llm_perf_opt.attribution import RANGES_OUT_COLUMNS, RangeSelection, attribute_frames
+from llm_perf_opt.attribution import (
+    OPS_SCHEMA,
+    RANGES_OUT_COLUMNS,
+    RANGES_SCHEMA,
+    RangeSelection,
+    attribute,
+    attribute_frames,
+    conformed,
+)
 from llm_perf_opt.errors import SelectionError
+from llm_perf_opt.trace import open_trace
 
 from .frames import ops_and_calls, ranges
 
@@ -135,9 +146,22 @@ def test_ranges_out_has_exactly_the_contract_columns() -> None:
 def test_launch_lookup_first_call_wins_and_misses_are_minus_one(offset: int) -> None:
     import numpy as np
 
-    from llm_perf_opt.attribution import _lookup
+    from llm_perf_opt.intervals import first_match
 
     keys = np.array([5, 3, 5, 9, -1]) + np.array([offset] * 4 + [0])
     values = np.array([10, 11, 12, 13, 14])
     queries = np.array([5, 9, 4, -1, 3]) + np.array([offset, offset, offset, 0, offset])
-    assert _lookup(keys, values, queries).tolist() == [10, 13, -1, -1, 11]
+    assert first_match(keys, values, queries).tolist() == [10, 13, -1, -1, 11]
+
+
+def test_outputs_have_the_declared_schemas(probe_trace: Path) -> None:
+    """Both frames leave `attribute` as RANGES_SCHEMA and OPS_SCHEMA declare them; the reader's
+    optional op columns appear only where it gave them."""
+    traced = attribute(open_trace(probe_trace))  # the reader's lean ops: no node id, no bytes
+    assert traced.ranges.schema == RANGES_SCHEMA
+    lean = [c for c in OPS_SCHEMA.names() if c not in ("graph_node_id", "bytes")]
+    assert traced.ops.schema == pl.Schema({c: OPS_SCHEMA[c] for c in lean})
+    ops, calls = ops_and_calls({"start": 300, "end": 400, "launch": 10})
+    assert attribute_frames(STAGE_AND_LIB, ops, calls).ops.schema == OPS_SCHEMA
+    with pytest.raises(pl.exceptions.ColumnNotFoundError):
+        conformed(traced.ranges.drop("path"), RANGES_SCHEMA)

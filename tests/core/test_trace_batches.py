@@ -11,10 +11,10 @@ from typing import Final
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
-from tests.reliability.helpers import mutated
 
 from llm_perf_opt.errors import UnorderedTableError
 from llm_perf_opt.trace import Trace, open_trace
+from tests.reliability.helpers import mutated
 
 from .conftest import SQLITE_TRACES
 

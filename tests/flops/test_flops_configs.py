@@ -10,12 +10,12 @@ import pytest
 
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.configs import (
-    FAMILIES,
     ModelConfig,
     builtin_config,
     config_from_json_dict,
     load_config_json,
 )
+from llm_perf_opt.vocab import FAMILIES
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -19,11 +19,12 @@ pytest.importorskip("fvcore", reason="needs the runner extra: pip install -e '.[
 import torch
 
 from llm_perf_opt.flops import analytic as A
-from llm_perf_opt.flops.configs import FAMILIES, builtin_config
+from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.runner import stages
 from llm_perf_opt.runner.model import BuiltModel, build_model
 from llm_perf_opt.runner.preprocess import preprocess, synthetic_page
 from llm_perf_opt.runner.static_compute import flop_counter_flops, fvcore_flops, stage_runs
+from llm_perf_opt.vocab import FAMILIES
 
 FLOP_COUNTER_TOLERANCE = 0.005
 FVCORE_TOLERANCE = 0.01

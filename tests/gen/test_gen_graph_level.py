@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 from benchmarks.gen_trace import Summary, generate
 
+from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import RangeSelection, attribute
-from llm_perf_opt.mfu import AnalyzeOptions, analyze_trace
 from llm_perf_opt.trace import open_trace
 
 from .conftest import TINY_KERNELS, Tiny

@@ -11,7 +11,8 @@ from typing import Final
 
 import pytest
 
-from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, analyze_trace
+from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import to_json, to_markdown
 

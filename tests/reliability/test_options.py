@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from llm_perf_opt.flops.analytic import decode_context_lens, decode_flops
+from llm_perf_opt.flops.analytic import decode_flops
 from llm_perf_opt.flops.configs import builtin_config
+from llm_perf_opt.flops.context import decode_context_lens
 
 from .helpers import (
     PROBE,
@@ -113,9 +114,9 @@ def test_d8_huge_decode_tokens_flags(tmp_path: Path) -> None:
 def test_d8_huge_decode_steps_in_the_trace_mark(v1_plain: Path, tmp_path: Path) -> None:
     def many_steps(mark: dict[str, Any]) -> dict[str, Any]:
         for image in mark["images"]:
-            image["decode_steps"] = 10**12
-            image.pop("decode_context_lens")
-            image.pop("decode_step_wall_s")
+            lp = image["prefill_len"]
+            image["decode_steps"] = 9_000
+            image["decode_context_lens"] = list(range(lp + 1, lp + 9_001))
         return mark
 
     trace = with_mark(v1_plain, tmp_path / "t.sqlite", many_steps)
@@ -123,6 +124,14 @@ def test_d8_huge_decode_steps_in_the_trace_mark(v1_plain: Path, tmp_path: Path) 
     # --stage naming no step range) the mark's count is checked against the window first
     assert_contract(analyze(trace, "--format", "json"))
     assert_error(analyze(trace, "--stage", "decode_step=no_such_step"), "window")
+
+    def unlisted_steps(mark: dict[str, Any]) -> dict[str, Any]:
+        mark["images"][0]["decode_steps"] = 10**12
+        return mark
+
+    # a count the mark does not list one context length for is refused before any use
+    trace = with_mark(v1_plain, tmp_path / "u.sqlite", unlisted_steps)
+    assert_error(analyze(trace, "--format", "json"), "`images[0].decode_context_lens` has")
 
 
 def test_d8_decode_sum_is_closed_form_and_exact() -> None:

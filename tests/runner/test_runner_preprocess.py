@@ -12,12 +12,11 @@ pytest.importorskip("PIL", reason="needs the runner extra: pip install -e '.[run
 from PIL import Image
 
 from llm_perf_opt.errors import ConfigError
+from llm_perf_opt.flops.analytic import image_layout
 from llm_perf_opt.flops.configs import ModelConfig, builtin_config
 from llm_perf_opt.runner.preprocess import (
     ImageInputError,
-    image_layout,
     load_image,
-    parse_grid,
     preprocess,
     select_crop_grid,
     synthetic_page,
@@ -175,7 +174,8 @@ def test_bad_modes_and_grids_are_config_errors() -> None:
 
 def test_layout_of_tiny_configs_follows_their_smaller_geometry() -> None:
     tiny = builtin_config("deepseek-ocr", tiny=True)
-    layout = image_layout(tiny, tiny.mode("base"), None)
+    layout = preprocess(tiny, synthetic_page(0), "base").layout
+    assert layout == image_layout(tiny, "base")
     grid = tiny.sam.output_grid(tiny.mode("base").image_size)
     assert layout.image_positions == grid * (grid + 1) + 1
 
@@ -198,11 +198,3 @@ def test_load_image_reads_rgb_and_rejects_missing_or_corrupt(tmp_path: Path) -> 
     bad.write_text("not an image")
     with pytest.raises(ImageInputError, match="cannot be read"):
         load_image(bad)
-
-
-def test_parse_grid() -> None:
-    assert parse_grid("3x2") == (3, 2)
-    assert parse_grid("10X4") == (10, 4)
-    for bad in ("3", "0x2", "ax2", "3x2x1", "-1x2"):
-        with pytest.raises(ConfigError):
-            parse_grid(bad)

@@ -17,10 +17,10 @@ pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[r
 pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 
+from llm_perf_opt.errors import MetaError
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.schemas import (
-    SchemaValidationError,
     check_run_meta,
     load_schema,
     validate,
@@ -98,7 +98,7 @@ def test_schema_itself_is_valid_draft_2020_12() -> None:
 def test_check_run_meta_names_the_failing_key(meta: dict[str, Any]) -> None:
     doc = copy.deepcopy(meta)
     doc["images"][1]["prefill_len"] = "many"
-    with pytest.raises(SchemaValidationError, match=r"images\[1\]\.prefill_len"):
+    with pytest.raises(MetaError, match=r"images\[1\]\.prefill_len"):
         check_run_meta(doc)
     check_run_meta(meta)
 

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli.compare import main
 from llm_perf_opt.compare import compare_runs, regressions, small_sample_widening, verdict_of
-from llm_perf_opt.mfu import AnalyzeOptions
 from llm_perf_opt.resultsdb import ResultsDb, RunRows
 from llm_perf_opt.runs import analyze_one
 

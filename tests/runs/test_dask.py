@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from llm_perf_opt import runs
+from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli.analyze import main
-from llm_perf_opt.mfu import AnalyzeOptions
 from llm_perf_opt.resultsdb import VOLATILE_COLUMNS, ResultsDb
 from llm_perf_opt.runs import DaskError, analyze_many
 

@@ -16,8 +16,8 @@ import pytest
 import sqlite_utils
 from click.testing import CliRunner
 
+from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli.analyze import main
-from llm_perf_opt.mfu import AnalyzeOptions
 from llm_perf_opt.resultsdb import (
     TABLES,
     ResultsDb,
@@ -106,7 +106,7 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys
     from dataclasses import replace
-    from llm_perf_opt.mfu import AnalyzeOptions
+    from llm_perf_opt.analysis import AnalyzeOptions
     from llm_perf_opt.resultsdb import ResultsDb
     from llm_perf_opt.runs import analyze_one
 

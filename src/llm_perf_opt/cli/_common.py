@@ -21,11 +21,14 @@ from typing import IO, Any, Final
 
 import click
 
+from llm_perf_opt import vocab
 from llm_perf_opt.errors import LlmPerfOptError, OutputError
 from llm_perf_opt.trace import in_scratch, remove_scratch, scratch_dirs
 
 # An error line longer than this is cut (a 1 MB NVTX name is not echoed whole).
 MAX_ERROR_CHARS: Final = 600
+# Token counts beyond this are typos, not requests (every model window is far smaller).
+MAX_TOKENS: Final = 10_000_000
 STOP_SIGNALS: Final = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
 )
@@ -68,6 +71,15 @@ class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic only fr
         if not self.low < number <= self.high:  # also false for NaN
             self.fail(f"{value!r} is not in ({self.low:g}, {self.high:g}]", param, ctx)
         return number
+
+
+prefill_logits_option = click.option(
+    "--prefill-logits",
+    type=click.Choice(vocab.LM_HEAD_POSITIONS),
+    default="last",
+    show_default=True,
+    help="lm_head in prefill on the last position (generate's logits_to_keep=1) or on all.",
+)
 
 
 @contextmanager

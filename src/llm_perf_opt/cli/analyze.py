@@ -13,22 +13,25 @@ from typing import Any, Final
 import click
 from rich.console import Console
 
-from llm_perf_opt import runs
+from llm_perf_opt import runs, vocab
+from llm_perf_opt.analysis import AnalyzeOptions, Progress, analyze_trace
 from llm_perf_opt.cli._common import (
+    MAX_TOKENS,
     FiniteFloat,
     echo_stdout,
     guarded,
     one_line,
     output_file,
+    prefill_logits_option,
     stdout_errors,
     writing,
 )
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
-from llm_perf_opt.mfu import AnalyzeOptions, MfuReport, Progress, analyze_trace, parse_stage_option
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.peak_sources import parse_peak_source
-from llm_perf_opt.peaks import DTYPES
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
+from llm_perf_opt.stages import parse_stage_option
 
 # Show a status line on stderr for traces at least this large even when stderr is not a TTY.
 LARGE_TRACE_BYTES: Final = 200 * 1024 * 1024
@@ -38,7 +41,6 @@ WIDE: Final = 160
 MIN_PEAK_TFLOPS: Final = 1e-3
 MAX_PEAK_TFLOPS: Final = 1e6
 MAX_TOP_KERNELS: Final = 10_000
-MAX_TOKENS: Final = 10_000_000
 # Options naming files the run reads (never written over) and files it writes.
 INPUT_OPTIONS: Final = ("meta", "static_compute", "config")
 OUTPUT_OPTIONS: Final = ("output", "csv", "markdown", "ranges_out")
@@ -146,7 +148,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @click.option(
     "--ctx-mode",
-    type=click.Choice(["auto", "max", "fixed"]),
+    type=click.Choice(vocab.CTX_MODES),
     help="Context length C of decode steps: auto = the real C = Lp + k of each step; fixed = "
     "--ctx-len; max = the model window. [default: the run's setting, else auto]",
 )
@@ -169,19 +171,19 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--dtype",
-    type=click.Choice(DTYPES),
+    type=click.Choice(vocab.PEAK_DTYPES),
     help="Peak column to divide by. [default: the run's dtype from its metadata, else bf16]",
 )
 @click.option(
     "--stage",
     multiple=True,
     metavar="ROLE=NAME[@DOMAIN]",
-    help="NVTX range of a role (vision, prefill, decode, decode_step, image); repeatable. "
+    help=f"NVTX range of a role ({', '.join(vocab.ROLES)}); repeatable. "
     "[default: the role's own name, in the runner's domain]",
 )
 @click.option(
     "--model",
-    type=click.Choice(["deepseek-ocr", "deepseek-ocr2"]),
+    type=click.Choice(vocab.FAMILIES),
     help="Built-in architecture for FLOPs. [default: the run metadata's model]",
 )
 @click.option(
@@ -190,13 +192,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Model config JSON for FLOPs: a Hugging Face config.json (llama, qwen, gemma, mixtral, "
     "deepseek_v2/v3, Qwen-VL, ...), a DeepSeek-OCR one or ours (see docs/flops.md).",
 )
-@click.option(
-    "--prefill-logits",
-    type=click.Choice(["last", "all"]),
-    default="last",
-    show_default=True,
-    help="lm_head in prefill on the last position (generate's logits_to_keep=1) or on all.",
-)
+@prefill_logits_option
 @click.option(
     "--prefill-len",
     type=click.IntRange(1, MAX_TOKENS),
@@ -209,8 +205,9 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--mode",
-    type=click.Choice(["tiny", "small", "base", "large", "gundam"]),
-    help="Vision preprocessing mode (without run metadata). [default: base]",
+    type=click.Choice(vocab.VISION_MODES),
+    help="Vision preprocessing mode (without run metadata). "
+    f"[default: {vocab.DEFAULT_VISION_MODE}]",
 )
 @click.option("--crops", metavar="WxH", help="Gundam crop grid, e.g. 3x2 (without metadata).")
 @click.option(

@@ -10,6 +10,8 @@ import click
 from rich.console import Console
 
 from llm_perf_opt import compare_report, runs
+from llm_perf_opt.analysis import AnalyzeOptions
+from llm_perf_opt.cli._common import guarded
 from llm_perf_opt.compare import (
     DEFAULT_MIN_EFFECT_PCT,
     Comparison,
@@ -17,19 +19,12 @@ from llm_perf_opt.compare import (
     compare_runs,
     regressions,
 )
-from llm_perf_opt.errors import LlmPerfOptError, SelectionError
-from llm_perf_opt.mfu import AnalyzeOptions
+from llm_perf_opt.errors import SelectionError
 from llm_perf_opt.resultsdb import ResultsDb, RunRows
 
 # Width of the table when stdout is not a terminal.
 WIDE = 160
 EXIT_REGRESSION = 1
-
-
-class CompareError(click.ClickException):
-    """Bad input: one `Error: …` line on stderr, exit code 2."""
-
-    exit_code = 2
 
 
 class RunSpecError(SelectionError):
@@ -149,7 +144,7 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
       mfu-compare --db results.sqlite 3f2a 9c1e -- 77b0 --format json
       mfu-compare base/*.sqlite -- new/*.sqlite --fail-on-regression 5 --plot cmp.png
     """
-    try:
+    with guarded():
         options = AnalyzeOptions(include_warmup=kw["include_warmup"])
         dask = runs.dask_address_from(kw["dask"])
         sides = [
@@ -157,8 +152,6 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
             for specs, what in ((base, "BASE"), (ctx.meta["new_side"], "NEW"))
         ]
         comparison = compare_runs(sides[0], sides[1], min_effect_pct=kw["min_effect"])
-    except LlmPerfOptError as exc:
-        raise CompareError(str(exc)) from exc
     gate = kw["fail_on_regression"]
     failing = regressions(comparison, gate) if gate is not None else []
     _emit(comparison, failing, kw["fmt"], kw["output"])

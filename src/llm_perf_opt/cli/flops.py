@@ -4,13 +4,14 @@ from its config.json (no torch, no GPU)."""
 from __future__ import annotations
 
 import json
-from typing import Any, Final
+from typing import Any
 
 import click
 
-from llm_perf_opt.cli._common import echo_stdout, guarded
+from llm_perf_opt import vocab
+from llm_perf_opt.cli._common import MAX_TOKENS, echo_stdout, guarded, prefill_logits_option
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.flops.configs import FAMILIES, ModelConfig, builtin_config, load_config_json
+from llm_perf_opt.flops.configs import ModelConfig, builtin_config, load_config_json
 from llm_perf_opt.flops.estimate import estimate_run, parse_crops
 from llm_perf_opt.flops.hf import HfModel
 from llm_perf_opt.flops.hf_model import (
@@ -20,12 +21,11 @@ from llm_perf_opt.flops.hf_model import (
     supported_note,
 )
 
-# Lengths beyond this are typos, not requests (every model window is far smaller).
-MAX_TOKENS: Final = 10_000_000
-
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--model", "model_name", help=f"Built-in architecture: {', '.join(FAMILIES)}.")
+@click.option(
+    "--model", "model_name", type=click.Choice(vocab.FAMILIES), help="Built-in architecture."
+)
 @click.option(
     "--config",
     "config_path",
@@ -35,7 +35,13 @@ MAX_TOKENS: Final = 10_000_000
     + "), a DeepSeek-OCR(-2) config.json or our to_dict form.",
 )
 @click.option("--tiny", is_flag=True, help="Use the small CPU-test variant of --model.")
-@click.option("--mode", default="base", show_default=True, help="tiny|small|base|large|gundam.")
+@click.option(
+    "--mode",
+    type=click.Choice(vocab.VISION_MODES),
+    default=vocab.DEFAULT_VISION_MODE,
+    show_default=True,
+    help="Vision preprocessing mode.",
+)
 @click.option("--crops", help="Gundam crop grid WxH (crops across x down), e.g. 3x2.")
 @click.option(
     "--prefill-len",
@@ -52,13 +58,27 @@ MAX_TOKENS: Final = 10_000_000
 )
 @click.option(
     "--ctx-mode",
+    type=click.Choice(vocab.CTX_MODES),
     default="auto",
     show_default=True,
     help="auto: step k attends to Lp + k; fixed: --ctx-len C; max: the context window.",
 )
 @click.option("--ctx-len", type=click.IntRange(max=MAX_TOKENS), help="C for --ctx-mode fixed.")
-@click.option("--dtype", default="bfloat16", show_default=True, help="bfloat16|float16|float32.")
-@click.option("--format", "fmt", default="table", show_default=True, help="table|json.")
+@click.option(
+    "--dtype",
+    type=click.Choice(vocab.STORAGE_DTYPES),
+    default="bfloat16",
+    show_default=True,
+    help="Weight and KV-cache dtype of the bytes.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="Output on stdout.",
+)
 @click.option(
     "--image-size",
     metavar="HxW",
@@ -68,13 +88,7 @@ MAX_TOKENS: Final = 10_000_000
 @click.option(
     "--images", type=int, default=1, show_default=True, help="Images per request (HF VLMs)."
 )
-@click.option(
-    "--prefill-logits",
-    type=click.Choice(["last", "all"]),
-    default="last",
-    show_default=True,
-    help="lm_head in prefill on the last position (generate) or on all of them.",
-)
+@prefill_logits_option
 def cli(
     model_name: str | None,
     config_path: str | None,
@@ -103,8 +117,6 @@ def cli(
             --decode-tokens 1 --ctx-mode fixed --ctx-len 1024 --format json
     """
     with guarded(inputs=[config_path]):
-        if fmt not in ("table", "json"):
-            raise ConfigError(f"format {fmt!r} is unknown; use table or json")
         model = _model(model_name, config_path, tiny)
         if isinstance(model, HfModel):
             hf = estimate_hf_run(
@@ -140,7 +152,7 @@ def _model(model_name: str | None, config_path: str | None, tiny: bool) -> Model
     """The built-in model or the config file; both given must agree on the family."""
     if config_path is None:
         if model_name is None:
-            raise ConfigError("give --model (deepseek-ocr or deepseek-ocr2) or --config FILE")
+            raise ConfigError(f"give --model ({' or '.join(vocab.FAMILIES)}) or --config FILE")
         return builtin_config(model_name, tiny=tiny)
     if tiny:
         raise ConfigError("--tiny selects a built-in config; drop it when passing --config")

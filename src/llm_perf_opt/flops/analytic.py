@@ -30,12 +30,11 @@ from llm_perf_opt.flops.configs import (
     TextConfig,
     conv_out,
 )
+from llm_perf_opt.flops.context import check_length, context_lens
+from llm_perf_opt.vocab import LmHeadPositions
 
 Convention = Literal["causal", "full"]
-LmHeadPositions = Literal["last", "all"]
-CtxMode = Literal["auto", "fixed", "max"]
 CONVENTIONS: Final[tuple[Convention, ...]] = ("causal", "full")
-CTX_MODES: Final[tuple[CtxMode, ...]] = ("auto", "fixed", "max")
 DTYPE_BYTES: Final[Mapping[str, int]] = {"bfloat16": 2, "float16": 2, "float32": 4}
 
 
@@ -289,17 +288,6 @@ def lm_head_flops(text: TextConfig, positions: int = 1) -> int:
     return _linear(positions, text.hidden_size, text.vocab_size)
 
 
-def check_context(text: TextConfig, ctx_len: int, what: str) -> None:
-    """Raise a ConfigError unless 1 ≤ ctx_len ≤ max_position_embeddings."""
-    if ctx_len < 1:
-        raise ConfigError(f"{what} must be ≥ 1, got {ctx_len}")
-    if ctx_len > text.max_position_embeddings:
-        raise ConfigError(
-            f"{what} {ctx_len} exceeds the context window of {text.max_position_embeddings} "
-            "positions; use a shorter length"
-        )
-
-
 def decode_flops_per_token(text: TextConfig, ctx_len: int) -> Flops:
     """One decode step: one new position attending to `ctx_len` keys (itself included).
 
@@ -308,7 +296,7 @@ def decode_flops_per_token(text: TextConfig, ctx_len: int) -> Flops:
     Raises:
         ConfigError: ctx_len outside 1..max_position_embeddings.
     """
-    check_context(text, ctx_len, "context length")
+    check_length(text.max_position_embeddings, ctx_len, "context length")
     blocks = _decoder_linear_per_token(text)
     blocks["text.attn_scores"] = _attn_scores_per_key(text) * ctx_len
     blocks["text.lm_head"] = lm_head_flops(text)
@@ -329,7 +317,7 @@ def prefill_flops(
     Raises:
         ConfigError: prefill_len outside 1..max_position_embeddings.
     """
-    check_context(text, prefill_len, "prefill length")
+    check_length(text.max_position_embeddings, prefill_len, "prefill length")
     blocks = Flops(_decoder_linear_per_token(text)).times(prefill_len).blocks
     pairs = prefill_len * (prefill_len + 1) // 2 if convention == "causal" else prefill_len**2
     out = dict(blocks)
@@ -351,7 +339,7 @@ class DecodeEstimate:
         flops_per_token: the mean step, by block (total / T, an exact integer).
     """
 
-    ctx_mode: CtxMode
+    ctx_mode: str
     steps: int
     ctx_lens_first_last: tuple[int, int]
     ctx_len_effective: float
@@ -359,38 +347,22 @@ class DecodeEstimate:
     flops_per_token: Flops
 
 
-def decode_context_lens(prefill_len: int, steps: int) -> list[int]:
-    """C of each decode step: prefill_len + k for k = 1..steps (docs/run-metadata.md)."""
-    return [prefill_len + k for k in range(1, steps + 1)]
-
-
 def resolve_ctx(
-    text: TextConfig, ctx_mode: CtxMode, prefill_len: int, steps: int, ctx_len: int | None
+    text: TextConfig, ctx_mode: str, prefill_len: int, steps: int, ctx_len: int | None
 ) -> list[int]:
-    """Context length of each decode step under `ctx_mode`.
+    """`context_lens` with the prefill and every context length checked against the window.
 
     Raises:
-        ConfigError: bad mode, missing/unused --ctx-len, non-positive lengths or a context
-            longer than the window.
+        ConfigError: see `context_lens`; also non-positive lengths or a context longer than the
+            window.
     """
-    if ctx_mode not in CTX_MODES:
-        raise ConfigError(
-            f"context mode {ctx_mode!r} is unknown; use one of {', '.join(CTX_MODES)}"
-        )
-    if steps < 1:
-        raise ConfigError(f"decode tokens must be ≥ 1, got {steps}")
-    check_context(text, prefill_len, "prefill length")
+    window = text.max_position_embeddings
+    lens = context_lens(ctx_mode, window, prefill_len, steps, ctx_len)
+    check_length(window, prefill_len, "prefill length")
     if ctx_mode == "fixed":
-        if ctx_len is None:
-            raise ConfigError("context mode 'fixed' needs a context length (--ctx-len C)")
-        check_context(text, ctx_len, "context length")
-        return [ctx_len] * steps
-    if ctx_len is not None:
-        raise ConfigError(f"--ctx-len is only used with context mode 'fixed', not {ctx_mode!r}")
-    if ctx_mode == "max":
-        return [text.max_position_embeddings] * steps
-    lens = decode_context_lens(prefill_len, steps)
-    check_context(text, lens[-1], f"prefill length + decode tokens ({prefill_len} + {steps})")
+        check_length(window, lens[0], "context length")
+    if ctx_mode == "auto":
+        check_length(window, lens[-1], f"prefill length + decode tokens ({prefill_len} + {steps})")
     return lens
 
 
@@ -398,7 +370,7 @@ def decode_flops(
     text: TextConfig,
     prefill_len: int,
     steps: int,
-    ctx_mode: CtxMode = "auto",
+    ctx_mode: str = "auto",
     ctx_len: int | None = None,
 ) -> DecodeEstimate:
     """Decode FLOPs for `steps` steps after a prefill of `prefill_len` positions.
@@ -413,8 +385,10 @@ def decode_flops(
     """
     if steps < 1:
         raise ConfigError(f"decode tokens must be ≥ 1, got {steps}")
-    check_context(
-        text, prefill_len + steps, f"prefill length + decode tokens ({prefill_len} + {steps})"
+    check_length(
+        text.max_position_embeddings,
+        prefill_len + steps,
+        f"prefill length + decode tokens ({prefill_len} + {steps})",
     )
     first = resolve_ctx(text, ctx_mode, prefill_len, 1, ctx_len)[0]  # checks mode and --ctx-len
     if ctx_mode == "auto":

@@ -30,15 +30,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal, TypeVar, cast, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.userfiles import load_config_file
-
-Family = Literal["deepseek-ocr", "deepseek-ocr2"]
-FAMILIES: Final[tuple[Family, ...]] = ("deepseek-ocr", "deepseek-ocr2")
-CONFIG_SCHEMA: Final = "llm_perf_opt.model_config/1"
-MODE_NAMES: Final = ("tiny", "small", "base", "large", "gundam")
+from llm_perf_opt.vocab import FAMILIES, MODEL_CONFIG_SCHEMA_ID, VISION_MODES, Family
 
 
 def conv_out(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -382,9 +378,9 @@ class ModeSpec:
     max_crops: int = 0
 
     def __post_init__(self) -> None:
-        if self.name not in MODE_NAMES:
+        if self.name not in VISION_MODES:
             raise ConfigError(
-                f"mode name {self.name!r} is unknown; use one of {', '.join(MODE_NAMES)}"
+                f"mode name {self.name!r} is unknown; use one of {', '.join(VISION_MODES)}"
             )
         _require_positive(f"modes.{self.name}", image_size=self.image_size)
         if self.crop_size is not None and not 0 < self.min_crops <= self.max_crops:
@@ -422,15 +418,15 @@ class ModelConfig:
     modes: tuple[ModeSpec, ...]
     image_newline: bool
     image_token_id: int = 128815
-    schema: str = field(default=CONFIG_SCHEMA)
+    schema: str = field(default=MODEL_CONFIG_SCHEMA_ID)
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
             raise ConfigError(
                 f"model family {self.family!r} is unknown; use one of {', '.join(FAMILIES)}"
             )
-        if self.schema != CONFIG_SCHEMA:
-            raise ConfigError(f"config schema {self.schema!r} is not {CONFIG_SCHEMA!r}")
+        if self.schema != MODEL_CONFIG_SCHEMA_ID:
+            raise ConfigError(f"config schema {self.schema!r} is not {MODEL_CONFIG_SCHEMA_ID!r}")
         sam_out = self.sam.downsample_channels[1]
         if self.family == "deepseek-ocr":
             if self.clip is None or self.query_encoder is not None:

@@ -13,20 +13,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.flops.analytic import Convention, Flops, LmHeadPositions, dtype_bytes
+from llm_perf_opt.flops.analytic import Convention, Flops, dtype_bytes
+from llm_perf_opt.flops.context import check_length
 from llm_perf_opt.flops.hf import DecoderSpec, DenseMlp, GqaAttention, MlaAttention, MoeMlp
-
-
-def check_length(spec: DecoderSpec, length: int, what: str) -> None:
-    """Raise a ConfigError unless 1 ≤ length ≤ max_position_embeddings."""
-    if length < 1:
-        raise ConfigError(f"{what} must be ≥ 1, got {length}")
-    if length > spec.max_position_embeddings:
-        raise ConfigError(
-            f"{what} {length} exceeds the context window of {spec.max_position_embeddings} "
-            "positions; use a shorter length"
-        )
+from llm_perf_opt.vocab import LmHeadPositions
 
 
 def attention_params(attn: GqaAttention | MlaAttention, d: int) -> dict[str, int]:
@@ -104,7 +94,7 @@ def decode_flops_per_token(spec: DecoderSpec, ctx_len: int) -> Flops:
     Raises:
         ConfigError: ctx_len outside 1..max_position_embeddings.
     """
-    check_length(spec, ctx_len, "context length")
+    check_length(spec.max_position_embeddings, ctx_len, "context length")
     blocks = {name: 2 * p for name, p in per_token_params(spec).items()}
     keys = sum(_attended(layer.window, ctx_len) for layer in spec.layers)
     blocks["text.attn_scores"] = pair_flops(spec) * keys
@@ -132,7 +122,7 @@ def prefill_flops(
     Raises:
         ConfigError: prefill_len outside 1..max_position_embeddings.
     """
-    check_length(spec, prefill_len, "prefill length")
+    check_length(spec.max_position_embeddings, prefill_len, "prefill length")
     params = per_token_params(spec)
     lm_head = params.pop("text.lm_head")
     blocks = {name: 2 * p * prefill_len for name, p in params.items()}

@@ -6,13 +6,10 @@ says which conventions produced it, so a report can quote it without re-deriving
 
 from __future__ import annotations
 
-import re
 from typing import Any, Final
 
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.analytic import (
-    CTX_MODES,
-    CtxMode,
     decode_bytes_per_step,
     decode_flops,
     dtype_bytes,
@@ -21,6 +18,7 @@ from llm_perf_opt.flops.analytic import (
     vision_flops,
 )
 from llm_perf_opt.flops.configs import ModelConfig
+from llm_perf_opt.vocab import parse_size
 
 CONVENTION_NOTES: Final = {
     "flop": "1 multiply-accumulate = 2 FLOPs; matmuls and convs only (softmax, norms, "
@@ -39,8 +37,6 @@ CONVENTION_NOTES: Final = {
     "2·layers·kv_heads·head_dim·bytes·C; activations not counted",
 }
 
-_CROPS_RE: Final = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
-
 
 def parse_crops(text: str) -> tuple[int, int]:
     """Parse a crop grid "WxH" (crops across × crops down).
@@ -48,10 +44,7 @@ def parse_crops(text: str) -> tuple[int, int]:
     Raises:
         ConfigError: not of the form WxH with positive integers.
     """
-    match = _CROPS_RE.match(text)
-    if match is None or int(match[1]) <= 0 or int(match[2]) <= 0:
-        raise ConfigError(f"crop grid {text!r} is not WxH with positive integers, e.g. 3x2")
-    return int(match[1]), int(match[2])
+    return parse_size(text, "crop grid")
 
 
 def estimate_run(
@@ -95,7 +88,7 @@ def estimate_run(
     lp = layout.image_positions if prefill_len is None else prefill_len
     vision = vision_flops(model, layout, "causal")
     prefill = prefill_flops(model.text, lp, "causal")
-    decode = decode_flops(model.text, lp, decode_steps, _ctx_mode(ctx_mode), ctx_len)
+    decode = decode_flops(model.text, lp, decode_steps, ctx_mode, ctx_len)
     bytes_step = decode_bytes_per_step(model.text, decode.ctx_len_effective, dtype)
     return {
         "model": model.family,
@@ -127,10 +120,3 @@ def estimate_run(
         },
         "conventions": dict(CONVENTION_NOTES),
     }
-
-
-def _ctx_mode(name: str) -> CtxMode:
-    for mode in CTX_MODES:
-        if mode == name:
-            return mode
-    raise ConfigError(f"context mode {name!r} is unknown; use one of {', '.join(CTX_MODES)}")

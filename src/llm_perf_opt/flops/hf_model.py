@@ -1,6 +1,6 @@
 """A Hugging Face model as the analysis' FLOPs model, and its planning estimate for `mfu-flops`.
 
-`HfFlops` satisfies `mfu.FlopsModel` (vision, prefill, decode FLOPs and decode bytes) over
+`HfFlops` satisfies `flops.model.FlopsModel` (vision, prefill, decode FLOPs and decode bytes) over
 `decoders` and `vision_towers`; `estimate_hf_run` is the JSON-able breakdown `mfu-flops --config`
 prints. `read_hf_config` tells a Hugging Face family config from our own and DeepSeek-OCR's forms.
 """
@@ -15,12 +15,8 @@ from typing import Any, Final
 
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops import decoders, vision_towers
-from llm_perf_opt.flops.analytic import (
-    CTX_MODES,
-    LmHeadPositions,
-    decode_context_lens,
-    dtype_bytes,
-)
+from llm_perf_opt.flops.analytic import dtype_bytes
+from llm_perf_opt.flops.context import check_length, context_lens
 from llm_perf_opt.flops.hf import (
     COMPOSITE_TEXT,
     DECODER_TYPES,
@@ -33,6 +29,7 @@ from llm_perf_opt.flops.hf import (
     unsupported_type_error,
 )
 from llm_perf_opt.userfiles import load_config_file
+from llm_perf_opt.vocab import LmHeadPositions, parse_size
 
 # Keys of our own config JSON and of DeepSeek-OCR's config.json (read by `flops.configs`).
 _OWN_FORMS: Final = ("schema", "language_config")
@@ -151,38 +148,13 @@ def _vision(model: HfModel) -> VisionSpec:
     return model.vision
 
 
-def _context_lens(
-    spec: DecoderSpec, ctx_mode: str, prefill_len: int, steps: int, ctx_len: int | None
-) -> list[int]:
-    """C of each decode step under `ctx_mode` (auto: Lp + k; fixed: ctx_len; max: window)."""
-    if ctx_mode not in CTX_MODES:
-        modes = ", ".join(CTX_MODES)
-        raise ConfigError(f"context mode {ctx_mode!r} is unknown; use one of {modes}")
-    if steps < 1:
-        raise ConfigError(f"decode tokens must be ≥ 1, got {steps}")
-    if ctx_mode == "fixed":
-        if ctx_len is None:
-            raise ConfigError("context mode 'fixed' needs a context length (--ctx-len C)")
-        return [ctx_len] * steps
-    if ctx_len is not None:
-        raise ConfigError(f"--ctx-len is only used with context mode 'fixed', not {ctx_mode!r}")
-    if ctx_mode == "max":
-        return [spec.max_position_embeddings] * steps
-    return decode_context_lens(prefill_len, steps)
-
-
 def parse_image_size(text: str) -> tuple[int, int]:
     """Parse "HxW" (or a single side "S" for a square) into (height, width) px.
 
     Raises:
         ConfigError: not of that form with positive integers.
     """
-    parts = text.lower().replace("×", "x").split("x")
-    if len(parts) == 1:
-        parts = parts * 2
-    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ConfigError(f"image size {text!r} is not HxW in positive pixels, e.g. 448x448")
-    return int(parts[0]), int(parts[1])
+    return parse_size(text, "image size", "HxW", "448x448", square=True)
 
 
 def supported_note() -> str:
@@ -264,9 +236,9 @@ def estimate_hf_run(
         )
     lp = tokens if prefill_len is None else prefill_len
     prefill = decoders.prefill_flops(spec, lp, "causal", lm_head_positions)
-    lens = _context_lens(spec, ctx_mode, lp, decode_steps, ctx_len)
+    lens = context_lens(ctx_mode, spec.max_position_embeddings, lp, decode_steps, ctx_len)
     for c in (lens[0], lens[-1]):
-        decoders.check_length(spec, c, "decode context length")
+        check_length(spec.max_position_embeddings, c, "decode context length")
     decode_total = decoders.decode_flops_total(spec, lens)
     mean_c = round(sum(lens) / len(lens))
     bytes_step = decoders.decode_bytes_per_step(spec, mean_c, dtype)

@@ -9,8 +9,9 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Final
 
+from llm_perf_opt.errors import AnalysisError
 from llm_perf_opt.hostview import HostGpuView
-from llm_perf_opt.mfu import AnalysisError, MfuReport
+from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import JSON, pick
 from llm_perf_opt.report.levels import (
     CONTEXT,

@@ -18,9 +18,10 @@ import transformers
 
 import llm_perf_opt
 from llm_perf_opt.runner.model import BuiltModel
-from llm_perf_opt.runner.nvtx_marks import DOMAIN, Annotator
+from llm_perf_opt.runner.nvtx_marks import Annotator
 from llm_perf_opt.runner.stages import PreparedImage
-from llm_perf_opt.schemas import RUN_META_ID, check_run_meta
+from llm_perf_opt.schemas import check_run_meta
+from llm_perf_opt.vocab import NVTX_DOMAIN, RUN_META_SCHEMA_ID
 
 META_FILENAME: Final = "run.meta.json"
 
@@ -103,15 +104,15 @@ def build_run_meta(
     `decode_backend` and `calibration` are included when given (`--calibrate` makes the latter).
 
     Raises:
-        SchemaValidationError: the record does not match the schema.
+        MetaError: the record does not match the schema.
     """
     device = built.device
     meta: dict[str, Any] = {
-        "schema": RUN_META_ID,
+        "schema": RUN_META_SCHEMA_ID,
         "run_id": facts.run_id,
         "tool_version": llm_perf_opt.__version__,
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "nvtx_domain": DOMAIN,
+        "nvtx_domain": NVTX_DOMAIN,
         "nvtx_enabled": facts.nvtx_enabled,
         "model": {
             "name": built.name,

@@ -29,14 +29,9 @@ from transformers.models.deepseek_ocr2.configuration_deepseek_ocr2 import (
 from transformers.models.deepseek_ocr2.modeling_deepseek_ocr2 import DeepseekOcr2VisionModel
 
 from llm_perf_opt.errors import ConfigError, LlmPerfOptError
-from llm_perf_opt.flops.configs import (
-    FAMILIES,
-    Family,
-    ModelConfig,
-    builtin_config,
-    config_from_json_dict,
-)
+from llm_perf_opt.flops.configs import ModelConfig, builtin_config, config_from_json_dict
 from llm_perf_opt.runner.dsocr_v1 import DeepseekOcrV1Config, DeepseekOcrV1ForConditionalGeneration
+from llm_perf_opt.vocab import FAMILIES, Family
 
 INIT_STD: Final = 0.02
 BOS_TOKEN_ID: Final = 0  # both checkpoints: <｜begin▁of▁sentence｜> = 0, EOS = 1

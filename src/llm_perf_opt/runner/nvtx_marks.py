@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import Final
 
 from llm_perf_opt.errors import LlmPerfOptError
-
-DOMAIN: Final = "llm_perf_opt"
+from llm_perf_opt.vocab import NVTX_DOMAIN
 
 
 class NvtxUnavailableError(LlmPerfOptError):
@@ -23,7 +21,7 @@ class NvtxUnavailableError(LlmPerfOptError):
 
 
 class Annotator:
-    """Emits NVTX push/pop ranges and marks in `DOMAIN`, or nothing when disabled."""
+    """Emits NVTX push/pop ranges and marks in `NVTX_DOMAIN`, or nothing when disabled."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -35,16 +33,16 @@ class Annotator:
         if self._nvtx is None:
             yield
             return
-        self._nvtx.push_range(message=name, domain=DOMAIN, payload=payload)
+        self._nvtx.push_range(message=name, domain=NVTX_DOMAIN, payload=payload)
         try:
             yield
         finally:
-            self._nvtx.pop_range(domain=DOMAIN)
+            self._nvtx.pop_range(domain=NVTX_DOMAIN)
 
     def mark(self, message: str) -> None:
         """Emit one instantaneous marker whose message is `message`."""
         if self._nvtx is not None:
-            self._nvtx.mark(message=message, domain=DOMAIN)
+            self._nvtx.mark(message=message, domain=NVTX_DOMAIN)
 
 
 def _import_nvtx() -> ModuleType:

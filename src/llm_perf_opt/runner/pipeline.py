@@ -35,7 +35,7 @@ from PIL import Image
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from llm_perf_opt.errors import ConfigError, LlmPerfOptError
-from llm_perf_opt.flops.configs import FAMILIES, builtin_config
+from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.runner.calibrate import calibrate
 from llm_perf_opt.runner.graph_decode import StaticDecoder
 from llm_perf_opt.runner.meta import ImageTiming, RunFacts, build_run_meta, emit, image_entry
@@ -51,8 +51,9 @@ from llm_perf_opt.runner.stages import (
     vision_stage,
     with_random_pixels,
 )
+from llm_perf_opt.vocab import FAMILIES, STORAGE_DTYPES
 
-DTYPES: Final = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES: Final[dict[str, torch.dtype]] = {name: getattr(torch, name) for name in STORAGE_DTYPES}
 SDPA_BACKENDS: Final = (
     SDPBackend.FLASH_ATTENTION,
     SDPBackend.EFFICIENT_ATTENTION,

@@ -6,12 +6,8 @@ Mirrors the reference code so the traced runs see the real tensor shapes:
   larger than one crop, resizes it onto a w×h grid of crops chosen by `dynamic_preprocess`.
 - OCR-2 (`DeepseekOcr2ImageProcessorPil`): global view scaled to fit and padded to a square;
   crops (gundam) only when max(w, h) exceeds the crop size, grid by `get_optimal_tiled_canvas`.
-Pixel values are normalised with mean = std = 0.5 in both.
-
-Image-token layout (LLM positions of one image):
-- v1: global rows × (cols + 1) (a newline after each row), then for crops
-  (crop rows · h) × (crop cols · w + 1), then one view separator.
-- OCR-2: one embedding per query (global, then each crop) and one view separator.
+Pixel values are normalised with mean = std = 0.5 in both. The token geometry of the result is
+`flops.analytic.image_layout`, the one statement of the image-token layout.
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ import numpy.typing as npt
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
 from llm_perf_opt.errors import ConfigError, LlmPerfOptError
+from llm_perf_opt.flops.analytic import ImageLayout, image_layout
 from llm_perf_opt.flops.configs import ModelConfig, ModeSpec
 
 PIXEL_MEAN: Final = 0.5
@@ -38,26 +35,6 @@ FloatArray = npt.NDArray[np.float32]
 
 class ImageInputError(LlmPerfOptError):
     """An input image is missing or cannot be decoded."""
-
-
-@dataclass(frozen=True)
-class ImageLayout:
-    """Token geometry of one preprocessed image.
-
-    Attributes:
-        crop_grid: (columns, rows) of local crops, or None without crops.
-        vision_tokens: embeddings the vision encoder produces (global + crops).
-        image_positions: LLM positions of the image (vision tokens + newlines + separator).
-    """
-
-    crop_grid: tuple[int, int] | None
-    vision_tokens: int
-    image_positions: int
-
-    @property
-    def n_crops(self) -> int:
-        """Number of local crops (0 without)."""
-        return 0 if self.crop_grid is None else self.crop_grid[0] * self.crop_grid[1]
 
 
 @dataclass(frozen=True)
@@ -162,42 +139,6 @@ def select_crop_grid(
     return best
 
 
-def parse_grid(text: str) -> tuple[int, int]:
-    """Parse `WxH` (e.g. `3x2`) into (columns, rows).
-
-    Raises:
-        ConfigError: not two positive integers joined by `x`.
-    """
-    parts = text.lower().split("x")
-    if len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        return int(parts[0]), int(parts[1])
-    raise ConfigError(f"size {text!r} is not WxH with positive integers; write e.g. 3x2")
-
-
-def image_layout(
-    config: ModelConfig, spec: ModeSpec, crop_grid: tuple[int, int] | None
-) -> ImageLayout:
-    """Vision tokens and LLM positions of one image in mode `spec` with `crop_grid`."""
-    g = config.sam.output_grid(spec.image_size)
-    if config.image_newline:  # v1
-        vision = g * g
-        positions = g * (g + 1) + 1
-        if crop_grid is not None and spec.crop_size is not None:
-            c = config.sam.output_grid(spec.crop_size)
-            cols, rows = crop_grid
-            vision += c * c * cols * rows
-            positions += (c * rows) * (c * cols + 1)
-        return ImageLayout(crop_grid, vision, positions)
-    encoder = config.query_encoder
-    if encoder is None:
-        raise ConfigError(f"{config.family} config lacks its query encoder; fix the model config")
-    vision = encoder.queries_for(g * g)
-    if crop_grid is not None and spec.crop_size is not None:
-        c = config.sam.output_grid(spec.crop_size)
-        vision += encoder.queries_for(c * c) * crop_grid[0] * crop_grid[1]
-    return ImageLayout(crop_grid, vision, vision + 1)
-
-
 def preprocess(
     config: ModelConfig,
     image: Image.Image,
@@ -228,7 +169,8 @@ def preprocess(
     tiles = None
     if grid is not None and spec.crop_size is not None:
         tiles = np.stack([_normalize(t) for t in _cut_crops(image, grid, spec.crop_size)])
-    return PreprocessedImage(_normalize(global_img), tiles, image_layout(config, spec, grid))
+    layout = image_layout(config, mode, grid)
+    return PreprocessedImage(_normalize(global_img), tiles, layout)
 
 
 def _crop_grid(

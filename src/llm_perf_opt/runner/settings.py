@@ -16,10 +16,9 @@ from typing import Any, Final
 import yaml
 
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.runner.preprocess import DEFAULT_PAGE_SIZE, parse_grid
+from llm_perf_opt.runner.preprocess import DEFAULT_PAGE_SIZE
+from llm_perf_opt.vocab import CTX_MODES, DEFAULT_VISION_MODE, STORAGE_DTYPES, parse_size
 
-CONTEXT_LEN_MODES: Final = ("auto", "max", "fixed")
-DTYPES: Final = ("bfloat16", "float16", "float32")
 ATTN_IMPLEMENTATIONS: Final = ("sdpa", "eager")
 EXPERTS_IMPLEMENTATIONS: Final = ("eager", "grouped_mm", "batched_mm")
 # expert backends without host synchronization inside the step, so CUDA graphs can capture it
@@ -42,7 +41,7 @@ class RunSettings:
 
     model: str = "deepseek-ocr"
     tiny: bool = False
-    mode: str = "base"
+    mode: str = DEFAULT_VISION_MODE
     crops: tuple[int, int] | None = None
     images: tuple[str, ...] = ()
     num_images: int = 1
@@ -73,13 +72,13 @@ class RunSettings:
             _at_least("warmup_rounds", self.warmup_rounds, 0)
         if self.context_len_fixed is not None:
             _at_least("context_len_fixed", self.context_len_fixed, 1)
-        _one_of("context_len_mode", self.context_len_mode, CONTEXT_LEN_MODES)
+        _one_of("context_len_mode", self.context_len_mode, CTX_MODES)
         if self.context_len_mode == "fixed" and self.context_len_fixed is None:
             raise ConfigError(
                 "context_len_mode 'fixed' needs context_len_fixed (--context-len-fixed C)"
             )
         if self.dtype is not None:
-            _one_of("dtype", self.dtype, DTYPES)
+            _one_of("dtype", self.dtype, STORAGE_DTYPES)
         _one_of("attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         _one_of("experts_implementation", self.experts_implementation, EXPERTS_IMPLEMENTATIONS)
         if self.cuda_graphs and self.experts_implementation not in GRAPHABLE_EXPERTS:
@@ -156,9 +155,9 @@ def _convert(key: str, value: Any) -> Any:
         raise ConfigError(f"setting {key} may not be empty")
     if key in _GRID_FIELDS:
         if isinstance(value, str):
-            return parse_grid(value)
+            return parse_size(value, f"setting {key}")
         if isinstance(value, list | tuple) and len(value) == 2:
-            return parse_grid(f"{value[0]}x{value[1]}")
+            return parse_size(f"{value[0]}x{value[1]}", f"setting {key}")
         raise ConfigError(f"setting {key} must be WxH (e.g. 3x2), got {value!r}")
     if key == "images":
         items = [value] if isinstance(value, str) else value

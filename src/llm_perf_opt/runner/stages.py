@@ -18,8 +18,9 @@ from typing import Any, Final
 import torch
 from PIL import Image
 
+from llm_perf_opt.flops.analytic import ImageLayout
 from llm_perf_opt.runner.model import BOS_TOKEN_ID, BuiltModel
-from llm_perf_opt.runner.preprocess import ImageLayout, preprocess
+from llm_perf_opt.runner.preprocess import preprocess
 
 # "\n<|grounding|>Convert the document to markdown." stands in for the reference prompt: without a
 # tokenizer the ids are fixed (taken modulo the vocabulary for tiny configs). Only their count

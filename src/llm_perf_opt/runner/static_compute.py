@@ -37,16 +37,18 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import ModelConfig
+from llm_perf_opt.flops.context import check_length
 from llm_perf_opt.runner import stages
 from llm_perf_opt.runner.model import BuiltModel, build_model
 from llm_perf_opt.runner.preprocess import synthetic_page
+from llm_perf_opt.schemas import check_static_compute
+from llm_perf_opt.vocab import STATIC_COMPUTE_SCHEMA_ID
 
 with warnings.catch_warnings():
     # fvcore scripts a focal loss at import time, which torch 2.13 deprecates; we only trace.
     warnings.filterwarnings("ignore", r"`torch\.jit\.script` is deprecated", DeprecationWarning)
     from fvcore.nn import FlopCountAnalysis, parameter_count
 
-SCHEMA: Final = "llm_perf_opt.static_compute/1"
 # fvcore operator names (by_operator keys) that are matrix products or convolutions.
 FVCORE_MATMUL_OPS: Final = frozenset(
     {
@@ -250,8 +252,8 @@ def stage_runs(
         ConfigError: seq_len outside the context window (one position is left for decode).
     """
     config = built.config
-    analytic.check_context(config.text, seq_len + 1, "seq_len + 1 decode position")
-    layout = analytic.image_layout(config, prepared.mode, prepared.layout.crop_grid)
+    check_length(config.text.max_position_embeddings, seq_len + 1, "seq_len + 1 decode position")
+    layout = prepared.layout
     pixels: tuple[torch.Tensor, ...] = (prepared.pixel_values,)
     if prepared.pixel_values_local is not None:
         pixels = (prepared.pixel_values, prepared.pixel_values_local)
@@ -442,7 +444,7 @@ def estimate_static_compute(
             )
         report_stages[run.name] = entry
     report = {
-        "schema": SCHEMA,
+        "schema": STATIC_COMPUTE_SCHEMA_ID,
         "family": built.family,
         "tiny": built.config.tiny,
         "dtype": str(built.dtype).removeprefix("torch."),
@@ -460,6 +462,7 @@ def estimate_static_compute(
             "decode": "one step attending to seq_len + 1 positions",
         },
     }
+    check_static_compute(report, "runner")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "static_compute.json").write_text(json.dumps(report, indent=2) + "\n")

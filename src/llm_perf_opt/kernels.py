@@ -1,0 +1,115 @@
+"""What the stage ranges launched, by kind: kernel and CUDA-graph counts per range, the kernels
+with the most GPU time, and what a trace of graphs traced whole cannot show.
+
+A CUDA graph traced whole (nsys `--cuda-graph-trace=graph`) is one op per execution: its kernels
+are not in the trace, so graph executions are counted and timed apart from the kernels, and one
+graph's executions are one top-kernel entry, `CUDA graph <graphId>`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+
+@dataclass(frozen=True)
+class KernelShare:
+    """One kernel name's (or one CUDA graph's executions') share of a stage's kernel time."""
+
+    name: str
+    count: int
+    total_ns: int
+    mean_ns: float
+    share: float
+    kind: str = "kernel"
+
+
+@dataclass(frozen=True)
+class LaunchKinds:
+    """What one range launched, by kind: kernels, and CUDA graphs traced whole (their kernels
+    are not in the trace, so they are counted and timed apart from the kernels)."""
+
+    n_kernels: int = 0
+    n_graph_ops: int = 0
+    graph_sum_ns: int = 0
+
+
+def launch_kinds(ops: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, LaunchKinds]:
+    """Kernel and graph-execution counts, and graph time, per (exclusively attributed) range."""
+    is_graph = pl.col("kind") == "graph"
+    counted = (
+        ops.filter(
+            pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
+        )
+        .group_by("range_id")
+        .agg(
+            n_kernels=(~is_graph).sum(),
+            n_graph_ops=is_graph.sum(),
+            graph_sum_ns=pl.when(is_graph).then(pl.col("end_ns") - pl.col("start_ns")).sum(),
+        )
+    )
+    return {
+        int(r["range_id"]): LaunchKinds(
+            int(r["n_kernels"]), int(r["n_graph_ops"]), int(r["graph_sum_ns"])
+        )
+        for r in counted.iter_rows(named=True)
+    }
+
+
+def top_kernels(
+    ops: pl.DataFrame, range_ids: Sequence[int], names: pl.DataFrame | None, k: int
+) -> tuple[KernelShare, ...]:
+    """The `k` kernel names with the most GPU time among ops attributed to `range_ids`; the
+    executions of one CUDA graph traced whole count as one entry, `CUDA graph <graphId>`."""
+    if k <= 0:
+        return ()
+    kernels = ops.filter(
+        pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
+    ).with_columns(graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")))
+    if kernels.is_empty():
+        return ()
+    total = int((kernels["end_ns"] - kernels["start_ns"]).sum())
+    grouped = (
+        kernels.group_by("kind", "name_id", "graph_key")
+        .agg(count=pl.len(), total_ns=(pl.col("end_ns") - pl.col("start_ns")).sum())
+        .sort("total_ns", "name_id", "graph_key", descending=[True, False, False])
+        .head(k)
+    )
+    if names is not None:
+        grouped = grouped.join(names, on="name_id", how="left", maintain_order="left")
+    else:
+        grouped = grouped.with_columns(name=pl.lit(None, pl.String))
+    return tuple(
+        KernelShare(
+            name=_entry_name(row),
+            count=int(row["count"]),
+            total_ns=int(row["total_ns"]),
+            mean_ns=row["total_ns"] / row["count"],
+            share=row["total_ns"] / total if total else 0.0,
+            kind=str(row["kind"]),
+        )
+        for row in grouped.iter_rows(named=True)
+    )
+
+
+def _entry_name(row: Mapping[str, Any]) -> str:
+    """A top-kernel entry's name: the kernel's, or `CUDA graph <id>` for a graph's executions."""
+    if row["kind"] == "graph":
+        return f"CUDA graph {row['graph_key']}"
+    return row["name"] if row["name"] is not None else f"<kernel name id {row['name_id']}>"
+
+
+def graph_level_note(ops: pl.DataFrame) -> list[str]:
+    """One line for a trace with CUDA graphs traced whole: what the report cannot see."""
+    n_graph = int((ops["kind"] == "graph").sum())
+    if n_graph == 0:
+        return []
+    return [
+        f"{n_graph:,} CUDA graph executions were traced whole (nsys --cuda-graph-trace=graph, "
+        "its default): their kernels are not in the trace, so each execution counts as one "
+        "entry in graph_ops/graph_s and the top kernels; capture with --cuda-graph-trace=node "
+        "for the per-kernel view"
+    ]

@@ -1,0 +1,184 @@
+"""How NVTX ranges nest on their thread, as columns: depth, parent, path, selected ancestors.
+
+Ranges nest by containment on their thread, whatever their style (a push/pop range inside a
+start/end range is its child, as in NVIDIA's report); ranges ended on another thread stay at depth
+0 without a parent (NVIDIA leaves them out). On that tree: the nearest ancestor of a range among
+some ranges, the selected ancestors, and the innermost selected range containing a time.
+Columnar: a sweep per thread, then one join per nesting level (nesting is shallow), never a loop
+over ranges.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+
+def max_depth(ranges: pl.DataFrame) -> int:
+    """Deepest nesting level present (0 for an empty frame)."""
+    return int(ranges.select(pl.col("depth").max().fill_null(0)).item())
+
+
+def with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
+    """Add `range_id` (the NVTX_EVENTS rowid, as NVIDIA numbers ranges), `depth`, `parent_id`,
+    `path`, and the CPU columns. Ranges nest by containment on their thread, whatever their style
+    (a push/pop range inside a start/end range is its child, as in NVIDIA's report); ranges ended
+    on another thread stay at depth 0 without a parent (NVIDIA leaves them out)."""
+    base = ranges.rename({"event_id": "range_id"}).with_columns(
+        cpu_start_ns=pl.col("start_ns"),
+        cpu_duration_ns=pl.col("end_ns") - pl.col("start_ns"),
+    )
+    pushpop = base.filter(~pl.col("ends_on_other_thread"))
+    # Sweep of +1 (push) / -1 (pop) events per thread: the running sum at a push is depth + 1.
+    # At equal times pops come before pushes, and an enclosing push before the one it encloses.
+    events = pl.concat(
+        [
+            pushpop.select(
+                "global_tid",
+                "range_id",
+                t="start_ns",
+                kind=pl.lit(1),
+                order=-pl.col("end_ns"),
+                step=pl.lit(1),
+            ),
+            pushpop.select(
+                "global_tid",
+                "range_id",
+                t="end_ns",
+                kind=pl.lit(0),
+                order=-pl.col("start_ns"),
+                step=pl.lit(-1),
+            ),
+        ]
+    ).sort("global_tid", "t", "kind", "order", "range_id")
+    depth = (
+        events.with_columns(level=pl.col("step").cum_sum().over("global_tid"))
+        .filter(pl.col("kind") == 1)
+        .select("range_id", depth=(pl.col("level") - 1).cast(pl.Int64))
+    )
+    ordered = pushpop.join(depth, on="range_id").sort(
+        "global_tid",
+        "start_ns",
+        pl.col("end_ns"),
+        "range_id",
+        descending=[False, False, True, False],
+    )
+    deepest = max_depth(ordered)
+    parent = pl.lit(None, pl.Int64)
+    for level in range(1, deepest + 1):
+        last_at_level_above = (
+            pl.when(pl.col("depth") == level - 1)
+            .then(pl.col("range_id"))
+            .forward_fill()
+            .over("global_tid")
+        )
+        parent = pl.when(pl.col("depth") == level).then(last_at_level_above).otherwise(parent)
+    ordered = ordered.with_columns(parent_id=parent)
+    flat = base.filter(pl.col("ends_on_other_thread")).with_columns(
+        depth=pl.lit(0, pl.Int64), parent_id=pl.lit(None, pl.Int64)
+    )
+    structured = pl.concat([ordered, flat.select(ordered.columns)])
+    return with_paths(structured).sort("range_id")
+
+
+def with_paths(structured: pl.DataFrame) -> pl.DataFrame:
+    """Full `/`-joined name paths from the root, level by level (depth is small)."""
+    by_depth = structured.sort("depth")
+    paths = by_depth.filter(pl.col("depth") == 0).select("range_id", path="name")
+    deepest = max_depth(by_depth)
+    for level in range(1, deepest + 1):
+        level_rows = by_depth.filter(pl.col("depth") == level).join(
+            paths.rename({"range_id": "parent_id", "path": "parent_path"}), on="parent_id"
+        )
+        paths = pl.concat(
+            [
+                paths,
+                level_rows.select("range_id", path=pl.col("parent_path") + "/" + pl.col("name")),
+            ]
+        )
+    return structured.join(paths, on="range_id", how="left")
+
+
+def selected_chain(ranges: pl.DataFrame) -> pl.DataFrame:
+    """Selected ranges with `sel_parent_id`: their nearest selected ancestor (or null)."""
+    link = ranges.select("range_id", "parent_id", "selected")
+    anc = ranges.select("range_id", cand=pl.col("parent_id"))
+    deepest = max_depth(ranges)
+    for _ in range(deepest):
+        anc = (
+            anc.join(link, left_on="cand", right_on="range_id", how="left")
+            .with_columns(
+                cand=pl.when(pl.col("selected").fill_null(True)).then("cand").otherwise("parent_id")
+            )
+            .select("range_id", "cand")
+        )
+    return (
+        ranges.filter("selected")
+        .join(anc.rename({"cand": "sel_parent_id"}), on="range_id", how="left")
+        .select("range_id", "global_tid", "start_ns", "end_ns", "depth", "sel_parent_id")
+    )
+
+
+def innermost_containing(chain: pl.DataFrame, queries: pl.DataFrame, by: str) -> pl.Series:
+    """For each query (`q_by`, `t`), the latest-starting selected range of group `by` containing
+    `t`: an as-of join on start, then up the selected-ancestor chain while the candidate ended."""
+    table = chain.sort(by, "start_ns", "depth").select(q_by=by, t="start_ns", cand="range_id")
+    ordered = queries.with_row_index("q").sort("q_by", "t", nulls_last=True)
+    found = ordered.join_asof(
+        table,
+        on="t",
+        by="q_by",
+        strategy="backward",
+        check_sortedness=False,  # sorted by (q_by, t) above; polars cannot verify within groups
+    )
+    t = found["t"].fill_null(-1).to_numpy()
+    cand = found["cand"].fill_null(-1).to_numpy(writable=True)
+    # per range id: its end and its nearest selected ancestor (index arrays, not joins)
+    ids = chain["range_id"].to_numpy()
+    size = int(ids.max()) + 1 if len(ids) else 1
+    end_of = np.full(size, -1, dtype=np.int64)
+    parent_of = np.full(size, -1, dtype=np.int64)
+    end_of[ids] = chain["end_ns"].to_numpy()
+    parent_of[ids] = chain["sel_parent_id"].fill_null(-1).to_numpy()
+    open_rows = np.flatnonzero(cand >= 0)
+    while open_rows.size:
+        ended = end_of[cand[open_rows]] < t[open_rows]
+        open_rows = open_rows[ended]
+        cand[open_rows] = parent_of[cand[open_rows]]
+        open_rows = open_rows[cand[open_rows] >= 0]
+    result = np.full(len(cand), -1, dtype=np.int64)
+    result[found["q"].to_numpy()] = cand
+    return pl.Series("range_id", result, dtype=pl.Int64).replace(-1, None)
+
+
+def ancestor_members(ranges: pl.DataFrame, lean: pl.DataFrame, guessed: pl.Series) -> pl.DataFrame:
+    """Inclusive pairs for heuristically attributed ops: their range and all its ancestors."""
+    ops = lean.with_columns(range_id=guessed).filter(pl.col("range_id").is_not_null())
+    parents = ranges.select("range_id", up="parent_id")
+    out = [ops]
+    current = ops
+    for _ in range(max_depth(ranges)):
+        current = (
+            current.join(parents, on="range_id")
+            .filter(pl.col("up").is_not_null())
+            .with_columns(range_id=pl.col("up"))
+            .drop("up")
+        )
+        if current.is_empty():
+            break
+        out.append(current)
+    return pl.concat(out)
+
+
+def nearest_ancestor(ranges: pl.DataFrame, start: pl.Series, targets: pl.Series) -> pl.Series:
+    """For each range id of `start`, itself or its nearest ancestor (along `ranges`' `parent_id`)
+    among `targets`; null where there is none."""
+    found = pl.Series("ancestor", [None] * len(start), dtype=pl.Int64)
+    candidate = start.cast(pl.Int64)
+    for _ in range(max_depth(ranges) + 1):
+        hit = pl.select(pl.when(candidate.is_in(targets.implode())).then(candidate)).to_series()
+        found = found.fill_null(hit)
+        candidate = candidate.replace_strict(
+            ranges["range_id"], ranges["parent_id"], default=None, return_dtype=pl.Int64
+        )
+    return found.alias("ancestor")
