@@ -43,7 +43,7 @@ from benchmarks.gen_trace.workload import (
     vision_block,
 )
 from benchmarks.gen_trace.writer import Summary, Writer, kind_columns, nvtx_row
-from llm_perf_opt.meta import NVTX_DOMAIN
+from llm_perf_opt.vocab import NVTX_DOMAIN
 
 SCHEMA_SQL = Path(__file__).resolve().parents[1] / "nsys_schema_3_20_3.sql"
 GRAPH_TRACE_SQL = SCHEMA_SQL.with_name("nsys_schema_3_20_3_graph_trace.sql")
