@@ -3,7 +3,7 @@ graph-level trace (nsys's default) against the node-level one of the same run.
 
 `traces/dsocr_v1_base_cg_node` and `_cg_graph`: v1 base, `--cuda-graphs --experts-implementation
 grouped_mm`, 3 pages of 7 decode steps; each step replays one graph of ~1,000 nodes.
-`tests/core/test_cuda_graph_parity.py` checks their attribution against NVIDIA's.
+`tests/attribution/test_cuda_graph_parity.py` checks their attribution against NVIDIA's.
 """
 
 from __future__ import annotations

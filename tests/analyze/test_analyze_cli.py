@@ -19,9 +19,9 @@ from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.trace import open_trace
+from tests.report.test_report_outputs import RANGES_HEADER, STATIC, _png_size
 
 from .synth import meta_dict
-from .test_report_outputs import RANGES_HEADER, STATIC, _png_size
 
 STAGE_FLAGS = [
     "--stage", "vision=vision", "--stage", "prefill=prefill", "--stage", "decode=decode",

@@ -18,7 +18,7 @@ from llm_perf_opt.hostview import (
     host_view,
     stage_windows,
 )
-from tests.core.frames import gpid, gtid, ops_and_calls, ranges
+from tests.attribution.frames import gpid, gtid, ops_and_calls, ranges
 
 MAIN, WORKER = gtid(1), gtid(2)
 

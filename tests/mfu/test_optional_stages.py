@@ -21,8 +21,7 @@ from llm_perf_opt.flops import decoders, vision_towers
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.mfu import compute_mfu
 from llm_perf_opt.stages import default_refs
-
-from .synth import DOMAIN, PEAK, LinearFlops, SynthTrace
+from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, SynthTrace
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO / "tests" / "data" / "hf_configs" / "llama-3.2-1b.json"

@@ -18,8 +18,8 @@ from matplotlib.image import imread
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.flops import analytic, traffic
 from llm_perf_opt.flops.configs import builtin_config
+from tests.mfu.test_calibration import CALIBRATION, calibrated_meta
 
-from .test_calibration import CALIBRATION, calibrated_meta
 from .test_report_outputs import STATIC
 
 REPO = Path(__file__).resolve().parents[2]

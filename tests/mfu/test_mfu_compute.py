@@ -12,8 +12,16 @@ from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
 from llm_perf_opt.stages import RangeRef, default_refs
-
-from .synth import DOMAIN, LP, PEAK, LinearFlops, SynthTrace, meta_dict, runner_like_trace, union_ns
+from tests.analyze.synth import (
+    DOMAIN,
+    LP,
+    PEAK,
+    LinearFlops,
+    SynthTrace,
+    meta_dict,
+    runner_like_trace,
+    union_ns,
+)
 
 FLOPS = LinearFlops()
 

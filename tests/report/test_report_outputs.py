@@ -24,8 +24,7 @@ from llm_perf_opt.report import (
     write_ranges_csv,
 )
 from llm_perf_opt.stages import default_refs
-
-from .synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
+from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
 
 RANGES_HEADER = (
     "name,domain,style,pid,tid,depth,range_id,parent_id,cpu_start_ns,cpu_duration_ns,n_gpu_ops,"
