@@ -1,0 +1,292 @@
+"""Running per-range and per-window sums over ops that arrive in start order, batch by batch.
+
+Busy time is a union of intervals per (range, device). With ops in start order the union needs,
+across batch borders, one number per (range, device): the latest end so far, `C`. Proof: let op
+k start at s_k ≥ s_i for every earlier op i, and let C be the largest earlier end, reached by op j.
+Since s_j ≤ s_k, op j covers [s_k, C] (when s_k < C), and no earlier op reaches past C; so the part
+of [s_k, e_k] not yet covered is [max(s_k, C), e_k], of length max(0, e_k − max(s_k, C)). Summing
+that over the ops in any start order (ties in any order, streams overlapping or not, one batch or
+many) gives the union, which is what `attribution._range_stats` sums after sorting by
+(range, device, start).
+
+The GPU view of a window (`hostview._gpu_view`) sweeps the same way with the window's clamped
+starts and also splits each gap before an op at the op's launch. A gap belongs to the first op of
+a run of equal starts in (launch, op id) order; runs of equal starts never straddle a batch
+border (the engine holds back the ops at the latest start until a later start arrives), and the
+ops clamped to the window start come first and have no gap at all, so sorting each batch by
+(window, device, start, launch, op id) reproduces the in-memory order exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import numpy as np
+import polars as pl
+
+from llm_perf_opt.attribution import _is_sorted, _segmented_prev_max
+from llm_perf_opt.hostview import WINDOWS_SCHEMA, _searchsorted_in
+from llm_perf_opt.onepass.calls import INT64_MAX, INT64_MIN
+from llm_perf_opt.onepass.schemas import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA
+
+# Rows of pending per-group latency counts compacted at once.
+COMPACT_ROWS: Final = 1 << 18
+
+
+class RangeTotals:
+    """Count, launch count, kernel sum, busy union (and span) per range position."""
+
+    def __init__(self, n: int, *, spans: bool) -> None:
+        self.n = n
+        self.n_gpu_ops = np.zeros(n, dtype=np.int64)
+        self.n_op_rows = np.zeros(n, dtype=np.int64)
+        self.kernel_sum_ns = np.zeros(n, dtype=np.int64)
+        self.gpu_busy_ns = np.zeros(n, dtype=np.int64)
+        self.spans = spans
+        self.proj_start_ns = np.full(n if spans else 0, INT64_MAX, dtype=np.int64)
+        self.proj_end_ns = np.full(n if spans else 0, INT64_MIN, dtype=np.int64)
+        self._covered: dict[int, np.ndarray] = {}  # device -> latest end per range
+
+    def add(
+        self,
+        pos: np.ndarray,
+        dev: np.ndarray,
+        start: np.ndarray,
+        end: np.ndarray,
+        kernel: np.ndarray,
+        first: np.ndarray,
+    ) -> None:
+        """Count ops (one row per (range, op) pair), each range's ops later in start order than
+        every op it was given before."""
+        if pos.size == 0:
+            return
+        if not _is_sorted(pos, dev, start):
+            order = np.lexsort((start, dev, pos))
+            pos, dev, start, end, kernel, first = (
+                a[order] for a in (pos, dev, start, end, kernel, first)
+            )
+        n = pos.size
+        new_seg = np.ones(n, dtype=bool)
+        new_seg[1:] = (pos[1:] != pos[:-1]) | (dev[1:] != dev[:-1])
+        covered = np.maximum(_segmented_prev_max(end, new_seg), _lookup(self._covered, dev, pos))
+        busy = np.clip(end - np.maximum(start, covered), 0, None)
+        heads = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
+        ids = pos[heads]
+        self.n_gpu_ops[ids] += np.add.reduceat(first.astype(np.int64), heads)
+        self.n_op_rows[ids] += np.diff(np.r_[heads, n])
+        self.kernel_sum_ns[ids] += np.add.reduceat(np.where(kernel, end - start, 0), heads)
+        self.gpu_busy_ns[ids] += np.add.reduceat(busy, heads)
+        if self.spans:
+            self.proj_start_ns[ids] = np.minimum(
+                self.proj_start_ns[ids], np.minimum.reduceat(start, heads)
+            )
+            self.proj_end_ns[ids] = np.maximum(
+                self.proj_end_ns[ids], np.maximum.reduceat(end, heads)
+            )
+        seg = np.flatnonzero(new_seg)
+        _raise(self._covered, self.n, dev[seg], pos[seg], np.maximum.reduceat(end, seg))
+
+    def frame(self, prefix: str) -> pl.DataFrame:
+        """The sums as `attribute`'s columns (spans null where a range has no op)."""
+        columns = {
+            f"{prefix}n_gpu_ops": self.n_gpu_ops,
+            f"{prefix}n_op_rows": self.n_op_rows,
+            f"{prefix}kernel_sum_ns": self.kernel_sum_ns,
+            f"{prefix}gpu_busy_ns": self.gpu_busy_ns,
+        }
+        frame = pl.DataFrame(columns)
+        if not self.spans:
+            return frame
+        has_ops = pl.Series(self.n_op_rows > 0)
+        start = pl.Series(self.proj_start_ns)
+        return frame.with_columns(
+            proj_start_ns=pl.when(has_ops).then(start),
+            proj_duration_ns=pl.when(has_ops).then(pl.Series(self.proj_end_ns) - start),
+        )
+
+
+def _lookup(per_device: dict[int, np.ndarray], dev: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """The carried value of each row's (device, position), int64 min where none."""
+    out = np.full(pos.size, INT64_MIN, dtype=np.int64)
+    for d in np.unique(dev).tolist():
+        values = per_device.get(d)
+        if values is not None:
+            rows = np.flatnonzero(dev == d)
+            out[rows] = values[pos[rows]]
+    return out
+
+
+def _raise(
+    per_device: dict[int, np.ndarray], n: int, dev: np.ndarray, pos: np.ndarray, value: np.ndarray
+) -> None:
+    """Carried value of each (device, position) raised to `value` (pairs are distinct)."""
+    for d in np.unique(dev).tolist():
+        values = per_device.setdefault(d, np.full(n, INT64_MIN, dtype=np.int64))
+        rows = np.flatnonzero(dev == d)
+        values[pos[rows]] = np.maximum(values[pos[rows]], value[rows])
+
+
+class WindowTotals:
+    """The GPU view of each window over the ops of its owner range launched inside it."""
+
+    def __init__(self, windows: pl.DataFrame) -> None:
+        windows = windows.select(WINDOWS_SCHEMA.names()).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
+        self.ids = windows["window_id"].to_numpy()
+        self.owner = windows["owner_id"].to_numpy()
+        self.w_start = windows["start_ns"].to_numpy()
+        self.w_end = windows["end_ns"].to_numpy()
+        # groups in order of their first window, as `hostview.breakdown` lists them
+        self.group_names: list[str] = windows["group"].unique(maintain_order=True).to_list()
+        self.group_of = (
+            windows["group"]
+            .replace_strict(self.group_names, range(len(self.group_names)))
+            .cast(pl.Int64)
+            .to_numpy()
+        )
+        n = self.n = windows.height
+        self.busy = np.zeros(n, dtype=np.int64)
+        self.starved = np.zeros(n, dtype=np.int64)
+        self.gap = np.zeros(n, dtype=np.int64)
+        self.head = np.zeros(n, dtype=np.int64)
+        self.members = np.zeros(n, dtype=np.int64)
+        self.last_end = np.full(n, INT64_MIN, dtype=np.int64)
+        self._covered: dict[int, np.ndarray] = {}  # device -> latest clamped end per window
+        self.median = np.full(n, np.nan)
+        self._done = np.zeros(n, dtype=bool)
+        self._pending: list[pl.DataFrame] = []  # (window, latency_ns) of windows not done
+        self._counts = pl.DataFrame(schema={"group": pl.Int64, "latency_ns": pl.Int64,
+                                            "count": pl.Int64})  # fmt: skip
+        self._counts_rows = 0
+
+    def add(
+        self,
+        owner: np.ndarray,
+        launch: np.ndarray,
+        dev: np.ndarray,
+        start: np.ndarray,
+        end: np.ndarray,
+        op_id: np.ndarray,
+    ) -> None:
+        """Ops with their exclusive range (`owner`) and launch; each window's ops later in start
+        order than those given before."""
+        keep = np.flatnonzero(np.isin(owner, self.owner))
+        keep = keep[np.lexsort((op_id[keep], launch[keep], owner[keep]))]
+        owner, launch = owner[keep], launch[keep]
+        dev, start, end, op_id = dev[keep], start[keep], end[keep], op_id[keep]
+        seg_lo = np.searchsorted(owner, self.owner, side="left")
+        seg_hi = np.searchsorted(owner, self.owner, side="right")
+        lo = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, self.w_start, "left")
+        hi = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, self.w_end, "right")
+        lengths = np.maximum(hi - lo, 0)
+        total = int(lengths.sum())
+        if total == 0:
+            return
+        offsets = np.cumsum(lengths) - lengths
+        member = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo, lengths)
+        win = np.repeat(np.arange(self.n, dtype=np.int64), lengths)
+        d = dev[member].astype(np.int64)
+        m_launch, raw_start, m_id = launch[member], start[member], op_id[member]
+        m_start = np.maximum(raw_start, self.w_start[win])
+        m_end = np.maximum(end[member], m_start)
+        order = np.lexsort((m_id, m_launch, m_start, d, win))
+        win, d, m_start, m_end, m_launch, raw_start = (
+            a[order] for a in (win, d, m_start, m_end, m_launch, raw_start)
+        )
+        self._sweep(win, d, m_start, m_end, m_launch)
+        self._pending.append(pl.DataFrame({"window": win, "latency_ns": raw_start - m_launch}))
+
+    def _sweep(
+        self, win: np.ndarray, dev: np.ndarray, m_start: np.ndarray, m_end: np.ndarray,
+        launch: np.ndarray,
+    ) -> None:  # fmt: skip
+        n = win.size
+        new_seg = np.ones(n, dtype=bool)
+        new_seg[1:] = (win[1:] != win[:-1]) | (dev[1:] != dev[:-1])
+        carried = _lookup(self._covered, dev, win)
+        head = new_seg & (carried == INT64_MIN)  # the window's first op on this device
+        covered = np.maximum(_segmented_prev_max(m_end, new_seg), carried)
+        covered = np.where(head, m_start, covered)
+        busy = np.clip(m_end - np.maximum(m_start, covered), 0, None)
+        gap = np.clip(m_start - covered, 0, None)
+        starved = np.clip(launch - covered, 0, gap)
+        heads = np.flatnonzero(np.r_[True, win[1:] != win[:-1]])
+        ids = win[heads]
+        self.busy[ids] += np.add.reduceat(busy, heads)
+        self.gap[ids] += np.add.reduceat(gap, heads)
+        self.starved[ids] += np.add.reduceat(starved, heads)
+        self.head[ids] += np.add.reduceat(np.where(head, m_start - self.w_start[win], 0), heads)
+        self.members[ids] += np.diff(np.r_[heads, n])
+        self.last_end[ids] = np.maximum(self.last_end[ids], np.maximum.reduceat(m_end, heads))
+        seg = np.flatnonzero(new_seg)
+        _raise(self._covered, self.n, dev[seg], win[seg], np.maximum.reduceat(m_end, seg))
+
+    def settle(self, launch_floor: int) -> None:
+        """Take the launch latency medians of the windows that no later op can enter (they end
+        before `launch_floor`), and fold their latencies into the per-group counts."""
+        done = (self.w_end < launch_floor) & ~self._done
+        if not self._pending or not bool(done.any()):
+            return
+        pending = pl.concat(self._pending)
+        is_done = pl.Series(done)
+        settled = pending.filter(is_done.gather(pending["window"]))
+        self._pending = [pending.filter(~is_done.gather(pending["window"]))]
+        self._done |= done
+        per = settled.group_by("window").agg(m=pl.col("latency_ns").median())
+        self.median[per["window"].to_numpy()] = per["m"].to_numpy()
+        counts = (
+            settled.with_columns(group=pl.Series(self.group_of).gather(settled["window"]))
+            .group_by("group", "latency_ns")
+            .agg(count=pl.len().cast(pl.Int64))
+        )
+        self._counts = pl.concat([self._counts, counts])
+        if self._counts.height > max(COMPACT_ROWS, 2 * self._counts_rows):
+            self._counts = self._counts.group_by("group", "latency_ns").agg(pl.col("count").sum())
+            self._counts_rows = self._counts.height
+
+    def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """`GPU_WINDOWS_SCHEMA` and `GPU_GROUPS_SCHEMA` once every op was given."""
+        self.settle(INT64_MAX)
+        g_end = np.maximum(self.w_end, self.last_end)
+        window = g_end - self.w_start
+        edge = self.head.copy()
+        for covered in self._covered.values():
+            started = covered > INT64_MIN
+            edge += np.where(started, g_end - np.where(started, covered, 0), 0)
+        edge = np.where(self.members == 0, window - self.busy, edge)
+        windows = pl.DataFrame(
+            {
+                "window_id": self.ids,
+                "gpu_window_ns": window.astype(np.float64),
+                "busy_ns": self.busy.astype(np.float64),
+                "starved_ns": self.starved.astype(np.float64),
+                "queued_ns": (self.gap - self.starved).astype(np.float64),
+                "edge_ns": edge.astype(np.float64),
+                "n_gpu_ops": self.members.astype(np.float64),
+                "launch_latency_median_ns": self.median,
+            }
+        ).with_columns(pl.col("launch_latency_median_ns").fill_nan(None))
+        groups = pl.DataFrame(
+            {
+                "group": self.group_names,
+                "launch_latency_median_ns": [
+                    _median_of_counts(self._counts.filter(pl.col("group") == code))
+                    for code in range(len(self.group_names))
+                ],
+            },
+            schema=GPU_GROUPS_SCHEMA,
+        )
+        return windows.cast(dict(GPU_WINDOWS_SCHEMA)), groups  # type: ignore[arg-type]
+
+
+def _median_of_counts(counts: pl.DataFrame) -> float | None:
+    """The median of the values `latency_ns` repeated `count` times (the mean of the two middle
+    ones for an even total), None for none."""
+    merged = counts.group_by("latency_ns").agg(pl.col("count").sum()).sort("latency_ns")
+    total = int(merged["count"].sum())
+    if total == 0:
+        return None
+    values = merged["latency_ns"].to_numpy()
+    reach = np.cumsum(merged["count"].to_numpy())
+    low = values[np.searchsorted(reach, (total - 1) // 2, side="right")]
+    high = values[np.searchsorted(reach, total // 2, side="right")]
+    return (float(low) + float(high)) / 2
