@@ -2,10 +2,11 @@
 
 `range_frame(ranges, selection)` builds the ranges frame to fill; `attribute_stream(...)` fills it
 from op and call batches in start order and returns the aggregates the analysis needs;
-`StreamBudget.of(bytes)` says how many rows a batch should hold.
+`StreamBudget.of(bytes)` says how many rows a batch should hold; `ReadAhead(batches)` reads the
+next batches in a background thread while the pass works.
 """
 
-from llm_perf_opt.onepass.engine import StreamResult, StreamStats, attribute_stream, range_frame
+from llm_perf_opt.onepass.engine import ReadAhead, attribute_stream, range_frame
 from llm_perf_opt.onepass.schemas import (
     CALL_BATCH_SCHEMA,
     DEFAULT_MEMORY_BUDGET_BYTES,
@@ -21,6 +22,7 @@ from llm_perf_opt.onepass.schemas import (
     StreamBudget,
     StreamOrderError,
 )
+from llm_perf_opt.onepass.totals import StreamResult, StreamStats
 
 __all__ = [
     "CALL_BATCH_SCHEMA",
@@ -34,6 +36,7 @@ __all__ = [
     "OP_BATCH_SCHEMA",
     "TOP_KERNELS_SCHEMA",
     "UNATTRIBUTED_SCHEMA",
+    "ReadAhead",
     "StreamBudget",
     "StreamOrderError",
     "StreamResult",

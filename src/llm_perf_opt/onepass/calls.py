@@ -159,9 +159,13 @@ class LaunchCalls:
         cap = self._budget.live_calls
         if live <= cap:
             return
-        starts = np.concatenate([p.start for p in self._processes.values()])
-        cutoff = min(int(np.partition(starts, live - cap * 3 // 4)[live - cap * 3 // 4]),
-                     keep_from_ns)  # fmt: skip
+        k = live - cap * 3 // 4
+        starts = [p.start for p in self._processes.values()]
+        if len(starts) == 1:  # one process: its starts are sorted
+            kth = int(starts[0][k])
+        else:
+            kth = int(np.partition(np.concatenate(starts), k)[k])
+        cutoff = min(kth, keep_from_ns)
         for proc in self._processes.values():
             k = int(np.searchsorted(proc.start, cutoff, side="left"))
             if k == 0:
@@ -260,9 +264,12 @@ class LaunchCalls:
         """Per process: the rows of `ref` that point into it and their places in its window."""
         valid = ref >= 0
         index = np.where(valid, ref >> REF_SHIFT, -1)
-        for i in np.unique(index[valid]).tolist():
+        if not valid.any():
+            return
+        one = len(self._order) == 1
+        for i in [0] if one else np.unique(index[valid]).tolist():
             proc = self._processes[self._order[i]]
-            rows = np.flatnonzero(index == i)
+            rows = np.flatnonzero(valid if one else index == i)
             at = (ref[rows] & ((1 << REF_SHIFT) - 1)) - proc.base
             if bool(np.any(at < 0)):
                 raise AssertionError("a call still referenced by a waiting op was evicted")

@@ -29,8 +29,9 @@ from llm_perf_opt.hostview import WINDOWS_SCHEMA, _searchsorted_in
 from llm_perf_opt.onepass.calls import INT64_MAX, INT64_MIN
 from llm_perf_opt.onepass.schemas import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA
 
-# Rows of pending per-group latency counts compacted at once.
+# Latency counts: rows added before they are summed again.
 COMPACT_ROWS: Final = 1 << 18
+COUNTS_SCHEMA: Final = pl.Schema({"key": pl.Int64, "latency_ns": pl.Int64, "count": pl.Int64})
 
 
 class RangeTotals:
@@ -108,10 +109,9 @@ class RangeTotals:
 def _lookup(per_device: dict[int, np.ndarray], dev: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """The carried value of each row's (device, position), int64 min where none."""
     out = np.full(pos.size, INT64_MIN, dtype=np.int64)
-    for d in np.unique(dev).tolist():
+    for d, rows in _by_device(dev):
         values = per_device.get(d)
         if values is not None:
-            rows = np.flatnonzero(dev == d)
             out[rows] = values[pos[rows]]
     return out
 
@@ -120,10 +120,18 @@ def _raise(
     per_device: dict[int, np.ndarray], n: int, dev: np.ndarray, pos: np.ndarray, value: np.ndarray
 ) -> None:
     """Carried value of each (device, position) raised to `value` (pairs are distinct)."""
-    for d in np.unique(dev).tolist():
+    for d, rows in _by_device(dev):
         values = per_device.setdefault(d, np.full(n, INT64_MIN, dtype=np.int64))
-        rows = np.flatnonzero(dev == d)
         values[pos[rows]] = np.maximum(values[pos[rows]], value[rows])
+
+
+def _by_device(dev: np.ndarray) -> list[tuple[int, np.ndarray | slice]]:
+    """The rows of each device (all rows at once when there is one device, the usual case)."""
+    if dev.size == 0:
+        return []
+    if dev.min() == dev.max():
+        return [(int(dev[0]), slice(None))]
+    return [(d, np.flatnonzero(dev == d)) for d in np.unique(dev).tolist()]
 
 
 class WindowTotals:
@@ -153,10 +161,8 @@ class WindowTotals:
         self._covered: dict[int, np.ndarray] = {}  # device -> latest clamped end per window
         self.median = np.full(n, np.nan)
         self._done = np.zeros(n, dtype=bool)
-        self._pending: list[pl.DataFrame] = []  # (window, latency_ns) of windows not done
-        self._counts = pl.DataFrame(schema={"group": pl.Int64, "latency_ns": pl.Int64,
-                                            "count": pl.Int64})  # fmt: skip
-        self._counts_rows = 0
+        self._open = _Counts()  # latencies of the windows not settled yet, per window
+        self._groups = _Counts()  # latencies of the settled windows, per group
 
     def add(
         self,
@@ -175,8 +181,10 @@ class WindowTotals:
         dev, start, end, op_id = dev[keep], start[keep], end[keep], op_id[keep]
         seg_lo = np.searchsorted(owner, self.owner, side="left")
         seg_hi = np.searchsorted(owner, self.owner, side="right")
-        lo = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, self.w_start, "left")
-        hi = seg_lo + _searchsorted_in(launch, seg_lo, seg_hi, self.w_end, "right")
+        lo, hi = seg_lo.copy(), seg_lo.copy()
+        some = np.flatnonzero(seg_hi > seg_lo)  # windows whose owner launched ops in this batch
+        lo[some] += _searchsorted_in(launch, seg_lo[some], seg_hi[some], self.w_start[some], "left")
+        hi[some] += _searchsorted_in(launch, seg_lo[some], seg_hi[some], self.w_end[some], "right")
         lengths = np.maximum(hi - lo, 0)
         total = int(lengths.sum())
         if total == 0:
@@ -193,7 +201,7 @@ class WindowTotals:
             a[order] for a in (win, d, m_start, m_end, m_launch, raw_start)
         )
         self._sweep(win, d, m_start, m_end, m_launch)
-        self._pending.append(pl.DataFrame({"window": win, "latency_ns": raw_start - m_launch}))
+        self._open.add(pl.DataFrame({"key": win, "latency_ns": raw_start - m_launch}))
 
     def _sweep(
         self, win: np.ndarray, dev: np.ndarray, m_start: np.ndarray, m_end: np.ndarray,
@@ -222,26 +230,16 @@ class WindowTotals:
 
     def settle(self, launch_floor: int) -> None:
         """Take the launch latency medians of the windows that no later op can enter (they end
-        before `launch_floor`), and fold their latencies into the per-group counts."""
+        before `launch_floor`), and fold their latencies into their groups'."""
         done = (self.w_end < launch_floor) & ~self._done
-        if not self._pending or not bool(done.any()):
+        if not bool(done.any()):
             return
-        pending = pl.concat(self._pending)
-        is_done = pl.Series(done)
-        settled = pending.filter(is_done.gather(pending["window"]))
-        self._pending = [pending.filter(~is_done.gather(pending["window"]))]
         self._done |= done
-        per = settled.group_by("window").agg(m=pl.col("latency_ns").median())
-        self.median[per["window"].to_numpy()] = per["m"].to_numpy()
-        counts = (
-            settled.with_columns(group=pl.Series(self.group_of).gather(settled["window"]))
-            .group_by("group", "latency_ns")
-            .agg(count=pl.len().cast(pl.Int64))
-        )
-        self._counts = pl.concat([self._counts, counts])
-        if self._counts.height > max(COMPACT_ROWS, 2 * self._counts_rows):
-            self._counts = self._counts.group_by("group", "latency_ns").agg(pl.col("count").sum())
-            self._counts_rows = self._counts.height
+        settled = self._open.take(done)
+        per = _medians(settled)
+        self.median[per["key"].to_numpy()] = per["median"].to_numpy()
+        keys = pl.Series(self.group_of).gather(settled["key"])
+        self._groups.add(settled.with_columns(key=keys))
 
     def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """`GPU_WINDOWS_SCHEMA` and `GPU_GROUPS_SCHEMA` once every op was given."""
@@ -265,28 +263,55 @@ class WindowTotals:
                 "launch_latency_median_ns": self.median,
             }
         ).with_columns(pl.col("launch_latency_median_ns").fill_nan(None))
+        medians = np.full(len(self.group_names), np.nan)
+        per = _medians(self._groups.frame)
+        medians[per["key"].to_numpy()] = per["median"].to_numpy()
         groups = pl.DataFrame(
-            {
-                "group": self.group_names,
-                "launch_latency_median_ns": [
-                    _median_of_counts(self._counts.filter(pl.col("group") == code))
-                    for code in range(len(self.group_names))
-                ],
-            },
+            {"group": self.group_names, "launch_latency_median_ns": medians},
             schema=GPU_GROUPS_SCHEMA,
-        )
+        ).with_columns(pl.col("launch_latency_median_ns").fill_nan(None))
         return windows.cast(dict(GPU_WINDOWS_SCHEMA)), groups  # type: ignore[arg-type]
 
 
-def _median_of_counts(counts: pl.DataFrame) -> float | None:
-    """The median of the values `latency_ns` repeated `count` times (the mean of the two middle
-    ones for an even total), None for none."""
-    merged = counts.group_by("latency_ns").agg(pl.col("count").sum()).sort("latency_ns")
-    total = int(merged["count"].sum())
-    if total == 0:
-        return None
-    values = merged["latency_ns"].to_numpy()
-    reach = np.cumsum(merged["count"].to_numpy())
-    low = values[np.searchsorted(reach, (total - 1) // 2, side="right")]
-    high = values[np.searchsorted(reach, total // 2, side="right")]
-    return (float(low) + float(high)) / 2
+class _Counts:
+    """How often each launch latency occurs, per key (a window or a group): exact medians in
+    memory that grows with the distinct latencies, not with the ops."""
+
+    def __init__(self) -> None:
+        self.frame = pl.DataFrame(schema=COUNTS_SCHEMA)
+        self._compacted = 0
+
+    def add(self, rows: pl.DataFrame) -> None:
+        """Add `key, latency_ns` rows (a `count` column, if any, says how often each occurs)."""
+        if "count" not in rows.columns:
+            rows = rows.with_columns(count=pl.lit(1, pl.Int64))
+        rows = rows.group_by("key", "latency_ns").agg(pl.col("count").sum())
+        self.frame = pl.concat([self.frame, rows.select(COUNTS_SCHEMA.names())])
+        if self.frame.height > max(COMPACT_ROWS, 2 * self._compacted):
+            self.frame = self.frame.group_by("key", "latency_ns").agg(pl.col("count").sum())
+            self._compacted = self.frame.height
+
+    def take(self, keys: np.ndarray) -> pl.DataFrame:
+        """Remove and return the counts of the keys flagged in `keys` (a mask over keys)."""
+        flagged = pl.Series(keys).gather(self.frame["key"])
+        taken = self.frame.filter(flagged)
+        self.frame = self.frame.filter(~flagged)
+        return taken
+
+
+def _medians(counts: pl.DataFrame) -> pl.DataFrame:
+    """Per key, the median of `latency_ns` repeated `count` times (the mean of the two middle
+    values for an even total, as polars' median)."""
+    merged = counts.group_by("key", "latency_ns").agg(pl.col("count").sum())
+    reach = pl.col("count").cum_sum().over("key")
+    total = pl.col("count").sum().over("key")
+    return (
+        merged.sort("key", "latency_ns")
+        .with_columns(reach=reach, total=total)
+        .group_by("key")
+        .agg(
+            low=pl.col("latency_ns").filter(pl.col("reach") > (pl.col("total") - 1) // 2).first(),
+            high=pl.col("latency_ns").filter(pl.col("reach") > pl.col("total") // 2).first(),
+        )
+        .select("key", median=(pl.col("low").cast(pl.Float64) + pl.col("high")) / 2)
+    )
