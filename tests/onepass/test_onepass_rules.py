@@ -150,6 +150,14 @@ def test_an_op_that_starts_before_its_launch_call_is_an_error() -> None:
     assert assert_same(STAGE, ops, calls, None, rows=100).ranges.height == 3  # in one batch: fine
     with pytest.raises(StreamOrderError, match="starts before its launch call"):
         _stream(STAGE, ops.sort("start_ns"), calls.sort("start_ns"))
+    last, _ = ops_and_calls(  # the late call comes after the last op
+        {"start": 1_000, "end": 1_100, "launch": 120, "corr": 10},
+        {"start": 1_150, "end": 1_200, "launch": 1_300, "corr": 12},
+    )
+    _, between = ops_and_calls({"start": 1_250, "end": 1_260, "launch": 1_250, "corr": 11})
+    with pytest.raises(StreamOrderError, match="starts before its launch call"):
+        _stream(STAGE, last, pl.concat([calls.filter(pl.col("correlation_id") != 11), between])
+                .sort("start_ns"))  # fmt: skip
 
 
 def test_ops_out_of_start_order_are_an_error() -> None:

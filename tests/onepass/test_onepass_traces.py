@@ -65,7 +65,8 @@ def test_a_small_budget_slides_the_call_window_over_the_trace(generated: Path) -
     # 2 MiB keep 8,192 calls of the trace's 27,000; a batch of ops is cut to 1,048 rows
     result = assert_same(raw, ops, calls, selection, rows=5000, budget=2 << 20)
     assert result.stats.calls_evicted > 0
-    assert result.stats.call_rows_live_max <= StreamBudget.of(2 << 20).live_calls + 1310
+    budget = StreamBudget.of(2 << 20)  # the window may pass its size by one piece of calls
+    assert result.stats.call_rows_live_max <= budget.live_calls + budget.call_batch_rows
 
 
 def test_tiny_generated_trace_in_tiny_batches(tmp_path: Path) -> None:

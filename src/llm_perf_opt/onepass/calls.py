@@ -84,9 +84,10 @@ class LaunchCalls:
             self.evict(keep_from_ns)
 
     def drain(self) -> None:
-        """Read the calls after the last op, where an op still waits for one."""
+        """Read the calls after the last op where an op found no call yet (one arriving now
+        is an error); no op waits for a call any more, so any may be evicted."""
         while not self.exhausted and any(p.ahead.size for p in self._processes.values()):
-            self.read_until(INT64_MAX, INT64_MIN)
+            self.read_until(self._last_start, INT64_MAX)
 
     def _add(self, batch: pl.DataFrame) -> None:
         batch = batch.filter(

@@ -13,7 +13,7 @@ The GPU view of a window (`hostview._gpu_view`) sweeps the same way with the win
 starts and also splits each gap before an op at the op's launch. A gap belongs to the first op of
 a run of equal starts in (launch, op id) order; runs of equal starts never straddle a batch
 border (the engine holds back the ops at the latest start until a later start arrives), and the
-ops clamped to the window start come first and have no gap at all, so sorting each batch by
+ops clamped to the window start come first and have no gap at all, so ordering each batch by
 (window, device, start, launch, op id) reproduces the in-memory order exactly.
 """
 
@@ -178,7 +178,7 @@ class WindowTotals:
         keep = np.flatnonzero(np.isin(owner, self.owner))
         keep = keep[np.lexsort((op_id[keep], launch[keep], owner[keep]))]
         owner, launch = owner[keep], launch[keep]
-        dev, start, end, op_id = dev[keep], start[keep], end[keep], op_id[keep]
+        dev, start, end = dev[keep], start[keep], end[keep]
         seg_lo = np.searchsorted(owner, self.owner, side="left")
         seg_hi = np.searchsorted(owner, self.owner, side="right")
         lo, hi = seg_lo.copy(), seg_lo.copy()
@@ -193,13 +193,16 @@ class WindowTotals:
         member = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo, lengths)
         win = np.repeat(np.arange(self.n, dtype=np.int64), lengths)
         d = dev[member].astype(np.int64)
-        m_launch, raw_start, m_id = launch[member], start[member], op_id[member]
+        m_launch, raw_start = launch[member], start[member]
         m_start = np.maximum(raw_start, self.w_start[win])
         m_end = np.maximum(end[member], m_start)
-        order = np.lexsort((m_id, m_launch, m_start, d, win))
-        win, d, m_start, m_end, m_launch, raw_start = (
-            a[order] for a in (win, d, m_start, m_end, m_launch, raw_start)
-        )
+        # members run by window, then (launch, op id): a stable sort by (window, device,
+        # start) leaves equal starts in (launch, op id) order
+        if not _is_sorted(win, d, m_start):
+            order = np.lexsort((m_start, d, win))
+            win, d, m_start, m_end, m_launch, raw_start = (
+                a[order] for a in (win, d, m_start, m_end, m_launch, raw_start)
+            )
         self._sweep(win, d, m_start, m_end, m_launch)
         self._open.add(pl.DataFrame({"key": win, "latency_ns": raw_start - m_launch}))
 

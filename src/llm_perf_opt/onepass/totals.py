@@ -77,9 +77,8 @@ class Totals:
         self.ranges = ranges
         self.max_pairs = budget.op_batch_rows * PAIRS_PER_OP
         n = ranges.height
-        self.range_ids = ranges["range_id"].to_numpy()
-        self.pos_of = np.full(int(self.range_ids.max()) + 1 if n else 1, -1, dtype=np.int64)
-        self.pos_of[self.range_ids] = np.arange(n)
+        ids = ranges["range_id"].to_numpy()
+        self.pos_of = _index_of(ids)
         parent = ranges["parent_id"].fill_null(-1).to_numpy()
         self.parent_pos = np.where(parent >= 0, self.pos_of[np.maximum(parent, 0)], -1)
         self.r_start = ranges["start_ns"].to_numpy()
@@ -91,33 +90,35 @@ class Totals:
             if other_threads
             else None
         )
+        # exclusive totals only for the selected ranges (slots), the only ones that take ops
+        self.slot_ids = ranges.filter("selected")["range_id"].to_numpy()
+        self.slot_of = _index_of(self.slot_ids)
+        m = self.slot_ids.size
         self.inclusive = RangeTotals(n, spans=True)
-        self.exclusive = RangeTotals(n, spans=False)
-        self.n_kernels = np.zeros(n, dtype=np.int64)
-        self.n_graph_ops = np.zeros(n, dtype=np.int64)
-        self.graph_sum_ns = np.zeros(n, dtype=np.int64)
+        self.exclusive = RangeTotals(m, spans=False)
+        self.n_kernels = np.zeros(m, dtype=np.int64)
+        self.n_graph_ops = np.zeros(m, dtype=np.int64)
+        self.graph_sum_ns = np.zeros(m, dtype=np.int64)
         self.reason_ops = np.zeros(len(REASONS), dtype=np.int64)
         self.reason_kernel_ns = np.zeros(len(REASONS), dtype=np.int64)
         self.reason_duration_ns = np.zeros(len(REASONS), dtype=np.int64)
         self.kind_ops = np.zeros(len(KINDS), dtype=np.int64)
         self.device_ops: dict[int, int] = {}
-        self.group_names, self.group_of = self._groups(groups, n)
+        self.group_names, self.group_of = self._groups(groups)
         self.top: list[pl.DataFrame] = []
         self.windows = WindowTotals(windows) if windows is not None else None
 
-    def _groups(self, groups: pl.DataFrame | None, n: int) -> tuple[list[str], np.ndarray]:
-        """Group names and each range position's group code (-1: none)."""
-        group_of = np.full(n, -1, dtype=np.int64)
+    def _groups(self, groups: pl.DataFrame | None) -> tuple[list[str], np.ndarray]:
+        """Group names and each slot's group code (-1: none)."""
+        group_of = np.full(self.slot_ids.size, -1, dtype=np.int64)
         if groups is None or groups.is_empty():
             return [], group_of
         groups = groups.select(GROUPS_SCHEMA.names()).cast(dict(GROUPS_SCHEMA))  # type: ignore[arg-type]
         if groups["range_id"].is_duplicated().any():
             raise ValueError("a range belongs to one group of top kernels at most")
         names, codes = np.unique(groups["group"].to_numpy().astype(str), return_inverse=True)
-        ids = groups["range_id"].to_numpy()
-        known = (ids >= 0) & (ids < self.pos_of.size)
-        pos = self.pos_of[ids[known]]
-        group_of[pos[pos >= 0]] = codes[known][pos >= 0]
+        slot = _lookup_ids(self.slot_of, groups["range_id"].to_numpy())
+        group_of[slot[slot >= 0]] = codes[slot >= 0]
         return names.tolist(), group_of
 
     def add(self, ready: pl.DataFrame, calls: LaunchCalls) -> None:
@@ -142,9 +143,9 @@ class Totals:
                 q_by=pl.when(~has_own).then(pl.col("global_pid")), t="launch_ns"
             )
             guessed_id = _innermost_containing(self.pid_chain, queries, "global_pid")
-            guessed = self._positions(guessed_id.fill_null(-1).to_numpy())
+            guessed = _lookup_ids(self.pos_of, guessed_id.fill_null(-1).to_numpy())
             excl_id = np.where(excl_id >= 0, excl_id, guessed_id.fill_null(-1).to_numpy())
-        excl = self._positions(excl_id)
+        excl = _lookup_ids(self.slot_of, excl_id)
         op = _OpColumns(launched)
         self._inclusive(op, active, lo, hi, guessed)
         rows = np.flatnonzero(excl >= 0)
@@ -153,12 +154,9 @@ class Totals:
         self._top_kernels(launched, op, excl)
         if self.windows is not None:
             self.windows.add(
-                self.range_ids[excl[rows]], op.launch[rows], op.dev[rows], op.start[rows],
+                self.slot_ids[excl[rows]], op.launch[rows], op.dev[rows], op.start[rows],
                 op.end[rows], op.op_id[rows],
             )  # fmt: skip
-
-    def _positions(self, ids: np.ndarray) -> np.ndarray:
-        return np.where(ids >= 0, self.pos_of[np.maximum(ids, 0)], -1)
 
     def _inclusive(
         self, op: _OpColumns, active: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -211,6 +209,8 @@ class Totals:
         np.add.at(self.reason_duration_ns, reason[free], duration[free])
 
     def _top_kernels(self, launched: pl.DataFrame, op: _OpColumns, excl: np.ndarray) -> None:
+        if not self.group_names:
+            return
         group = np.where(excl >= 0, self.group_of[np.maximum(excl, 0)], -1)
         wanted = (group >= 0) & (op.kernel | (op.kind == GRAPH))
         if not wanted.any():
@@ -236,9 +236,12 @@ class Totals:
             self.windows.settle(launch_floor)
 
     def result(self, stats: StreamStats) -> StreamResult:
-        ranges = self.ranges.with_columns(
-            self.inclusive.frame("").get_columns() + self.exclusive.frame("excl_").get_columns()
-        )
+        slots = self.pos_of[self.slot_ids]
+        exclusive = [
+            pl.Series(c.name, _scatter(self.ranges.height, slots, c.to_numpy()))
+            for c in self.exclusive.frame("excl_").get_columns()
+        ]
+        ranges = self.ranges.with_columns(self.inclusive.frame("").get_columns() + exclusive)
         present = np.flatnonzero(self.reason_ops > 0)
         unattributed = pl.DataFrame(
             {
@@ -252,7 +255,7 @@ class Totals:
         counted = np.flatnonzero((self.n_kernels + self.n_graph_ops) > 0)
         launch_kinds = pl.DataFrame(
             {
-                "range_id": self.range_ids[counted],
+                "range_id": self.slot_ids[counted],
                 "n_kernels": self.n_kernels[counted],
                 "n_graph_ops": self.n_graph_ops[counted],
                 "graph_sum_ns": self.graph_sum_ns[counted],
@@ -294,6 +297,25 @@ class Totals:
             gpu_groups=gpu_groups,
             stats=stats,
         )
+
+
+def _index_of(ids: np.ndarray) -> np.ndarray:
+    """A table from range id to its place in `ids` (-1 elsewhere)."""
+    table = np.full(int(ids.max()) + 1 if ids.size else 1, -1, dtype=np.int64)
+    table[ids] = np.arange(ids.size)
+    return table
+
+
+def _lookup_ids(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """`table[id]` for each id (-1 for -1 and for ids beyond the table)."""
+    inside = (ids >= 0) & (ids < table.size)
+    return np.where(inside, table[np.where(inside, ids, 0)], -1)
+
+
+def _scatter(n: int, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    out = np.zeros(n, dtype=values.dtype)
+    out[at] = values
+    return out
 
 
 def _rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
