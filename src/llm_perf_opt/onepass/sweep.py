@@ -26,12 +26,11 @@ import polars as pl
 
 from llm_perf_opt.attribution import _is_sorted, _segmented_prev_max
 from llm_perf_opt.hostview import WINDOWS_SCHEMA, _searchsorted_in
-from llm_perf_opt.onepass.calls import INT64_MAX, INT64_MIN
+from llm_perf_opt.onepass.calls import EMPTY, INT64_MAX, INT64_MIN
 from llm_perf_opt.onepass.schemas import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA
 
 # Latency counts: rows added before they are summed again.
 COMPACT_ROWS: Final = 1 << 18
-COUNTS_SCHEMA: Final = pl.Schema({"key": pl.Int64, "latency_ns": pl.Int64, "count": pl.Int64})
 
 
 class RangeTotals:
@@ -204,7 +203,7 @@ class WindowTotals:
                 a[order] for a in (win, d, m_start, m_end, m_launch, raw_start)
             )
         self._sweep(win, d, m_start, m_end, m_launch)
-        self._open.add(pl.DataFrame({"key": win, "latency_ns": raw_start - m_launch}))
+        self._open.add(win, raw_start - m_launch, np.ones(win.size, dtype=np.int64))
 
     def _sweep(
         self, win: np.ndarray, dev: np.ndarray, m_start: np.ndarray, m_end: np.ndarray,
@@ -238,11 +237,10 @@ class WindowTotals:
         if not bool(done.any()):
             return
         self._done |= done
-        settled = self._open.take(done)
-        per = _medians(settled)
-        self.median[per["key"].to_numpy()] = per["median"].to_numpy()
-        keys = pl.Series(self.group_of).gather(settled["key"])
-        self._groups.add(settled.with_columns(key=keys))
+        key, latency, count = self._open.take(done)
+        settled, medians = _medians(key, latency, count)
+        self.median[settled] = medians
+        self._groups.add(self.group_of[key], latency, count)
 
     def frames(self) -> tuple[pl.DataFrame, pl.DataFrame]:
         """`GPU_WINDOWS_SCHEMA` and `GPU_GROUPS_SCHEMA` once every op was given."""
@@ -267,8 +265,8 @@ class WindowTotals:
             }
         ).with_columns(pl.col("launch_latency_median_ns").fill_nan(None))
         medians = np.full(len(self.group_names), np.nan)
-        per = _medians(self._groups.frame)
-        medians[per["key"].to_numpy()] = per["median"].to_numpy()
+        codes, group_medians = _medians(*self._groups.take(None))
+        medians[codes] = group_medians
         groups = pl.DataFrame(
             {"group": self.group_names, "launch_latency_median_ns": medians},
             schema=GPU_GROUPS_SCHEMA,
@@ -278,43 +276,63 @@ class WindowTotals:
 
 class _Counts:
     """How often each launch latency occurs, per key (a window or a group): exact medians in
-    memory that grows with the distinct latencies, not with the ops."""
+    memory that grows with the distinct latencies, not with the ops. Rows arrive in pieces and
+    are summed into (key, latency) order when they pile up or are taken."""
 
     def __init__(self) -> None:
-        self.frame = pl.DataFrame(schema=COUNTS_SCHEMA)
-        self._compacted = 0
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._rows = 0
+        self._summed = 0
 
-    def add(self, rows: pl.DataFrame) -> None:
-        """Add `key, latency_ns` rows (a `count` column, if any, says how often each occurs)."""
-        if "count" not in rows.columns:
-            rows = rows.with_columns(count=pl.lit(1, pl.Int64))
-        rows = rows.group_by("key", "latency_ns").agg(pl.col("count").sum())
-        self.frame = pl.concat([self.frame, rows.select(COUNTS_SCHEMA.names())])
-        if self.frame.height > max(COMPACT_ROWS, 2 * self._compacted):
-            self.frame = self.frame.group_by("key", "latency_ns").agg(pl.col("count").sum())
-            self._compacted = self.frame.height
+    def add(self, key: np.ndarray, latency: np.ndarray, count: np.ndarray) -> None:
+        if key.size == 0:
+            return
+        self._parts.append((key, latency, count))
+        self._rows += key.size
+        if self._rows > max(COMPACT_ROWS, 2 * self._summed):
+            self._sum()
 
-    def take(self, keys: np.ndarray) -> pl.DataFrame:
-        """Remove and return the counts of the keys flagged in `keys` (a mask over keys)."""
-        flagged = pl.Series(keys).gather(self.frame["key"])
-        taken = self.frame.filter(flagged)
-        self.frame = self.frame.filter(~flagged)
-        return taken
+    def _sum(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The counts per distinct (key, latency), sorted by key then latency."""
+        key, latency, count = (np.concatenate(c) for c in zip(*self._parts, strict=True))
+        if key.size == 0:
+            self._parts, self._rows, self._summed = [], 0, 0
+            return EMPTY, EMPTY, EMPTY
+        order = np.lexsort((latency, key))
+        key, latency, count = key[order], latency[order], count[order]
+        heads = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (latency[1:] != latency[:-1])])
+        summed = key[heads], latency[heads], np.add.reduceat(count, heads)
+        self._parts = [summed]
+        self._rows = self._summed = heads.size
+        return summed
+
+    def take(self, keys: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Remove and return the counts of the keys flagged in `keys` (a mask over keys; None:
+        all), sorted by key then latency."""
+        if not self._parts:
+            return EMPTY, EMPTY, EMPTY
+        key, latency, count = self._sum()
+        if keys is None:
+            self._parts, self._rows, self._summed = [], 0, 0
+            return key, latency, count
+        taken = keys[key]
+        kept = ~taken
+        self._parts = [(key[kept], latency[kept], count[kept])]
+        self._rows = self._summed = int(kept.sum())
+        return key[taken], latency[taken], count[taken]
 
 
-def _medians(counts: pl.DataFrame) -> pl.DataFrame:
-    """Per key, the median of `latency_ns` repeated `count` times (the mean of the two middle
-    values for an even total, as polars' median)."""
-    merged = counts.group_by("key", "latency_ns").agg(pl.col("count").sum())
-    reach = pl.col("count").cum_sum().over("key")
-    total = pl.col("count").sum().over("key")
-    return (
-        merged.sort("key", "latency_ns")
-        .with_columns(reach=reach, total=total)
-        .group_by("key")
-        .agg(
-            low=pl.col("latency_ns").filter(pl.col("reach") > (pl.col("total") - 1) // 2).first(),
-            high=pl.col("latency_ns").filter(pl.col("reach") > pl.col("total") // 2).first(),
-        )
-        .select("key", median=(pl.col("low").cast(pl.Float64) + pl.col("high")) / 2)
-    )
+def _medians(
+    key: np.ndarray, latency: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per key of counts sorted by (key, latency): the median latency (the mean of the two
+    middle values for an even total, as polars' median), as (keys, medians)."""
+    if key.size == 0:
+        return EMPTY, np.zeros(0)
+    heads = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    reach = np.cumsum(count)
+    total = np.add.reduceat(count, heads)
+    before = reach[heads] - count[heads]
+    low = latency[np.searchsorted(reach, before + (total - 1) // 2, side="right")]
+    high = latency[np.searchsorted(reach, before + total // 2, side="right")]
+    return key[heads], (low.astype(np.float64) + high.astype(np.float64)) / 2
