@@ -250,6 +250,14 @@ def test_a_launch_call_older_than_the_window_is_an_error() -> None:
     assert result.ranges["n_gpu_ops"].item() == 2
 
 
+def test_a_launch_latency_beyond_nine_minutes_is_an_error() -> None:
+    late = (1 << 39) + 150
+    ops, calls = ops_and_calls({"start": late, "end": late + 10, "launch": 150, "corr": 10})
+    long_stage = ranges({"id": 1, "name": "decode", "start": 0, "end": 1_000})
+    with pytest.raises(StreamOrderError, match="more than 9 minutes away from its launch call"):
+        assert_same(long_stage, ops, calls, None, rows=1)
+
+
 def test_a_trace_without_ops_gives_the_bare_ranges() -> None:
     ops, calls = ops_and_calls()
     result = assert_same(STAGE, ops, calls, None, rows=1)

@@ -81,6 +81,7 @@ ATTRIBUTED_BY_LABELS: Final = tuple(ATTRIBUTED_BY.categories.to_list())
 BYTES_PER_OP_ROW: Final = 1_000
 BYTES_PER_CALL_ROW: Final = 100
 BYTES_PER_LIVE_CALL: Final = 64
+BYTES_PER_LATENCY_ROW: Final = 48  # (window, latency, count) and its copy when summed
 DEFAULT_MEMORY_BUDGET_BYTES: Final = 256 << 20
 MIN_MEMORY_BUDGET_BYTES: Final = 1 << 20
 
@@ -95,12 +96,13 @@ class StreamBudget:
     """Rows held at once, from a memory budget in bytes: half for an op batch and its pairs, a
     sixteenth for a piece of call batch, a quarter for the window of recent launch calls (six
     pieces), an eighth for ops that wait (a CUDA graph row until its replay ends, ops without a
-    call yet)."""
+    call yet), an eighth for the launch latencies of open windows before they are summed."""
 
     op_batch_rows: int
     call_batch_rows: int
     live_calls: int
     waiting_ops: int
+    latency_rows: int
 
     @classmethod
     def of(cls, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> StreamBudget:
@@ -119,4 +121,5 @@ class StreamBudget:
             call_batch_rows=memory_budget_bytes // 16 // BYTES_PER_CALL_ROW,
             live_calls=memory_budget_bytes // 4 // BYTES_PER_LIVE_CALL,
             waiting_ops=memory_budget_bytes // 8 // BYTES_PER_OP_ROW,
+            latency_rows=memory_budget_bytes // 8 // BYTES_PER_LATENCY_ROW,
         )

@@ -27,10 +27,11 @@ import polars as pl
 from llm_perf_opt.attribution import _is_sorted, _segmented_prev_max
 from llm_perf_opt.hostview import WINDOWS_SCHEMA, _searchsorted_in
 from llm_perf_opt.onepass.calls import EMPTY, INT64_MAX, INT64_MIN
-from llm_perf_opt.onepass.schemas import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA
+from llm_perf_opt.onepass.schemas import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA, StreamOrderError
 
-# Latency counts: rows added before they are summed again.
-COMPACT_ROWS: Final = 1 << 18
+# A (key, latency) pair as one int64: the key above 40 bits of latency + 2^39 ns (±9 minutes).
+LATENCY_BITS: Final = 40
+LATENCY_OFFSET: Final = 1 << 39
 
 
 class RangeTotals:
@@ -136,7 +137,7 @@ def _by_device(dev: np.ndarray) -> list[tuple[int, np.ndarray | slice]]:
 class WindowTotals:
     """The GPU view of each window over the ops of its owner range launched inside it."""
 
-    def __init__(self, windows: pl.DataFrame) -> None:
+    def __init__(self, windows: pl.DataFrame, latency_rows: int) -> None:
         windows = windows.select(WINDOWS_SCHEMA.names()).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
         self.ids = windows["window_id"].to_numpy()
         self.owner = windows["owner_id"].to_numpy()
@@ -160,8 +161,8 @@ class WindowTotals:
         self._covered: dict[int, np.ndarray] = {}  # device -> latest clamped end per window
         self.median = np.full(n, np.nan)
         self._done = np.zeros(n, dtype=bool)
-        self._open = _Counts()  # latencies of the windows not settled yet, per window
-        self._groups = _Counts()  # latencies of the settled windows, per group
+        self._open = _Counts(latency_rows)  # latencies of the windows not settled, per window
+        self._groups = _Counts(latency_rows)  # latencies of the settled windows, per group
 
     def add(
         self,
@@ -276,50 +277,50 @@ class WindowTotals:
 
 class _Counts:
     """How often each launch latency occurs, per key (a window or a group): exact medians in
-    memory that grows with the distinct latencies, not with the ops. Rows arrive in pieces and
-    are summed into (key, latency) order when they pile up or are taken."""
+    memory that grows with the distinct (key, latency) pairs, not with the ops. A pair is one
+    int64 code (key above `LATENCY_BITS` bits of offset latency), so summing is a sort of the
+    new codes and a merge with the summed ones, done when `rows` new ones wait or on `take`."""
 
-    def __init__(self) -> None:
-        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self._rows = 0
-        self._summed = 0
+    def __init__(self, rows: int) -> None:
+        self._cap = rows
+        self._codes, self._counts = EMPTY, EMPTY  # summed: distinct codes, sorted
+        self._new: list[tuple[np.ndarray, np.ndarray]] = []
+        self._new_rows = 0
 
     def add(self, key: np.ndarray, latency: np.ndarray, count: np.ndarray) -> None:
         if key.size == 0:
             return
-        self._parts.append((key, latency, count))
-        self._rows += key.size
-        if self._rows > max(COMPACT_ROWS, 2 * self._summed):
+        if bool(np.any(np.abs(latency) >= LATENCY_OFFSET)):
+            raise StreamOrderError(
+                "a GPU op starts more than 9 minutes away from its launch call; attribute this "
+                "trace in memory"
+            )
+        self._new.append(((key << LATENCY_BITS) | (latency + LATENCY_OFFSET), count))
+        self._new_rows += key.size
+        if self._new_rows > self._cap:
             self._sum()
 
-    def _sum(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The counts per distinct (key, latency), sorted by key then latency."""
-        key, latency, count = (np.concatenate(c) for c in zip(*self._parts, strict=True))
-        if key.size == 0:
-            self._parts, self._rows, self._summed = [], 0, 0
-            return EMPTY, EMPTY, EMPTY
-        order = np.lexsort((latency, key))
-        key, latency, count = key[order], latency[order], count[order]
-        heads = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]) | (latency[1:] != latency[:-1])])
-        summed = key[heads], latency[heads], np.add.reduceat(count, heads)
-        self._parts = [summed]
-        self._rows = self._summed = heads.size
-        return summed
+    def _sum(self) -> None:
+        if not self._new:
+            return
+        codes = np.concatenate([self._codes, *(c for c, _ in self._new)])
+        counts = np.concatenate([self._counts, *(n for _, n in self._new)])
+        order = np.argsort(codes, kind="stable")  # the summed run is sorted already
+        codes, counts = codes[order], counts[order]
+        heads = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+        self._codes, self._counts = codes[heads], np.add.reduceat(counts, heads)
+        self._new, self._new_rows = [], 0
 
     def take(self, keys: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Remove and return the counts of the keys flagged in `keys` (a mask over keys; None:
-        all), sorted by key then latency."""
-        if not self._parts:
-            return EMPTY, EMPTY, EMPTY
-        key, latency, count = self._sum()
-        if keys is None:
-            self._parts, self._rows, self._summed = [], 0, 0
-            return key, latency, count
-        taken = keys[key]
-        kept = ~taken
-        self._parts = [(key[kept], latency[kept], count[kept])]
-        self._rows = self._summed = int(kept.sum())
-        return key[taken], latency[taken], count[taken]
+        all) as (key, latency, count), sorted by key then latency."""
+        self._sum()
+        key = self._codes >> LATENCY_BITS
+        flagged = np.ones(key.size, dtype=bool) if keys is None else keys[key]
+        latency = (self._codes[flagged] & ((1 << LATENCY_BITS) - 1)) - LATENCY_OFFSET
+        taken = key[flagged], latency, self._counts[flagged]
+        self._codes, self._counts = self._codes[~flagged], self._counts[~flagged]
+        return taken
 
 
 def _medians(

@@ -106,7 +106,7 @@ class Totals:
         self.device_ops: dict[int, int] = {}
         self.group_names, self.group_of = self._groups(groups)
         self.top: list[pl.DataFrame] = []
-        self.windows = WindowTotals(windows) if windows is not None else None
+        self.windows = WindowTotals(windows, budget.latency_rows) if windows is not None else None
 
     def _groups(self, groups: pl.DataFrame | None) -> tuple[list[str], np.ndarray]:
         """Group names and each slot's group code (-1: none)."""
