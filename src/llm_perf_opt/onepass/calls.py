@@ -33,6 +33,7 @@ INT64_MAX: Final = np.iinfo(np.int64).max
 # A call reference packs the process's index above its call number: one int64 per op.
 REF_SHIFT: Final = 40
 EMPTY: Final = np.zeros(0, dtype=np.int64)
+EMPTY.flags.writeable = False
 
 
 @dataclass

@@ -20,8 +20,9 @@ Per op batch:
 What a one-pass reading needs, checked (StreamOrderError: the caller falls back to `attribute`):
 both inputs in start order; within a process, call correlation ids that grow with call start
 (CUPTI numbers calls as they start); each op's launch call among the latest calls the budget
-keeps; no op starting before its launch call; no node row of a replay after its graph-level row
-ended (node rows before it are found through the call). Every committed trace meets it. Ops
+keeps; no op starting before its launch call, nor more than 9 minutes after it; no node row of a
+replay after its graph-level row ended (node rows before it are found through the call). Every
+committed trace and every generated one meets it. Ops
 without any call are handled as `attribute` does, except that node rows outside the interval of
 their graph-level row are not matched to it when neither has a call.
 """
@@ -210,6 +211,7 @@ def _cut(batches: Iterable[pl.DataFrame], rows: int) -> Iterator[pl.DataFrame]:
 
 
 def _waiting_rows(joined: pl.DataFrame) -> pl.DataFrame:
+    """Joined ops as waiting rows: graph-level rows undecided, none dropped yet."""
     return joined.with_columns(decided=pl.col("kind") != "graph", drop=pl.lit(False)).select(
         WAITING_SCHEMA.names()
     )

@@ -152,6 +152,8 @@ class WindowTotals:
             .to_numpy()
         )
         n = self.n = windows.height
+        if n >= 1 << (63 - LATENCY_BITS):
+            raise ValueError(f"{n} windows: latency codes hold fewer than 2^23")
         self.busy = np.zeros(n, dtype=np.int64)
         self.starved = np.zeros(n, dtype=np.int64)
         self.gap = np.zeros(n, dtype=np.int64)

@@ -191,6 +191,8 @@ class Totals:
             self.inclusive.add(pos[a:b], *op.stats(member[a:b]))
 
     def _kinds_and_reasons(self, op: _OpColumns, excl: np.ndarray, has_own: np.ndarray) -> None:
+        """Ops per kind, kernels and graph executions per slot, ops per device, free ops per
+        reason (the order of `attribution._op_table`'s reasons)."""
         np.add.at(self.kind_ops, op.kind, 1)
         mine = excl >= 0
         kernels = mine & op.kernel
@@ -209,6 +211,7 @@ class Totals:
         np.add.at(self.reason_duration_ns, reason[free], duration[free])
 
     def _top_kernels(self, launched: pl.DataFrame, op: _OpColumns, excl: np.ndarray) -> None:
+        """Count and time per (group, kernel name or graph) of the groups' exclusive ops."""
         if not self.group_names:
             return
         group = np.where(excl >= 0, self.group_of[np.maximum(excl, 0)], -1)
@@ -232,10 +235,12 @@ class Totals:
             self.top = [_sum_top(pl.concat(self.top))]
 
     def settle(self, launch_floor: int) -> None:
+        """Close the windows no op launched from now on can enter."""
         if self.windows is not None:
             self.windows.settle(launch_floor)
 
     def result(self, stats: StreamStats) -> StreamResult:
+        """Every total as the frames of `StreamResult`."""
         slots = self.pos_of[self.slot_ids]
         exclusive = [
             pl.Series(c.name, _scatter(self.ranges.height, slots, c.to_numpy()))
@@ -313,16 +318,19 @@ def _lookup_ids(table: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def _scatter(n: int, at: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`n` zeros with `values` at the places `at`."""
     out = np.zeros(n, dtype=values.dtype)
     out[at] = values
     return out
 
 
 def _rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
+    """The given rows of `frame`."""
     return frame.select(pl.all().gather(pl.Series(rows, dtype=pl.Int64)))
 
 
 def _sum_top(parts: pl.DataFrame) -> pl.DataFrame:
+    """Top-kernel counts and times summed over the parts of several batches."""
     return parts.group_by("group", "kind", "name_id", "graph_key").agg(
         pl.col("count").sum(), pl.col("total_ns").sum()
     )
