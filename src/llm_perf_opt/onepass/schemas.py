@@ -1,0 +1,125 @@
+"""What the one-pass engine takes and returns: declared frames, its error, its memory budget."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import polars as pl
+
+from llm_perf_opt.attribution import ATTRIBUTED_BY, UNATTRIBUTED_REASON
+from llm_perf_opt.errors import ConfigError, TraceError
+from llm_perf_opt.trace import API_CALLS_SCHEMA, GPU_OPS_SCHEMA, LEAN_DROPS, OP_KINDS
+
+# Inputs: batches of `Trace.gpu_ops(lean=True)` and `Trace.launch_calls()`, each in start order.
+OP_BATCH_SCHEMA: Final = pl.Schema({k: v for k, v in GPU_OPS_SCHEMA.items() if k not in LEAN_DROPS})
+CALL_BATCH_SCHEMA: Final = pl.Schema(
+    {k: API_CALLS_SCHEMA[k] for k in ("global_tid", "correlation_id", "start_ns")}
+)
+# Which group of ranges each range's exclusive kernels count for in `top_kernels` (a stage: its
+# instance ranges). A range belongs to one group at most.
+GROUPS_SCHEMA: Final = pl.Schema({"range_id": pl.Int64, "group": pl.String})
+
+# Outputs beside the ranges frame (which equals `attribute(...).ranges`).
+# `Attribution.unattributed()`: ops with no selected range, by reason.
+UNATTRIBUTED_SCHEMA: Final = pl.Schema(
+    {
+        "reason": pl.String,
+        "n_gpu_ops": pl.UInt32,
+        "kernel_sum_ns": pl.Int64,
+        "duration_sum_ns": pl.Int64,
+    }
+)
+# Per range with exclusive kernels or graph executions (what `mfu._kernel_stats` counts).
+LAUNCH_KINDS_SCHEMA: Final = pl.Schema(
+    {
+        "range_id": pl.Int64,
+        "n_kernels": pl.Int64,
+        "n_graph_ops": pl.Int64,
+        "graph_sum_ns": pl.Int64,
+    }
+)
+# Per group and kernel name (or CUDA graph traced whole, `graph_key`): what `mfu._top_kernels`
+# ranks, every entry (a group's share denominator is the sum of its `total_ns`).
+TOP_KERNELS_SCHEMA: Final = pl.Schema(
+    {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
+        "group": pl.String,
+        "kind": OP_KINDS,
+        "name_id": pl.Int32,
+        "graph_key": pl.UInt32,
+        "count": pl.Int64,
+        "total_ns": pl.Int64,
+    }
+)
+# Ops with a range, per device (the GPU that ran most of the attributed work names the peak).
+DEVICE_OPS_SCHEMA: Final = pl.Schema({"device_id": pl.Int32, "n_ops": pl.Int64})
+# Every op counted, by kind (graph executions traced whole get a report line).
+KIND_OPS_SCHEMA: Final = pl.Schema({"kind": OP_KINDS, "n_ops": pl.Int64})  # type: ignore[arg-type]
+# The GPU view of `hostview.breakdown` per window of `hostview.WINDOWS_SCHEMA`, in the windows'
+# order, and the launch latency median per group of windows.
+GPU_WINDOWS_SCHEMA: Final = pl.Schema(
+    {
+        "window_id": pl.Int64,
+        "gpu_window_ns": pl.Float64,
+        "busy_ns": pl.Float64,
+        "starved_ns": pl.Float64,
+        "queued_ns": pl.Float64,
+        "edge_ns": pl.Float64,
+        "n_gpu_ops": pl.Float64,
+        "launch_latency_median_ns": pl.Float64,
+    }
+)
+GPU_GROUPS_SCHEMA: Final = pl.Schema({"group": pl.String, "launch_latency_median_ns": pl.Float64})
+
+# Per-op labels, as `Attribution.ops` has them.
+REASONS: Final = tuple(UNATTRIBUTED_REASON.categories.to_list())
+ATTRIBUTED_BY_LABELS: Final = tuple(ATTRIBUTED_BY.categories.to_list())
+
+# Working set of one op row through a pass (the batch, its launch columns, the (range, op) pairs
+# of a few nesting levels and their sort), and of one call row (its batch and its place in the
+# window of live calls), measured on generated traces (benchmarks/bench_onepass.py).
+BYTES_PER_OP_ROW: Final = 1_000
+BYTES_PER_CALL_ROW: Final = 100
+BYTES_PER_LIVE_CALL: Final = 64
+BYTES_PER_LATENCY_ROW: Final = 48  # (window, latency, count) and its copy when summed
+DEFAULT_MEMORY_BUDGET_BYTES: Final = 256 << 20
+MIN_MEMORY_BUDGET_BYTES: Final = 1 << 20
+
+
+class StreamOrderError(TraceError):
+    """The GPU ops or CUDA API calls cannot be attributed in one pass (out of order, or a launch
+    call that the window of recent calls no longer holds); `attribute()` in memory can."""
+
+
+@dataclass(frozen=True)
+class StreamBudget:
+    """Rows held at once, from a memory budget in bytes: half for an op batch and its pairs, a
+    sixteenth for a piece of call batch, a quarter for the window of recent launch calls (six
+    pieces), an eighth for ops that wait (a CUDA graph row until its replay ends, ops without a
+    call yet), an eighth for the launch latencies of open windows before they are summed."""
+
+    op_batch_rows: int
+    call_batch_rows: int
+    live_calls: int
+    waiting_ops: int
+    latency_rows: int
+
+    @classmethod
+    def of(cls, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> StreamBudget:
+        """The budget split into rows (at least a few of each).
+
+        Raises:
+            ConfigError: a budget below `MIN_MEMORY_BUDGET_BYTES`.
+        """
+        if memory_budget_bytes < MIN_MEMORY_BUDGET_BYTES:
+            raise ConfigError(
+                f"a memory budget of {memory_budget_bytes} bytes is too small: give at least "
+                f"{MIN_MEMORY_BUDGET_BYTES} bytes (1 MiB)"
+            )
+        return cls(
+            op_batch_rows=memory_budget_bytes // 2 // BYTES_PER_OP_ROW,
+            call_batch_rows=memory_budget_bytes // 16 // BYTES_PER_CALL_ROW,
+            live_calls=memory_budget_bytes // 4 // BYTES_PER_LIVE_CALL,
+            waiting_ops=memory_budget_bytes // 8 // BYTES_PER_OP_ROW,
+            latency_rows=memory_budget_bytes // 8 // BYTES_PER_LATENCY_ROW,
+        )
