@@ -241,7 +241,7 @@ def attribute_frames(
     ops, launched = _join_launches(without_covered_graph_rows(ops), calls)
     del calls  # millions of rows, no longer needed
     lean = launched.select(STATS_COLUMNS[1:])
-    lo, hi, by_thread = _launch_slices(ranges, launched)
+    lo, hi, by_thread = launch_slices(ranges, launched)
     excl = _exclusive_ranges(ranges, launched)
     extra = None
     if other_threads:
@@ -351,7 +351,7 @@ def _join_launches(ops: pl.DataFrame, calls: pl.DataFrame) -> tuple[pl.DataFrame
     return ops, launched.select(LAUNCH_COLUMNS)
 
 
-def _launch_slices(
+def launch_slices(
     ranges: pl.DataFrame, launched: pl.DataFrame
 ) -> tuple[np.ndarray, np.ndarray, pl.Series]:
     """Per range, the slice `[lo, hi)` of `launched` (sorted by thread, launch time) holding the

@@ -11,7 +11,7 @@ from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import Attribution, RangeSelection, attribute_frames
 from llm_perf_opt.hostview import HOST_SCHEMA, breakdown, stage_windows
-from llm_perf_opt.mfu import _kernel_stats, _top_kernels
+from llm_perf_opt.kernels import launch_kinds, top_kernels
 from llm_perf_opt.onepass import StreamResult, attribute_stream, range_frame
 
 STAGES = ("vision", "prefill", "decode")
@@ -126,7 +126,7 @@ def assert_derived(
     ops = memory.ops
     attributed = ops.filter(pl.col("range_id").is_not_null())
     ids = groups["range_id"].to_list()
-    expected_kinds = _kernel_stats(ops, memory.ranges["range_id"].to_list())
+    expected_kinds = launch_kinds(ops, memory.ranges["range_id"].to_list())
     got_kinds = {
         int(r["range_id"]): (r["n_kernels"], r["n_graph_ops"], r["graph_sum_ns"])
         for r in result.launch_kinds.iter_rows(named=True)
@@ -134,10 +134,10 @@ def assert_derived(
     assert got_kinds == {
         k: (v.n_kernels, v.n_graph_ops, v.graph_sum_ns) for k, v in expected_kinds.items()
     }
-    assert set(_kernel_stats(ops, ids)) <= set(got_kinds)
+    assert set(launch_kinds(ops, ids)) <= set(got_kinds)
     for name, members in groups.group_by("group"):
         group = str(name[0])
-        expected = _top_kernels(ops, members["range_id"].to_list(), None, k=1 << 30)
+        expected = top_kernels(ops, members["range_id"].to_list(), None, k=1 << 30)
         mine = result.top_kernels.filter(pl.col("group") == group)
         total = int(mine["total_ns"].sum())
         got = [

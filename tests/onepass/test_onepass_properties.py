@@ -8,10 +8,10 @@ from typing import Any
 import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.core.frames import gpid, gtid, ranges
-from tests.core.test_attribution_properties import nested_ranges
 
 from llm_perf_opt.attribution import RangeSelection
+from tests.attribution.frames import gpid, gtid, ranges
+from tests.attribution.test_attribution_properties import nested_ranges
 
 from .compare import assert_same
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-from tests.core.frames import gtid, ops_and_calls, ranges
 
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.onepass import (
@@ -18,6 +17,7 @@ from llm_perf_opt.onepass import (
     attribute_stream,
     range_frame,
 )
+from tests.attribution.frames import gtid, ops_and_calls, ranges
 
 from .compare import assert_same
 

@@ -13,7 +13,7 @@ Per op batch:
    shares its launch, as `without_covered_graph_rows` drops it; the ops at the latest start wait
    for a later start, so ops of equal start are summed in one round;
 3. the ops before the first waiting one are attributed as `attribute` does (the containing ranges
-   on the launching thread by `_launch_slices` over the ranges overlapping the round, the
+   on the launching thread by `launch_slices` over the ranges overlapping the round, the
    innermost selected one by `_innermost_containing`, other threads' ranges when asked) and
    added to the totals of `onepass.sweep`, still in start order.
 

@@ -24,8 +24,8 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.attribution import _is_sorted, _segmented_prev_max
-from llm_perf_opt.hostview import WINDOWS_SCHEMA, _searchsorted_in
+from llm_perf_opt.hostview import WINDOWS_SCHEMA
+from llm_perf_opt.intervals import searchsorted_in, segmented_prev_max, sorted_by
 from llm_perf_opt.onepass.calls import EMPTY, INT64_MAX, INT64_MIN
 from llm_perf_opt.onepass.schemas import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA, StreamOrderError
 
@@ -61,7 +61,7 @@ class RangeTotals:
         every op it was given before."""
         if pos.size == 0:
             return
-        if not _is_sorted(pos, dev, start):
+        if not sorted_by(pos, dev, start):
             order = np.lexsort((start, dev, pos))
             pos, dev, start, end, kernel, first = (
                 a[order] for a in (pos, dev, start, end, kernel, first)
@@ -69,7 +69,7 @@ class RangeTotals:
         n = pos.size
         new_seg = np.ones(n, dtype=bool)
         new_seg[1:] = (pos[1:] != pos[:-1]) | (dev[1:] != dev[:-1])
-        covered = np.maximum(_segmented_prev_max(end, new_seg), _lookup(self._covered, dev, pos))
+        covered = np.maximum(segmented_prev_max(end, new_seg), _lookup(self._covered, dev, pos))
         busy = np.clip(end - np.maximum(start, covered), 0, None)
         heads = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
         ids = pos[heads]
@@ -185,8 +185,8 @@ class WindowTotals:
         seg_hi = np.searchsorted(owner, self.owner, side="right")
         lo, hi = seg_lo.copy(), seg_lo.copy()
         some = np.flatnonzero(seg_hi > seg_lo)  # windows whose owner launched ops in this batch
-        lo[some] += _searchsorted_in(launch, seg_lo[some], seg_hi[some], self.w_start[some], "left")
-        hi[some] += _searchsorted_in(launch, seg_lo[some], seg_hi[some], self.w_end[some], "right")
+        lo[some] += searchsorted_in(launch, seg_lo[some], seg_hi[some], self.w_start[some], "left")
+        hi[some] += searchsorted_in(launch, seg_lo[some], seg_hi[some], self.w_end[some], "right")
         lengths = np.maximum(hi - lo, 0)
         total = int(lengths.sum())
         if total == 0:
@@ -200,7 +200,7 @@ class WindowTotals:
         m_end = np.maximum(end[member], m_start)
         # members run by window, then (launch, op id): a stable sort by (window, device,
         # start) leaves equal starts in (launch, op id) order
-        if not _is_sorted(win, d, m_start):
+        if not sorted_by(win, d, m_start):
             order = np.lexsort((m_start, d, win))
             win, d, m_start, m_end, m_launch, raw_start = (
                 a[order] for a in (win, d, m_start, m_end, m_launch, raw_start)
@@ -217,7 +217,7 @@ class WindowTotals:
         new_seg[1:] = (win[1:] != win[:-1]) | (dev[1:] != dev[:-1])
         carried = _lookup(self._covered, dev, win)
         head = new_seg & (carried == INT64_MIN)  # the window's first op on this device
-        covered = np.maximum(_segmented_prev_max(m_end, new_seg), carried)
+        covered = np.maximum(segmented_prev_max(m_end, new_seg), carried)
         covered = np.where(head, m_start, covered)
         busy = np.clip(m_end - np.maximum(m_start, covered), 0, None)
         gap = np.clip(m_start - covered, 0, None)

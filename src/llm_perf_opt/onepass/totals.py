@@ -10,12 +10,9 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.attribution import (
-    _chunk_bounds,
-    _innermost_containing,
-    _launch_slices,
-    _selected_chain,
-)
+from llm_perf_opt.attribution import launch_slices
+from llm_perf_opt.intervals import chunk_bounds
+from llm_perf_opt.nesting import innermost_containing, selected_chain
 from llm_perf_opt.onepass.calls import LaunchCalls
 from llm_perf_opt.onepass.schemas import (
     DEVICE_OPS_SCHEMA,
@@ -84,7 +81,7 @@ class Totals:
         self.r_start = ranges["start_ns"].to_numpy()
         self.r_end = ranges["end_ns"].to_numpy()
         self.bounds = ranges.select("global_tid", "start_ns", "end_ns")
-        self.chain = _selected_chain(ranges)
+        self.chain = selected_chain(ranges)
         self.pid_chain = (
             self.chain.with_columns(global_pid=process_key(pl.col("global_tid")))
             if other_threads
@@ -132,8 +129,8 @@ class Totals:
         if launch.null_count() < launched.height:
             t_min, t_max = int(launch.min()), int(launch.max())  # type: ignore[arg-type]
             active = np.flatnonzero((self.r_start <= t_max) & (self.r_end >= t_min))
-        lo, hi, has_own = _launch_slices(_rows(self.bounds, active), launched)
-        own = _innermost_containing(
+        lo, hi, has_own = launch_slices(_rows(self.bounds, active), launched)
+        own = innermost_containing(
             self.chain, launched.select(q_by="launch_tid", t="launch_ns"), "global_tid"
         )
         excl_id = own.fill_null(-1).to_numpy()
@@ -142,7 +139,7 @@ class Totals:
             queries = launched.select(
                 q_by=pl.when(~has_own).then(pl.col("global_pid")), t="launch_ns"
             )
-            guessed_id = _innermost_containing(self.pid_chain, queries, "global_pid")
+            guessed_id = innermost_containing(self.pid_chain, queries, "global_pid")
             guessed = _lookup_ids(self.pos_of, guessed_id.fill_null(-1).to_numpy())
             excl_id = np.where(excl_id >= 0, excl_id, guessed_id.fill_null(-1).to_numpy())
         excl = _lookup_ids(self.slot_of, excl_id)
@@ -186,7 +183,7 @@ class Totals:
         heads = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]]) if pos.size else pos
         sizes = np.diff(np.r_[heads, pos.size])
         cuts = [int(heads[i]) if i < heads.size else pos.size
-                for i in _chunk_bounds(sizes, self.max_pairs)]  # fmt: skip
+                for i in chunk_bounds(sizes, self.max_pairs)]  # fmt: skip
         for a, b in itertools.pairwise(cuts):
             self.inclusive.add(pos[a:b], *op.stats(member[a:b]))
 
