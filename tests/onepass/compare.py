@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import numpy as np
 import polars as pl
 import pytest
+from benchmarks.bench_onepass import STAGES, stage_inputs
 from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import Attribution, RangeSelection, attribute_frames
-from llm_perf_opt.hostview import HOST_SCHEMA, breakdown, stage_windows
+from llm_perf_opt.hostview import HOST_SCHEMA, breakdown
 from llm_perf_opt.kernels import launch_kinds, top_kernels
 from llm_perf_opt.onepass import StreamResult, attribute_stream, range_frame
 
-STAGES = ("vision", "prefill", "decode")
 GPU_COLUMNS = ("gpu_window_ns", "busy_ns", "starved_ns", "queued_ns", "edge_ns", "n_gpu_ops",
                "launch_latency_median_ns")  # fmt: skip
 
@@ -37,21 +37,7 @@ def groups_and_windows(base: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     their decode range); without stages every range, its own group, and nested ranges as windows
     of their top-level ancestor."""
     if stage_selection(base) is not None:
-        members = {s: base.filter(pl.col("name") == s)["range_id"].to_list() for s in STAGES}
-        decode = base.filter(pl.col("name") == "decode").sort("start_ns")
-        steps = (
-            base.filter(pl.col("name") == "decode_step")
-            .sort("start_ns")
-            .join_asof(decode.select(owner="range_id", start_ns="start_ns"), on="start_ns")
-            .filter(pl.col("owner").is_not_null())
-        )
-        windows = stage_windows(base, members, steps.select("owner", "range_id").rows())
-        groups = pl.DataFrame(
-            [(rid, s) for s, ids in members.items() for rid in ids],
-            schema={"range_id": pl.Int64, "group": pl.String},
-            orient="row",
-        )
-        return groups, windows
+        return stage_inputs(base)
     top = base.select("range_id", "parent_id", "depth")
     root = top.select("range_id", root="range_id")
     lookup = dict(zip(top["range_id"].to_list(), top["parent_id"].to_list(), strict=True))
