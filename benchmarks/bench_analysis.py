@@ -55,7 +55,7 @@ BREAKDOWN = """
 import sys
 import polars as pl
 from llm_perf_opt.attribution import RangeSelection, attribute
-from llm_perf_opt.hostview import breakdown, host_view, stage_windows
+from llm_perf_opt.hostview import breakdown, gpu_view, host_view, stage_windows
 from llm_perf_opt.trace import open_trace
 stages = ("vision", "prefill", "decode")
 trace = open_trace(sys.argv[1])
@@ -66,7 +66,7 @@ decode = ranges.filter(pl.col("name") == "decode").select(owner="range_id", star
 steps = ranges.filter(pl.col("name") == "decode_step").join_asof(decode, on="start_ns")
 windows = stage_windows(attr.ranges, members, steps.select("owner", "range_id").rows())
 host = host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
-breakdown(windows, host, attr.ops)
+breakdown(windows, host, gpu_view(windows, attr.ops))
 """
 
 # Runs argv[2:] with stdout to /dev/null and stderr to the file argv[1] and a timeout of argv[0]

@@ -9,6 +9,9 @@ root so that the trace paths inside the reports are the same:
     python scripts/report_snapshot.py snapshot /tmp/before --src ../old-checkout/src
     python scripts/report_snapshot.py snapshot /tmp/after
     python scripts/report_snapshot.py diff /tmp/before /tmp/after
+
+`--extra` adds arguments to every run: `--extra=--memory-budget=1M` snapshots the one-pass
+attribution, which must give the same files as the in-memory one.
 """
 
 from __future__ import annotations
@@ -37,12 +40,12 @@ EXTRA_ARGS = {
 }
 
 
-def _jobs(out: Path) -> list[tuple[list[str], Path]]:
+def _jobs(out: Path, more: list[str]) -> list[tuple[list[str], Path]]:
     jobs: list[tuple[list[str], Path]] = []
     for trace in sorted((REPO / "traces").glob("*.sqlite.xz")):
         name = trace.name.removesuffix(".sqlite.xz")
         rel = str(trace.relative_to(REPO))
-        extra = list(EXTRA_ARGS.get(name, ()))
+        extra = [*EXTRA_ARGS.get(name, ()), *more]
         for set_name, options in OPTION_SETS.items():
             formats = FORMATS if set_name == "auto" else ("json",)
             for fmt in formats:
@@ -71,9 +74,9 @@ def _run(args: list[str], dest: Path, src: Path) -> None:
     )
 
 
-def snapshot(out: Path, src: Path, jobs: int) -> None:
+def snapshot(out: Path, src: Path, jobs: int, more: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    work = _jobs(out)
+    work = _jobs(out, more)
     with ThreadPoolExecutor(jobs) as pool:
         list(pool.map(lambda job: _run(job[0], job[1], src), work))
     print(f"{len(work)} runs written to {out}")
@@ -101,12 +104,15 @@ def main() -> int:
     snap.add_argument("out", type=Path)
     snap.add_argument("--src", type=Path, default=REPO / "src", help="the src/ to import")
     snap.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1)
+    snap.add_argument(
+        "--extra", action="append", default=[], help="an argument added to every run (repeat)"
+    )
     cmp = sub.add_parser("diff", help="list the files that differ between two snapshots")
     cmp.add_argument("before", type=Path)
     cmp.add_argument("after", type=Path)
     ns = parser.parse_args()
     if ns.command == "snapshot":
-        snapshot(ns.out, ns.src.resolve(), ns.jobs)
+        snapshot(ns.out, ns.src.resolve(), ns.jobs, ns.extra)
         return 0
     return diff(ns.before, ns.after)
 

@@ -5,28 +5,43 @@ facts → MFU (docs/architecture.md).
 stage ranges, attributes the GPU ops, reads the host view in a background thread meanwhile,
 resolves the architecture, dtype, GPU and peak, finds the runner's static compute report, and
 hands everything to the pure `mfu.compute_mfu`.
+
+Attribution runs in memory (`attribution.attribute`: every op at once, fastest) when the trace's
+ops fit the memory budget, else in one pass over batches (`onepass.attribute_stream`: memory
+bounded by the budget, not by the trace). Both give the same report; a trace the pass cannot
+read (tables not in start order) is attributed in memory, with a warning.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.calibration import calibration_of
-from llm_perf_opt.errors import LlmPerfOptError, SelectionError
+from llm_perf_opt.errors import LlmPerfOptError, SelectionError, UnorderedTableError
 from llm_perf_opt.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
 from llm_perf_opt.flops.vision_towers import default_image_size
 from llm_perf_opt.hostview import host_view
 from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta_from_marks
-from llm_perf_opt.mfu import MfuReport, compute_mfu
+from llm_perf_opt.mfu import MfuReport, compute_mfu, plan_ops
+from llm_perf_opt.onepass import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    ReadAhead,
+    StreamBudget,
+    StreamOrderError,
+    attribute_stream,
+    range_frame,
+)
+from llm_perf_opt.opfacts import MemoryOps, OpFacts, StreamedOps
 from llm_perf_opt.peak_sources import resolve_peaks
 from llm_perf_opt.stages import (
     RangeRef,
@@ -38,6 +53,12 @@ from llm_perf_opt.trace import Trace, open_trace
 from llm_perf_opt.vocab import STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]
+
+# Peak memory of an analysis in memory per GPU op row (the ops, their launch calls, the
+# attribution's working frames; measured on generated traces, benchmarks/bench_analysis.py).
+IN_MEMORY_BYTES_PER_OP: Final = 400
+IN_MEMORY: Final = "in memory"
+ONE_PASS: Final = "one pass"
 
 
 @dataclass(frozen=True)
@@ -63,6 +84,7 @@ class AnalyzeOptions:
     other_threads: bool = False
     prefill_logits: LmHeadPositions = "last"
     image_hw: tuple[int, int] | None = None
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,8 @@ class Analysis:
     trace_warnings: tuple[str, ...] = ()
     # the run metadata the analysis used (backend settings for the results database)
     meta: RunMeta | None = None
+    # which attribution ran: IN_MEMORY or ONE_PASS
+    engine: str = IN_MEMORY
 
 
 def analyze_trace(
@@ -100,13 +124,23 @@ def analyze_trace(
     say = progress or (lambda _msg: None)
     say(f"reading {path}")
     trace = open_trace(path)
-    trace.prefetch_gpu_work()  # the big tables load while the NVTX events are read
-    meta = load_meta_file(options.meta_path) if options.meta_path else None
-    if meta is None:
-        meta = meta_from_marks(trace.nvtx_marks())
-    refs = default_refs(meta.nvtx_domain if meta else None)
-    refs.update(options.stages)
-    raw = trace.nvtx_ranges()
+    budget = StreamBudget.of(options.memory_budget_bytes)
+    streamed = trace.gpu_op_rows() * IN_MEMORY_BYTES_PER_OP > options.memory_budget_bytes
+    # the big tables load (or their first batches) while the NVTX events are read
+    batches = _Batches.open(trace, budget) if streamed else None
+    if batches is None:
+        trace.prefetch_gpu_work()
+    try:
+        meta = load_meta_file(options.meta_path) if options.meta_path else None
+        if meta is None:
+            meta = meta_from_marks(trace.nvtx_marks())
+        refs = default_refs(meta.nvtx_domain if meta else None)
+        refs.update(options.stages)
+        raw = trace.nvtx_ranges()
+    except BaseException:
+        if batches is not None:
+            batches.close()
+        raise
     present = tuple(s for s in STAGES if not raw.filter(refs[s].expr()).is_empty())
     # A stage named with --stage must exist; a default-named one may be absent (no vision).
     missing = [s for s in STAGES if s not in present and (s in options.stages or not present)]
@@ -116,35 +150,93 @@ def analyze_trace(
         stage = missing[0]
         reason = missing_stage_message(stage, refs[stage], raw)
         if require_mfu:
+            if batches is not None:
+                batches.close()
             raise SelectionError(reason)
     else:
         names, domains = stage_selection_refs(refs, present)
         selection = RangeSelection(names=names, domains=domains)
     host_read = _read_host_views(trace, raw, refs) if reason is None else None
-    say("attributing GPU ops to NVTX ranges")
-    attribution = attribute(trace, selection, other_threads=options.other_threads)
-    read_warnings = tuple(trace.warnings)
+    notes: list[str] = []
+    attributed = None
+    if batches is not None:
+        mib = options.memory_budget_bytes / 2**20
+        say(f"attributing GPU ops to NVTX ranges in one pass (memory budget {mib:,.0f} MiB)")
+        try:
+            attributed = _attribute_in_one_pass(
+                raw, selection, batches, refs, options, present if reason is None else ()
+            )
+        except (StreamOrderError, UnorderedTableError) as exc:
+            notes.append(f"attributed in memory, not in one pass: {exc}")
+    if attributed is None:
+        say("attributing GPU ops to NVTX ranges")
+        attribution = attribute(trace, selection, other_threads=options.other_threads)
+        attributed = attribution.ranges, MemoryOps(attribution.ops)
+    ranges, ops = attributed
+    engine = ONE_PASS if isinstance(ops, StreamedOps) else IN_MEMORY
+    read_warnings = (*trace.warnings, *notes)
     if reason is not None or host_read is None:
-        return Analysis(attribution.ranges, None, reason, read_warnings, meta)
+        return Analysis(ranges, None, reason, read_warnings, meta, engine)
     try:
         say("computing MFU")
-        report = _report(
-            trace,
-            attribution.ranges,
-            attribution.ops,
-            meta,
-            refs,
-            options,
-            path,
-            present,
-            host_read.result(),
-        )
+        report = _report(trace, ranges, ops, meta, refs, options, path, present, host_read.result())
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
-        return Analysis(attribution.ranges, None, str(exc), read_warnings, meta)
+        return Analysis(ranges, None, str(exc), read_warnings, meta, engine)
     report = replace(report, warnings=(*read_warnings, *report.warnings))
-    return Analysis(attribution.ranges, report, None, read_warnings, meta)
+    return Analysis(ranges, report, None, read_warnings, meta, engine)
+
+
+@dataclass(frozen=True)
+class _Batches:
+    """The GPU-op and launch-call batches of a one-pass attribution, read ahead in background
+    threads from when they are opened."""
+
+    ops: ReadAhead
+    calls: ReadAhead
+
+    @classmethod
+    def open(cls, trace: Trace, budget: StreamBudget) -> _Batches:
+        return cls(
+            ReadAhead(trace.gpu_op_batches(budget.op_batch_rows)),
+            ReadAhead(trace.launch_call_batches(budget.call_batch_rows)),
+        )
+
+    def close(self) -> None:
+        self.ops.close()
+        self.calls.close()
+
+
+def _attribute_in_one_pass(
+    raw: pl.DataFrame,
+    selection: RangeSelection | None,
+    batches: _Batches,
+    refs: Mapping[str, RangeRef],
+    options: AnalyzeOptions,
+    stages: Sequence[str],
+) -> tuple[pl.DataFrame, OpFacts]:
+    """`onepass.attribute_stream` of the batches, summing what `compute_mfu` will ask
+    (`plan_ops`) of the stages' ranges; no plan without stages, or when planning finds the
+    stages unusable (`compute_mfu` then raises the same error)."""
+    try:
+        base = range_frame(raw, selection)
+        plan = None
+        if stages:
+            with contextlib.suppress(LlmPerfOptError):  # compute_mfu raises it again
+                plan = plan_ops(base, refs, options.include_warmup, stages)
+        result = attribute_stream(
+            base,
+            batches.ops,
+            batches.calls,
+            other_threads=options.other_threads,
+            groups=None if plan is None else plan.groups,
+            windows=None if plan is None else plan.windows,
+            memory_budget_bytes=options.memory_budget_bytes,
+        )
+    finally:
+        batches.close()
+    return result.ranges, StreamedOps(result, plan)
 
 
 def read_host_views(
@@ -173,7 +265,7 @@ def _read_host_views(
 def _report(
     trace: Trace,
     ranges: pl.DataFrame,
-    ops: pl.DataFrame,
+    ops: OpFacts,
     meta: RunMeta | None,
     refs: Mapping[str, RangeRef],
     options: AnalyzeOptions,
@@ -198,7 +290,7 @@ def _report(
             warnings.append(f"vision FLOPs for {h}x{w} px images; pass --image-size HxW")
     dtype = peak_dtype(options.dtype, meta)
     ctx = choose_context(options.ctx_mode, options.ctx_len, meta, warnings)
-    gpu_name, trace_bw = gpu_of(trace.gpu_info(), ops, meta)
+    gpu_name, trace_bw = gpu_of(trace.gpu_info(), ops.devices(), meta)
     peak, peak_sources, peak_warnings = resolve_peaks(
         gpu_name,
         dtype,

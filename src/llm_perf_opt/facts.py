@@ -231,12 +231,13 @@ def bytes_dtype(dtype: PeakDtype, meta: RunMeta | None, warnings: list[str]) -> 
 
 
 def gpu_of(
-    info: pl.DataFrame, ops: pl.DataFrame, meta: RunMeta | None
+    info: pl.DataFrame, devices: pl.DataFrame, meta: RunMeta | None
 ) -> tuple[str | None, float | None]:
-    """Name and bandwidth of the GPU that ran the attributed work (most ops), from the trace;
-    the metadata's device name when the trace has no GPU table."""
+    """Name and bandwidth of the GPU that ran the attributed work (most ops: `devices` is
+    `OpFacts.devices()`), from the trace; the metadata's device name when the trace has no GPU
+    table."""
     if not info.is_empty():
-        used = ops.filter(pl.col("range_id").is_not_null())["device_id"].mode()
+        used = devices.filter(pl.col("n_ops") == pl.col("n_ops").max())["device_id"]
         row = info.filter(pl.col("device_id").is_in(used.to_list()))
         pick = (row if not row.is_empty() else info).row(0, named=True)
         bw = pick.get("memory_bandwidth_Bps")

@@ -207,32 +207,66 @@ def host_view(
     return windows.select("window_id").with_columns(*columns).cast(dict(HOST_SCHEMA))  # type: ignore[arg-type]
 
 
-def breakdown(windows: pl.DataFrame, host: pl.DataFrame, ops: pl.DataFrame) -> Breakdown:
-    """Host and GPU views of every window (`WINDOWS_SCHEMA`), from their `host_view` (which may
-    hold more windows) and the attributed ops (`OPS_SCHEMA`; extra columns are ignored)."""
+# The GPU half of a breakdown: per window (in the windows' order) and the launch latency median
+# per group, from `gpu_view` over the attributed ops or from a one-pass stream (`onepass`).
+GPU_WINDOWS_SCHEMA: Final = pl.Schema(
+    {
+        "window_id": pl.Int64,
+        "gpu_window_ns": pl.Float64,
+        **dict.fromkeys(GPU_PARTS, pl.Float64),
+        "n_gpu_ops": pl.Float64,
+        "launch_latency_median_ns": pl.Float64,
+    }
+)
+GPU_GROUPS_SCHEMA: Final = pl.Schema({"group": pl.String, "launch_latency_median_ns": pl.Float64})
+
+
+@dataclass(frozen=True)
+class GpuView:
+    """The GPU view of a set of windows: `windows` (`GPU_WINDOWS_SCHEMA`), `groups`
+    (`GPU_GROUPS_SCHEMA`)."""
+
+    windows: pl.DataFrame
+    groups: pl.DataFrame
+
+
+def gpu_view(windows: pl.DataFrame, ops: pl.DataFrame) -> GpuView:
+    """The GPU view of every window (`WINDOWS_SCHEMA`) from the attributed ops (`OPS_SCHEMA`;
+    extra columns are ignored): the parts per window, launch latency medians per window and
+    per group of windows (over the group's ops, not a median of medians)."""
     windows = windows.select(WINDOWS_SCHEMA.names()).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
     gpu, latency = _gpu_view(windows, ops)
-    per_window = (
-        windows.select("window_id", "group")
-        .join(host, on="window_id", how="left", maintain_order="left")
-        .with_columns(*gpu)
-    )
     names, group_code = np.unique(windows["group"].to_numpy(), return_inverse=True)
     win = latency["window"].to_numpy()
     latency = latency.with_columns(group=pl.Series(group_code[win], dtype=pl.Int64))
-    per_window = per_window.with_columns(
-        launch_latency_median_ns=_medians(latency, "window", windows.height)
+    per_window = windows.select("window_id").with_columns(
+        *gpu, launch_latency_median_ns=_medians(latency, "window", windows.height)
     )
-    sums = per_window.group_by("group", maintain_order=True).agg(
-        pl.exclude("window_id", "launch_latency_median_ns").sum()
-    )
-    medians = pl.DataFrame(
+    groups = pl.DataFrame(
         {
             "group": names.astype(str),
             "launch_latency_median_ns": _medians(latency, "group", len(names)),
         }
     )
-    groups = sums.join(medians, on="group", how="left", maintain_order="left")
+    return GpuView(
+        windows=per_window.select(GPU_WINDOWS_SCHEMA.names()).cast(dict(GPU_WINDOWS_SCHEMA)),  # type: ignore[arg-type]
+        groups=groups.cast(dict(GPU_GROUPS_SCHEMA)),  # type: ignore[arg-type]
+    )
+
+
+def breakdown(windows: pl.DataFrame, host: pl.DataFrame, gpu: GpuView) -> Breakdown:
+    """Host and GPU views of every window (`WINDOWS_SCHEMA`), from their `host_view` and their
+    `gpu_view` (either may hold more windows)."""
+    windows = windows.select(WINDOWS_SCHEMA.names()).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
+    per_window = (
+        windows.select("window_id", "group")
+        .join(host, on="window_id", how="left", maintain_order="left")
+        .join(gpu.windows, on="window_id", how="left", maintain_order="left")
+    )
+    sums = per_window.group_by("group", maintain_order=True).agg(
+        pl.exclude("window_id", "launch_latency_median_ns").sum()
+    )
+    groups = sums.join(gpu.groups, on="group", how="left", maintain_order="left")
     return Breakdown(
         windows=per_window.select("window_id", *VIEW_SCHEMA.names()).cast(dict(VIEW_SCHEMA)),  # type: ignore[arg-type]
         groups=groups.select("group", *VIEW_SCHEMA.names()).cast(dict(VIEW_SCHEMA)),  # type: ignore[arg-type]

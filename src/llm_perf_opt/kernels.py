@@ -51,11 +51,18 @@ def launch_kinds(ops: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, Launc
             graph_sum_ns=pl.when(is_graph).then(pl.col("end_ns") - pl.col("start_ns")).sum(),
         )
     )
+    return launch_kinds_of(counted, range_ids)
+
+
+def launch_kinds_of(counted: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, LaunchKinds]:
+    """`LaunchKinds` of `range_ids` from a frame of `range_id, n_kernels, n_graph_ops,
+    graph_sum_ns` (ranges without a row launched nothing)."""
+    rows = counted.filter(pl.col("range_id").is_in(list(range_ids)))
     return {
         int(r["range_id"]): LaunchKinds(
             int(r["n_kernels"]), int(r["n_graph_ops"]), int(r["graph_sum_ns"])
         )
-        for r in counted.iter_rows(named=True)
+        for r in rows.iter_rows(named=True)
     }
 
 
@@ -69,15 +76,23 @@ def top_kernels(
     kernels = ops.filter(
         pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
     ).with_columns(graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")))
-    if kernels.is_empty():
-        return ()
-    total = int((kernels["end_ns"] - kernels["start_ns"]).sum())
-    grouped = (
-        kernels.group_by("kind", "name_id", "graph_key")
-        .agg(count=pl.len(), total_ns=(pl.col("end_ns") - pl.col("start_ns")).sum())
-        .sort("total_ns", "name_id", "graph_key", descending=[True, False, False])
-        .head(k)
+    entries = kernels.group_by("kind", "name_id", "graph_key").agg(
+        count=pl.len(), total_ns=(pl.col("end_ns") - pl.col("start_ns")).sum()
     )
+    return kernel_shares(entries, names, k)
+
+
+def kernel_shares(
+    entries: pl.DataFrame, names: pl.DataFrame | None, k: int
+) -> tuple[KernelShare, ...]:
+    """The `k` entries (`kind, name_id, graph_key, count, total_ns`: one per kernel name or
+    graph traced whole) with the most time, as shares of all the entries' time."""
+    if k <= 0 or entries.is_empty():
+        return ()
+    total = int(entries["total_ns"].sum())
+    grouped = entries.sort(
+        "total_ns", "name_id", "graph_key", descending=[True, False, False]
+    ).head(k)
     if names is not None:
         grouped = grouped.join(names, on="name_id", how="left", maintain_order="left")
     else:
@@ -102,9 +117,9 @@ def _entry_name(row: Mapping[str, Any]) -> str:
     return row["name"] if row["name"] is not None else f"<kernel name id {row['name_id']}>"
 
 
-def graph_level_note(ops: pl.DataFrame) -> list[str]:
-    """One line for a trace with CUDA graphs traced whole: what the report cannot see."""
-    n_graph = int((ops["kind"] == "graph").sum())
+def graph_level_note(n_graph: int) -> list[str]:
+    """One line for a trace with `n_graph` CUDA graph executions traced whole: what the report
+    cannot see."""
     if n_graph == 0:
         return []
     return [

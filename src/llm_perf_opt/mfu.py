@@ -21,8 +21,16 @@ import polars as pl
 from llm_perf_opt import facts, kernels
 from llm_perf_opt.errors import ConfigError, NoGpuTimeError, SelectionError
 from llm_perf_opt.flops.model import FlopsModel, StageWork, TrafficModel, stage_work
-from llm_perf_opt.hostview import HostGpuView, breakdown, host_bound, stage_windows
+from llm_perf_opt.hostview import (
+    STEP_GROUP,
+    Breakdown,
+    HostGpuView,
+    breakdown,
+    host_bound,
+    stage_windows,
+)
 from llm_perf_opt.kernels import KernelShare, LaunchKinds
+from llm_perf_opt.opfacts import OpFacts, OpsPlan
 from llm_perf_opt.peak_sources import PeakSources
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.stages import Instance, RangeRef, decode_steps, group_instances
@@ -188,9 +196,49 @@ def _verdict(idle: float | None, mean_kernel_ns: float | None, mfu: float | None
     return "compute-bound"
 
 
+def plan_ops(
+    ranges: pl.DataFrame,
+    refs: Mapping[str, RangeRef],
+    include_warmup: bool = False,
+    stages: Sequence[str] = STAGES,
+) -> OpsPlan:
+    """What `compute_mfu` will ask of the ops of `ranges` (a ranges frame of the attribution,
+    or `onepass.range_frame` before any op is counted: only its structure is read).
+
+    Raises:
+        SelectionError, AnalysisError: as `compute_mfu` does for the same ranges.
+    """
+    stages = tuple(s for s in STAGES if s in stages)
+    instances = group_instances(ranges, refs, include_warmup, stages)
+    return _plan(ranges, instances, decode_steps(ranges, refs["decode_step"], instances), stages)
+
+
+def _plan(
+    ranges: pl.DataFrame,
+    instances: Sequence[Instance],
+    steps_of: Mapping[int, Sequence[Mapping[str, Any]]],
+    stages: Sequence[str],
+) -> OpsPlan:
+    """Each stage's instance ranges, and the windows of those and of their decode steps."""
+    members = {
+        stage: [int(i.members[stage]["range_id"]) for i in instances if stage in i.members]
+        for stage in stages
+    }
+    step_ranges = [
+        (owner, int(step["range_id"])) for owner in members.get("decode", [])
+        for step in steps_of[owner]
+    ]  # fmt: skip
+    groups = pl.DataFrame(
+        [(rid, stage) for stage, ids in members.items() for rid in ids],
+        schema={"range_id": pl.Int64, "group": pl.String},
+        orient="row",
+    )
+    return OpsPlan(groups, stage_windows(ranges, members, step_ranges))
+
+
 def compute_mfu(
     ranges: pl.DataFrame,
-    ops: pl.DataFrame,
+    ops: OpFacts,
     *,
     refs: Mapping[str, RangeRef],
     inputs: facts.StageInputs,
@@ -216,7 +264,8 @@ def compute_mfu(
 
     Args:
         ranges: `Attribution.ranges`.
-        ops: `Attribution.ops`.
+        ops: what the attributed ops say (`opfacts.MemoryOps(Attribution.ops)`, or
+            `opfacts.StreamedOps` of a one-pass attribution of `plan_ops(ranges, ...)`).
         refs: the range for each role of ROLES.
         inputs: run metadata and flag facts (Lp, decode steps, mode, crops).
         flops_model: FLOPs and bytes per stage.
@@ -248,14 +297,13 @@ def compute_mfu(
     instances = group_instances(ranges, refs, include_warmup, stages, warnings)
     known = facts.instance_facts(instances, inputs, warnings, "vision" in stages)
     members = [int(r["range_id"]) for i in instances for r in i.members.values()]
-    n_kernels = kernels.launch_kinds(ops, members)
+    n_kernels = ops.launch_kinds(members)
     steps_of = decode_steps(ranges, refs["decode_step"], instances)
     window = flops_model.window
 
     per_stage: dict[str, list[InstanceResult]] = {s: [] for s in stages}
     contexts: list[ContextInstance] = []
     steps_out: list[DecodeStep] = []
-    step_ranges: list[tuple[int, int]] = []
     for pos, (inst, fact) in enumerate(zip(instances, known, strict=True)):
         for stage, row in inst.members.items():
             lens: tuple[int, ...] = ()
@@ -266,7 +314,6 @@ def compute_mfu(
                 contexts.append(ContextInstance(*head, c.decode_steps, c.source, c.ctx_lens))
                 lens = c.ctx_lens
                 steps_out.extend(_steps(pos, steps, lens, fact.step_wall_s))
-                step_ranges += [(int(row["range_id"]), int(st["range_id"])) for st in steps]
             work = stage_work(stage, flops_model, traffic, mode=fact.mode, crop_grid=fact.crop_grid,
                               prefill_len=fact.prefill_len, ctx_lens=lens)  # fmt: skip
             res = _instance_result(stage, pos, inst, fact, row, work, n_kernels, peak)
@@ -279,9 +326,12 @@ def compute_mfu(
         for stage, rows in per_stage.items()
     }
     if host_views is not None:
-        results = _with_host_views(results, ranges, ops, host_views, step_ranges, peak.peak_flops)
+        plan = _plan(ranges, instances, steps_of, stages)
+        views = breakdown(plan.windows, host_views, ops.gpu_view(plan.windows))
+        step_ids = plan.windows.filter(pl.col("group") == STEP_GROUP)["window_id"].to_list()
+        results = _with_host_views(results, views, step_ids, peak.peak_flops)
     warnings.extend(_implausible(results))
-    warnings.extend(kernels.graph_level_note(ops))
+    warnings.extend(kernels.graph_level_note(ops.n_graph_ops()))
     flops_total = sum(s.flops for s in results.values())
     busy_total = sum(s.gpu_busy_ns for s in results.values())
     wall_total = sum(s.wall_ns for s in results.values())
@@ -316,16 +366,11 @@ def compute_mfu(
 
 def _with_host_views(
     stages: Mapping[str, StageResult],
-    ranges: pl.DataFrame,
-    ops: pl.DataFrame,
-    host_views: pl.DataFrame,
-    step_ranges: list[tuple[int, int]],
+    views: Breakdown,
+    steps: list[int],
     peak_flops: float,
 ) -> dict[str, StageResult]:
     """Stages with their host/GPU breakdown (docs/mfu-math.md, "Where the wall time goes")."""
-    members = {name: [r.range_id for r in s.instances] for name, s in stages.items()}
-    views = breakdown(stage_windows(ranges, members, step_ranges), host_views, ops)
-    steps = [step for _, step in step_ranges]
     out = {}
     for name, s in stages.items():
         view = views.group(name)
@@ -435,7 +480,7 @@ def _aggregate(
     stage: str,
     ref: RangeRef,
     rows: Sequence[InstanceResult],
-    ops: pl.DataFrame,
+    ops: OpFacts,
     kernel_names: pl.DataFrame | None,
     top_k: int,
     peak: PeakChoice,
@@ -480,7 +525,7 @@ def _aggregate(
         mean_kernel_ns=mean_kernel,
         verdict=_verdict(idle, mean_launch, mfu_trace, None),
         instances=tuple(rows),
-        top_kernels=kernels.top_kernels(ops, [r.range_id for r in rows], kernel_names, top_k),
+        top_kernels=ops.top_kernels(stage, [r.range_id for r in rows], kernel_names, top_k),
         bytes_moved=sum(moved) if len(moved) == len(rows) else None,
     )
     if stage != "decode":

@@ -14,6 +14,7 @@ from llm_perf_opt.hostview import (
     SYNCS_SCHEMA,
     HostGpuView,
     breakdown,
+    gpu_view,
     host_bound,
     host_view,
     stage_windows,
@@ -78,7 +79,7 @@ NO_OPS = ops()
 
 def view(win: pl.DataFrame, api: pl.DataFrame, sync: pl.DataFrame | None = None,
          gpu: pl.DataFrame = NO_OPS, window_id: int = 1) -> HostGpuView:  # fmt: skip
-    return breakdown(win, host_view(win, api, sync), gpu).window(window_id)
+    return breakdown(win, host_view(win, api, sync), gpu_view(win, gpu)).window(window_id)
 
 
 def host_parts(v: HostGpuView) -> tuple[float, ...]:
@@ -204,7 +205,7 @@ def test_multi_thread_launches_count_in_the_gpu_view_and_only_own_calls_on_the_h
     )
     assert attributed["range_id"].to_list() == [1, 1, 1]
     win = stage_windows(nvtx, {"decode": [1]}, [(1, 2), (1, 3)])
-    b = breakdown(win, host_view(win, api, None), attributed)
+    b = breakdown(win, host_view(win, api, None), gpu_view(win, attributed))
     stage = b.window(1)
     assert stage.n_gpu_ops == 3 and stage.n_launches == 2  # the worker's call is not this thread's
     assert stage.launch_ns == 10

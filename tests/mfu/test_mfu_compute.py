@@ -11,6 +11,7 @@ from llm_perf_opt.errors import AnalysisError, MissingInputError, NoGpuTimeError
 from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
+from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.stages import RangeRef, default_refs
 from tests.analyze.synth import (
     DOMAIN,
@@ -41,7 +42,7 @@ def run(
     parsed = parse_meta(meta or meta_dict(), "test") if use_meta else None
     return compute_mfu(
         attr.ranges,
-        attr.ops,
+        MemoryOps(attr.ops),
         refs=refs or default_refs(DOMAIN),
         inputs=inputs or StageInputs(meta=parsed),
         flops_model=FLOPS,
@@ -254,7 +255,7 @@ def test_utilization_above_one_is_flagged() -> None:
     attr = runner_like_trace()[0].attribution()
     quiet = compute_mfu(
         attr.ranges,
-        attr.ops,
+        MemoryOps(attr.ops),
         refs=default_refs(DOMAIN),
         inputs=StageInputs(meta=parse_meta(meta_dict(), "test")),
         flops_model=small,

@@ -20,6 +20,7 @@ from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.flops import decoders, vision_towers
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.mfu import compute_mfu
+from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.stages import default_refs
 from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, SynthTrace
 
@@ -51,7 +52,7 @@ def test_text_only_model_line_sums_prefill_and_decode_and_names_vision_absent() 
     assert model is not None and model.text is not None
     report = compute_mfu(
         attr.ranges,
-        attr.ops,
+        MemoryOps(attr.ops),
         refs=default_refs(DOMAIN),
         inputs=StageInputs(prefill_len=LP),
         flops_model=HfFlops(model, "bfloat16"),
@@ -79,7 +80,7 @@ def test_no_stage_at_all_is_an_error() -> None:
     with pytest.raises(SelectionError, match="no stage to analyze"):
         compute_mfu(
             attr.ranges,
-            attr.ops,
+            MemoryOps(attr.ops),
             refs=default_refs(DOMAIN),
             inputs=StageInputs(prefill_len=LP),
             flops_model=LinearFlops(),
@@ -216,7 +217,7 @@ def test_vlm_vision_stage_uses_the_tower_at_the_given_image_size() -> None:
     assert model is not None and model.vision is not None
     report = compute_mfu(
         attr.ranges,
-        attr.ops,
+        MemoryOps(attr.ops),
         refs=default_refs(DOMAIN),
         inputs=StageInputs(prefill_len=LP),
         flops_model=HfFlops(model, "bfloat16", image_hw=(448, 672)),
@@ -236,7 +237,7 @@ def test_vision_stage_with_a_text_only_config_names_the_fix() -> None:
     with pytest.raises(ConfigError, match="has no vision tower but the trace has a vision stage"):
         compute_mfu(
             attr.ranges,
-            attr.ops,
+            MemoryOps(attr.ops),
             refs=default_refs(DOMAIN),
             inputs=StageInputs(prefill_len=LP),
             flops_model=HfFlops(model, "bfloat16"),

@@ -11,7 +11,7 @@ from benchmarks.bench_onepass import STAGES, stage_inputs
 from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import Attribution, RangeSelection, attribute_frames
-from llm_perf_opt.hostview import HOST_SCHEMA, breakdown
+from llm_perf_opt.hostview import HOST_SCHEMA, breakdown, gpu_view
 from llm_perf_opt.kernels import launch_kinds, top_kernels
 from llm_perf_opt.onepass import StreamResult, attribute_stream, range_frame
 
@@ -156,7 +156,7 @@ def assert_derived(
     host = windows.select("window_id").with_columns(
         [pl.lit(0.0).alias(c) for c in HOST_SCHEMA.names()]
     )
-    view = breakdown(windows, host, ops)
+    view = breakdown(windows, host, gpu_view(windows, ops))
     assert result.gpu_windows is not None and result.gpu_groups is not None
     assert_frame_equal(result.gpu_windows, view.windows.select("window_id", *GPU_COLUMNS))
     assert_frame_equal(result.gpu_groups, view.groups.select("group", "launch_latency_median_ns"))

@@ -17,6 +17,7 @@ from rich.console import Console
 from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
+from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.report import render_table, to_csv, to_json_text, to_markdown
 from llm_perf_opt.stages import default_refs
 from tests.analyze.synth import DOMAIN, GLOBAL_PID, PEAK, LinearFlops, SynthTrace, meta_dict
@@ -64,7 +65,7 @@ def report_of(level: str, sampling: bool = True) -> MfuReport:
     attr = graph_decode_trace(level, sampling).attribution()
     return compute_mfu(
         attr.ranges,
-        attr.ops,
+        MemoryOps(attr.ops),
         refs=default_refs(DOMAIN),
         inputs=StageInputs(meta=parse_meta(meta_dict(), "test")),
         flops_model=LinearFlops(),

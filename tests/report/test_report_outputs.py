@@ -13,6 +13,7 @@ import pytest
 from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
+from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import (
     CSV_COLUMNS,
@@ -54,7 +55,7 @@ def report() -> MfuReport:
     attr = runner_like_trace()[0].attribution()
     return compute_mfu(
         attr.ranges,
-        attr.ops,
+        MemoryOps(attr.ops),
         refs=default_refs(DOMAIN),
         inputs=StageInputs(meta=parse_meta(meta_dict(), "test")),
         flops_model=LinearFlops(),

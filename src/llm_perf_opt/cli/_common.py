@@ -73,6 +73,33 @@ class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic only fr
         return number
 
 
+class ByteSize(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.3
+    """A memory size: bytes, or a number with K, M, G or T (powers of 1024; `MiB`, `GB` and
+    the like mean the same), at least `low` bytes."""
+
+    name = "size"
+    UNITS: Final = {"": 0, "K": 1, "M": 2, "G": 3, "T": 4}
+
+    def __init__(self, low: int) -> None:
+        self.low = low
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in "KMGT" else ""
+        try:
+            number = float(text.removesuffix(unit)) if text else float("nan")
+        except ValueError:
+            number = float("nan")
+        if not number >= 0 or number == float("inf"):
+            self.fail(f"{value!r} is not a size; write e.g. 512M or 2G", param, ctx)
+        size = int(number * 1024 ** self.UNITS[unit])
+        if size < self.low:
+            self.fail(f"{value!r} is below the minimum of {self.low:,} bytes", param, ctx)
+        return size
+
+
 prefill_logits_option = click.option(
     "--prefill-logits",
     type=click.Choice(vocab.LM_HEAD_POSITIONS),

@@ -17,6 +17,7 @@ from llm_perf_opt import runs, vocab
 from llm_perf_opt.analysis import AnalyzeOptions, Progress, analyze_trace
 from llm_perf_opt.cli._common import (
     MAX_TOKENS,
+    ByteSize,
     FiniteFloat,
     echo_stdout,
     guarded,
@@ -29,6 +30,7 @@ from llm_perf_opt.cli._common import (
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.onepass import DEFAULT_MEMORY_BUDGET_BYTES, MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.peak_sources import parse_peak_source
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
 from llm_perf_opt.stages import parse_stage_option
@@ -84,6 +86,7 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
         other_threads=kw["other_threads"],
         prefill_logits=kw["prefill_logits"],
         image_hw=parse_image_size(kw["image_size"]) if kw["image_size"] else None,
+        memory_budget_bytes=kw["memory_budget"],
     )
 
 
@@ -255,6 +258,16 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     "--other-threads",
     is_flag=True,
     help="Also attribute launches from range-less threads of the process by time (heuristic).",
+)
+@click.option(
+    "--memory-budget",
+    type=ByteSize(MIN_MEMORY_BUDGET_BYTES),
+    default=f"{DEFAULT_MEMORY_BUDGET_BYTES >> 20}M",
+    show_default=True,
+    metavar="SIZE",
+    help="Memory for the trace's rows, e.g. 512M or 4G (per trace of a batch). A trace whose "
+    "GPU ops fit it is read whole (fastest); a larger one in one pass over batches, so peak "
+    "memory stays near this plus the NVTX ranges, whatever the trace's length (docs/inputs.md).",
 )
 @click.option(
     "--db",

@@ -55,21 +55,7 @@ TOP_KERNELS_SCHEMA: Final = pl.Schema(
 DEVICE_OPS_SCHEMA: Final = pl.Schema({"device_id": pl.Int32, "n_ops": pl.Int64})
 # Every op counted, by kind (graph executions traced whole get a report line).
 KIND_OPS_SCHEMA: Final = pl.Schema({"kind": OP_KINDS, "n_ops": pl.Int64})  # type: ignore[arg-type]
-# The GPU view of `hostview.breakdown` per window of `hostview.WINDOWS_SCHEMA`, in the windows'
-# order, and the launch latency median per group of windows.
-GPU_WINDOWS_SCHEMA: Final = pl.Schema(
-    {
-        "window_id": pl.Int64,
-        "gpu_window_ns": pl.Float64,
-        "busy_ns": pl.Float64,
-        "starved_ns": pl.Float64,
-        "queued_ns": pl.Float64,
-        "edge_ns": pl.Float64,
-        "n_gpu_ops": pl.Float64,
-        "launch_latency_median_ns": pl.Float64,
-    }
-)
-GPU_GROUPS_SCHEMA: Final = pl.Schema({"group": pl.String, "launch_latency_median_ns": pl.Float64})
+# The GPU view per window and group: `hostview.GPU_WINDOWS_SCHEMA`, `hostview.GPU_GROUPS_SCHEMA`.
 
 # Per-op labels, as `Attribution.ops` has them.
 REASONS: Final = tuple(UNATTRIBUTED_REASON.categories.to_list())

@@ -24,10 +24,10 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.hostview import WINDOWS_SCHEMA
+from llm_perf_opt.hostview import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA, WINDOWS_SCHEMA
 from llm_perf_opt.intervals import searchsorted_in, segmented_prev_max, sorted_by
 from llm_perf_opt.onepass.calls import EMPTY, INT64_MAX, INT64_MIN
-from llm_perf_opt.onepass.schemas import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA, StreamOrderError
+from llm_perf_opt.onepass.schemas import StreamOrderError
 
 # A (key, latency) pair as one int64: the key above 40 bits of latency + 2^39 ns (±9 minutes).
 LATENCY_BITS: Final = 40

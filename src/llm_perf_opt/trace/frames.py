@@ -101,6 +101,10 @@ class Trace(ABC):
     def _max(self, table: str, columns: tuple[str, ...]) -> int | None:
         """Largest first non-null of `columns` over the table's rows (None when it has none)."""
 
+    @abstractmethod
+    def _row_bound(self, table: str) -> int:
+        """At least the number of the table's rows, and close to it, without reading them."""
+
     # -- metadata ---------------------------------------------------------------------------------
     @cached_property
     def tables(self) -> frozenset[str]:
@@ -302,6 +306,11 @@ class Trace(ABC):
         streams = [self._op_stream(kind, rows, counts) for kind in self._op_kinds()]
         yield from _merged(streams, rows, ["start_ns", "op_id"])
         self.warnings.extend(f"{n} {what} left out" for what, n in counts.items())
+
+    def gpu_op_rows(self) -> int:
+        """About how many rows `gpu_ops()` holds (an upper bound, from the tables' metadata):
+        what an analysis in memory must hold."""
+        return sum(self._row_bound(GPU_OP_TABLES[kind]) for kind in self._op_kinds())
 
     def _op_stream(self, kind: str, rows: int, counts: Counter[str]) -> Iterator[pl.DataFrame]:
         """One op table's lean, valid ops in batches, in start order."""

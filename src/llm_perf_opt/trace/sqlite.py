@@ -72,6 +72,10 @@ class SqliteTrace(Trace):
         value = self._sql(f"SELECT max({_first_of(columns)}) FROM {table}")[0][0]
         return None if value is None else int(value)
 
+    def _row_bound(self, table: str) -> int:
+        # the largest rowid: one B-tree descent; rows are never deleted from an export
+        return self._max(table, ("rowid",)) or 0
+
     def _read(self, read: TableRead) -> pl.DataFrame:
         query = f"SELECT {self._select(read)} FROM {read.table}{_where(read)}"
         if read.order_by:

@@ -150,6 +150,11 @@ class TableTrace(Trace):
             value = frame.collect().item()
         return None if value is None else int(value)
 
+    def _row_bound(self, table: str) -> int:
+        with self._reading(table):
+            first = self._tables.columns(table)[:1]
+            return int(self._tables.scan(table, list(first)).select(pl.len()).collect().item())
+
     def _read(self, read: TableRead) -> pl.DataFrame:
         cols = frozenset(self.columns(read.table))
         with self._reading(read.table, read, cols):

@@ -1,0 +1,93 @@
+"""The one-pass attribution gives the analysis the same report and ranges as the in-memory one,
+on every committed trace and on generated ones; the memory budget picks the engine. (The probes
+of tests/data are too small to stream at the smallest budget; tests/onepass holds the engine
+equal on them in tiny batches.)"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from benchmarks.gen_trace import generate
+from polars.testing import assert_frame_equal
+
+from llm_perf_opt.analysis import IN_MEMORY, ONE_PASS, Analysis, AnalyzeOptions, analyze_trace
+from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
+from llm_perf_opt.report import RENDERERS
+from llm_perf_opt.stages import RangeRef
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "tests" / "data"
+LLAMA_1B = {"config_path": str(REPO / "traces/meta/llama_1b_shape.config.json"), "prefill_len": 512}
+LLAMA_SMALL = {
+    "config_path": str(REPO / "traces/meta/llama_1b_shape.config.json"),
+    "prefill_len": 128,
+}
+CASES = [
+    *((p, {}) for p in sorted((REPO / "traces").glob("dsocr*.sqlite.xz"))),
+    (REPO / "traces" / "llama_1b_shape.sqlite.xz", LLAMA_1B),
+    (DATA / "llama_parquet", LLAMA_1B),
+    (DATA / "llama_small" / "llama_small.sqlite.xz", LLAMA_SMALL),
+]
+HUGE = 1 << 40
+
+
+def _both(path: Path, **options: object) -> tuple[Analysis, Analysis]:
+    memory = analyze_trace(path, AnalyzeOptions(**options, memory_budget_bytes=HUGE))  # type: ignore[arg-type]
+    streamed = analyze_trace(
+        path,
+        AnalyzeOptions(**options, memory_budget_bytes=MIN_MEMORY_BUDGET_BYTES),  # type: ignore[arg-type]
+    )
+    assert (memory.engine, streamed.engine) == (IN_MEMORY, ONE_PASS)
+    return memory, streamed
+
+
+def _assert_same(memory: Analysis, streamed: Analysis) -> None:
+    assert_frame_equal(streamed.ranges, memory.ranges)
+    assert memory.report is not None and streamed.report is not None
+    for fmt in ("json", "csv", "md"):
+        assert RENDERERS[fmt](streamed.report) == RENDERERS[fmt](memory.report), fmt
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c[0].name.split(".")[0])
+def test_committed_traces_give_the_same_report(case: tuple[Path, dict[str, object]]) -> None:
+    path, options = case
+    _assert_same(*_both(path, **options))
+
+
+def test_warmup_and_short_top_lists_too() -> None:
+    path = REPO / "traces" / "dsocr_v1_base.sqlite.xz"
+    _assert_same(*_both(path, include_warmup=True, top_kernels=2, ctx_mode="max"))
+
+
+@pytest.mark.parametrize("graph_level", [False, True], ids=["node", "graph"])
+def test_generated_traces_give_the_same_report(tmp_path: Path, graph_level: bool) -> None:
+    path = tmp_path / "gen.sqlite"
+    generate(path, 30_000, seed=5, graph_level=graph_level)
+    _assert_same(*_both(path))
+
+
+def test_a_missing_stage_still_gives_every_range() -> None:
+    path = REPO / "traces" / "llama_1b_shape.sqlite.xz"
+    named = {"stages": {"vision": RangeRef("no_such_range")}}
+    memory = analyze_trace(
+        path, AnalyzeOptions(**named, memory_budget_bytes=HUGE), require_mfu=False
+    )  # type: ignore[arg-type]
+    streamed = analyze_trace(
+        path,
+        AnalyzeOptions(**named, memory_budget_bytes=MIN_MEMORY_BUDGET_BYTES),  # type: ignore[arg-type]
+        require_mfu=False,
+    )
+    assert streamed.engine == ONE_PASS and streamed.report is None
+    assert streamed.skipped_reason == memory.skipped_reason
+    assert "no_such_range" in (memory.skipped_reason or "")
+    assert_frame_equal(streamed.ranges, memory.ranges)
+
+
+def test_the_budget_picks_the_engine() -> None:
+    path = REPO / "traces" / "llama_1b_shape.sqlite.xz"
+    rows = 15_635  # the capture's kernel, memcpy and memset rows
+    fits = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * 400)  # type: ignore[arg-type]
+    assert analyze_trace(path, fits).engine == IN_MEMORY
+    short = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * 400 - 1)  # type: ignore[arg-type]
+    assert analyze_trace(path, short).engine == ONE_PASS
