@@ -33,6 +33,7 @@ from llm_perf_opt.flops.vision_towers import default_image_size
 from llm_perf_opt.hostview import host_view
 from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta_from_marks
 from llm_perf_opt.mfu import MfuReport, compute_mfu, plan_ops
+from llm_perf_opt.nesting import with_open_ancestors
 from llm_perf_opt.onepass import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     ReadAhead,
@@ -85,6 +86,9 @@ class AnalyzeOptions:
     prefill_logits: LmHeadPositions = "last"
     image_hw: tuple[int, int] | None = None
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+    # False: `Analysis.ranges` may hold only the ranges the report reads (the stage, image and
+    # decode-step ranges and those open around them), which a one-pass analysis then sums alone
+    every_range: bool = True
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,8 @@ def _attribute_in_one_pass(
     (`plan_ops`) of the stages' ranges; no plan without stages, or when planning finds the
     stages unusable (`compute_mfu` then raises the same error)."""
     try:
+        if not options.every_range:
+            raw = with_open_ancestors(raw, pl.any_horizontal([ref.expr() for ref in refs.values()]))
         base = range_frame(raw, selection)
         plan = None
         if stages:

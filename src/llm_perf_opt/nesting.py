@@ -81,6 +81,33 @@ def with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
     return with_paths(structured).sort("range_id")
 
 
+def with_open_ancestors(ranges: pl.DataFrame, wanted: pl.Expr) -> pl.DataFrame:
+    """The rows of `ranges` (`Trace.nvtx_ranges()`) that `wanted` selects, and every range open
+    on the thread when a kept one starts (in `with_structure`'s sweep), until none is added:
+    `with_structure` gives each kept row the depth, parent and path it has among all ranges.
+    The analysis keeps only these when it does not write every range: on long traces the
+    stage, image and decode-step ranges are a small part of the ranges."""
+    order = ranges.select(
+        "event_id", "global_tid", "start_ns", "end_ns", "ends_on_other_thread", keep=wanted
+    ).sort("global_tid", "start_ns", "end_ns", "event_id", descending=[False, False, True, False])
+    tid, start, end = (order[c].to_numpy() for c in ("global_tid", "start_ns", "end_ns"))
+    nests = ~order["ends_on_other_thread"].to_numpy()
+    keep = order["keep"].fill_null(False).to_numpy().copy()
+    while True:
+        kept_at = np.flatnonzero(keep & nests)
+        after = np.searchsorted(kept_at, np.arange(tid.size), side="right")
+        has_next = after < kept_at.size
+        nxt = kept_at[np.minimum(after, max(kept_at.size - 1, 0))] if kept_at.size else after
+        opened = has_next & nests & ~keep
+        if kept_at.size:
+            opened &= (tid[nxt] == tid) & (start[nxt] < end)
+        if not opened.any():
+            break
+        keep |= opened
+    ids = order.filter(pl.Series(keep))["event_id"]
+    return ranges.filter(pl.col("event_id").is_in(ids.implode()))
+
+
 def with_paths(structured: pl.DataFrame) -> pl.DataFrame:
     """Full `/`-joined name paths from the root, level by level (depth is small)."""
     by_depth = structured.sort("depth")

@@ -5,8 +5,10 @@ equal on them in tiny batches.)"""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import polars as pl
 import pytest
 from benchmarks.gen_trace import generate
 from polars.testing import assert_frame_equal
@@ -49,10 +51,27 @@ def _assert_same(memory: Analysis, streamed: Analysis) -> None:
         assert RENDERERS[fmt](streamed.report) == RENDERERS[fmt](memory.report), fmt
 
 
+def _assert_pruned_same(path: Path, memory: Analysis, **options: object) -> Analysis:
+    """Without every range, the one pass sums only the report's ranges: same report, and those
+    rows as the whole attribution has them."""
+    pruned = analyze_trace(
+        path,
+        AnalyzeOptions(**options, memory_budget_bytes=MIN_MEMORY_BUDGET_BYTES, every_range=False),  # type: ignore[arg-type]
+    )
+    assert pruned.engine == ONE_PASS
+    assert pruned.ranges.height <= memory.ranges.height
+    ids = pruned.ranges["range_id"].implode()
+    assert_frame_equal(pruned.ranges, memory.ranges.filter(pl.col("range_id").is_in(ids)))
+    _assert_same(memory, replace(pruned, ranges=memory.ranges))
+    return pruned
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c[0].name.split(".")[0])
 def test_committed_traces_give_the_same_report(case: tuple[Path, dict[str, object]]) -> None:
     path, options = case
-    _assert_same(*_both(path, **options))
+    memory, streamed = _both(path, **options)
+    _assert_same(memory, streamed)
+    _assert_pruned_same(path, memory, **options)
 
 
 def test_warmup_and_short_top_lists_too() -> None:
@@ -64,7 +83,10 @@ def test_warmup_and_short_top_lists_too() -> None:
 def test_generated_traces_give_the_same_report(tmp_path: Path, graph_level: bool) -> None:
     path = tmp_path / "gen.sqlite"
     generate(path, 30_000, seed=5, graph_level=graph_level)
-    _assert_same(*_both(path))
+    memory, streamed = _both(path)
+    _assert_same(memory, streamed)
+    pruned = _assert_pruned_same(path, memory)
+    assert pruned.ranges.height < memory.ranges.height / 10  # the library ranges are left out
 
 
 def test_a_missing_stage_still_gives_every_range() -> None:

@@ -87,6 +87,7 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
         prefill_logits=kw["prefill_logits"],
         image_hw=parse_image_size(kw["image_size"]) if kw["image_size"] else None,
         memory_budget_bytes=kw["memory_budget"],
+        every_range=kw["ranges_out"] is not None,
     )
 
 
