@@ -1,18 +1,24 @@
-"""Speed and peak memory of the analysis on one generated trace, next to NVIDIA and a raw scan.
+"""Speed and peak memory of the analysis on generated traces, next to NVIDIA and a raw scan.
 
-Times, on the same file and in one run: the full `mfu-analyze --format json`, the
+Times, on the same file and in one run: the full `mfu-analyze --format json` (default memory
+budget: one pass over batches once the trace's ops do not fit it), the same in memory
+(`--memory-budget 1T`), the same on the trace's parquetdir twin (converted once, beside it), the
 `--ranges-out` attribution alone, NVIDIA's `nsys stats -r nvtxgpuproj,nvtxkernsum` and the floor,
 a raw scan of the three big tables through the sqlite3 CLI. Each command runs in a fresh child
 of a small wrapper, so its wall time and its peak RSS (`RUSAGE_CHILDREN`: the largest process of
 the command's tree) are its own. The file is read once first, so every command sees a warm cache.
+Several `--kernels` sizes give one table each, then how peak memory and time grow between them.
 
 Example:
     PYTHONPATH=src:. python3 benchmarks/bench_analysis.py --kernels 1e6 --repeats 3
+    PYTHONPATH=src:. python3 benchmarks/bench_analysis.py --kernels 1e6,1e7,3e7 --repeats 1 \
+        --rows full,memory,parquet,raw
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -31,6 +37,7 @@ if __package__ in (None, ""):  # run as a script: import from the repo root and 
 
 from benchmarks.gen_trace import generate
 from benchmarks.gen_trace.cli import parse_count
+from benchmarks.sqlite_to_tables import convert
 
 REPO = Path(__file__).resolve().parents[1]
 GET_NSYS = REPO / "scripts" / "get-nsys-stats.sh"
@@ -40,9 +47,11 @@ RAW_SCAN_SQL = (
     "SELECT start, end, correlationId, globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME; "
     "SELECT start, end, globalTid FROM NVTX_EVENTS;"
 )
-ROWS = ("full", "ranges", "breakdown", "nsys", "raw")
+ROWS = ("full", "memory", "parquet", "ranges", "breakdown", "nsys", "raw")
 LABELS = {
     "full": "mfu-analyze --format json (full analysis)",
+    "memory": "the same, in memory (--memory-budget 1T)",
+    "parquet": "the same, parquetdir input",
     "ranges": "mfu-analyze --ranges-out (attribution)",
     "breakdown": "attribution + host/GPU breakdown (hostview)",
     "nsys": "nsys stats -r nvtxgpuproj,nvtxkernsum",
@@ -148,6 +157,8 @@ def commands(args: argparse.Namespace, trace: Path, workdir: Path) -> dict[str, 
     analyze = shlex.split(args.analyze_cmd)
     found = {
         "full": [*analyze, str(trace), "--format", "json"],
+        "memory": [*analyze, str(trace), "--format", "json", "--memory-budget", "1T"],
+        "parquet": [*analyze, str(parquet_twin(trace)), "--format", "json"],
         "ranges": [*analyze, str(trace), "--ranges-out", str(workdir / "ranges.csv")],
         "raw": ["sqlite3", str(trace), RAW_SCAN_SQL],
         "breakdown": [sys.executable, "-c", BREAKDOWN, str(trace)],
@@ -200,7 +211,8 @@ def report(results: dict[str, Result], facts: dict[str, int], trace: Path) -> li
         lines.append(f"{LABELS[row]:<44} {cells} {rss:>12} {runs:>5}")
         if r.failed:
             lines.append(f"    {row} failed: {r.failed}")
-    pairs = (("full", "nsys"), ("full", "raw"), ("ranges", "nsys"), ("ranges", "raw"),
+    pairs = (("full", "nsys"), ("full", "raw"), ("memory", "raw"), ("full", "parquet"),
+             ("memory", "full"), ("ranges", "nsys"), ("ranges", "raw"),
              ("breakdown", "ranges"))  # fmt: skip
     for num, den in pairs:
         line = _ratio(results.get(num), results.get(den))
@@ -247,10 +259,69 @@ def write_json(path: Path, results: dict[str, Result], facts: dict[str, int], tr
     path.write_text(json.dumps({"trace": str(trace), **facts, "rows": rows}, indent=2) + "\n")
 
 
+def parquet_twin(trace: Path) -> Path:
+    """Where the trace's parquetdir export lies (`T_parquet/` beside `T.sqlite`)."""
+    return trace.with_name(f"{trace.stem}_parquet")
+
+
+def _sizes(text: str) -> list[int]:
+    return [parse_count(part) for part in text.split(",")]
+
+
+def bench_one(args: argparse.Namespace, kernels: int) -> tuple[dict[str, Result], list[str]]:
+    """Generate (or reuse) the trace of `kernels` kernels and time every row on it."""
+    label = f"{kernels:.0e}".replace("e+0", "e").replace("e+", "e")
+    trace: Path = args.trace or Path(f"/tmp/gen_{label}.sqlite")
+    if args.regenerate or not trace.exists():
+        summary = generate(trace, kernels, args.seed)
+        print(f"generated {trace} in {summary.seconds:.1f} s", flush=True)
+    facts = trace_facts(trace)
+    if facts["kernels"] != kernels:
+        raise SystemExit(f"{trace} holds {facts['kernels']} kernels, not {kernels}: --regenerate")
+    if "parquet" in args.rows and (args.regenerate or not parquet_twin(trace).exists()):
+        convert(trace, parquet_twin(trace))
+        print(f"wrote {parquet_twin(trace)}", flush=True)
+    with trace.open("rb") as warm:  # page cache: every row reads a warm file
+        while warm.read(1 << 24):
+            pass
+    with tempfile.TemporaryDirectory(prefix="bench_analysis_") as tmp:
+        workdir = Path(tmp)
+        cmds = commands(args, trace, workdir)
+        results = {row: Result(row, cmds[row]) for row in ROWS if row in args.rows}
+        before = trace.stat().st_mtime_ns
+        run_rows(results, args, workdir)
+        if trace.stat().st_mtime_ns != before:
+            print(f"warning: a command modified {trace}", file=sys.stderr)
+    lines = report(results, facts, trace)
+    print("\n".join(lines), flush=True)
+    if args.json_out:
+        out = args.json_out.with_name(f"{args.json_out.stem}_{label}{args.json_out.suffix}")
+        write_json(out, results, facts, trace)
+    return results, lines
+
+
+def growth(sizes: list[int], runs: list[dict[str, Result]]) -> list[str]:
+    """How the full analysis's peak memory and time grow from one size to the next."""
+    lines = []
+    pairs = list(zip(sizes, runs, strict=True))
+    for (n0, r0), (n1, r1) in itertools.pairwise(pairs):
+        for row in ("full", "memory", "parquet"):
+            a, b = r0.get(row), r1.get(row)
+            if a is None or b is None or not a.peak_rss_kb or a.median_s is None:
+                continue
+            time_ratio = f"{b.median_s / a.median_s:.2f}" if b.median_s is not None else "-"
+            lines.append(
+                f"{row} {n0:.0e} -> {n1:.0e} kernels ({n1 / n0:.1f}x): peak RSS "
+                f"{a.peak_rss_kb / 1024:,.0f} -> {b.peak_rss_kb / 1024:,.0f} MB "
+                f"({b.peak_rss_kb / a.peak_rss_kb:.2f}x), time {time_ratio}x"
+            )
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI: generate (or reuse) the trace, time every row, print the table."""
+    """CLI: generate (or reuse) each trace, time every row, print the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", type=parse_count, default=1_000_000, help="e.g. 1e6")
+    parser.add_argument("--kernels", type=_sizes, default=[1_000_000], help="e.g. 1e6 or 1e6,1e7")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trace", type=Path, help="default /tmp/gen_<kernels>.sqlite (reused)")
     parser.add_argument("--regenerate", action="store_true", help="rewrite an existing --trace")
@@ -273,30 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if unknown := set(args.rows) - set(ROWS):
         parser.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
-    label = f"{args.kernels:.0e}".replace("e+0", "e").replace("e+", "e")
-    trace: Path = args.trace or Path(f"/tmp/gen_{label}.sqlite")
-    if args.regenerate or not trace.exists():
-        summary = generate(trace, args.kernels, args.seed)
-        print(f"generated {trace} in {summary.seconds:.1f} s", flush=True)
-    facts = trace_facts(trace)
-    if facts["kernels"] != args.kernels:
-        parser.error(f"{trace} holds {facts['kernels']} kernels, not {args.kernels}: --regenerate")
-    with trace.open("rb") as warm:  # page cache: every row reads a warm file
-        while warm.read(1 << 24):
-            pass
-    with tempfile.TemporaryDirectory(prefix="bench_analysis_") as tmp:
-        workdir = Path(tmp)
-        cmds = commands(args, trace, workdir)
-        results = {row: Result(row, cmds[row]) for row in ROWS if row in args.rows}
-        before = trace.stat().st_mtime_ns
-        run_rows(results, args, workdir)
-        if trace.stat().st_mtime_ns != before:
-            print(f"warning: a command modified {trace}", file=sys.stderr)
-    lines = report(results, facts, trace)
-    print("\n".join(lines))
-    if args.json_out:
-        write_json(args.json_out, results, facts, trace)
-    return 0 if all(not r.failed for r in results.values()) else 1
+    if args.trace is not None and len(args.kernels) > 1:
+        parser.error("--trace names one trace: give one --kernels size with it")
+    runs = [bench_one(args, kernels)[0] for kernels in args.kernels]
+    if len(runs) > 1:
+        print("\n".join(growth(args.kernels, runs)))
+    return 0 if all(not r.failed for results in runs for r in results.values()) else 1
 
 
 if __name__ == "__main__":
