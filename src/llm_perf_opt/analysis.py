@@ -33,7 +33,7 @@ from llm_perf_opt.flops.vision_towers import default_image_size
 from llm_perf_opt.hostview import host_view
 from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta_from_marks
 from llm_perf_opt.mfu import MfuReport, compute_mfu, plan_ops
-from llm_perf_opt.nesting import with_open_ancestors
+from llm_perf_opt.nesting import ranges_around
 from llm_perf_opt.onepass import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     ReadAhead,
@@ -140,7 +140,8 @@ def analyze_trace(
             meta = meta_from_marks(trace.nvtx_marks())
         refs = default_refs(meta.nvtx_domain if meta else None)
         refs.update(options.stages)
-        raw = trace.nvtx_ranges()
+        pruned = batches is not None and not options.every_range
+        raw = _report_ranges(trace, refs, budget) if pruned else trace.nvtx_ranges()
     except BaseException:
         if batches is not None:
             batches.close()
@@ -152,7 +153,8 @@ def analyze_trace(
     reason = None
     if missing:
         stage = missing[0]
-        reason = missing_stage_message(stage, refs[stage], raw)
+        # the message lists every range name of the trace
+        reason = missing_stage_message(stage, refs[stage], trace.nvtx_ranges())
         if require_mfu:
             if batches is not None:
                 batches.close()
@@ -212,6 +214,16 @@ class _Batches:
         self.calls.close()
 
 
+def _report_ranges(
+    trace: Trace, refs: Mapping[str, RangeRef], budget: StreamBudget
+) -> pl.DataFrame:
+    """The NVTX ranges a report reads (`nesting.ranges_around`: the ranges of every role and
+    those open around them), read in batches."""
+    wanted = pl.any_horizontal([ref.expr() for ref in refs.values()])
+    rows = budget.op_batch_rows
+    return ranges_around(lambda first: trace.nvtx_range_batches(rows, warn=first), wanted)
+
+
 def _attribute_in_one_pass(
     raw: pl.DataFrame,
     selection: RangeSelection | None,
@@ -224,8 +236,6 @@ def _attribute_in_one_pass(
     (`plan_ops`) of the stages' ranges; no plan without stages, or when planning finds the
     stages unusable (`compute_mfu` then raises the same error)."""
     try:
-        if not options.every_range:
-            raw = with_open_ancestors(raw, pl.any_horizontal([ref.expr() for ref in refs.values()]))
         base = range_frame(raw, selection)
         plan = None
         if stages:

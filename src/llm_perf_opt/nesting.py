@@ -10,6 +10,9 @@ over ranges.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+from typing import Final
+
 import numpy as np
 import polars as pl
 
@@ -30,7 +33,9 @@ def with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
     )
     pushpop = base.filter(~pl.col("ends_on_other_thread"))
     # Sweep of +1 (push) / -1 (pop) events per thread: the running sum at a push is depth + 1.
-    # At equal times pops come before pushes, and an enclosing push before the one it encloses.
+    # At equal times pops come before pushes (a range starting as another ends is its sibling),
+    # except a zero-length range's own pop, after every push of its time; an enclosing push
+    # comes before the one it encloses.
     events = pl.concat(
         [
             pushpop.select(
@@ -45,7 +50,7 @@ def with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
                 "global_tid",
                 "range_id",
                 t="end_ns",
-                kind=pl.lit(0),
+                kind=pl.when(pl.col("end_ns") > pl.col("start_ns")).then(0).otherwise(2),
                 order=-pl.col("start_ns"),
                 step=pl.lit(-1),
             ),
@@ -81,31 +86,57 @@ def with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
     return with_paths(structured).sort("range_id")
 
 
-def with_open_ancestors(ranges: pl.DataFrame, wanted: pl.Expr) -> pl.DataFrame:
-    """The rows of `ranges` (`Trace.nvtx_ranges()`) that `wanted` selects, and every range open
-    on the thread when a kept one starts (in `with_structure`'s sweep), until none is added:
-    `with_structure` gives each kept row the depth, parent and path it has among all ranges.
-    The analysis keeps only these when it does not write every range: on long traces the
-    stage, image and decode-step ranges are a small part of the ranges."""
-    order = ranges.select(
-        "event_id", "global_tid", "start_ns", "end_ns", "ends_on_other_thread", keep=wanted
-    ).sort("global_tid", "start_ns", "end_ns", "event_id", descending=[False, False, True, False])
+# What finding the ranges open around others needs of each range.
+LEAN_COLUMNS: Final = ("event_id", "global_tid", "start_ns", "end_ns", "ends_on_other_thread")
+
+
+def ranges_around(
+    batches: Callable[[bool], Iterable[pl.DataFrame]], wanted: pl.Expr
+) -> pl.DataFrame:
+    """The ranges (`Trace.nvtx_ranges()` rows, which `batches(first)` gives in export order)
+    that `wanted` selects, and every range open on the thread when a kept one starts (in
+    `with_structure`'s sweep), until none is added: `with_structure` gives each kept row the
+    depth, parent and path it has among all ranges. The analysis keeps only these when it does
+    not write every range: on long traces the stage, image and decode-step ranges are a small
+    part of the ranges. `batches` is read twice (the second time, `first` False, for the
+    ancestors' rows): memory holds the wanted rows and `LEAN_COLUMNS` of every range, not every
+    range's names and payloads."""
+    lean, kept = [], []
+    for batch in batches(True):
+        lean.append(batch.select(*LEAN_COLUMNS, keep=wanted))
+        kept.append(batch.filter(wanted))
+    ids = _open_ancestor_ids(pl.concat(lean))
+    del lean
+    rows = pl.concat(kept)
+    missing = ids.filter(~ids.is_in(rows["event_id"].implode())).implode()
+    if missing.list.len().item():
+        kept += [batch.filter(pl.col("event_id").is_in(missing)) for batch in batches(False)]
+        rows = pl.concat(kept)
+    return rows.sort("event_id")
+
+
+def _open_ancestor_ids(lean: pl.DataFrame) -> pl.Series:
+    """`event_id`s of the `keep` rows of `lean` (`LEAN_COLUMNS` + `keep`) and of the ranges
+    open when a kept one starts, to the fixed point."""
+    order = lean.sort(
+        "global_tid", "start_ns", "end_ns", "event_id", descending=[False, False, True, False]
+    )
     tid, start, end = (order[c].to_numpy() for c in ("global_tid", "start_ns", "end_ns"))
     nests = ~order["ends_on_other_thread"].to_numpy()
     keep = order["keep"].fill_null(False).to_numpy().copy()
     while True:
         kept_at = np.flatnonzero(keep & nests)
+        if kept_at.size == 0:
+            break
         after = np.searchsorted(kept_at, np.arange(tid.size), side="right")
-        has_next = after < kept_at.size
-        nxt = kept_at[np.minimum(after, max(kept_at.size - 1, 0))] if kept_at.size else after
-        opened = has_next & nests & ~keep
-        if kept_at.size:
-            opened &= (tid[nxt] == tid) & (start[nxt] < end)
+        nxt = kept_at[np.minimum(after, kept_at.size - 1)]
+        # open at the next kept push: not yet ended, or of zero length at its very time
+        ends_after = (start[nxt] < end) | ((end == start) & (start[nxt] == end))
+        opened = (after < kept_at.size) & nests & ~keep & (tid[nxt] == tid) & ends_after
         if not opened.any():
             break
         keep |= opened
-    ids = order.filter(pl.Series(keep))["event_id"]
-    return ranges.filter(pl.col("event_id").is_in(ids.implode()))
+    return order.filter(pl.Series(keep))["event_id"]
 
 
 def with_paths(structured: pl.DataFrame) -> pl.DataFrame:

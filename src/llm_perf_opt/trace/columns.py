@@ -39,6 +39,7 @@ MAX_OPEN_RANGES_PER_THREAD: Final = 32
 NVTX_MARK_TYPES: Final = (34, 65)
 NVTX_PUSHPOP_TYPES: Final = (59, 70)
 NVTX_STARTEND_TYPES: Final = (60, 71)
+NVTX_RANGE_TYPES: Final = NVTX_PUSHPOP_TYPES + NVTX_STARTEND_TYPES
 NVTX_DOMAIN_CREATE: Final = 75
 
 # globalTid layout <HW:8><VM:8><PID:24><TID:24>: the process key keeps HW, VM and PID.
@@ -189,6 +190,13 @@ def nvtx_read(event_types: tuple[int, ...]) -> TableRead:
     return TableRead(
         NVTX_TABLE, fields, row_id="event_id", event_types=event_types, order_by="rowid"
     )
+
+
+def nvtx_open_read(event_types: tuple[int, ...]) -> TableRead:
+    """What finding the threads with too many open ranges needs of NVTX_EVENTS: start, end,
+    thread."""
+    fields = _fields(pl.Int64(), ("start", "start"), ("end", "end"), ("globalTid", "globalTid"))
+    return TableRead(NVTX_TABLE, fields, event_types=event_types)
 
 
 def gpu_op_columns(*, lean: bool) -> list[str]:

@@ -33,8 +33,8 @@ from llm_perf_opt.trace.columns import (
     NVTX_MARK_TYPES,
     NVTX_MARKS_SCHEMA,
     NVTX_PUSHPOP_TYPES,
+    NVTX_RANGE_TYPES,
     NVTX_RANGES_SCHEMA,
-    NVTX_STARTEND_TYPES,
     NVTX_TABLE,
     OP_KINDS,
     PROCESSES_READ,
@@ -48,6 +48,7 @@ from llm_perf_opt.trace.columns import (
     gpu_op_columns,
     gpu_op_read,
     meta_read,
+    nvtx_open_read,
     nvtx_read,
     pid_of,
     process_key,
@@ -175,12 +176,18 @@ class Trace(ABC):
 
     # -- NVTX -------------------------------------------------------------------------------------
     def _nvtx_raw(self, event_types: tuple[int, ...]) -> pl.DataFrame:
+        self._require_nvtx()
+        return self._named(self._read(nvtx_read(event_types)))
+
+    def _require_nvtx(self) -> None:
         if not self.present_columns(NVTX_TABLE):
             raise NoNvtxEventsError(
                 f"{self.path}: the export has no NVTX_EVENTS table. Capture with "
                 "`nsys profile -t cuda,nvtx ...` and mark the stages with NVTX ranges."
             )
-        frame = self._read(nvtx_read(event_types))
+
+    def _named(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """NVTX rows with their `name` (inline text, else the string id's) and `global_pid`."""
         text_from_id = self.resolve_strings(frame["textId"])
         return frame.with_columns(
             name=pl.coalesce(pl.col("text"), text_from_id),
@@ -204,21 +211,31 @@ class Trace(ABC):
 
     @cached_property
     def _nvtx_ranges(self) -> pl.DataFrame:
-        raw = self._with_domain(self._nvtx_raw(NVTX_PUSHPOP_TYPES + NVTX_STARTEND_TYPES))
+        raw = self._nvtx_raw(NVTX_RANGE_TYPES)
+        placed = raw.filter(pl.col("start").is_not_null(), pl.col("globalTid").is_not_null())
+        return self._ranges_of(raw, _crowded_threads(placed), None)
+
+    def _ranges_of(
+        self, raw: pl.DataFrame, crowded: pl.Series, counts: Counter[str] | None
+    ) -> pl.DataFrame:
+        """NVTX range rows (`_named`) as `NVTX_RANGES_SCHEMA`, less the impossible ones and the
+        open ranges of `crowded` threads (counted as `_drop_rows` does)."""
+        raw = self._with_domain(raw)
         raw = self._drop_rows(
             raw,
             pl.col("start").is_null() | pl.col("globalTid").is_null(),
             "NVTX ranges without a start time or thread",
+            counts,
         )
         raw = self._drop_rows(
-            raw, pl.col("end") < pl.col("start"), "NVTX ranges ending before they start"
+            raw, pl.col("end") < pl.col("start"), "NVTX ranges ending before they start", counts
         )
         raw = self._drop_rows(
             raw,
-            pl.col("end").is_null()
-            & (pl.col("end").is_null().sum().over("globalTid") > MAX_OPEN_RANGES_PER_THREAD),
+            pl.col("end").is_null() & pl.col("globalTid").is_in(crowded.implode()),
             f"open NVTX ranges on threads with more than {MAX_OPEN_RANGES_PER_THREAD} (never "
             "ended: the capture did not just stop mid-range)",
+            counts,
         )
         end_of_trace = self.trace_end_ns
         ranges = raw.select(
@@ -241,6 +258,21 @@ class Trace(ABC):
             category=pl.col("category"),
         )
         return ranges.cast(dict(NVTX_RANGES_SCHEMA))  # type: ignore[arg-type]
+
+    def nvtx_range_batches(self, rows: int, *, warn: bool = True) -> Iterator[pl.DataFrame]:
+        """The rows of `nvtx_ranges()` in frames of at most `rows` rows, in export order, with
+        only the current batch in memory (and two columns of every range, to find the threads
+        with too many open ranges first). `warn`: add the rows left out to `warnings` at the
+        end (once per trace: a second reading passes False)."""
+        self._require_nvtx()
+        crowded = _crowded_threads(self._read(nvtx_open_read(NVTX_RANGE_TYPES)).drop_nulls("start"))
+        counts: Counter[str] = Counter()
+        for part in self._read_batches(nvtx_read(NVTX_RANGE_TYPES), rows):
+            ranges = self._ranges_of(self._named(part), crowded, counts)
+            if ranges.height:
+                yield ranges
+        if warn:
+            self.warnings.extend(f"{n} {what} left out" for what, n in counts.items())
 
     def nvtx_ranges(self) -> pl.DataFrame:
         """Push/pop and start/end ranges (incl. the Nvtxt 70/71 variants), one row each.
@@ -467,6 +499,13 @@ class Trace(ABC):
                 )
             previous = int(starts[-1])
             yield part
+
+
+def _crowded_threads(placed: pl.DataFrame) -> pl.Series:
+    """The threads (`globalTid`) of more than MAX_OPEN_RANGES_PER_THREAD open (`end` null)
+    ranges among NVTX rows with a start and a thread: never ended, not cut by the capture."""
+    open_per_thread = placed.filter(pl.col("end").is_null()).group_by("globalTid").len()
+    return open_per_thread.filter(pl.col("len") > MAX_OPEN_RANGES_PER_THREAD)["globalTid"]
 
 
 def _valid_calls(calls: pl.DataFrame) -> pl.DataFrame:
