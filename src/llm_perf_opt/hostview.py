@@ -258,13 +258,8 @@ def _host_view(
     calls = calls.select(CALLS_SCHEMA.names()).filter(
         pl.col("global_tid").is_in(windows["global_tid"].unique().to_list())
     )
-    kinds = classify_names(calls["name"])
-    calls = call_flags(
-        calls.join(kinds, on="name", how="left", maintain_order="left").drop("name"),
-        sync_counts(syncs),
-    )
-    if not _calls_sorted(calls):  # exports usually list a thread's calls by start already
-        calls = sort_calls(calls)
+    calls = call_flags(calls, classify_names(calls["name"]), "name", sync_counts(syncs))
+    calls = sort_calls(calls)
     tid, start, end, cls, memcpy, sync_rows = call_arrays(calls)
     w_tid = windows["global_tid"].to_numpy()
     w_start = windows["start_ns"].to_numpy()
@@ -306,26 +301,35 @@ def sync_counts(syncs: pl.DataFrame | None) -> pl.DataFrame | None:
     return syncs.group_by("global_pid", "correlation_id").agg(n=pl.len())
 
 
-def call_flags(calls: pl.DataFrame, per_call: pl.DataFrame | None) -> pl.DataFrame:
-    """Calls with their name's `cls, is_memcpy, gpu_side_wait` (of `classify_names`; an
-    unclassified call is OTHER) made final: a call with synchronization rows is a sync (unless a
-    stream waits on an event) and `n_sync_rows` counts them (where `per_call`, of
-    `sync_counts`, is given)."""
+def call_flags(
+    calls: pl.DataFrame, kinds: pl.DataFrame, key: str, per_call: pl.DataFrame | None
+) -> pl.DataFrame:
+    """Calls with their name's `cls, is_memcpy, gpu_side_wait` in place of `key` (`kinds`: those
+    columns by `name` (`classify_names`) or by `name_id`; an unclassified call is OTHER), made
+    final: a call with synchronization rows is a sync (unless a stream waits on an event) and
+    `n_sync_rows` counts them (where `per_call`, of `sync_counts`, is given). Calls keep their
+    order. Eager frames: a lazy query costs more to plan than a small batch costs to join."""
+    calls = calls.join(kinds, on=key, how="left", maintain_order="left").drop(key)
     calls = calls.with_columns(pl.col("cls").fill_null(OTHER))
     if per_call is None:
         return calls
+    if per_call.is_empty():
+        return calls.with_columns(n_sync_rows=pl.lit(0, pl.Int64))
     calls = calls.join(per_call, on=["global_pid", "correlation_id"], how="left",
                        maintain_order="left")  # fmt: skip
     synced = pl.col("n").is_not_null() & ~pl.col("gpu_side_wait")
     return calls.with_columns(
         cls=pl.when(synced).then(pl.lit(SYNC, pl.Int8)).otherwise("cls"),
-        n_sync_rows=pl.when(synced).then(pl.col("n")).otherwise(0),
+        n_sync_rows=pl.when(synced).then(pl.col("n")).otherwise(0).cast(pl.Int64),
     ).drop("n")
 
 
 def sort_calls(calls: pl.DataFrame) -> pl.DataFrame:
     """Calls by thread, then start, an enclosing call before the calls it encloses (longer first
-    at equal starts), equal calls in their order."""
+    at equal starts), equal calls in their order; not sorted again when they already are
+    (exports usually list a thread's calls by start)."""
+    if _calls_sorted(calls):
+        return calls
     return calls.sort(
         "global_tid", "start_ns", "end_ns", descending=[False, False, True], maintain_order=True
     )
