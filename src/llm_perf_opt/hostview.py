@@ -288,78 +288,147 @@ def _host_view(
     windows: pl.DataFrame, calls: pl.DataFrame, syncs: pl.DataFrame | None
 ) -> list[pl.Series]:
     """Per window: span, the four host parts and the three host counts."""
-    n = windows.height
-    out = {c: np.zeros(n, dtype=np.float64) for c in (*HOST_PARTS[:3], *COUNTS[:3])}
-    span = (windows["end_ns"] - windows["start_ns"]).to_numpy().astype(np.float64)
+    out = host_zeros(windows.height)
     calls = calls.select(CALLS_SCHEMA.names()).filter(
         pl.col("global_tid").is_in(windows["global_tid"].unique().to_list())
     )
-    kinds = classify_names(calls["name"])
-    calls = (
-        calls.join(kinds, on="name", how="left")
-        .drop("name")
-        .with_columns(pl.col("cls").fill_null(OTHER))
-    )
-    have_syncs = syncs is not None and syncs.height > 0
-    if syncs is not None and have_syncs:
-        blocking = syncs.select("global_pid", "correlation_id").unique().with_columns(has_sync=True)
-        calls = calls.join(blocking, on=["global_pid", "correlation_id"], how="left")
-        calls = calls.with_columns(
-            cls=pl.when(pl.col("has_sync") & ~pl.col("gpu_side_wait"))
-            .then(pl.lit(SYNC, pl.Int8))
-            .otherwise("cls"),
-            n_sync_rows=pl.col("has_sync").fill_null(False) & ~pl.col("gpu_side_wait"),
-        )
-        if calls.height:  # one count per synchronization row, not per call
-            per_call = syncs.group_by("global_pid", "correlation_id").agg(n=pl.len())
-            calls = calls.join(per_call, on=["global_pid", "correlation_id"], how="left")
-            calls = calls.with_columns(
-                n_sync_rows=pl.when("n_sync_rows").then(pl.col("n")).otherwise(0)
-            )
-    if not _calls_sorted(calls):  # exports usually list a thread's calls by start already
-        calls = calls.sort(
-            "global_tid", "start_ns", pl.col("end_ns"), descending=[False, False, True]
-        )
-    tid = calls["global_tid"].to_numpy()
-    start = calls["start_ns"].to_numpy()
-    end = np.maximum(calls["end_ns"].to_numpy(), start)
-    cls = calls["cls"].to_numpy()
-    memcpy = calls["is_memcpy"].to_numpy()
-    sync_rows = calls["n_sync_rows"].to_numpy() if have_syncs else None
+    calls = call_flags(calls, classify_names(calls["name"]), "name", sync_counts(syncs))
+    calls = sort_calls(calls)
+    tid, start, end, cls, memcpy, sync_rows = call_arrays(calls)
     w_tid = windows["global_tid"].to_numpy()
     w_start = windows["start_ns"].to_numpy()
     w_end = windows["end_ns"].to_numpy()
     if len(tid):
         new_seg = np.r_[True, tid[1:] != tid[:-1]]
         covered = intervals.segmented_prev_max(end, new_seg)
-        outermost = start >= covered
-        piece_start = np.maximum(start, covered)
-        heads = np.flatnonzero(new_seg)
-        bounds = np.r_[heads, len(tid)]
+        bounds = np.r_[np.flatnonzero(new_seg), len(tid)]
         for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist(), strict=True):
             rows = np.flatnonzero(w_tid == tid[a])
             if rows.size == 0:
                 continue
             seg = slice(a, b)
-            keep = end[seg] > piece_start[seg]
-            ps, pe, pc = piece_start[seg][keep], end[seg][keep], cls[seg][keep]
-            for c, key in ((LAUNCH, "launch_ns"), (SYNC, "sync_ns"), (OTHER, "other_api_ns")):
-                out[key][rows] = intervals.covered_between(
-                    ps, pe, pc == c, w_start[rows], w_end[rows]
-                )
-            top = outermost[seg]
-            starts = start[seg][top]
-            lo = np.searchsorted(starts, w_start[rows], side="left")
-            hi = np.searchsorted(starts, w_end[rows], side="right")
-            out["n_launches"][rows] = intervals.count_in(cls[seg][top] == LAUNCH, lo, hi)
-            out["n_memcpy"][rows] = intervals.count_in(memcpy[seg][top], lo, hi)
-            if sync_rows is not None:
-                # a synchronization row counts wherever its call sits, nested or not
-                all_lo = np.searchsorted(start[seg], w_start[rows], side="left")
-                all_hi = np.searchsorted(start[seg], w_end[rows], side="right")
-                out["n_syncs"][rows] = intervals.count_in(sync_rows[seg], all_lo, all_hi)
-            else:
-                out["n_syncs"][rows] = intervals.count_in(cls[seg][top] == SYNC, lo, hi)
+            add_thread_parts(
+                out,
+                rows,
+                (start[seg], end[seg], covered[seg], cls[seg], memcpy[seg]),
+                None if sync_rows is None else sync_rows[seg],
+                w_start[rows],
+                w_end[rows],
+            )
+    return host_columns(windows, out)
+
+
+# What `add_thread_parts` sums per window: the three API parts and the three counts.
+SUMMED: Final = (*HOST_PARTS[:3], *COUNTS[:3])
+
+
+def host_zeros(n: int) -> dict[str, np.ndarray]:
+    """The sums of `add_thread_parts` for n windows, all zero."""
+    return {c: np.zeros(n, dtype=np.float64) for c in SUMMED}
+
+
+def sync_counts(syncs: pl.DataFrame | None) -> pl.DataFrame | None:
+    """`global_pid, correlation_id, n`: the synchronization rows of each API call (None when
+    there are none, and the synchronizing calls are told by name alone)."""
+    if syncs is None or syncs.height == 0:
+        return None
+    return syncs.group_by("global_pid", "correlation_id").agg(n=pl.len())
+
+
+def call_flags(
+    calls: pl.DataFrame, kinds: pl.DataFrame, key: str, per_call: pl.DataFrame | None
+) -> pl.DataFrame:
+    """Calls with their name's `cls, is_memcpy, gpu_side_wait` in place of `key` (`kinds`: those
+    columns by `name` (`classify_names`) or by `name_id`; an unclassified call is OTHER), made
+    final: a call with synchronization rows is a sync (unless a stream waits on an event) and
+    `n_sync_rows` counts them (where `per_call`, of `sync_counts`, is given). Calls keep their
+    order. Eager frames: a lazy query costs more to plan than a small batch costs to join."""
+    calls = calls.join(kinds, on=key, how="left", maintain_order="left").drop(key)
+    calls = calls.with_columns(pl.col("cls").fill_null(OTHER))
+    if per_call is None:
+        return calls
+    if per_call.is_empty():
+        return calls.with_columns(n_sync_rows=pl.lit(0, pl.Int64))
+    calls = calls.join(per_call, on=["global_pid", "correlation_id"], how="left",
+                       maintain_order="left")  # fmt: skip
+    synced = pl.col("n").is_not_null() & ~pl.col("gpu_side_wait")
+    return calls.with_columns(
+        cls=pl.when(synced).then(pl.lit(SYNC, pl.Int8)).otherwise("cls"),
+        n_sync_rows=pl.when(synced).then(pl.col("n")).otherwise(0).cast(pl.Int64),
+    ).drop("n")
+
+
+def sort_calls(calls: pl.DataFrame) -> pl.DataFrame:
+    """Calls by thread, then start, an enclosing call before the calls it encloses (longer first
+    at equal starts), equal calls in their order; not sorted again when they already are
+    (exports usually list a thread's calls by start)."""
+    if _calls_sorted(calls):
+        return calls
+    return calls.sort(
+        "global_tid", "start_ns", "end_ns", descending=[False, False, True], maintain_order=True
+    )
+
+
+def call_arrays(
+    calls: pl.DataFrame,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """`tid, start, end, cls, is_memcpy` and `n_sync_rows` (None without synchronization rows)
+    of calls made by `call_flags`, as numpy arrays; an end before its start is the start."""
+    start = calls["start_ns"].to_numpy()
+    end = np.maximum(calls["end_ns"].to_numpy(), start)
+    sync_rows = calls["n_sync_rows"].to_numpy() if "n_sync_rows" in calls.columns else None
+    return (
+        calls["global_tid"].to_numpy(),
+        start,
+        end,
+        calls["cls"].to_numpy(),
+        calls["is_memcpy"].to_numpy(),
+        sync_rows,
+    )
+
+
+def add_thread_parts(
+    out: dict[str, np.ndarray],
+    rows: np.ndarray,
+    thread: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    sync_rows: np.ndarray | None,
+    w_start: np.ndarray,
+    w_end: np.ndarray,
+) -> None:
+    """Add to `out[...][rows]` (`host_zeros`) what some calls of one thread give the windows
+    `[w_start, w_end]` of `rows` on that thread.
+
+    `thread` is `start, end, covered, cls, is_memcpy` of the calls by start (longer first at
+    equal starts), `covered` the latest end of the thread's earlier calls (int64 min for none),
+    which may lie in an earlier batch. Nested API intervals count once: a call's piece starts at
+    `covered`, so the pieces are disjoint and sorted, and each window gets their length inside it
+    per class. A call is outermost when it starts at or after `covered`; the outermost launch and
+    memcpy calls starting in the window are counted, and the synchronization rows of every call
+    starting in it (`sync_rows`; without them the outermost synchronizing calls)."""
+    start, end, covered, cls, memcpy = thread
+    outermost = start >= covered
+    piece_start = np.maximum(start, covered)
+    keep = end > piece_start
+    ps, pe, pc = piece_start[keep], end[keep], cls[keep]
+    for c, key in ((LAUNCH, "launch_ns"), (SYNC, "sync_ns"), (OTHER, "other_api_ns")):
+        out[key][rows] += intervals.covered_between(ps, pe, pc == c, w_start, w_end)
+    starts = start[outermost]
+    lo = np.searchsorted(starts, w_start, side="left")
+    hi = np.searchsorted(starts, w_end, side="right")
+    out["n_launches"][rows] += intervals.count_in(cls[outermost] == LAUNCH, lo, hi)
+    out["n_memcpy"][rows] += intervals.count_in(memcpy[outermost], lo, hi)
+    if sync_rows is not None:
+        # a synchronization row counts wherever its call sits, nested or not
+        all_lo = np.searchsorted(start, w_start, side="left")
+        all_hi = np.searchsorted(start, w_end, side="right")
+        out["n_syncs"][rows] += intervals.count_in(sync_rows, all_lo, all_hi)
+    else:
+        out["n_syncs"][rows] += intervals.count_in(cls[outermost] == SYNC, lo, hi)
+
+
+def host_columns(windows: pl.DataFrame, out: dict[str, np.ndarray]) -> list[pl.Series]:
+    """`HOST_SCHEMA`'s columns from the windows and their sums."""
+    span = (windows["end_ns"] - windows["start_ns"]).to_numpy().astype(np.float64)
     outside = span - out["launch_ns"] - out["sync_ns"] - out["other_api_ns"]
     return [
         pl.Series("span_ns", span),

@@ -9,13 +9,21 @@ import polars as pl
 
 from llm_perf_opt.attribution import ATTRIBUTED_BY, UNATTRIBUTED_REASON
 from llm_perf_opt.errors import ConfigError, TraceError
-from llm_perf_opt.trace import API_CALLS_SCHEMA, GPU_OPS_SCHEMA, LEAN_DROPS, OP_KINDS
+from llm_perf_opt.trace import (
+    API_CALL_BATCH_SCHEMA,
+    API_CALLS_SCHEMA,
+    GPU_OPS_SCHEMA,
+    LEAN_DROPS,
+    OP_KINDS,
+)
 
 # Inputs: batches of `Trace.gpu_ops(lean=True)` and `Trace.launch_calls()`, each in start order.
 OP_BATCH_SCHEMA: Final = pl.Schema({k: v for k, v in GPU_OPS_SCHEMA.items() if k not in LEAN_DROPS})
 CALL_BATCH_SCHEMA: Final = pl.Schema(
     {k: API_CALLS_SCHEMA[k] for k in ("global_tid", "correlation_id", "start_ns")}
 )
+# Input of `HostViewStream`: batches of `Trace.api_call_batches`, in start order.
+HOST_CALL_BATCH_SCHEMA: Final = API_CALL_BATCH_SCHEMA
 # Which group of ranges each range's exclusive kernels count for in `top_kernels` (a stage: its
 # instance ranges). A range belongs to one group at most.
 GROUPS_SCHEMA: Final = pl.Schema({"range_id": pl.Int64, "group": pl.String})

@@ -24,6 +24,7 @@ from llm_perf_opt.errors import (
     WrongFileKindError,
 )
 from llm_perf_opt.trace.columns import (
+    API_CALL_BATCH_SCHEMA,
     API_CALLS_SCHEMA,
     GPU_OP_TABLES,
     GPU_OPS_SCHEMA,
@@ -51,6 +52,7 @@ from llm_perf_opt.trace.tables import TableTrace
 
 __all__ = [
     "API_CALLS_SCHEMA",
+    "API_CALL_BATCH_SCHEMA",
     "DECOMPRESS_CAP_ENV",
     "GPU_OPS_SCHEMA",
     "GPU_OP_TABLES",

@@ -109,6 +109,8 @@ API_CALLS_SCHEMA: Final = pl.Schema(
         "end_ns": pl.Int64,
     }
 )
+# `Trace.api_call_batches`: the API calls with their name's StringIds id, names not resolved.
+API_CALL_BATCH_SCHEMA: Final = pl.Schema([*API_CALLS_SCHEMA.items(), ("name_id", pl.Int64())])
 NVTX_MARKS_SCHEMA: Final = pl.Schema(
     {
         "start_ns": pl.Int64,

@@ -23,6 +23,7 @@ from llm_perf_opt.errors import (
     UnorderedTableError,
 )
 from llm_perf_opt.trace.columns import (
+    API_CALL_BATCH_SCHEMA,
     API_CALLS_SCHEMA,
     GPU_INFO_READ,
     GPU_OP_TABLES,
@@ -389,6 +390,24 @@ class Trace(ABC):
         stream = self._in_start_order(
             api_read(with_names=False, with_end=False), rows, _valid_calls
         )
+        yield from _merged([stream], rows, ["start_ns"])
+
+    def api_call_batches(self, rows: int) -> Iterator[pl.DataFrame]:
+        """The frames of `api_calls()` and each call's `name_id` (`API_CALL_BATCH_SCHEMA`: the
+        StringIds id that `api_calls(with_names=True)` resolves to `name`) sorted by `start_ns`,
+        at most `rows` rows each, read in export order with only the current batch in memory.
+
+        Raises:
+            UnorderedTableError: the CUDA API table is not stored in start order.
+        """
+        if not self.present_columns(RUNTIME_TABLE):
+            return
+
+        def clean(part: pl.DataFrame) -> pl.DataFrame:
+            part = _valid_calls(part).with_columns(global_pid=process_key(pl.col("global_tid")))
+            return part.select(API_CALL_BATCH_SCHEMA.names())
+
+        stream = self._in_start_order(api_read(with_names=True, with_end=True), rows, clean)
         yield from _merged([stream], rows, ["start_ns"])
 
     def api_calls(self, *, with_names: bool = False, with_end: bool = True) -> pl.DataFrame:
