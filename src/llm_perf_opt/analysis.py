@@ -15,7 +15,8 @@ read (tables not in start order) is attributed in memory, with a warning.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +36,9 @@ from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu, plan_ops
 from llm_perf_opt.nesting import ranges_around
 from llm_perf_opt.onepass import (
+    CALL_BATCH_SCHEMA,
     DEFAULT_MEMORY_BUDGET_BYTES,
+    HostViewStream,
     ReadAhead,
     StreamBudget,
     StreamOrderError,
@@ -162,30 +165,40 @@ def analyze_trace(
     else:
         names, domains = stage_selection_refs(refs, present)
         selection = RangeSelection(names=names, domains=domains)
-    host_read = _read_host_views(trace, raw, refs) if reason is None else None
+    windows = host_windows(raw, refs) if reason is None else None
+    host_views: Callable[[], pl.DataFrame] | None = None
     notes: list[str] = []
     attributed = None
     if batches is not None:
         mib = options.memory_budget_bytes / 2**20
         say(f"attributing GPU ops to NVTX ranges in one pass (memory budget {mib:,.0f} MiB)")
+        stream = (
+            None
+            if windows is None
+            else HostViewStream(windows, trace.sync_events(), trace.resolve_strings)
+        )
+        batches.host.start(stream)
         try:
             attributed = _attribute_in_one_pass(
                 raw, selection, batches, refs, options, present if reason is None else ()
             )
+            host_views = batches.host.result if windows is not None else None
         except (StreamOrderError, UnorderedTableError) as exc:
             notes.append(f"attributed in memory, not in one pass: {exc}")
     if attributed is None:
+        if windows is not None:
+            host_views = _read_host_views(trace, windows).result
         say("attributing GPU ops to NVTX ranges")
         attribution = attribute(trace, selection, other_threads=options.other_threads)
         attributed = attribution.ranges, MemoryOps(attribution.ops)
     ranges, ops = attributed
     engine = ONE_PASS if isinstance(ops, StreamedOps) else IN_MEMORY
     read_warnings = (*trace.warnings, *notes)
-    if reason is not None or host_read is None:
+    if reason is not None or host_views is None:
         return Analysis(ranges, None, reason, read_warnings, meta, engine)
     try:
         say("computing MFU")
-        report = _report(trace, ranges, ops, meta, refs, options, path, present, host_read.result())
+        report = _report(trace, ranges, ops, meta, refs, options, path, present, host_views())
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
@@ -196,22 +209,54 @@ def analyze_trace(
 
 @dataclass(frozen=True)
 class _Batches:
-    """The GPU-op and launch-call batches of a one-pass attribution, read ahead in background
-    threads from when they are opened."""
+    """The GPU-op and CUDA API batches of a one-pass attribution, read ahead in background
+    threads from when they are opened; the API batches also feed the host view (`host`)."""
 
     ops: ReadAhead
     calls: ReadAhead
+    host: _HostTap
 
     @classmethod
     def open(cls, trace: Trace, budget: StreamBudget) -> _Batches:
+        host = _HostTap()
         return cls(
             ReadAhead(trace.gpu_op_batches(budget.op_batch_rows)),
-            ReadAhead(trace.launch_call_batches(budget.call_batch_rows)),
+            ReadAhead(host.tapped(trace.api_call_batches(budget.call_batch_rows))),
+            host,
         )
 
     def close(self) -> None:
         self.ops.close()
         self.calls.close()
+        self.host.start(None)
+
+
+class _HostTap:
+    """Hands each API call batch to a `HostViewStream` on its way to the attribution, so one
+    reading of the API table serves both; the stream is given once the windows are known (the
+    reading thread waits for it)."""
+
+    def __init__(self) -> None:
+        self._given = threading.Event()
+        self._stream: HostViewStream | None = None
+
+    def start(self, stream: HostViewStream | None) -> None:
+        """The stream to feed (None: none, or stop waiting)."""
+        if not self._given.is_set():
+            self._stream = stream
+            self._given.set()
+
+    def tapped(self, batches: Iterable[pl.DataFrame]) -> Iterator[pl.DataFrame]:
+        for batch in batches:
+            self._given.wait()
+            if self._stream is not None:
+                self._stream.add(batch)
+            yield batch.select(CALL_BATCH_SCHEMA.names())
+
+    def result(self) -> pl.DataFrame:
+        """The host view, once every batch went through."""
+        assert self._stream is not None
+        return self._stream.result()
 
 
 def _report_ranges(
@@ -255,25 +300,26 @@ def _attribute_in_one_pass(
     return result.ranges, StreamedOps(result, plan)
 
 
-def read_host_views(
-    trace: Trace, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]
-) -> pl.DataFrame:
-    """The host view (hostview.host_view) of every stage and decode-step range of `ranges`
-    (`Trace.nvtx_ranges()`), from the trace's CUDA API calls and synchronization rows."""
+def host_windows(ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:
+    """The windows of the host view: every stage and decode-step range of `ranges`
+    (`Trace.nvtx_ranges()`)."""
     wanted = pl.any_horizontal([refs[role].expr() for role in (*STAGES, "decode_step")])
-    windows = ranges.filter(wanted).select(
+    return ranges.filter(wanted).select(
         pl.col("event_id").alias("window_id"), "global_tid", "start_ns", "end_ns"
     )
+
+
+def read_host_views(trace: Trace, windows: pl.DataFrame) -> pl.DataFrame:
+    """The host view (hostview.host_view) of the windows, from the trace's whole CUDA API
+    table and synchronization rows."""
     return host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
 
 
-def _read_host_views(
-    trace: Trace, ranges: pl.DataFrame, refs: Mapping[str, RangeRef]
-) -> Future[pl.DataFrame]:
+def _read_host_views(trace: Trace, windows: pl.DataFrame) -> Future[pl.DataFrame]:
     """`read_host_views` in a background thread: the SQLite scan releases the GIL, so reading
     the API table and its host view overlap attribution, and the table is freed before it."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-view")
-    future = pool.submit(read_host_views, trace, ranges, refs)
+    future = pool.submit(read_host_views, trace, windows)
     pool.shutdown(wait=False)
     return future
 
