@@ -98,20 +98,27 @@ def ranges_around(
     `with_structure`'s sweep), until none is added: `with_structure` gives each kept row the
     depth, parent and path it has among all ranges. The analysis keeps only these when it does
     not write every range: on long traces the stage, image and decode-step ranges are a small
-    part of the ranges. `batches` is read twice (the second time, `first` False, for the
-    ancestors' rows): memory holds the wanted rows and `LEAN_COLUMNS` of every range, not every
-    range's names and payloads."""
+    part of the ranges. Memory holds the wanted rows, the rows at least as long as the shortest
+    wanted one so far (the candidate ancestors) and `LEAN_COLUMNS` of every range, not every
+    range's names and payloads; `batches` is read again (`first` False) only for an ancestor
+    that came before the shortest wanted range."""
     lean, kept = [], []
+    shortest = None  # the shortest wanted range so far: its enclosing ranges are longer
     for batch in batches(True):
         lean.append(batch.select(*LEAN_COLUMNS, keep=wanted))
-        kept.append(batch.filter(wanted))
+        span = pl.col("end_ns") - pl.col("start_ns")
+        spans = batch.filter(wanted).select(span.min()).item()
+        if spans is not None:
+            shortest = spans if shortest is None else min(shortest, spans)
+        longer = span >= shortest if shortest is not None else pl.lit(False)
+        kept.append(batch.filter(wanted | longer))
     ids = _open_ancestor_ids(pl.concat(lean))
     del lean
-    rows = pl.concat(kept)
+    rows = pl.concat(kept).filter(pl.col("event_id").is_in(ids.implode()))
     missing = ids.filter(~ids.is_in(rows["event_id"].implode())).implode()
-    if missing.list.len().item():
-        kept += [batch.filter(pl.col("event_id").is_in(missing)) for batch in batches(False)]
-        rows = pl.concat(kept)
+    if missing.list.len().item():  # an ancestor read before the shortest wanted range
+        again = [batch.filter(pl.col("event_id").is_in(missing)) for batch in batches(False)]
+        rows = pl.concat([rows, *again])
     return rows.sort("event_id")
 
 
