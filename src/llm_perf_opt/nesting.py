@@ -11,10 +11,12 @@ over ranges.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Final
 
 import numpy as np
 import polars as pl
+
+from llm_perf_opt.intervals import searchsorted_in
+from llm_perf_opt.trace import NVTX_RANGES_SCHEMA
 
 
 def max_depth(ranges: pl.DataFrame) -> int:
@@ -86,64 +88,88 @@ def with_structure(ranges: pl.DataFrame) -> pl.DataFrame:
     return with_paths(structured).sort("range_id")
 
 
-# What finding the ranges open around others needs of each range.
-LEAN_COLUMNS: Final = ("event_id", "global_tid", "start_ns", "end_ns", "ends_on_other_thread")
-
-
 def ranges_around(
     batches: Callable[[bool], Iterable[pl.DataFrame]], wanted: pl.Expr
 ) -> pl.DataFrame:
-    """The ranges (`Trace.nvtx_ranges()` rows, which `batches(first)` gives in export order)
-    that `wanted` selects, and every range open on the thread when a kept one starts (in
-    `with_structure`'s sweep), until none is added: `with_structure` gives each kept row the
-    depth, parent and path it has among all ranges. The analysis keeps only these when it does
-    not write every range: on long traces the stage, image and decode-step ranges are a small
-    part of the ranges. Memory holds the wanted rows, the rows at least as long as the shortest
-    wanted one so far (the candidate ancestors) and `LEAN_COLUMNS` of every range, not every
-    range's names and payloads; `batches` is read again (`first` False) only for an ancestor
-    that came before the shortest wanted range."""
-    lean, kept = [], []
-    shortest = None  # the shortest wanted range so far: its enclosing ranges are longer
-    for batch in batches(True):
-        lean.append(batch.select(*LEAN_COLUMNS, keep=wanted))
-        span = pl.col("end_ns") - pl.col("start_ns")
-        spans = batch.filter(wanted).select(span.min()).item()
-        if spans is not None:
-            shortest = spans if shortest is None else min(shortest, spans)
-        longer = span >= shortest if shortest is not None else pl.lit(False)
-        kept.append(batch.filter(wanted | longer))
-    ids = _open_ancestor_ids(pl.concat(lean))
-    del lean
-    rows = pl.concat(kept).filter(pl.col("event_id").is_in(ids.implode()))
-    missing = ids.filter(~ids.is_in(rows["event_id"].implode())).implode()
-    if missing.list.len().item():  # an ancestor read before the shortest wanted range
-        again = [batch.filter(pl.col("event_id").is_in(missing)) for batch in batches(False)]
-        rows = pl.concat([rows, *again])
-    return rows.sort("event_id")
+    """The ranges (`Trace.nvtx_ranges()` rows, which `batches(first)` gives) that `wanted`
+    selects, and every range open on the thread when a kept one starts (in `with_structure`'s
+    sweep), until none is added: `with_structure` gives each kept row the depth, parent and path
+    it has among all ranges. The analysis keeps only these when it does not write every range:
+    on long traces the stage, image and decode-step ranges are a small part of the ranges.
 
-
-def _open_ancestor_ids(lean: pl.DataFrame) -> pl.Series:
-    """`event_id`s of the `keep` rows of `lean` (`LEAN_COLUMNS` + `keep`) and of the ranges
-    open when a kept one starts, to the fixed point."""
-    order = lean.sort(
-        "global_tid", "start_ns", "end_ns", "event_id", descending=[False, False, True, False]
+    Two readings, each holding one batch and a few rows: the first (`first` True) keeps the
+    wanted and the start/end ranges (which may overlap anything), the second the push/pop
+    ranges holding the start of one of those on their thread. Push/pop ranges nest as a stack,
+    so every range open around a kept one is among them."""
+    first = [
+        b.filter(wanted.fill_null(False) | (pl.col("style") == "StartEnd")) for b in batches(True)
+    ]
+    found = pl.concat(first) if first else pl.DataFrame(schema=NVTX_RANGES_SCHEMA)
+    if not found.select(wanted.fill_null(False).any()).item():
+        return found.clear()
+    marks = found.filter(~pl.col("ends_on_other_thread")).select("global_tid", "start_ns")
+    marks = marks.sort("global_tid", "start_ns")
+    if marks.height:
+        seen = found["event_id"].implode()
+        found = pl.concat(
+            [
+                found,
+                *(
+                    _holding(b.filter(~pl.col("event_id").is_in(seen)), marks)
+                    for b in batches(False)
+                ),
+            ]
+        )
+    event_id, tid, start, end = (
+        found[c].to_numpy() for c in ("event_id", "global_tid", "start_ns", "end_ns")
     )
-    tid, start, end = (order[c].to_numpy() for c in ("global_tid", "start_ns", "end_ns"))
-    nests = ~order["ends_on_other_thread"].to_numpy()
-    keep = order["keep"].fill_null(False).to_numpy().copy()
+    keep = found.select(wanted.fill_null(False))[:, 0].to_numpy()
+    elsewhere = found["ends_on_other_thread"].to_numpy()
+    ids = _open_ancestor_ids(event_id, tid, start, end, elsewhere, keep)
+    return found.filter(pl.col("event_id").is_in(ids.implode())).sort("event_id")
+
+
+def _holding(batch: pl.DataFrame, marks: pl.DataFrame) -> pl.DataFrame:
+    """The rows of `batch` whose interval holds one of `marks` (`global_tid, start_ns`, sorted)
+    on their thread."""
+    mark_tid, mark_t = marks["global_tid"].to_numpy(), marks["start_ns"].to_numpy()
+    tid, start, end = (batch[c].to_numpy() for c in ("global_tid", "start_ns", "end_ns"))
+    lo = np.searchsorted(mark_tid, tid, side="left")
+    hi = np.searchsorted(mark_tid, tid, side="right")
+    first = lo + searchsorted_in(mark_t, lo, hi, start, "left")
+    holds = (first < hi) & (mark_t[np.minimum(first, mark_t.size - 1)] <= end)
+    return batch.filter(pl.Series(holds))
+
+
+def _open_ancestor_ids(
+    event_id: np.ndarray,
+    tid: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    elsewhere: np.ndarray,
+    keep: np.ndarray,
+) -> pl.Series:
+    """`event_id`s of the `keep` ranges and of the ranges open when a kept one starts, to the
+    fixed point."""
+    order = np.lexsort((event_id, -end, start, tid))
+    event_id, tid, start, end = event_id[order], tid[order], start[order], end[order]
+    nests, keep = ~elsewhere[order], keep[order]
+    del order
+    n = tid.size
     while True:
-        kept_at = np.flatnonzero(keep & nests)
-        if kept_at.size == 0:
-            break
-        after = np.searchsorted(kept_at, np.arange(tid.size), side="right")
-        nxt = kept_at[np.minimum(after, kept_at.size - 1)]
+        # the next kept (nesting) range after each position, n where none is
+        kept_here = np.where(keep & nests, np.arange(n), n)
+        nxt = np.minimum.accumulate(kept_here[::-1])[::-1]
+        nxt = np.r_[nxt[1:], n]
+        has = nxt < n
+        at = np.where(has, nxt, 0)
         # open at the next kept push: not yet ended, or of zero length at its very time
-        ends_after = (start[nxt] < end) | ((end == start) & (start[nxt] == end))
-        opened = (after < kept_at.size) & nests & ~keep & (tid[nxt] == tid) & ends_after
+        ends_after = (start[at] < end) | ((end == start) & (start[at] == end))
+        opened = has & nests & ~keep & (tid[at] == tid) & ends_after
         if not opened.any():
             break
         keep |= opened
-    return order.filter(pl.Series(keep))["event_id"]
+    return pl.Series("event_id", event_id[keep])
 
 
 def with_paths(structured: pl.DataFrame) -> pl.DataFrame:

@@ -42,21 +42,40 @@ def _batches(frame: pl.DataFrame, rows: int) -> Any:
 
 @st.composite
 def overlapping(draw: st.DrawFn) -> pl.DataFrame:
-    """Ranges on two threads that nest, overlap in part, share bounds or end elsewhere."""
-    rows = []
-    for i in range(draw(st.integers(1, 40))):
-        start = draw(st.integers(0, 60))
+    """Ranges on two threads: push/pop ones nested as a stack (of any length, bounds shared
+    or not), start/end ones anywhere (overlapping in part, or ending on another thread)."""
+    rows: list[dict[str, Any]] = []
+    names = st.sampled_from(["decode", "lib", "image", "warmup"])
+
+    def grow(tid: int, start: int, end: int, depth: int) -> None:
+        cursor = start
+        for _ in range(draw(st.integers(0, 3 if depth < 4 else 0))):
+            if cursor > end:
+                return
+            a = draw(st.integers(cursor, end))
+            b = draw(st.integers(a, end))
+            rows.append({"id": len(rows) + 1, "name": draw(names), "start": a, "end": b,
+                         "tid": tid})  # fmt: skip
+            grow(tid, a, b, depth + 1)
+            cursor = b
+
+    for tid in (1, 2):
+        grow(tid, 0, 100, 0)
+    for _ in range(draw(st.integers(0, 8))):
+        start = draw(st.integers(0, 100))
         rows.append(
             {
-                "id": i + 1,
-                "name": draw(st.sampled_from(["decode", "lib", "image", "warmup"])),
+                "id": len(rows) + 1,
+                "name": draw(names),
                 "start": start,
                 "end": start + draw(st.integers(0, 40)),
                 "tid": draw(st.sampled_from([1, 2])),
+                "style": "StartEnd",
                 "elsewhere": draw(st.booleans()) and draw(st.booleans()),
             }
         )
-    return ranges(*rows)
+    draw(st.randoms()).shuffle(rows)  # export order (the ids) is not start order
+    return ranges(*({**row, "id": i + 1} for i, row in enumerate(rows)))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

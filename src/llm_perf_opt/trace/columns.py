@@ -194,13 +194,6 @@ def nvtx_read(event_types: tuple[int, ...]) -> TableRead:
     )
 
 
-def nvtx_open_read(event_types: tuple[int, ...]) -> TableRead:
-    """What finding the threads with too many open ranges needs of NVTX_EVENTS: start, end,
-    thread."""
-    fields = _fields(pl.Int64(), ("start", "start"), ("end", "end"), ("globalTid", "globalTid"))
-    return TableRead(NVTX_TABLE, fields, event_types=event_types)
-
-
 def gpu_op_columns(*, lean: bool) -> list[str]:
     """Columns of `gpu_ops(lean=...)`, in order."""
     return [c for c in GPU_OPS_SCHEMA.names() if not lean or c not in LEAN_DROPS]

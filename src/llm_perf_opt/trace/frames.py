@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
+from typing import Final
 
 import polars as pl
 
@@ -49,7 +50,6 @@ from llm_perf_opt.trace.columns import (
     gpu_op_columns,
     gpu_op_read,
     meta_read,
-    nvtx_open_read,
     nvtx_read,
     pid_of,
     process_key,
@@ -222,20 +222,15 @@ class Trace(ABC):
         """NVTX range rows (`_named`) as `NVTX_RANGES_SCHEMA`, less the impossible ones and the
         open ranges of `crowded` threads (counted as `_drop_rows` does)."""
         raw = self._with_domain(raw)
+        unplaced, backwards, crowded_open = NVTX_LEFT_OUT
         raw = self._drop_rows(
-            raw,
-            pl.col("start").is_null() | pl.col("globalTid").is_null(),
-            "NVTX ranges without a start time or thread",
-            counts,
+            raw, pl.col("start").is_null() | pl.col("globalTid").is_null(), unplaced, counts
         )
-        raw = self._drop_rows(
-            raw, pl.col("end") < pl.col("start"), "NVTX ranges ending before they start", counts
-        )
+        raw = self._drop_rows(raw, pl.col("end") < pl.col("start"), backwards, counts)
         raw = self._drop_rows(
             raw,
             pl.col("end").is_null() & pl.col("globalTid").is_in(crowded.implode()),
-            f"open NVTX ranges on threads with more than {MAX_OPEN_RANGES_PER_THREAD} (never "
-            "ended: the capture did not just stop mid-range)",
+            crowded_open,
             counts,
         )
         end_of_trace = self.trace_end_ns
@@ -261,19 +256,31 @@ class Trace(ABC):
         return ranges.cast(dict(NVTX_RANGES_SCHEMA))  # type: ignore[arg-type]
 
     def nvtx_range_batches(self, rows: int, *, warn: bool = True) -> Iterator[pl.DataFrame]:
-        """The rows of `nvtx_ranges()` in frames of at most `rows` rows, in export order, with
-        only the current batch in memory (and two columns of every range, to find the threads
-        with too many open ranges first). `warn`: add the rows left out to `warnings` at the
-        end (once per trace: a second reading passes False)."""
+        """The rows of `nvtx_ranges()` in frames of at most `rows` rows, in export order but the
+        open ranges (never ended) last, with only the current batch and the open ranges in
+        memory: whether a thread has too many open ones is known at the end. `warn`: add the
+        rows left out to `warnings` at the end (once per trace: a second reading passes False)."""
         self._require_nvtx()
-        crowded = _crowded_threads(self._read(nvtx_open_read(NVTX_RANGE_TYPES)).drop_nulls("start"))
         counts: Counter[str] = Counter()
+        never_ended = pl.col("end").is_null() & pl.col("start").is_not_null()
+        held = []
+        no_thread = pl.Series("globalTid", [], pl.Int64)
         for part in self._read_batches(nvtx_read(NVTX_RANGE_TYPES), rows):
-            ranges = self._ranges_of(self._named(part), crowded, counts)
+            named = self._named(part)
+            held.append(named.filter(never_ended & pl.col("globalTid").is_not_null()))
+            ranges = self._ranges_of(
+                named.filter(~never_ended.fill_null(False) | pl.col("globalTid").is_null()),
+                no_thread,
+                counts,
+            )
             if ranges.height:
                 yield ranges
-        if warn:
-            self.warnings.extend(f"{n} {what} left out" for what, n in counts.items())
+        if held:
+            opened = pl.concat(held)
+            ranges = self._ranges_of(opened, _crowded_threads(opened), counts)
+            yield from _sliced(ranges, rows)
+        if warn:  # in the order a whole read warns
+            self.warnings.extend(f"{counts[w]} {w} left out" for w in NVTX_LEFT_OUT if counts[w])
 
     def nvtx_ranges(self) -> pl.DataFrame:
         """Push/pop and start/end ranges (incl. the Nvtxt 70/71 variants), one row each.
@@ -518,6 +525,15 @@ class Trace(ABC):
                 )
             previous = int(starts[-1])
             yield part
+
+
+# The NVTX ranges left out (with a counted warning), in the order they are checked.
+NVTX_LEFT_OUT: Final = (
+    "NVTX ranges without a start time or thread",
+    "NVTX ranges ending before they start",
+    f"open NVTX ranges on threads with more than {MAX_OPEN_RANGES_PER_THREAD} (never ended: "
+    "the capture did not just stop mid-range)",
+)
 
 
 def _crowded_threads(placed: pl.DataFrame) -> pl.Series:
