@@ -224,18 +224,19 @@ def innermost_containing(chain: pl.DataFrame, queries: pl.DataFrame, by: str) ->
     )
     t = found["t"].fill_null(-1).to_numpy()
     cand = found["cand"].fill_null(-1).to_numpy(writable=True)
-    # per range id: its end and its nearest selected ancestor (index arrays, not joins)
+    # per chain range, by sorted id: its end and its nearest selected ancestor (searches, not
+    # joins, nor tables as large as the largest id)
     ids = chain["range_id"].to_numpy()
-    size = int(ids.max()) + 1 if len(ids) else 1
-    end_of = np.full(size, -1, dtype=np.int64)
-    parent_of = np.full(size, -1, dtype=np.int64)
-    end_of[ids] = chain["end_ns"].to_numpy()
-    parent_of[ids] = chain["sel_parent_id"].fill_null(-1).to_numpy()
+    by_id = np.argsort(ids)
+    ids = ids[by_id]
+    end_of = chain["end_ns"].to_numpy()[by_id]
+    parent_of = chain["sel_parent_id"].fill_null(-1).to_numpy()[by_id]
     open_rows = np.flatnonzero(cand >= 0)
     while open_rows.size:
-        ended = end_of[cand[open_rows]] < t[open_rows]
-        open_rows = open_rows[ended]
-        cand[open_rows] = parent_of[cand[open_rows]]
+        at = np.searchsorted(ids, cand[open_rows])
+        ended = end_of[at] < t[open_rows]
+        open_rows, at = open_rows[ended], at[ended]
+        cand[open_rows] = parent_of[at]
         open_rows = open_rows[cand[open_rows] >= 0]
     result = np.full(len(cand), -1, dtype=np.int64)
     result[found["q"].to_numpy()] = cand

@@ -305,12 +305,17 @@ class _Counts:
     def _sum(self) -> None:
         if not self._new:
             return
-        codes = np.concatenate([self._codes, *(c for c, _ in self._new)])
-        counts = np.concatenate([self._counts, *(n for _, n in self._new)])
-        order = np.argsort(codes, kind="stable")  # the summed run is sorted already
-        codes, counts = codes[order], counts[order]
-        heads = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
-        self._codes, self._counts = codes[heads], np.add.reduceat(counts, heads)
+        new = np.concatenate([c for c, _ in self._new])
+        order = np.argsort(new)  # any order among equal codes: their counts are summed
+        new_codes, new_counts = _distinct(
+            new[order], np.concatenate([n for _, n in self._new])[order]
+        )
+        # two sorted runs of distinct codes: a stable sort merges them in linear time
+        codes = np.concatenate([self._codes, new_codes])
+        order = np.argsort(codes, kind="stable")
+        self._codes, self._counts = _distinct(
+            codes[order], np.concatenate([self._counts, new_counts])[order]
+        )
         self._new, self._new_rows = [], 0
 
     def take(self, keys: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -323,6 +328,14 @@ class _Counts:
         taken = key[flagged], latency, self._counts[flagged]
         self._codes, self._counts = self._codes[~flagged], self._counts[~flagged]
         return taken
+
+
+def _distinct(codes: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted codes made distinct, their counts summed."""
+    if codes.size == 0:
+        return codes, counts
+    heads = np.flatnonzero(np.r_[True, codes[1:] != codes[:-1]])
+    return codes[heads], np.add.reduceat(counts, heads)
 
 
 def _medians(

@@ -11,9 +11,9 @@ import numpy as np
 import polars as pl
 
 from llm_perf_opt.attribution import launch_slices
-from llm_perf_opt.intervals import chunk_bounds
+from llm_perf_opt.intervals import chunk_bounds, sorted_by
 from llm_perf_opt.nesting import innermost_containing, selected_chain
-from llm_perf_opt.onepass.calls import LaunchCalls
+from llm_perf_opt.onepass.calls import INT64_MAX, LaunchCalls
 from llm_perf_opt.onepass.schemas import (
     DEVICE_OPS_SCHEMA,
     GROUPS_SCHEMA,
@@ -121,9 +121,10 @@ class Totals:
     def add(self, ready: pl.DataFrame, calls: LaunchCalls) -> None:
         """Attribute released ops (in start order) and add them to every total."""
         first = calls.first_of_launch(ready["call"].to_numpy())
-        launched = ready.with_columns(first_of_launch=pl.Series(first)).sort(
-            "launch_tid", "launch_ns", "op_id", nulls_last=True
-        )
+        launched = ready.with_columns(first_of_launch=pl.Series(first))
+        tid, ns = (launched[c].fill_null(INT64_MAX).to_numpy() for c in ("launch_tid", "launch_ns"))
+        if not sorted_by(tid, ns, launched["op_id"].to_numpy()):  # one stream: in launch order
+            launched = launched.sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
         launch = launched["launch_ns"]
         active = np.zeros(0, dtype=np.int64)
         if launch.null_count() < launched.height:
