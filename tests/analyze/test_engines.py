@@ -13,7 +13,14 @@ import pytest
 from benchmarks.gen_trace import generate
 from polars.testing import assert_frame_equal
 
-from llm_perf_opt.analysis import IN_MEMORY, ONE_PASS, Analysis, AnalyzeOptions, analyze_trace
+from llm_perf_opt.analysis import (
+    IN_MEMORY,
+    IN_MEMORY_BYTES_PER_OP,
+    ONE_PASS,
+    Analysis,
+    AnalyzeOptions,
+    analyze_trace,
+)
 from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.stages import RangeRef
@@ -109,7 +116,7 @@ def test_a_missing_stage_still_gives_every_range() -> None:
 def test_the_budget_picks_the_engine() -> None:
     path = REPO / "traces" / "llama_1b_shape.sqlite.xz"
     rows = 15_635  # the capture's kernel, memcpy and memset rows
-    fits = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * 400)  # type: ignore[arg-type]
+    fits = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * IN_MEMORY_BYTES_PER_OP)  # type: ignore[arg-type]
     assert analyze_trace(path, fits).engine == IN_MEMORY
-    short = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * 400 - 1)  # type: ignore[arg-type]
+    short = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * IN_MEMORY_BYTES_PER_OP - 1)  # type: ignore[arg-type]
     assert analyze_trace(path, short).engine == ONE_PASS
