@@ -123,9 +123,19 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+# Options that change how a report is computed (the attribution engine, which ranges are
+# summed) but not the report: not part of a run's key.
+HOW_NOT_WHAT: Final = frozenset({"memory_budget_bytes", "every_range"})
+
+
 def options_json(options: AnalyzeOptions) -> str:
-    """The analysis options as canonical JSON (sorted keys): equal options, equal text."""
-    fields = {k: _jsonable(getattr(options, k)) for k in sorted(options.__dataclass_fields__)}
+    """The analysis options as canonical JSON (sorted keys): equal options, equal text. Those
+    that choose how the report is computed, not what it says (`HOW_NOT_WHAT`), are left out."""
+    fields = {
+        k: _jsonable(getattr(options, k))
+        for k in sorted(options.__dataclass_fields__)
+        if k not in HOW_NOT_WHAT
+    }
     return json.dumps(fields, sort_keys=True, separators=(",", ":"))
 
 
