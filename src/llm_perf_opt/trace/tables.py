@@ -72,10 +72,13 @@ class _ParquetFiles:
         return pl.scan_parquet(self.files[table]).select(columns)
 
     def batches(self, table: str, columns: list[str], rows: int) -> Iterator[pa.Table]:
-        """Only `columns`, decoded `rows` rows at a time (not a whole row group)."""
+        """One row group decoded at a time, only its `columns`, in slices of `rows` (pyarrow's
+        `iter_batches` peaked higher on the generated traces)."""
         with pq.ParquetFile(self.files[table]) as handle:
-            for batch in handle.iter_batches(batch_size=rows, columns=columns):
-                yield pa.Table.from_batches([batch])
+            for group in range(handle.metadata.num_row_groups):
+                decoded = handle.read_row_group(group, columns=columns)
+                for offset in range(0, decoded.num_rows, rows):
+                    yield decoded.slice(offset, rows)
 
     def where(self, table: str) -> str:
         return str(self.files[table])
