@@ -37,9 +37,9 @@ from llm_perf_opt.hostview import (
     sort_calls,
     sync_counts,
 )
+from llm_perf_opt.onepass.calls import INT64_MIN
 from llm_perf_opt.onepass.schemas import HOST_CALL_BATCH_SCHEMA, StreamOrderError
 
-INT64_MIN: Final = np.iinfo(np.int64).min
 # The classes of the API names seen so far, by StringIds id (`hostview.classify_names`).
 NAME_KINDS_SCHEMA: Final = pl.Schema(
     {

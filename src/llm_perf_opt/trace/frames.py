@@ -262,17 +262,16 @@ class Trace(ABC):
         rows left out to `warnings` at the end (once per trace: a second reading passes False)."""
         self._require_nvtx()
         counts: Counter[str] = Counter()
-        never_ended = pl.col("end").is_null() & pl.col("start").is_not_null()
+        # placed but never ended: whether their thread has too many is known at the end
+        held_back = pl.col("end").is_null() & pl.all_horizontal(
+            pl.col("start", "globalTid").is_not_null()
+        )
         held = []
         no_thread = pl.Series("globalTid", [], pl.Int64)
         for part in self._read_batches(nvtx_read(NVTX_RANGE_TYPES), rows):
             named = self._named(part)
-            held.append(named.filter(never_ended & pl.col("globalTid").is_not_null()))
-            ranges = self._ranges_of(
-                named.filter(~never_ended.fill_null(False) | pl.col("globalTid").is_null()),
-                no_thread,
-                counts,
-            )
+            held.append(named.filter(held_back))
+            ranges = self._ranges_of(named.filter(~held_back), no_thread, counts)
             if ranges.height:
                 yield ranges
         if held:
