@@ -79,7 +79,8 @@ class RunResult:
 
 
 def run(settings: RunSettings) -> RunResult:
-    """Build the model, warm up, run every image stage by stage, emit the metadata.
+    """Build the model, warm up, run every image stage by stage, emit the metadata (with
+    `settings.serve`, the serving loop instead: `runner.serving`).
 
     Unless `settings.sdpa_cudnn`, SDPA may use every backend but cuDNN attention (flash,
     memory-efficient, math) for the whole run.
@@ -88,6 +89,10 @@ def run(settings: RunSettings) -> RunResult:
         LlmPerfOptError: bad settings, missing or unreadable images, unavailable device.
     """
     with sdpa_backends(settings.sdpa_cudnn):
+        if settings.serve:
+            from llm_perf_opt.runner.serving import run_serve  # imports this module
+
+            return run_serve(settings)
         return _run(settings)
 
 
@@ -111,14 +116,14 @@ def _run(settings: RunSettings) -> RunResult:
         builtin_config(settings.model, tiny=settings.tiny).mode(settings.mode)
     if settings.static_compute:
         static_compute_module()  # fail before the model is built
-    sources = _load_images(settings)
-    built = _build(settings, dtype, device)
+    sources = load_images(settings)
+    built = build(settings, dtype, device)
     prepared = [
         prepare_image(built, image, settings.mode, settings.crops, source=source)
         for source, image in sources
     ]
-    _check_context(built, prepared, settings.max_new_tokens)
-    sync = _synchronizer(device)
+    check_context(built, prepared, settings.max_new_tokens)
+    sync = synchronizer(device)
     warmup_rounds = settings.warmup_rounds
     if warmup_rounds is None:
         warmup_rounds = 1 if device.type == "cuda" else 0
@@ -308,7 +313,7 @@ def resolve_device(requested: str | None) -> torch.device:
     return device
 
 
-def _build(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> BuiltModel:
+def build(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> BuiltModel:
     """Random-weight model for a family name, else the local snapshot at that path."""
     attn: Any = settings.attn_implementation
     experts: Any = settings.experts_implementation
@@ -327,14 +332,14 @@ def _build(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> B
     return load_local(Path(settings.model), dtype, device, attn, experts)
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
     """A function that waits for the device's queued work (a no-op on CPU)."""
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
 
 
-def _load_images(settings: RunSettings) -> list[tuple[str, Image.Image]]:
+def load_images(settings: RunSettings) -> list[tuple[str, Image.Image]]:
     """(source, image) pairs: the given files, else `num_images` synthetic pages."""
     if settings.images:
         return [(path, load_image(path)) for path in settings.images]
@@ -343,7 +348,7 @@ def _load_images(settings: RunSettings) -> list[tuple[str, Image.Image]]:
     ]
 
 
-def _check_context(built: BuiltModel, prepared: list[PreparedImage], max_new_tokens: int) -> None:
+def check_context(built: BuiltModel, prepared: list[PreparedImage], max_new_tokens: int) -> None:
     window = built.config.text.max_position_embeddings
     longest = max(p.prefill_len for p in prepared)
     if longest + max_new_tokens > window:
