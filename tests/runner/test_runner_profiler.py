@@ -15,7 +15,10 @@ pytest.importorskip("transformers", reason="needs the runner extra: pip install 
 pytest.importorskip("nvtx", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 
+from llm_perf_opt.errors import NoGpuOpsError
+from llm_perf_opt.meta import meta_from_marks
 from llm_perf_opt.runner.cli import main
+from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import RUN_META_TRACE_KEY
 from tests.runner.test_runner_cli import Node, NvtxRecorder, recorder
 
@@ -47,6 +50,11 @@ def span_tree(trace: dict[str, Any]) -> list[Tree]:
     return [freeze(r) for r in roots]
 
 
+def flatten(trees: list[Tree]) -> list[str]:
+    """Names in start order (parents before children)."""
+    return [n for name, children in trees for n in (name, *flatten(list(children)))]
+
+
 def nvtx_tree(nodes: list[Node]) -> list[Tree]:
     return [(n.name, tuple(nvtx_tree(n.children))) for n in nodes]
 
@@ -71,6 +79,14 @@ def test_profiler_trace_has_the_nvtx_ranges_as_spans_and_the_metadata(
     assert [name for name, _ in tree] == ["warmup", "image"]
     assert [name for name, _ in tree[1][1]] == ["vision", "prefill", "decode"]
     assert [name for name, _ in tree[1][1][2][1]] == ["decode_step"] * 2
+    # the analyzer's reader finds the metadata and the ranges; a CPU run has no GPU work
+    trace = open_trace(tmp_path / "run.pt.trace.json.gz")
+    found = meta_from_marks(trace.nvtx_marks())
+    assert found is not None and dict(found.raw) == meta
+    ranges = trace.nvtx_ranges().sort("start_ns", "end_ns", descending=[False, True])
+    assert ranges["name"].to_list() == flatten(tree)
+    with pytest.raises(NoGpuOpsError, match="record_function"):
+        trace.gpu_ops()
 
 
 def test_profiler_without_nvtx_and_an_explicit_path(tmp_path: Path, recorder: NvtxRecorder) -> None:
