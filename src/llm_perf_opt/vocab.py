@@ -72,6 +72,8 @@ SERVE_SCOPES: Final = (
     "gpu_model_runner: sample",
 )
 RUN_META_SCHEMA_ID: Final = "llm_perf_opt.run_meta/1"
+# top-level key of the run metadata in a PyTorch profiler trace (`add_metadata_json`)
+RUN_META_TRACE_KEY: Final = "llm_perf_opt.run_meta"
 STATIC_COMPUTE_SCHEMA_ID: Final = "llm_perf_opt.static_compute/1"
 MODEL_CONFIG_SCHEMA_ID: Final = "llm_perf_opt.model_config/1"
 

@@ -111,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
         "and the model's own shapes) and copy bandwidth; recorded as `calibration`",
     )
     p.add_argument(
+        "--profiler",
+        metavar="torch",
+        help="torch: also run under torch.profiler (CPU and CUDA activities); every range "
+        "becomes a record_function span of the same name and the metadata goes into the trace, "
+        "which the analyzer reads like an nsys export",
+    )
+    p.add_argument(
+        "--profiler-out",
+        metavar="FILE.json.gz",
+        help="where --profiler writes its Chrome trace (default: run.pt.trace.json.gz in --out)",
+    )
+    p.add_argument(
         "--static-compute",
         action="store_true",
         help="after the run, write static_compute.json/.md (fvcore FLOPs per stage) into --out",
@@ -187,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--max-new-tokens, or a GPU with more memory"
         )
     _print_summary(result.meta, str(result.meta_path))
+    if result.profile_path is not None:
+        print(f"profiler trace: {result.profile_path}")
     return 0
 
 

@@ -13,6 +13,9 @@ NVTX layout (domain `llm_perf_opt`, push/pop on the main thread):
         decode_step (payload: C = Lp + k, k = 1 .. max_new_tokens - 1)
     static_compute               (only with --static-compute, after the mark)
 
+Under `--profiler torch` the whole run is profiled and every range is also a `record_function`
+span of the same name (runner/torch_profile.py).
+
 Each stage and each decode step is bracketed by device synchronizations: the host waits before
 it starts the clock and again, inside the range, before it stops it, so wall seconds and the
 range's CPU interval both cover the stage's GPU work.
@@ -20,6 +23,7 @@ range's CPU interval both cover the stage's GPU work.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +55,7 @@ from llm_perf_opt.runner.stages import (
     vision_stage,
     with_random_pixels,
 )
+from llm_perf_opt.runner.torch_profile import PROFILE_FILENAME, torch_profile
 from llm_perf_opt.vocab import FAMILIES, STORAGE_DTYPES
 
 DTYPES: Final[dict[str, torch.dtype]] = {name: getattr(torch, name) for name in STORAGE_DTYPES}
@@ -76,6 +81,7 @@ class RunResult:
 
     meta: dict[str, Any]
     meta_path: Path
+    profile_path: Path | None = None
 
 
 def run(settings: RunSettings) -> RunResult:
@@ -88,12 +94,22 @@ def run(settings: RunSettings) -> RunResult:
     Raises:
         LlmPerfOptError: bad settings, missing or unreadable images, unavailable device.
     """
-    with sdpa_backends(settings.sdpa_cudnn):
+    with (
+        sdpa_backends(settings.sdpa_cudnn),
+        torch_profile(settings.profiler == "torch") as session,
+    ):
+        annotator = Annotator(settings.nvtx, session)
         if settings.serve:
             from llm_perf_opt.runner.serving import run_serve  # imports this module
 
-            return run_serve(settings)
-        return _run(settings)
+            result = run_serve(settings, annotator)
+        else:
+            result = _run(settings, annotator)
+    if session is None:
+        return result
+    out = settings.profiler_out
+    path = Path(out) if out is not None else result.meta_path.parent / PROFILE_FILENAME
+    return dataclasses.replace(result, profile_path=session.export(path))
 
 
 @contextmanager
@@ -108,10 +124,9 @@ def sdpa_backends(sdpa_cudnn: bool) -> Iterator[None]:
         yield
 
 
-def _run(settings: RunSettings) -> RunResult:
+def _run(settings: RunSettings, annotator: Annotator) -> RunResult:
     device = resolve_device(settings.device)
     dtype = DTYPES[settings.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    annotator = Annotator(settings.nvtx)
     if settings.model in FAMILIES:  # fail on a bad mode before building a full-size model
         builtin_config(settings.model, tiny=settings.tiny).mode(settings.mode)
     if settings.static_compute:

@@ -44,7 +44,7 @@ BATCHING: Final = "packed_tokens_per_request_attention"
 HF_DECODER: Final = "hf-decoder"
 
 
-def run_serve(settings: RunSettings) -> pipeline.RunResult:
+def run_serve(settings: RunSettings, annotator: Annotator) -> pipeline.RunResult:
     """Build, warm up, run the serving loop, emit the metadata (see the module docstring).
 
     Raises:
@@ -52,7 +52,6 @@ def run_serve(settings: RunSettings) -> pipeline.RunResult:
     """
     device = pipeline.resolve_device(settings.device)
     dtype = pipeline.DTYPES[settings.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    annotator = Annotator(settings.nvtx)
     sync = pipeline.synchronizer(device)
     rounds = settings.warmup_rounds
     if rounds is None:

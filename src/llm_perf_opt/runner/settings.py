@@ -23,6 +23,7 @@ ATTN_IMPLEMENTATIONS: Final = ("sdpa", "eager")
 EXPERTS_IMPLEMENTATIONS: Final = ("eager", "grouped_mm", "batched_mm")
 # expert backends without host synchronization inside the step, so CUDA graphs can capture it
 GRAPHABLE_EXPERTS: Final = ("grouped_mm", "batched_mm")
+PROFILERS: Final = ("torch",)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class RunSettings:
     `cuda_graphs` decodes through a static KV cache and a captured CUDA graph; it needs an
     expert backend in `GRAPHABLE_EXPERTS` (the eager loop syncs the host on `torch.nonzero`).
     `calibrate` measures GEMM and copy rates before the workload; `static_compute` writes the
-    fvcore static compute report into `out` after it.
+    fvcore static compute report into `out` after it. `profiler="torch"` runs it all under
+    `torch.profiler` and writes the Chrome trace to `profiler_out` (default: in `out`).
     `serve` runs the pages (or, with `decoder_config`, `num_requests` random prompts of
     `prompt_len` tokens on that Hugging Face decoder) as a serving engine's steps: request i
     arrives at step i·`arrival_every`, a step runs at most `token_budget` tokens (chunked
@@ -74,6 +76,8 @@ class RunSettings:
     decoder_config: str | None = None
     num_requests: int = 8
     prompt_len: int = 128
+    profiler: str | None = None
+    profiler_out: str | None = None
 
     def __post_init__(self) -> None:
         _at_least("max_new_tokens", self.max_new_tokens, 1)
@@ -97,6 +101,15 @@ class RunSettings:
                 f"cuda_graphs cannot capture experts_implementation "
                 f"{self.experts_implementation!r}: its per-expert loop synchronizes the host "
                 "(torch.nonzero); add --experts-implementation grouped_mm (or batched_mm)"
+            )
+        if self.profiler is not None:
+            _one_of("profiler", self.profiler, PROFILERS)
+        if self.profiler_out is not None and self.profiler is None:
+            raise ConfigError("profiler_out needs a profiler; add --profiler torch")
+        if self.profiler_out is not None and not self.profiler_out.endswith((".json", ".json.gz")):
+            raise ConfigError(
+                f"profiler_out {self.profiler_out!r} must end in .json or .json.gz "
+                "(a Chrome trace; .gz compresses it)"
             )
         if not self.model:
             raise ConfigError("model is empty; use deepseek-ocr, deepseek-ocr2 or a local path")
