@@ -11,14 +11,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import polars as pl
+from typing import TYPE_CHECKING, Any
 
 from llm_perf_opt.errors import ConfigError, MetaError
 from llm_perf_opt.schemas import check_run_meta, check_static_compute
 from llm_perf_opt.userfiles import parse_json, read_text
 from llm_perf_opt.vocab import RUN_META_SCHEMA_ID, VLLM_STEP_NAME
+
+if TYPE_CHECKING:  # the runner validates its metadata here and need not have polars
+    import polars as pl
 
 
 @dataclass(frozen=True)
