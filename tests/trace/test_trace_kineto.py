@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 
 from llm_perf_opt.analysis import IN_MEMORY, ONE_PASS, Analysis, AnalyzeOptions, analyze_trace
 from llm_perf_opt.cli.analyze import main
+from llm_perf_opt.cli.compare import main as compare_main
 from llm_perf_opt.errors import CorruptTraceError, WrongFileKindError
 from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.report import RENDERERS
@@ -236,8 +238,14 @@ def _gzip_cut(keep: float) -> bytes:
         ),
         (b'{"traceEvents": [{"ph": "X", "cat": "kernel", "ts": 1', CorruptTraceError, "parsed"),
         (_gzip_cut(0.5), CorruptTraceError, "truncated or damaged"),
+        (
+            b'{"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, '
+            b'"ts": 1, "dur": 2, "args": {"device": 0, "stream": "seven", "correlation": 3}}]}',
+            CorruptTraceError,
+            "streamId of CUPTI_ACTIVITY_KIND_KERNEL",
+        ),
     ],
-    ids=["no-events", "no-profiler-events", "cut-json", "cut-gzip"],
+    ids=["no-events", "no-profiler-events", "cut-json", "cut-gzip", "text-stream"],
 )
 def test_json_that_is_no_profiler_trace_is_a_one_line_error(
     tmp_path: Path, content: bytes, error: type[Exception], needle: str
@@ -252,3 +260,21 @@ def test_json_that_is_no_profiler_trace_is_a_one_line_error(
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0]
+
+
+def test_a_profiler_run_compares_with_its_nsys_run_like_any_two_runs(
+    generated_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    sqlite, profile = generated_pair
+    result = CliRunner().invoke(compare_main, [str(sqlite), "--", str(profile), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.stdout)["stages"]
+    deltas = {(s, m): v["delta_pct"] for s, ms in stages.items() for m, v in ms.items()}
+    assert ("decode", "busy_s") in deltas and ("prefill", "mfu_trace") in deltas
+    assert set(deltas.values()) == {0.0}
+    db = tmp_path / "results.sqlite"
+    batch = CliRunner().invoke(main, [str(sqlite.parent), "--db", str(db), "-j", "1"])
+    assert batch.exit_code == 0, batch.output
+    with sqlite3.connect(db) as conn:
+        names = sorted(r[0] for r in conn.execute("SELECT trace_name FROM runs"))
+    assert names == sorted([sqlite.name, profile.name])

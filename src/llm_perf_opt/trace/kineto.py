@@ -37,6 +37,7 @@ import weakref
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Final
 
@@ -68,6 +69,7 @@ GZIP_MAGIC: Final = b"\x1f\x8b"
 # Events buffered per table before they are converted and written out.
 SPILL_ROWS: Final = 1 << 14
 EVENTS_PREFIX: Final = "traceEvents"
+PART_SUFFIX: Final = ".part.arrow"
 # Top-level keys Kineto itself writes that say nothing the analysis uses.
 KINETO_KEYS: Final = frozenset(
     {"schemaVersion", "deviceProperties", "distributedInfo", "displayTimeUnit", "traceName"}
@@ -146,6 +148,10 @@ CATEGORIES: Final = {
 _LAUNCHED: Final = (*GPU_OP_TABLES.values(), SYNC_TABLE)
 
 
+class _BadValueError(ValueError):
+    """An event field holds what its column cannot (text for a stream, an id past int64)."""
+
+
 class KinetoTrace(TableTrace):
     """A PyTorch profiler trace, read through the nsys tables it was converted into. Its ranges
     have no NVTX domain, so stage names match in any domain."""
@@ -193,7 +199,7 @@ def open_kineto(path: Path) -> KinetoTrace:
             with _opened(path) as handle:
                 for event in ijson.items(handle, f"{EVENTS_PREFIX}.item"):
                     converter.add(event)
-        files = converter.finish(head)
+            files = converter.finish(head)
     except BaseException:
         remove_scratch_dir(scratch)
         raise
@@ -237,6 +243,11 @@ def _reading(path: Path) -> Iterator[None]:
             f"{path}: the profiler trace cannot be parsed ({first}); it is truncated or "
             f"damaged. Write it again with {EXPORT_COMMAND}."
         ) from None
+    except _BadValueError as exc:
+        raise CorruptTraceError(
+            f"{path}: a profiler event holds a value of the wrong type ({exc}); the trace was "
+            f"edited or damaged. Write it again with {EXPORT_COMMAND}."
+        ) from None
 
 
 def _head_values(path: Path) -> dict[str, Any] | None:
@@ -262,8 +273,9 @@ def _head_values(path: Path) -> dict[str, Any] | None:
 
 
 def _ns(values: list[Any]) -> list[int | None]:
-    """Exact integer ns of µs values parsed as int or Decimal (None stays None)."""
-    return [None if v is None else int(v * 1000) for v in values]
+    """Exact integer ns of µs values parsed as int or Decimal (anything else: None, a row the
+    reader leaves out with a counted warning)."""
+    return [int(v * 1000) if type(v) is Decimal or type(v) is int else None for v in values]
 
 
 def _global_tids(events: list[dict[str, Any]]) -> list[int | None]:
@@ -299,10 +311,14 @@ class _Spill:
         self._writer: ipc.RecordBatchStreamWriter | None = None
 
     def write(self, columns: list[list[Any]]) -> None:
-        batch = pa.record_batch(
-            [pa.array(col, type=f.type) for col, f in zip(columns, self.schema, strict=True)],
-            schema=self.schema,
-        )
+        arrays = []
+        for column, field in zip(columns, self.schema, strict=True):
+            try:
+                arrays.append(pa.array(column, type=field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                table = self.path.name.removesuffix(PART_SUFFIX)
+                raise _BadValueError(f"{field.name} of {table}: {exc}") from None
+        batch = pa.record_batch(arrays, schema=self.schema)
         if self._writer is None:
             self._writer = ipc.new_stream(str(self.path), self.schema)
         self._writer.write_batch(batch)
@@ -320,7 +336,7 @@ class _Converter:
     def __init__(self, scratch: Path) -> None:
         self.scratch = scratch
         self.spills = {
-            table: _Spill(scratch / f"{table}.part.arrow", schema)
+            table: _Spill(scratch / f"{table}{PART_SUFFIX}", schema)
             for table, (schema, _) in TABLES.items()
         }
         self.strings: dict[str, int] = {}
@@ -336,8 +352,10 @@ class _Converter:
         }
         self._by_category = {cat: self.spills[table] for cat, table in CATEGORIES.items()}
 
-    def add(self, event: dict[str, Any]) -> None:
-        """One element of `traceEvents`."""
+    def add(self, event: Any) -> None:
+        """One element of `traceEvents` (what is not an object is skipped)."""
+        if type(event) is not dict:
+            return
         ph = event.get("ph")
         if ph == "X":
             spill = self._by_category.get(event.get("cat", ""))
@@ -350,7 +368,7 @@ class _Converter:
 
     def _flush(self, spill: _Spill) -> None:
         if spill.events:
-            table = spill.path.name.removesuffix(".part.arrow")
+            table = spill.path.name.removesuffix(PART_SUFFIX)
             spill.write(self._columns[table](spill.events))
             spill.events = []
 
