@@ -278,3 +278,40 @@ def test_a_profiler_run_compares_with_its_nsys_run_like_any_two_runs(
     with sqlite3.connect(db) as conn:
         names = sorted(r[0] for r in conn.execute("SELECT trace_name FROM runs"))
     assert names == sorted([sqlite.name, profile.name])
+
+
+# Captures of one runner configuration by nsys and by `--profiler torch`, committed side by side
+# as traces/NAME.sqlite.xz and traces/NAME.pt.trace.json.gz: two runs of the same work.
+CAPTURE_PAIRS = sorted(
+    (p.with_name(p.name.removesuffix(".pt.trace.json.gz") + ".sqlite.xz"), p)
+    for p in (REPO / "traces").glob("*.pt.trace.json.gz")
+    if p.with_name(p.name.removesuffix(".pt.trace.json.gz") + ".sqlite.xz").exists()
+)
+# Busy time and MFU of two runs differ by run-to-run noise and each tool's overhead.
+RUN_TOLERANCE = 0.03
+
+
+def assert_same_work(nsys: dict[str, Any], profiler: dict[str, Any], tolerance: float) -> None:
+    """Per stage: GPU op and kernel counts and FLOPs equal, GPU busy and MFU (trace) within
+    `tolerance`; the decode steps' count equal."""
+    assert nsys["stages"].keys() == profiler["stages"].keys()
+    for name, stage in nsys["stages"].items():
+        other = profiler["stages"][name]
+        for key in ("n_instances", "n_gpu_ops", "n_kernels", "flops"):
+            assert other[key] == stage[key], (name, key)
+        for key in ("gpu_busy_s", "mfu_trace"):
+            assert other[key] == pytest.approx(stage[key], rel=tolerance), (name, key)
+    assert len(profiler["decode_steps"] or []) == len(nsys["decode_steps"] or [])
+
+
+def test_generated_pair_does_the_same_work(generated_pair: tuple[Path, Path]) -> None:
+    sqlite, profile = generated_pair
+    reports = [_report_json(analyze_trace(p, AnalyzeOptions())) for p in (sqlite, profile)]
+    assert_same_work(*reports, tolerance=0.0)
+
+
+@pytest.mark.skipif(not CAPTURE_PAIRS, reason="no nsys/profiler capture pair in traces/ yet")
+@pytest.mark.parametrize("pair", CAPTURE_PAIRS, ids=lambda p: p[1].name)
+def test_committed_capture_pair_does_the_same_work(pair: tuple[Path, Path]) -> None:
+    reports = [_report_json(analyze_trace(p, AnalyzeOptions())) for p in pair]
+    assert_same_work(*reports, tolerance=RUN_TOLERANCE)
