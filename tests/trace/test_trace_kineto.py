@@ -49,16 +49,22 @@ def event(cat: str, name: str, ts: str, dur: str, pid: int, tid: int, **args: An
     )
 
 
-def test_microsecond_decimals_become_exact_nanoseconds(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("api", "kernel"),
+    [("cuda_runtime", "kernel"), ("cuda_driver", "kernel"), ("Runtime", "Kernel")],
+    ids=["runtime", "driver", "older-kineto"],
+)
+def test_microsecond_decimals_become_exact_nanoseconds(
+    tmp_path: Path, api: str, kernel: str
+) -> None:
     # 19 significant digits: a float cannot hold this time to the ns
     assert round(float("1707417525512283.123") * 1000) != 1707417525512283123
     path = write_trace(
         tmp_path / "t.json",
         [
             event("user_annotation", "prefill", "1707417525512280.000", "20.500", 7, 8),
-            event("cuda_runtime", "cudaLaunchKernel", "1707417525512281.999", "1.5", 7, 8,
-                  correlation=5),
-            event("kernel", "gemm", "1707417525512283.123", "2.001", 0, 3, device=0, stream=3,
+            event(api, "cudaLaunchKernel", "1707417525512281.999", "1.5", 7, 8, correlation=5),
+            event(kernel, "gemm", "1707417525512283.123", "2.001", 0, 3, device=0, stream=3,
                   correlation=5),
         ],
     )  # fmt: skip
