@@ -9,7 +9,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 import pytest
@@ -18,6 +18,7 @@ from benchmarks.sqlite_to_kineto import convert
 from click.testing import CliRunner
 
 from llm_perf_opt.analysis import IN_MEMORY, ONE_PASS, Analysis, AnalyzeOptions, analyze_trace
+from llm_perf_opt.attribution import attribute
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.cli.compare import main as compare_main
 from llm_perf_opt.errors import CorruptTraceError, WrongFileKindError
@@ -25,6 +26,7 @@ from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.trace import open_trace, scratch_dirs
 from llm_perf_opt.trace.kineto import KinetoTrace
+from llm_perf_opt.vocab import NVTX_DOMAIN
 
 REPO = Path(__file__).resolve().parents[2]
 ALEXNET = (
@@ -286,15 +288,17 @@ def test_a_profiler_run_compares_with_its_nsys_run_like_any_two_runs(
     assert names == sorted([sqlite.name, profile.name])
 
 
-# Captures of one runner configuration by nsys and by `--profiler torch`, committed side by side
-# as traces/NAME.sqlite.xz and traces/NAME.pt.trace.json.gz: two runs of the same work.
-CAPTURE_PAIRS = sorted(
-    (p.with_name(p.name.removesuffix(".pt.trace.json.gz") + ".sqlite.xz"), p)
-    for p in (REPO / "traces").glob("*.pt.trace.json.gz")
-    if p.with_name(p.name.removesuffix(".pt.trace.json.gz") + ".sqlite.xz").exists()
-)
+# The GPU captures of one runner configuration run under nsys and again under `--profiler
+# torch` (traces/README.md): two runs of the same work on one H200.
+CAPTURE_PAIRS: Final = {
+    "dsocr_v1_pair": ("dsocr_v1_pair_nsys.sqlite.xz", "dsocr_v1_pair_torch.pt.trace.json.gz"),
+    "llama_1b_serve": ("llama_1b_serve.sqlite.xz", "llama_1b_serve_torch.pt.trace.json.gz"),
+}
 # Busy time and MFU of two runs differ by run-to-run noise and each tool's overhead.
 RUN_TOLERANCE = 0.03
+# Ranges of fewer GPU ops (a serving step's sample or preprocess scope: 2-4 ops of a few µs)
+# differ by more than that between two runs; their op counts must still be equal.
+BUSY_CHECKED_OPS = 100
 
 
 def assert_same_work(nsys: dict[str, Any], profiler: dict[str, Any], tolerance: float) -> None:
@@ -316,8 +320,28 @@ def test_generated_pair_does_the_same_work(generated_pair: tuple[Path, Path]) ->
     assert_same_work(*reports, tolerance=0.0)
 
 
-@pytest.mark.skipif(not CAPTURE_PAIRS, reason="no nsys/profiler capture pair in traces/ yet")
-@pytest.mark.parametrize("pair", CAPTURE_PAIRS, ids=lambda p: p[1].name)
-def test_committed_capture_pair_does_the_same_work(pair: tuple[Path, Path]) -> None:
-    reports = [_report_json(analyze_trace(p, AnalyzeOptions())) for p in pair]
+def test_stage_by_stage_capture_pair_gives_one_report() -> None:
+    nsys, profiler = (REPO / "traces" / name for name in CAPTURE_PAIRS["dsocr_v1_pair"])
+    reports = [_report_json(analyze_trace(p, AnalyzeOptions())) for p in (nsys, profiler)]
+    assert set(reports[0]["stages"]) == {"vision", "prefill", "decode"}
+    assert reports[1]["gpu_name"] == reports[0]["gpu_name"] == "NVIDIA H200"
     assert_same_work(*reports, tolerance=RUN_TOLERANCE)
+
+
+@pytest.mark.parametrize("pair", CAPTURE_PAIRS)
+def test_every_range_of_a_capture_pair_launches_the_same_ops(pair: str) -> None:
+    """Range by range in start order (stages, decode steps, serving steps and their scopes):
+    the same names, the same GPU op counts, busy time within the tolerance."""
+    nsys, profiler = (
+        attribute(open_trace(REPO / "traces" / name)).ranges.sort("cpu_start_ns", "depth")
+        for name in CAPTURE_PAIRS[pair]
+    )
+    nsys = nsys.filter(pl.col("domain") == NVTX_DOMAIN)  # not the CUB library's own ranges
+    columns = ["name", "depth", "n_gpu_ops"]
+    assert nsys.height > 20
+    assert profiler.select(columns).rows() == nsys.select(columns).rows()
+    busy = nsys.select("n_gpu_ops", "gpu_busy_ns", profiler=profiler["gpu_busy_ns"])
+    checked = busy.filter(pl.col("n_gpu_ops") >= BUSY_CHECKED_OPS)
+    assert checked.height > 10
+    for ops, base, other in checked.rows():
+        assert other == pytest.approx(base, rel=RUN_TOLERANCE), ops
