@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import polars as pl
 import pytest
+from benchmarks.bench_kineto import normalized
 from benchmarks.gen_trace import generate
 from benchmarks.sqlite_to_kineto import convert
 from click.testing import CliRunner
@@ -33,8 +34,6 @@ ALEXNET = (
     REPO / "tests" / "data" / "hta_alexnet" / "benchmark_result_2869224_1695835535_trace.json.gz"
 )
 HUGE = 1 << 40
-# where the decode steps' context lengths came from: payloads (nsys) or the metadata (profiler)
-CONTEXT_SOURCES = ("decode_step payloads", "metadata decode_context_lens")
 
 
 def write_trace(path: Path, events: Iterable[str], head: str = '"schemaVersion": 1, ') -> Path:
@@ -177,21 +176,6 @@ def test_public_trace_analyzed_with_stage_flags_on_the_cli(tmp_path: Path) -> No
     assert pl.read_csv(out).height == 8
 
 
-def _normalized(report: Any) -> Any:
-    """A JSON report without what a profiler span cannot carry (payloads, hence image indexes and
-    the source of the decode context; NVTX domains and event ids) and the input's path."""
-    dropped = {"trace", "image_index", "payload_ctx_len", "range_id", "domain"}
-    if isinstance(report, dict):
-        return {
-            k: _normalized(v)
-            for k, v in report.items()
-            if k not in dropped and not (k == "source" and v in CONTEXT_SOURCES)
-        }
-    if isinstance(report, list):
-        return [_normalized(v) for v in report]
-    return report
-
-
 @pytest.fixture(scope="module")
 def generated_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("kineto")
@@ -211,7 +195,7 @@ def test_profiler_trace_of_a_run_gives_its_nsys_report(generated_pair: tuple[Pat
     sqlite, profile = generated_pair
     nsys = _report_json(analyze_trace(sqlite, AnalyzeOptions(memory_budget_bytes=HUGE)))
     kineto = _report_json(analyze_trace(profile, AnalyzeOptions(memory_budget_bytes=HUGE)))
-    assert _normalized(kineto) == _normalized(nsys)
+    assert normalized(kineto) == normalized(nsys)
     stages = kineto["stages"]
     assert set(stages) == {"vision", "prefill", "decode"}
     assert all(s["n_kernels"] > 0 and s["flops"] > 0 for s in stages.values())
