@@ -5,6 +5,10 @@ or temperature hits both alike, and prints per-stage medians and the on/off rati
 pair. Run on the GPU machine (outside nsys, or inside it to see the cost with a collector):
 
     python3 benchmarks/bench_nvtx_overhead.py --model deepseek-ocr --mode base --pairs 5
+
+`--profiler` measures `--profiler torch` instead: each "on" pass runs in its own
+`torch.profiler` session (CPU and, on CUDA, CUDA activities) with the ranges as
+`record_function` spans and no NVTX; its trace is dropped, so only the recording is timed.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import argparse
 import json
 import statistics
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -24,6 +29,7 @@ from llm_perf_opt.runner.nvtx_marks import Annotator
 from llm_perf_opt.runner.pipeline import resolve_device, run_image, sdpa_backends, synchronizer
 from llm_perf_opt.runner.preprocess import synthetic_page
 from llm_perf_opt.runner.stages import prepare_image
+from llm_perf_opt.runner.torch_profile import TorchProfile, torch_profile
 
 
 def main() -> None:
@@ -40,13 +46,21 @@ def _main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--profiler", action="store_true", help="measure torch.profiler spans instead of NVTX"
+    )
     args = parser.parse_args()
+    on_key, off_key = ("profiler", "no_profiler") if args.profiler else ("nvtx", "no_nvtx")
     device = resolve_device(None)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     built = build_model(args.model, tiny=args.tiny, dtype=dtype, device=str(device))
     pages = [prepare_image(built, synthetic_page(i), args.mode) for i in range(args.images)]
     sync = synchronizer(device)
-    annotators = {True: Annotator(True), False: Annotator(False)}
+    annotators = {True: Annotator(not args.profiler), False: Annotator(False)}
+
+    def session(on: bool) -> AbstractContextManager[TorchProfile | None]:
+        return torch_profile(True) if on and args.profiler else nullcontext()
+
     run_image(built, pages[0], 4, annotators[False], 0, sync)  # warm up kernels and allocator
     totals: dict[bool, list[float]] = {True: [], False: []}
     stages: dict[bool, dict[str, list[float]]] = {
@@ -55,8 +69,13 @@ def _main() -> None:
     for _ in range(args.pairs):
         for on in (True, False):
             total = 0.0
-            for i, page in enumerate(pages):
-                t = run_image(built, page, args.max_new_tokens, annotators[on], i, sync)
+            with session(on) as spans:
+                annotator = Annotator(False, spans) if spans else annotators[on]
+                timings = [
+                    run_image(built, page, args.max_new_tokens, annotator, i, sync)
+                    for i, page in enumerate(pages)
+                ]
+            for t in timings:
                 for name, value in (
                     ("vision", t.vision_s),
                     ("prefill", t.prefill_s),
@@ -74,14 +93,14 @@ def _main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "pairs": args.pairs,
         "median_total_s": {
-            "nvtx": statistics.median(totals[True]),
-            "no_nvtx": statistics.median(totals[False]),
+            on_key: statistics.median(totals[True]),
+            off_key: statistics.median(totals[False]),
         },
         "median_stage_s": {
-            ("nvtx" if on else "no_nvtx"): {k: statistics.median(v) for k, v in stages[on].items()}
+            (on_key if on else off_key): {k: statistics.median(v) for k, v in stages[on].items()}
             for on in (True, False)
         },
-        "ratio_nvtx_over_none": {
+        f"ratio_{on_key}_over_none": {
             "median": statistics.median(ratios),
             "min": min(ratios),
             "max": max(ratios),

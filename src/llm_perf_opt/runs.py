@@ -45,7 +45,16 @@ from llm_perf_opt.resultsdb import (
 from llm_perf_opt.trace import table_dir_format
 
 # Trace files; a folder of a parquetdir or arrowdir export is one trace too (`is_trace_file`).
-TRACE_SUFFIXES: Final = (".sqlite", ".sqlite.xz", ".sqlite.gz", ".arrows", ".arrow")
+# `.pt.trace.json[.gz]`: the PyTorch profiler's names (any other name is read when given itself)
+TRACE_SUFFIXES: Final = (
+    ".sqlite",
+    ".sqlite.xz",
+    ".sqlite.gz",
+    ".arrows",
+    ".arrow",
+    ".pt.trace.json",
+    ".pt.trace.json.gz",
+)
 GLOB_CHARS: Final = frozenset("*?[")
 DASK_ENV: Final = "DASK_SCHEDULER_ADDRESS"
 SUMMARY_SCHEMA_ID: Final = "llm_perf_opt.mfu_summary/1"
@@ -86,10 +95,10 @@ def is_trace_file(path: Path) -> bool:
 
 
 def expand_paths(specs: Sequence[str]) -> list[Path]:
-    """Trace paths from files, directories (their `*.sqlite[.xz|.gz]`, `*.arrow[s]` and table
-    export folders, recursively; a table export folder itself is one trace) and globs, in the
-    order given, each once. A plain path is kept even when missing: its analysis then
-    fails with the reader's error, next to the others.
+    """Trace paths from files, directories (their `*.sqlite[.xz|.gz]`, `*.arrow[s]`,
+    `*.pt.trace.json[.gz]` and table export folders, recursively; a table export folder itself
+    is one trace) and globs, in the order given, each once. A plain path is kept even when
+    missing: its analysis then fails with the reader's error, next to the others.
 
     Raises:
         NoTracesError: a directory or glob matched no trace.

@@ -6,31 +6,34 @@ from __future__ import annotations
 
 import gzip
 import json
+import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 import pytest
+from benchmarks.bench_kineto import normalized
 from benchmarks.gen_trace import generate
 from benchmarks.sqlite_to_kineto import convert
 from click.testing import CliRunner
 
 from llm_perf_opt.analysis import IN_MEMORY, ONE_PASS, Analysis, AnalyzeOptions, analyze_trace
+from llm_perf_opt.attribution import attribute
 from llm_perf_opt.cli.analyze import main
+from llm_perf_opt.cli.compare import main as compare_main
 from llm_perf_opt.errors import CorruptTraceError, WrongFileKindError
 from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.trace import open_trace, scratch_dirs
 from llm_perf_opt.trace.kineto import KinetoTrace
+from llm_perf_opt.vocab import NVTX_DOMAIN
 
 REPO = Path(__file__).resolve().parents[2]
 ALEXNET = (
     REPO / "tests" / "data" / "hta_alexnet" / "benchmark_result_2869224_1695835535_trace.json.gz"
 )
 HUGE = 1 << 40
-# where the decode steps' context lengths came from: payloads (nsys) or the metadata (profiler)
-CONTEXT_SOURCES = ("decode_step payloads", "metadata decode_context_lens")
 
 
 def write_trace(path: Path, events: Iterable[str], head: str = '"schemaVersion": 1, ') -> Path:
@@ -47,16 +50,22 @@ def event(cat: str, name: str, ts: str, dur: str, pid: int, tid: int, **args: An
     )
 
 
-def test_microsecond_decimals_become_exact_nanoseconds(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("api", "kernel"),
+    [("cuda_runtime", "kernel"), ("cuda_driver", "kernel"), ("Runtime", "Kernel")],
+    ids=["runtime", "driver", "older-kineto"],
+)
+def test_microsecond_decimals_become_exact_nanoseconds(
+    tmp_path: Path, api: str, kernel: str
+) -> None:
     # 19 significant digits: a float cannot hold this time to the ns
     assert round(float("1707417525512283.123") * 1000) != 1707417525512283123
     path = write_trace(
         tmp_path / "t.json",
         [
             event("user_annotation", "prefill", "1707417525512280.000", "20.500", 7, 8),
-            event("cuda_runtime", "cudaLaunchKernel", "1707417525512281.999", "1.5", 7, 8,
-                  correlation=5),
-            event("kernel", "gemm", "1707417525512283.123", "2.001", 0, 3, device=0, stream=3,
+            event(api, "cudaLaunchKernel", "1707417525512281.999", "1.5", 7, 8, correlation=5),
+            event(kernel, "gemm", "1707417525512283.123", "2.001", 0, 3, device=0, stream=3,
                   correlation=5),
         ],
     )  # fmt: skip
@@ -167,21 +176,6 @@ def test_public_trace_analyzed_with_stage_flags_on_the_cli(tmp_path: Path) -> No
     assert pl.read_csv(out).height == 8
 
 
-def _normalized(report: Any) -> Any:
-    """A JSON report without what a profiler span cannot carry (payloads, hence image indexes and
-    the source of the decode context; NVTX domains and event ids) and the input's path."""
-    dropped = {"trace", "image_index", "payload_ctx_len", "range_id", "domain"}
-    if isinstance(report, dict):
-        return {
-            k: _normalized(v)
-            for k, v in report.items()
-            if k not in dropped and not (k == "source" and v in CONTEXT_SOURCES)
-        }
-    if isinstance(report, list):
-        return [_normalized(v) for v in report]
-    return report
-
-
 @pytest.fixture(scope="module")
 def generated_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("kineto")
@@ -201,7 +195,7 @@ def test_profiler_trace_of_a_run_gives_its_nsys_report(generated_pair: tuple[Pat
     sqlite, profile = generated_pair
     nsys = _report_json(analyze_trace(sqlite, AnalyzeOptions(memory_budget_bytes=HUGE)))
     kineto = _report_json(analyze_trace(profile, AnalyzeOptions(memory_budget_bytes=HUGE)))
-    assert _normalized(kineto) == _normalized(nsys)
+    assert normalized(kineto) == normalized(nsys)
     stages = kineto["stages"]
     assert set(stages) == {"vision", "prefill", "decode"}
     assert all(s["n_kernels"] > 0 and s["flops"] > 0 for s in stages.values())
@@ -236,8 +230,14 @@ def _gzip_cut(keep: float) -> bytes:
         ),
         (b'{"traceEvents": [{"ph": "X", "cat": "kernel", "ts": 1', CorruptTraceError, "parsed"),
         (_gzip_cut(0.5), CorruptTraceError, "truncated or damaged"),
+        (
+            b'{"traceEvents": [{"ph": "X", "cat": "kernel", "name": "k", "pid": 0, "tid": 7, '
+            b'"ts": 1, "dur": 2, "args": {"device": 0, "stream": "seven", "correlation": 3}}]}',
+            CorruptTraceError,
+            "streamId of CUPTI_ACTIVITY_KIND_KERNEL",
+        ),
     ],
-    ids=["no-events", "no-profiler-events", "cut-json", "cut-gzip"],
+    ids=["no-events", "no-profiler-events", "cut-json", "cut-gzip", "text-stream"],
 )
 def test_json_that_is_no_profiler_trace_is_a_one_line_error(
     tmp_path: Path, content: bytes, error: type[Exception], needle: str
@@ -252,3 +252,80 @@ def test_json_that_is_no_profiler_trace_is_a_one_line_error(
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0]
+
+
+def test_a_profiler_run_compares_with_its_nsys_run_like_any_two_runs(
+    generated_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    sqlite, profile = generated_pair
+    result = CliRunner().invoke(compare_main, [str(sqlite), "--", str(profile), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    stages = json.loads(result.stdout)["stages"]
+    deltas = {(s, m): v["delta_pct"] for s, ms in stages.items() for m, v in ms.items()}
+    assert ("decode", "busy_s") in deltas and ("prefill", "mfu_trace") in deltas
+    assert set(deltas.values()) == {0.0}
+    db = tmp_path / "results.sqlite"
+    batch = CliRunner().invoke(main, [str(sqlite.parent), "--db", str(db), "-j", "1"])
+    assert batch.exit_code == 0, batch.output
+    with sqlite3.connect(db) as conn:
+        names = sorted(r[0] for r in conn.execute("SELECT trace_name FROM runs"))
+    assert names == sorted([sqlite.name, profile.name])
+
+
+# The GPU captures of one runner configuration run under nsys and again under `--profiler
+# torch` (traces/README.md): two runs of the same work on one H200.
+CAPTURE_PAIRS: Final = {
+    "dsocr_v1_pair": ("dsocr_v1_pair_nsys.sqlite.xz", "dsocr_v1_pair_torch.pt.trace.json.gz"),
+    "llama_1b_serve": ("llama_1b_serve.sqlite.xz", "llama_1b_serve_torch.pt.trace.json.gz"),
+}
+# Busy time and MFU of two runs differ by run-to-run noise and each tool's overhead.
+RUN_TOLERANCE = 0.03
+# Ranges of fewer GPU ops (a serving step's sample or preprocess scope: 2-4 ops of a few µs)
+# differ by more than that between two runs; their op counts must still be equal.
+BUSY_CHECKED_OPS = 100
+
+
+def assert_same_work(nsys: dict[str, Any], profiler: dict[str, Any], tolerance: float) -> None:
+    """Per stage: GPU op and kernel counts and FLOPs equal, GPU busy and MFU (trace) within
+    `tolerance`; the decode steps' count equal."""
+    assert nsys["stages"].keys() == profiler["stages"].keys()
+    for name, stage in nsys["stages"].items():
+        other = profiler["stages"][name]
+        for key in ("n_instances", "n_gpu_ops", "n_kernels", "flops"):
+            assert other[key] == stage[key], (name, key)
+        for key in ("gpu_busy_s", "mfu_trace"):
+            assert other[key] == pytest.approx(stage[key], rel=tolerance), (name, key)
+    assert len(profiler["decode_steps"] or []) == len(nsys["decode_steps"] or [])
+
+
+def test_generated_pair_does_the_same_work(generated_pair: tuple[Path, Path]) -> None:
+    sqlite, profile = generated_pair
+    reports = [_report_json(analyze_trace(p, AnalyzeOptions())) for p in (sqlite, profile)]
+    assert_same_work(*reports, tolerance=0.0)
+
+
+def test_stage_by_stage_capture_pair_gives_one_report() -> None:
+    nsys, profiler = (REPO / "traces" / name for name in CAPTURE_PAIRS["dsocr_v1_pair"])
+    reports = [_report_json(analyze_trace(p, AnalyzeOptions())) for p in (nsys, profiler)]
+    assert set(reports[0]["stages"]) == {"vision", "prefill", "decode"}
+    assert reports[1]["gpu_name"] == reports[0]["gpu_name"] == "NVIDIA H200"
+    assert_same_work(*reports, tolerance=RUN_TOLERANCE)
+
+
+@pytest.mark.parametrize("pair", CAPTURE_PAIRS)
+def test_every_range_of_a_capture_pair_launches_the_same_ops(pair: str) -> None:
+    """Range by range in start order (stages, decode steps, serving steps and their scopes):
+    the same names, the same GPU op counts, busy time within the tolerance."""
+    nsys, profiler = (
+        attribute(open_trace(REPO / "traces" / name)).ranges.sort("cpu_start_ns", "depth")
+        for name in CAPTURE_PAIRS[pair]
+    )
+    nsys = nsys.filter(pl.col("domain") == NVTX_DOMAIN)  # not the CUB library's own ranges
+    columns = ["name", "depth", "n_gpu_ops"]
+    assert nsys.height > 20
+    assert profiler.select(columns).rows() == nsys.select(columns).rows()
+    busy = nsys.select("n_gpu_ops", "gpu_busy_ns", profiler=profiler["gpu_busy_ns"])
+    checked = busy.filter(pl.col("n_gpu_ops") >= BUSY_CHECKED_OPS)
+    assert checked.height > 10
+    for ops, base, other in checked.rows():
+        assert other == pytest.approx(base, rel=RUN_TOLERANCE), ops

@@ -295,8 +295,9 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 def main(traces: tuple[str, ...], **kw: Any) -> None:
     """Per-stage MFU (vision, prefill, decode: any of them) of an inference run from an nsys
     TRACE (DeepSeek-OCR, or a Hugging Face model with --config config.json): an SQLite export,
-    the folder of a parquetdir or arrowdir export, or an arrow export (docs/inputs.md); several
-    TRACEs, folders of traces or globs make a batch (docs/many-runs.md).
+    the folder of a parquetdir or arrowdir export, an arrow export, or a PyTorch profiler
+    trace (.json, .json.gz; docs/inputs.md); several TRACEs, folders of traces or globs make a
+    batch (docs/many-runs.md).
 
     MFU = FLOPs / (peak FLOP/s × time), once with the GPU busy time of each stage's NVTX
     ranges (trace) and once with wall time (the runner's synchronized clock, or the range span);
@@ -310,6 +311,7 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
       mfu-analyze traces/dsocr_v1_base.sqlite.xz --ctx-mode auto
       mfu-analyze run.sqlite --format json > mfu.json
       mfu-analyze run_parquet/ --format json > mfu.json   # nsys export --type parquetdir
+      mfu-analyze run.pt.trace.json.gz --ctx-mode auto      # torch.profiler Chrome trace
       mfu-analyze run.sqlite --markdown report.md --plots figs/
       mfu-analyze probe.sqlite --stage vision=vision --stage prefill=prefill \\
           --stage decode=decode --model deepseek-ocr --prefill-len 273 --decode-tokens 32

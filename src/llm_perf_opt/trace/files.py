@@ -91,7 +91,10 @@ def wrong_kind_message(path: Path) -> str:
             f"{path}: is a Parquet file, not an nsys export. Give the folder `nsys export "
             "--type parquetdir -o DIR REPORT.nsys-rep` writes, or an SQLite export."
         )
-    return f"{path}: is not an SQLite file. Give the `.sqlite` export of an nsys report."
+    return (
+        f"{path}: is not an SQLite file. Give the `.sqlite` export of an nsys report (or a "
+        "PyTorch profiler trace, a JSON object)."
+    )
 
 
 # Private decompressed copies alive in this process: removed with their Trace, and by

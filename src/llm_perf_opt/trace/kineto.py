@@ -26,7 +26,7 @@ converted so.
 
 The event tables are sorted by start when written out (Kineto writes CPU events, then GPU
 activity buffer by buffer), so the one-pass engine can read them in batches; the sort holds one
-table at a time in memory (about 60 bytes a kernel).
+table at a time in memory (about 70 bytes a kernel).
 """
 
 from __future__ import annotations
@@ -66,9 +66,10 @@ CAPTURE_HINT: Final = (
     "ProfilerActivity.CUDA])` and wrap the stages in `record_function` spans."
 )
 GZIP_MAGIC: Final = b"\x1f\x8b"
-# Rows buffered per table before they are written out.
-SPILL_ROWS: Final = 1 << 16
+# Events buffered per table before they are converted and written out.
+SPILL_ROWS: Final = 1 << 14
 EVENTS_PREFIX: Final = "traceEvents"
+PART_SUFFIX: Final = ".part.arrow"
 # Top-level keys Kineto itself writes that say nothing the analysis uses.
 KINETO_KEYS: Final = frozenset(
     {"schemaVersion", "deviceProperties", "distributedInfo", "displayTimeUnit", "traceName"}
@@ -119,16 +120,6 @@ TABLES: Final[dict[str, tuple[pa.Schema, tuple[str, ...]]]] = {
         ("start",),
     ),
 }
-_NVTX_SCHEMA: Final = pl.Schema(
-    {
-        "start": pl.Int64,
-        "end": pl.Int64,
-        "eventType": pl.Int64,
-        "text": pl.String,
-        "globalTid": pl.Int64,
-        "jsonText": pl.String,
-    }
-)
 # Kineto categories (older versions spell some capitalized) → the table their events go to.
 CATEGORIES: Final = {
     "user_annotation": NVTX_TABLE,
@@ -145,6 +136,10 @@ CATEGORIES: Final = {
 }
 # The tables whose rows carry the launching process's globalPid, added once it is known.
 _LAUNCHED: Final = (*GPU_OP_TABLES.values(), SYNC_TABLE)
+
+
+class _BadValueError(ValueError):
+    """An event field holds what its column cannot (text for a stream, an id past int64)."""
 
 
 class KinetoTrace(TableTrace):
@@ -194,7 +189,7 @@ def open_kineto(path: Path) -> KinetoTrace:
             with _opened(path) as handle:
                 for event in ijson.items(handle, f"{EVENTS_PREFIX}.item"):
                     converter.add(event)
-        files = converter.finish(head)
+            files = converter.finish(head)
     except BaseException:
         remove_scratch_dir(scratch)
         raise
@@ -238,6 +233,11 @@ def _reading(path: Path) -> Iterator[None]:
             f"{path}: the profiler trace cannot be parsed ({first}); it is truncated or "
             f"damaged. Write it again with {EXPORT_COMMAND}."
         ) from None
+    except _BadValueError as exc:
+        raise CorruptTraceError(
+            f"{path}: a profiler event holds a value of the wrong type ({exc}); the trace was "
+            f"edited or damaged. Write it again with {EXPORT_COMMAND}."
+        ) from None
 
 
 def _head_values(path: Path) -> dict[str, Any] | None:
@@ -262,145 +262,153 @@ def _head_values(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _ns(value: Any) -> int:
-    """Exact integer ns of a µs value parsed as int or Decimal."""
-    if isinstance(value, Decimal | int):
-        return int(value * 1000)
-    return int(Decimal(str(value)) * 1000)
+def _ns(values: list[Any]) -> list[int | None]:
+    """Exact integer ns of µs values parsed as int or Decimal (anything else: None, a row the
+    reader leaves out with a counted warning)."""
+    return [int(v * 1000) if type(v) is Decimal or type(v) is int else None for v in values]
 
 
-def _global_tid(pid: Any, tid: Any) -> int | None:
-    """nsys's globalTid layout for an OS pid and tid (None for the profiler's named lanes)."""
-    if type(pid) is not int or type(tid) is not int:
-        return None
-    return (pid << TID_BITS) | (tid & ((1 << TID_BITS) - 1))
+def _global_tids(events: list[dict[str, Any]]) -> list[int | None]:
+    """nsys's globalTid layout of each event's OS pid and tid (None for the profiler's named
+    lanes, whose pid or tid is text)."""
+    mask = (1 << TID_BITS) - 1
+    return [
+        (pid << TID_BITS) | (tid & mask) if type(pid) is int and type(tid) is int else None
+        for pid, tid in ((e.get("pid"), e.get("tid")) for e in events)
+    ]
+
+
+def _times(events: list[dict[str, Any]]) -> tuple[list[int | None], list[int | None]]:
+    """(start, end) ns of X events: `ts`, and `ts + dur` (None without `dur`)."""
+    starts = _ns([e.get("ts") for e in events])
+    durs = _ns([e.get("dur") for e in events])
+    ends = [None if s is None or d is None else s + d for s, d in zip(starts, durs, strict=True)]
+    return starts, ends
+
+
+def _args(events: list[dict[str, Any]], key: str) -> list[Any]:
+    return [(e.get("args") or {}).get(key) for e in events]
 
 
 class _Spill:
-    """One table's rows, buffered and written as record batches of an Arrow IPC stream."""
+    """One table's events, buffered and written as record batches of an Arrow IPC stream."""
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
         self.schema = schema
-        self.rows: list[tuple[Any, ...]] = []
+        self.events: list[dict[str, Any]] = []
         self.written = 0
         self._writer: ipc.RecordBatchStreamWriter | None = None
 
-    def add(self, row: tuple[Any, ...]) -> None:
-        self.rows.append(row)
-        if len(self.rows) >= SPILL_ROWS:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.rows:
-            return
-        columns = list(zip(*self.rows, strict=True))
-        batch = pa.record_batch(
-            [pa.array(col, type=f.type) for col, f in zip(columns, self.schema, strict=True)],
-            schema=self.schema,
-        )
+    def write(self, columns: list[list[Any]]) -> None:
+        arrays = []
+        for column, field in zip(columns, self.schema, strict=True):
+            try:
+                arrays.append(pa.array(column, type=field.type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                table = self.path.name.removesuffix(PART_SUFFIX)
+                raise _BadValueError(f"{field.name} of {table}: {exc}") from None
+        batch = pa.record_batch(arrays, schema=self.schema)
         if self._writer is None:
             self._writer = ipc.new_stream(str(self.path), self.schema)
         self._writer.write_batch(batch)
-        self.written += len(self.rows)
-        self.rows = []
+        self.written += batch.num_rows
 
     def close(self) -> None:
-        self.flush()
         if self._writer is not None:
             self._writer.close()
 
 
 class _Converter:
-    """Takes the trace's events one at a time and writes the nsys tables they make."""
+    """Takes the trace's events one at a time and writes the nsys tables they make, a batch of
+    each table's events converted column by column."""
 
     def __init__(self, scratch: Path) -> None:
         self.scratch = scratch
         self.spills = {
-            table: _Spill(scratch / f"{table}.part.arrow", schema)
+            table: _Spill(scratch / f"{table}{PART_SUFFIX}", schema)
             for table, (schema, _) in TABLES.items()
         }
         self.strings: dict[str, int] = {}
         self.process_names: dict[int, str] = {}
         self.thread_names: dict[int, str] = {}
-        add: dict[str, Callable[[dict[str, Any]], None]] = {
-            NVTX_TABLE: self._range,
-            RUNTIME_TABLE: self._api_call,
-            GPU_OP_TABLES["kernel"]: self._kernel,
-            GPU_OP_TABLES["memcpy"]: self._copy(self.spills[GPU_OP_TABLES["memcpy"]]),
-            GPU_OP_TABLES["memset"]: self._copy(self.spills[GPU_OP_TABLES["memset"]]),
-            SYNC_TABLE: self._sync,
+        self._columns: dict[str, Callable[[list[dict[str, Any]]], list[list[Any]]]] = {
+            NVTX_TABLE: self._ranges,
+            RUNTIME_TABLE: self._api_calls,
+            GPU_OP_TABLES["kernel"]: self._kernels,
+            GPU_OP_TABLES["memcpy"]: self._copies,
+            GPU_OP_TABLES["memset"]: self._copies,
+            SYNC_TABLE: self._syncs,
         }
-        self._by_category = {cat: add[table] for cat, table in CATEGORIES.items()}
+        self._by_category = {cat: self.spills[table] for cat, table in CATEGORIES.items()}
 
-    def _id(self, name: str) -> int:
-        found = self.strings.get(name)
-        if found is None:
-            found = self.strings[name] = len(self.strings)
-        return found
-
-    def add(self, event: dict[str, Any]) -> None:
-        """One element of `traceEvents`."""
+    def add(self, event: Any) -> None:
+        """One element of `traceEvents` (what is not an object is skipped)."""
+        if type(event) is not dict:
+            return
         ph = event.get("ph")
         if ph == "X":
-            handle = self._by_category.get(event.get("cat", ""))
-            if handle is not None:
-                handle(event)
+            spill = self._by_category.get(event.get("cat", ""))
+            if spill is not None:
+                spill.events.append(event)
+                if len(spill.events) >= SPILL_ROWS:
+                    self._flush(spill)
         elif ph == "M":
             self._names(event)
 
-    def _span(self, event: dict[str, Any]) -> tuple[int, int | None]:
-        start = _ns(event["ts"])
-        dur = event.get("dur")
-        return start, None if dur is None else start + _ns(dur)
+    def _flush(self, spill: _Spill) -> None:
+        if spill.events:
+            table = spill.path.name.removesuffix(PART_SUFFIX)
+            spill.write(self._columns[table](spill.events))
+            spill.events = []
 
-    def _range(self, event: dict[str, Any]) -> None:
-        start, end = self._span(event)
-        tid = _global_tid(event.get("pid"), event.get("tid"))
-        self.spills[NVTX_TABLE].add((start, end, _RANGE_TYPE, event.get("name"), tid, None))
+    def _ids(self, names: list[Any]) -> list[int]:
+        """StringIds ids of the names, new ones added."""
+        strings = self.strings
+        return [strings.setdefault(str(n), len(strings)) for n in names]
 
-    def _api_call(self, event: dict[str, Any]) -> None:
-        start, end = self._span(event)
-        tid = _global_tid(event.get("pid"), event.get("tid"))
-        corr = event.get("args", {}).get("correlation")
-        name = self._id(event.get("name", ""))
-        self.spills[RUNTIME_TABLE].add((start, end, tid, corr, name))
+    def _ranges(self, events: list[dict[str, Any]]) -> list[list[Any]]:
+        starts, ends = _times(events)
+        n = len(events)
+        names = [e.get("name") for e in events]
+        return [starts, ends, [_RANGE_TYPE] * n, names, _global_tids(events), [None] * n]
 
-    def _kernel(self, event: dict[str, Any]) -> None:
-        start, end = self._span(event)
-        args = event.get("args", {})
-        name = self._id(event.get("name", ""))
-        where = (args.get("device"), args.get("stream"), args.get("correlation"))
-        self.spills[GPU_OP_TABLES["kernel"]].add((start, end, *where, name, name))
+    def _api_calls(self, events: list[dict[str, Any]]) -> list[list[Any]]:
+        starts, ends = _times(events)
+        names = self._ids([e.get("name", "") for e in events])
+        return [starts, ends, _global_tids(events), _args(events, "correlation"), names]
 
-    def _copy(self, spill: _Spill) -> Callable[[dict[str, Any]], None]:
-        def add(event: dict[str, Any]) -> None:
-            start, end = self._span(event)
-            args = event.get("args", {})
-            where = (args.get("device"), args.get("stream"), args.get("correlation"))
-            spill.add((start, end, *where, args.get("bytes")))
+    def _kernels(self, events: list[dict[str, Any]]) -> list[list[Any]]:
+        names = self._ids([e.get("name", "") for e in events])
+        return [*self._ops(events), names, names]
 
-        return add
+    def _copies(self, events: list[dict[str, Any]]) -> list[list[Any]]:
+        return [*self._ops(events), _args(events, "bytes")]
 
-    def _sync(self, event: dict[str, Any]) -> None:
-        start, end = self._span(event)
-        args = event.get("args", {})
-        self.spills[SYNC_TABLE].add((start, end, args.get("correlation"), args.get("stream")))
+    def _ops(self, events: list[dict[str, Any]]) -> list[list[Any]]:
+        starts, ends = _times(events)
+        where = [_args(events, key) for key in ("device", "stream", "correlation")]
+        return [starts, ends, *where]
+
+    def _syncs(self, events: list[dict[str, Any]]) -> list[list[Any]]:
+        starts, ends = _times(events)
+        return [starts, ends, _args(events, "correlation"), _args(events, "stream")]
 
     def _names(self, event: dict[str, Any]) -> None:
-        name = event.get("args", {}).get("name")
+        name = (event.get("args") or {}).get("name")
         if not isinstance(name, str):
             return
         if event.get("name") == "process_name" and type(event.get("pid")) is int:
             self.process_names[event["pid"]] = name
         elif event.get("name") == "thread_name":
-            tid = _global_tid(event.get("pid"), event.get("tid"))
+            (tid,) = _global_tids([event])
             if tid is not None:
                 self.thread_names[tid] = name
 
     def finish(self, head: dict[str, Any]) -> dict[str, Path]:
         """Write every table out; returns table name → its Arrow IPC stream file."""
         for spill in self.spills.values():
+            self._flush(spill)
             spill.close()
         pid = self._launch_pid()
         files: dict[str, Path] = {}
@@ -435,7 +443,9 @@ class _Converter:
 
     def _small_tables(self, head: dict[str, Any], pid: int) -> dict[str, Path]:
         """The processes, thread names, GPUs and, last, StringIds."""
-        threads = {tid: self._id(name) for tid, name in self.thread_names.items()}
+        threads = dict(
+            zip(self.thread_names, self._ids(list(self.thread_names.values())), strict=True)
+        )
         processes = {p: n for p, n in self.process_names.items() if p == pid}
         frames = {
             "PROCESSES": pl.DataFrame(
@@ -478,17 +488,17 @@ def _marks(head: dict[str, Any], pid: int, at_ns: int) -> pl.DataFrame:
     the key, JSON: the value)."""
     keys = [k for k in head if k not in KINETO_KEYS]
     n = len(keys)
-    return pl.DataFrame(
-        {
-            "start": [at_ns] * n,
-            "end": [None] * n,
-            "eventType": [_MARK_TYPE] * n,
-            "text": keys,
-            "globalTid": [pid << TID_BITS] * n,
-            "jsonText": [_json_text(head[k]) for k in keys],
-        },
-        schema=_NVTX_SCHEMA,
-    )
+    columns = {
+        "start": [at_ns] * n,
+        "end": [None] * n,
+        "eventType": [_MARK_TYPE] * n,
+        "text": keys,
+        "globalTid": [pid << TID_BITS] * n,
+        "jsonText": [_json_text(head[k]) for k in keys],
+    }
+    frame = pl.from_arrow(pa.table(columns, schema=TABLES[NVTX_TABLE][0]))
+    assert isinstance(frame, pl.DataFrame)
+    return frame
 
 
 def _json_text(value: Any) -> str:
