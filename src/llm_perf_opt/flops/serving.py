@@ -8,7 +8,8 @@ Pure arithmetic over a `DecoderSpec` (a Hugging Face decoder, or DeepSeek-OCR's 
   them for every request of the step, a chunk that does not finish its prompt included);
 - attention: a request whose query_len q tokens follow context_len c cached ones has
   q·c + q(q+1)/2 (query, key) pairs under the causal mask ("causal"), or q·(c + q) as a dense
-  kernel and `FlopCounterMode` count it ("full"); sliding windows cap each query's keys.
+  kernel and `FlopCounterMode` count it ("full"); sliding windows cap each query's keys
+  (causal only).
 The vision encoder of a step is not here: `analytic.vision_flops` gives it per image.
 """
 
@@ -39,11 +40,11 @@ def attention_pairs(
     """(query, key) pairs of one request in one layer.
 
     Query i (1-based) of the chunk sees context_len + i keys (causal), capped at `window`;
-    "full" counts every query against all context_len + query_len keys (also capped).
+    "full" counts every query against all context_len + query_len keys, the window ignored as a
+    masked dense kernel computes it (`decoders.prefill_flops` "full" alike).
     """
     if convention == "full":
-        keys = context_len + query_len
-        return query_len * (keys if window is None else min(keys, window))
+        return query_len * (context_len + query_len)
     if window is None:
         return query_len * context_len + query_len * (query_len + 1) // 2
     return sum(min(context_len + i, window) for i in range(1, query_len + 1))
