@@ -166,23 +166,29 @@ def test_ocr_pages_serve_with_named_steps_and_scopes(
     assert [stack[1:] for stack in encoder_inside[3:]] == [[SERVE_SCOPES[0]]] * 3
 
 
+MOE = {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32}
+
+
 @pytest.mark.parametrize(
-    ("source", "extra"),
+    ("source", "extra", "experts"),
     [
-        ("llama-3.2-1b.json", {}),
-        ("qwen3-8b.json", {}),
-        ("qwen2.5-7b.json", {"sliding_window": None}),
+        ("llama-3.2-1b.json", {}, "eager"),
+        ("qwen3-8b.json", {}, "eager"),
+        ("qwen2.5-7b.json", {"sliding_window": None}, "eager"),
+        ("qwen3-30b-a3b.json", MOE, "grouped_mm"),
     ],
 )
 def test_a_decoder_config_serves_random_text_prompts(
-    tmp_path: Path, recorder: NvtxRecorder, source: str, extra: dict[str, Any]
+    tmp_path: Path, recorder: NvtxRecorder, source: str, extra: dict[str, Any], experts: str
 ) -> None:
     config = tiny_config(tmp_path, source, **extra)
     meta = run_cli(
         tmp_path / "out",
         *("--decoder-config", str(config), "--num-requests", "4", "--prompt-len", "20"),
         *("--token-budget", "16", "--arrival-every", "1", "--max-new-tokens", "4"),
+        *("--experts-implementation", experts),
     )
+    assert meta["model"]["experts_implementation"] == experts
     parsed = parse_meta(meta, "test")
     assert parsed.family == "hf-decoder" and parsed.mode is None and parsed.serve is not None
     assert meta["model"]["config"]["model_type"] == json.loads(config.read_text())["model_type"]
@@ -254,8 +260,13 @@ def test_flop_counter_mode_agrees_with_step_flops_on_ocr_steps(family: str) -> N
     assert any(len(kind) > 1 for kind in kinds)
 
 
-def test_flop_counter_mode_agrees_with_step_flops_on_a_gqa_decoder(tmp_path: Path) -> None:
-    path = tiny_config(tmp_path, "llama-3.2-1b.json")
+@pytest.mark.parametrize(
+    ("source", "extra"), [("llama-3.2-1b.json", {}), ("qwen3-30b-a3b.json", MOE)]
+)
+def test_flop_counter_mode_agrees_with_step_flops_on_hf_decoders(
+    tmp_path: Path, source: str, extra: dict[str, Any]
+) -> None:
+    path = tiny_config(tmp_path, source, **extra)
     built = serve.build_decoder(str(path), torch.float32, torch.device("cpu"), 0)
     prompts = serve.random_prompts(3, 20, TINY["vocab_size"], 0)
     engine = serve.Engine(serve.text_target(built, prompts), lambda: None)

@@ -336,8 +336,15 @@ class BuiltDecoder:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_decoder(path: str, dtype: torch.dtype, device: torch.device, seed: int) -> BuiltDecoder:
-    """`AutoModelForCausalLM.from_config` of a decoder config.json, random weights from `seed`.
+def build_decoder(
+    path: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    experts_implementation: str = "eager",
+) -> BuiltDecoder:
+    """`AutoModelForCausalLM.from_config` of a decoder config.json, random weights from `seed`;
+    a mixture-of-experts decoder runs its experts with `experts_implementation`.
 
     Raises:
         ConfigError: unreadable config, or a model type the serving loop does not run.
@@ -365,6 +372,8 @@ def build_decoder(path: str, dtype: torch.dtype, device: torch.device, seed: int
     with torch.device(device), no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
     random_init(model, seed)
+    if model._can_set_experts_implementation():
+        model.set_experts_implementation(experts_implementation)
     model.tie_weights()
     model.eval()
     model.requires_grad_(False)

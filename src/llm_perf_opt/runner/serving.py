@@ -202,7 +202,7 @@ def _page(index: int, page: PreparedImage) -> dict[str, Any]:
 
 def _decoder_run(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> _Workload:
     path = str(settings.decoder_config)
-    built = build_decoder(path, dtype, device, settings.seed)
+    built = build_decoder(path, dtype, device, settings.seed, settings.experts_implementation)
     config = built.model.config
     window = int(config.max_position_embeddings)
     if settings.prompt_len + settings.max_new_tokens > window:
