@@ -331,6 +331,7 @@ def test_an_inconsistent_schedule_is_refused(served: dict[str, Any], name: str) 
         (["--serve", "--token-budget", "0"], "token_budget"),
         (["--serve", "--decoder-config", "gemma"], "model_type 'gemma'"),
         (["--serve", "--decoder-config", "mistral"], "sliding-window"),
+        (["--serve", "--decoder-config", "x.json", "--mode", "gundam"], "mode apply to"),
     ],
 )
 def test_bad_serve_settings_fail_with_one_line(
@@ -338,6 +339,6 @@ def test_bad_serve_settings_fail_with_one_line(
 ) -> None:
     sources = {"gemma": "gemma-2b.json", "mistral": "mistral-7b-v0.1.json"}
     args = [str(tiny_config(tmp_path, sources[a])) if a in sources else a for a in args]
-    assert main(["--tiny", "--device", "cpu", "--no-nvtx", *args]) == 2
+    assert main(["--device", "cpu", "--no-nvtx", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: ") and "\n" not in err and message in err, err
