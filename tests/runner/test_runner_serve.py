@@ -332,6 +332,7 @@ def test_an_inconsistent_schedule_is_refused(served: dict[str, Any], name: str) 
         (["--serve", "--decoder-config", "gemma"], "model_type 'gemma'"),
         (["--serve", "--decoder-config", "mistral"], "sliding-window"),
         (["--serve", "--decoder-config", "x.json", "--mode", "gundam"], "mode apply to"),
+        (["--serve", "--model", "deepseek-ocr2", "--mode", "small"], "small"),
     ],
 )
 def test_bad_serve_settings_fail_with_one_line(
@@ -342,3 +343,11 @@ def test_bad_serve_settings_fail_with_one_line(
     assert main(["--device", "cpu", "--no-nvtx", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("Error: ") and "\n" not in err and message in err, err
+
+
+def test_the_runner_only_keys_of_serve_are_optional(served: dict[str, Any]) -> None:
+    doc = copy.deepcopy(served)
+    for key in ("arrival_every", "batching", "images"):
+        del doc["serve"][key]
+    check_run_meta(doc, "test")
+    assert parse_meta(doc, "test").serve == parse_meta(served, "test").serve

@@ -23,6 +23,7 @@ from typing import Any, Final
 import torch
 
 from llm_perf_opt.errors import ConfigError
+from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.runner import pipeline
 from llm_perf_opt.runner.meta import RunFacts, assemble_run_meta, build_run_meta, emit
 from llm_perf_opt.runner.nvtx_marks import Annotator
@@ -40,7 +41,7 @@ from llm_perf_opt.runner.serve import (
 )
 from llm_perf_opt.runner.settings import RunSettings
 from llm_perf_opt.runner.stages import PreparedImage, prepare_image, with_random_pixels
-from llm_perf_opt.vocab import HF_DECODER_FAMILY
+from llm_perf_opt.vocab import FAMILIES, HF_DECODER_FAMILY
 
 BATCHING: Final = "packed_tokens_per_request_attention"
 
@@ -158,6 +159,8 @@ def _requests(settings: RunSettings, prompt_lens: list[int], images: bool) -> li
 
 
 def _ocr_run(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> _Workload:
+    if settings.model in FAMILIES:  # fail on a bad mode before building a full-size model
+        builtin_config(settings.model, tiny=settings.tiny).mode(settings.mode)
     sources = pipeline.load_images(settings)
     built = pipeline.build(settings, dtype, device)
     pages = [
