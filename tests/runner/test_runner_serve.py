@@ -351,3 +351,19 @@ def test_the_runner_only_keys_of_serve_are_optional(served: dict[str, Any]) -> N
         del doc["serve"][key]
     check_run_meta(doc, "test")
     assert parse_meta(doc, "test").serve == parse_meta(served, "test").serve
+
+
+def test_serve_settings_come_from_the_yaml_file_too(tmp_path: Path) -> None:
+    settings = tmp_path / "run.yaml"
+    settings.write_text(
+        "serve: true\ntiny: true\nnum_images: 2\nmax_new_tokens: 2\ntoken_budget: 10\n"
+        "max_running: 1\narrival_every: 3\nnvtx: false\n"
+    )
+    out = tmp_path / "out"
+    assert main(["--config", str(settings), "--device", "cpu", "--out", str(out)]) == 0
+    meta = json.loads((out / "run.meta.json").read_text())
+    serve_block = meta["serve"]
+    assert (serve_block["token_budget"], serve_block["max_running"]) == (10, 1)
+    assert [r["arrival_step"] for r in serve_block["requests"]] == [0, 3]
+    assert all(sum(e["query_len"] for e in s["entries"]) <= 10 for s in serve_block["steps"])
+    assert all(len(s["entries"]) == 1 for s in serve_block["steps"])  # one request at a time
