@@ -38,10 +38,8 @@ def test_the_run_metadata_schema_spells_the_vocabulary() -> None:
     config = _prop(RUN_META, "model", "config", "schema")
     assert config["const"] == vocab.MODEL_CONFIG_SCHEMA_ID
     assert tuple(_prop(RUN_META, "dtype")["enum"]) == vocab.STORAGE_DTYPES
+    # null: a text-only --serve --decoder-config run
     assert tuple(_prop(RUN_META, "mode")["enum"]) == (*vocab.VISION_MODES, None)
-    assert tuple(_prop(RUN_META, "serve", "images", "[]", "mode")["enum"]) == vocab.VISION_MODES
-    phases = _prop(RUN_META, "serve", "steps", "[]", "entries", "[]", "phase")["enum"]
-    assert tuple(phases) == vocab.SERVE_PHASES
     assert tuple(_prop(RUN_META, "images", "[]", "mode")["enum"]) == vocab.VISION_MODES
     modes = _prop(RUN_META, "context", "context_len_mode")["enum"]
     assert tuple(modes) == vocab.CTX_MODES
@@ -51,6 +49,12 @@ def test_the_run_metadata_schema_spells_the_vocabulary() -> None:
     assert tuple(_prop(RUN_META, "images", "[]", "wall_s")["required"]) == vocab.STAGES
     static = load_schema(STATIC_COMPUTE_SCHEMA)
     assert static["properties"]["schema"]["const"] == vocab.STATIC_COMPUTE_SCHEMA_ID
+
+
+def test_the_serve_block_spells_the_vocabulary() -> None:
+    assert tuple(_prop(RUN_META, "serve", "images", "[]", "mode")["enum"]) == vocab.VISION_MODES
+    phases = _prop(RUN_META, "serve", "steps", "[]", "entries", "[]", "phase")["enum"]
+    assert tuple(phases) == vocab.SERVE_PHASES
 
 
 def test_dtype_spellings_map_onto_each_other() -> None:

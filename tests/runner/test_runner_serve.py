@@ -1,6 +1,7 @@
 """The serving loop (`--serve`) end to end on CPU with tiny models: NVTX steps and scopes, the
 `serve` metadata and its invariants, tokens equal to the stage-by-stage run, and per-step
-`FlopCounterMode` against `flops.serving.step_flops` over the recorded (query_len, context_len).
+`FlopCounterMode` against the analytic FLOPs of each step from its recorded (query_len,
+context_len), computed here from `flops.decoders`' per-token parameters and pair FLOPs.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from llm_perf_opt.errors import MetaError
-from llm_perf_opt.flops import analytic
-from llm_perf_opt.flops.hf import hf_model_from_dict
-from llm_perf_opt.flops.serving import step_flops, text_decoder_spec
+from llm_perf_opt.flops import analytic, decoders
+from llm_perf_opt.flops.hf import DecoderSpec, hf_model_from_dict
+from llm_perf_opt.flops.serving import text_decoder_spec
 from llm_perf_opt.meta import check_serve, parse_meta
 from llm_perf_opt.runner import serve
 from llm_perf_opt.runner.cli import main
@@ -223,6 +224,22 @@ def test_served_tokens_equal_the_stage_by_stage_run(family: str) -> None:
     assert [got[i] for i in range(3)] == expected
 
 
+def dense_step_flops(spec: DecoderSpec, entries: tuple[Entry, ...]) -> int:
+    """Decoder FLOPs of a step as dense kernels (and FlopCounterMode) count them: 2 · per-token
+    parameters per scheduled token, lm_head once per request (its last token), and every query
+    of a request against all of its c + q keys, per layer (full attention)."""
+    params = decoders.per_token_params(spec)
+    lm_head = params.pop("text.lm_head")
+    tokens = sum(e.query_len for e in entries)
+    pairs = sum(e.query_len * (e.context_len + e.query_len) for e in entries)
+    layers = len(spec.layers)
+    return (
+        2 * sum(params.values()) * tokens
+        + 2 * lm_head * len(entries)
+        + (decoders.pair_flops(spec) * layers * pairs)
+    )
+
+
 def _counted_steps(
     engine: serve.Engine, scheduler: Scheduler
 ) -> list[tuple[tuple[Entry, ...], int]]:
@@ -237,7 +254,7 @@ def _counted_steps(
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_flop_counter_mode_agrees_with_step_flops_on_ocr_steps(family: str) -> None:
+def test_flop_counter_mode_agrees_with_the_step_flops_on_ocr_steps(family: str) -> None:
     built = build_model(family, tiny=True, dtype=torch.float32)
     pages = [prepare_image(built, synthetic_page(i), "base") for i in range(2)]
     requests = [Request(i, p.prefill_len, i, 3, i) for i, p in enumerate(pages)]
@@ -247,7 +264,7 @@ def test_flop_counter_mode_agrees_with_step_flops_on_ocr_steps(family: str) -> N
     kinds = set()
     for entries, flops in counted:
         # FlopCounterMode counts the dense square of every attention call ("full")
-        expected = step_flops(spec, entries, "full").total_flops + sum(
+        expected = dense_step_flops(spec, entries) + sum(
             analytic.vision_flops(built.config, pages[e.request].layout, "full").total_flops
             for e in entries
             if e.encoder_images
@@ -263,7 +280,7 @@ def test_flop_counter_mode_agrees_with_step_flops_on_ocr_steps(family: str) -> N
 @pytest.mark.parametrize(
     ("source", "extra"), [("llama-3.2-1b.json", {}), ("qwen3-30b-a3b.json", MOE)]
 )
-def test_flop_counter_mode_agrees_with_step_flops_on_hf_decoders(
+def test_flop_counter_mode_agrees_with_the_step_flops_on_hf_decoders(
     tmp_path: Path, source: str, extra: dict[str, Any]
 ) -> None:
     path = tiny_config(tmp_path, source, **extra)
@@ -274,7 +291,7 @@ def test_flop_counter_mode_agrees_with_step_flops_on_hf_decoders(
     assert spec is not None
     requests = [Request(i, 20, i, 3) for i in range(3)]
     for entries, flops in _counted_steps(engine, Scheduler(requests, 16, None)):
-        expected = step_flops(spec, entries, "full").total_flops
+        expected = dense_step_flops(spec, entries)
         assert abs(flops / expected - 1) < 0.01, (entries, flops, expected)
 
 
