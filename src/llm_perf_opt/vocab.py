@@ -28,6 +28,9 @@ CTX_MODES: Final[tuple[CtxMode, ...]] = get_args(CtxMode)
 
 Family = Literal["deepseek-ocr", "deepseek-ocr2"]
 FAMILIES: Final[tuple[Family, ...]] = get_args(Family)
+# The run metadata's family of a `--serve --decoder-config` run: model.config is then that
+# Hugging Face config.json (not a --model choice).
+HF_DECODER_FAMILY: Final = "hf-decoder"
 # DeepSeek-OCR's image preprocessing modes (OCR-2 has base and gundam of them).
 VISION_MODES: Final = ("tiny", "small", "base", "large", "gundam")
 DEFAULT_VISION_MODE: Final = "base"
@@ -64,6 +67,9 @@ NVTX_DOMAIN: Final = "llm_perf_opt"
 VLLM_STEP_NAME: Final = (
     "execute_context_{ctx_reqs}({ctx_tokens})_generation_{gen_reqs}({gen_tokens})"
 )
+# A request's phase in an engine step: in its prompt (a chunk), or generating one token.
+ServePhase = Literal["context", "generation"]
+SERVE_PHASES: Final[tuple[ServePhase, ...]] = get_args(ServePhase)
 # vLLM's `VLLM_NVTX_SCOPES_FOR_PROFILING=1` scopes inside a step, in the order they run.
 SERVE_SCOPES: Final = (
     "gpu_model_runner: preprocess",
