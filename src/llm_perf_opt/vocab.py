@@ -58,6 +58,11 @@ STORAGE_DTYPE_OF: Final[Mapping[str, StorageDtype]] = {
 LmHeadPositions = Literal["last", "all"]
 LM_HEAD_POSITIONS: Final[tuple[LmHeadPositions, ...]] = get_args(LmHeadPositions)
 
+# Which GPU ops a Perfetto trace holds (`--perfetto-gpu-ops`): every op, those overlapping the
+# GPU span of a range of the report, or none.
+PerfettoGpuOps = Literal["all", "report", "none"]
+PERFETTO_GPU_OPS: Final[tuple[PerfettoGpuOps, ...]] = get_args(PerfettoGpuOps)
+
 NVTX_DOMAIN: Final = "llm_perf_opt"
 RUN_META_SCHEMA_ID: Final = "llm_perf_opt.run_meta/1"
 STATIC_COMPUTE_SCHEMA_ID: Final = "llm_perf_opt.static_compute/1"
