@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any, Final
 
 import numpy as np
@@ -104,7 +104,6 @@ class TimelineStats:
     gpu_tracks: int = 0
     gpu_ops: int = 0
     gpu_ops_clipped: int = 0
-    names: dict[Any, int] = field(default_factory=dict)
 
 
 def write_timeline(
@@ -245,9 +244,8 @@ def _windows(kept: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     if starts.size == 0:
         return starts, ends
     reach = np.maximum.accumulate(ends)
-    new = np.r_[True, starts[1:] > reach[:-1]]
-    group = np.cumsum(new) - 1
-    return starts[new], np.maximum.reduceat(reach, np.flatnonzero(new))[: group[-1] + 1]
+    new = np.r_[True, starts[1:] > reach[:-1]]  # a span starting after all before it ended
+    return starts[new], np.maximum.reduceat(reach, np.flatnonzero(new))
 
 
 def _overlapping(batch: pl.DataFrame, windows: tuple[np.ndarray, np.ndarray]) -> pl.Series:
@@ -302,6 +300,7 @@ class GpuTracks:
         self._gpu_names = dict(info.select("device_id", "name").iter_rows())
         self._devices: set[int] = set()
         self._streams: set[tuple[int, int]] = set()
+        self._names: dict[str, int] = {}  # event name ids given so far, by op key
 
     def packets(self, batch: pl.DataFrame) -> bytes:
         builder = TraceProtoBuilder()
@@ -339,7 +338,7 @@ class GpuTracks:
 
     def _intern(self, keyed: pl.DataFrame, builder: TraceProtoBuilder) -> dict[str, int]:
         """Event name ids of the batch's keys; new names go into an interned-data packet."""
-        names = self._stats.names
+        names = self._names
         new = [k for k in keyed["key"].unique().to_list() if k not in names]
         if new:
             ids = pl.Series([int(k) for k in new if k.isdigit()], dtype=pl.Int64)

@@ -90,13 +90,21 @@ def test_perfetto_parses_back_to_the_report(analyzed: Analyzed, name: str) -> No
             ((rowid, (start, end)) for rowid, start, end in con.execute(
                 "SELECT rowid, start, end FROM NVTX_EVENTS WHERE end IS NOT NULL"))
         )  # fmt: skip
-        tables = {t for (t,) in con.execute("SELECT name FROM sqlite_master")}
-        ops = Counter(
-            start
-            for table in GPU_OP_TABLES.values()
-            if table in tables
-            for (start,) in con.execute(f"SELECT start FROM {table}")
-        )
+        tables = [
+            t
+            for t in GPU_OP_TABLES.values()
+            if con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (t,)).fetchone()
+        ]
+        ops = Counter(s for t in tables for (s,) in con.execute(f"SELECT start FROM {t}"))
+        streams = {
+            row
+            for t in tables
+            for row in con.execute(f"SELECT DISTINCT deviceId, streamId FROM {t}")
+        }
+        ids = [i["range_id"] for s in doc["stages"].values() for i in s["instances"]]
+        marks = ",".join("?" * len(ids))
+        holders = f"SELECT DISTINCT globalTid FROM NVTX_EVENTS WHERE rowid IN ({marks})"
+        threads = {tid for (tid,) in con.execute(holders, ids)}
     for stage, sdoc in doc["stages"].items():
         slices = [(ts, args) for ts, n, args, _ in begins if n == sdoc["range"]]
         assert len(slices) == sdoc["n_instances"] == len(sdoc["instances"]), stage
@@ -122,7 +130,8 @@ def test_perfetto_parses_back_to_the_report(analyzed: Analyzed, name: str) -> No
         assert sorted(a["range_id"] for a in step_slices) == sorted(s["range_id"] for s in steps)
     gpu = [ts for u in parsed.streams for ts, kind, _, _ in parsed.events[u] if kind == BEGIN]
     assert Counter(gpu) == ops  # every kernel, copy and set of the export, at its start
-    assert len(parsed.threads) >= 1 and len(parsed.streams) >= 1
+    assert len(parsed.threads) == len(threads)  # a track per thread holding the stages
+    assert sorted(parsed.streams.values()) == sorted(f"GPU {d} stream {s}" for d, s in streams)
 
 
 def test_gpu_ops_limited_to_the_report(analyzed: Analyzed, tmp_path: Path) -> None:
