@@ -139,9 +139,9 @@ class DecodeStep:
     n_gpu_ops: int
     wall_ns: float
     wall_source: str
-    range_id: int = 0
-    flops: float = 0.0
-    mfu_trace: float | None = None
+    range_id: int
+    flops: float
+    mfu_trace: float | None
     host: HostGpuView | None = None
 
 

@@ -97,3 +97,13 @@ def test_comparison_page_in_a_browser(browser: Any, tmp_path: Path) -> None:
         assert ink(shot) > MIN_INK
     finally:
         page.close()
+
+
+def test_page_without_plots_is_plain_html_with_text_escaped() -> None:
+    """A page whose parts draw nothing (a comparison without common stages) still renders, and
+    text from a trace (range or kernel names) never becomes markup."""
+    from llm_perf_opt.report.html import Part, page
+
+    text = page("t", ["Trace: <x>.sqlite"], [Part("p", lines=lambda _s: ["a <script>b"])], None)
+    assert "<script>" not in text and "a &lt;script&gt;b" in text
+    assert "&lt;x&gt;.sqlite" in text and text.startswith("<!DOCTYPE html>")

@@ -46,7 +46,7 @@ WIDTH: Final = 900
 STYLE: Final = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto;
        max-width: 1200px; padding: 0 1em; color: #1b1b1b; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.8em; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.8em; } h3 { font-size: 1em; }
 table { border-collapse: collapse; margin: 0.6em 0; font-variant-numeric: tabular-nums; }
 th, td { border-bottom: 1px solid #ddd; padding: 0.2em 0.6em; text-align: right;
          white-space: nowrap; }
@@ -79,7 +79,9 @@ def page(title: str, header: Sequence[str], parts: Iterable[Part[T]], subject: T
         if not (tables or lines or figures):
             continue
         text = f"<h2>{html.escape(part.title)}</h2>" if part.title else ""
-        text += "".join(_table(t, heading=part.title is None or len(tables) > 1) for t in tables)
+        level = "h3" if part.title else "h2"
+        shown = part.title is None or len(tables) > 1  # one table under its part's title: no own
+        text += "".join(_table(t, level if shown else None) for t in tables)
         text += _lines(lines, part.bullets)
         names = []
         for fig in figures:
@@ -88,6 +90,12 @@ def page(title: str, header: Sequence[str], parts: Iterable[Part[T]], subject: T
             models.append(fig)
         blocks.append((text, names))
     head = f"<h1>{html.escape(title)}</h1>" + _lines(header, bullets=True, cls="meta")
+    if not models:  # Bokeh renders no page without a plot
+        body = head + "".join(text for text, _ in blocks)
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>'
+            f"{html.escape(title)}</title><style>{STYLE}</style></head><body>{body}</body></html>\n"
+        )
     template = (
         "{% block postamble %}<style>" + STYLE + "</style>{% endblock %}"
         "{% block contents %}{{ head | safe }}{% for text, names in blocks %}{{ text | safe }}"
@@ -111,7 +119,7 @@ def _lines(lines: Sequence[str], bullets: bool, cls: str = "note") -> str:
     return "".join(f'<p class="{cls}">{html.escape(x)}</p>' for x in lines)
 
 
-def _table(s: sections.Section, heading: bool) -> str:
+def _table(s: sections.Section, heading: str | None) -> str:
     """A section as an HTML table: its first `left` columns left-aligned, as in the terminal."""
 
     def cells(row: Sequence[str], tag: str) -> str:
@@ -121,7 +129,7 @@ def _table(s: sections.Section, heading: bool) -> str:
         )
 
     body = "".join(f"<tr>{cells(r, 'td')}</tr>" for r in s.rows)
-    title = f"<h2>{html.escape(s.title)}</h2>" if heading else ""
+    title = f"<{heading}>{html.escape(s.title)}</{heading}>" if heading else ""
     return (
         f'{title}<div class="scroll"><table><thead><tr>{cells(s.head, "th")}</tr></thead>'
         f"<tbody>{body}</tbody></table></div>"
