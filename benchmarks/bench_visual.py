@@ -37,7 +37,7 @@ ROWS = {
 
 def bench(trace: Path, repeats: int, timeout_s: float) -> list[str]:
     """The table rows of one trace."""
-    extra = LLAMA if trace.name.startswith("llama_1b_shape") else []
+    extra = LLAMA if trace.name.startswith(("llama_1b_shape", "llama_1b_compile")) else []
     lines = []
     base = None
     for row, args in ROWS.items():
