@@ -134,7 +134,10 @@ def write_timeline(
     _counters(kept, report, builder, stats)
     out.write(builder.serialize())
     if gpu_ops != "none":
-        windows = _windows(kept) if gpu_ops == "report" else None
+        ids = level_range_ids(report)["range_id"]
+        windows = (
+            _windows(kept.filter(pl.col("range_id").is_in(ids))) if gpu_ops == "report" else None
+        )
         gpus = GpuTracks(trace, stats)
         for batch in _clipped(_op_batches(trace, batch_rows), stats):
             if windows is not None:
@@ -144,10 +147,15 @@ def write_timeline(
     return stats
 
 
+def level_range_ids(report: MfuReport) -> pl.DataFrame:
+    """`range_id` of every item of the slice levels (stage instances, decode steps)."""
+    return pl.concat([level.frame(report).select("range_id") for level in SLICE_LEVELS])
+
+
 def report_ranges(ranges: pl.DataFrame, report: MfuReport) -> pl.DataFrame:
     """The ranges of the report's slice levels and every range open around them (image,
     warmup, …), in start order, outer ranges first."""
-    ids = pl.concat([level.frame(report).select("range_id") for level in SLICE_LEVELS])
+    ids = level_range_ids(report)
     wanted = set(ids["range_id"].to_list())
     parents = ranges.select("range_id", "parent_id")
     frontier = ids
@@ -235,8 +243,8 @@ def _counters(
 
 
 def _windows(kept: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """The GPU spans of the kept ranges that launched work, merged into sorted disjoint
-    intervals (starts, ends)."""
+    """The GPU spans of the ranges that launched work, merged into sorted disjoint intervals
+    (starts, ends)."""
     spans = kept.filter(pl.col("proj_start_ns").is_not_null()).select(
         start=pl.col("proj_start_ns"), end=pl.col("proj_start_ns") + pl.col("proj_duration_ns")
     ).sort("start")  # fmt: skip

@@ -21,7 +21,6 @@ from llm_perf_opt.timeline import (
     STEP_COUNTERS,
     TimelineStats,
     _clipped,
-    report_ranges,
     write_timeline,
 )
 from llm_perf_opt.trace.columns import GPU_OP_TABLES
@@ -72,6 +71,22 @@ def parse(data: bytes) -> Parsed:
     return out
 
 
+def paired(events: list[tuple[int, int, str, dict[str, Any]]]) -> tuple[list[Any], int]:
+    """The slices of one track as Perfetto builds them: events sorted by time (stably, as the
+    trace processor's sorter does), a begin opening a slice, an end closing the innermost open
+    one. Returns (begin, end, name, args) per slice and the deepest nesting seen."""
+    out, stack, deepest = [], [], 0
+    for ts, kind, name, args in sorted(events, key=lambda e: e[0]):
+        if kind == BEGIN:
+            stack.append((ts, name, args))
+            deepest = max(deepest, len(stack))
+        elif kind == END:
+            begin, n, a = stack.pop()  # an end without an open slice fails here
+            out.append((begin, ts, n, a))
+    assert not stack, "slices left open"
+    return out, deepest
+
+
 def _arg(a: Any) -> Any:
     kind = a.WhichOneof("value")
     return None if a.string_value == "null" and kind == "string_value" else getattr(a, kind)
@@ -105,12 +120,20 @@ def test_perfetto_parses_back_to_the_report(analyzed: Analyzed, name: str) -> No
         marks = ",".join("?" * len(ids))
         holders = f"SELECT DISTINCT globalTid FROM NVTX_EVENTS WHERE rowid IN ({marks})"
         threads = {tid for (tid,) in con.execute(holders, ids)}
+    end_of = {
+        a["range_id"]: end
+        for u in parsed.threads
+        for _, end, _, a in paired(parsed.events[u])[0]
+        if "range_id" in a
+    }
+    for u in parsed.streams:  # ops on a stream never overlap
+        assert paired(parsed.events[u])[1] == 1
     for stage, sdoc in doc["stages"].items():
         slices = [(ts, args) for ts, n, args, _ in begins if n == sdoc["range"]]
         assert len(slices) == sdoc["n_instances"] == len(sdoc["instances"]), stage
         for inst in sdoc["instances"]:
             (ts, args) = next(s for s in slices if s[1]["range_id"] == inst["range_id"])
-            assert ts == nvtx[inst["range_id"]][0]  # nsys's own time of the range
+            assert (ts, end_of[inst["range_id"]]) == nvtx[inst["range_id"]]  # nsys's own times
             for key in ("flops", "mfu_trace", "mfu_wall", "instance", "gpu_busy_s"):
                 assert args[key] == inst[key], (stage, key)
             assert args["verdict"] == sdoc["verdict"]
@@ -143,7 +166,10 @@ def test_gpu_ops_limited_to_the_report(analyzed: Analyzed, tmp_path: Path) -> No
 
     def timeline(trace: Any, analysis: Any) -> None:
         assert analysis.report is not None
-        kept = report_ranges(analysis.ranges, analysis.report).drop_nulls("proj_start_ns")
+        report = analysis.report
+        ids = [r.range_id for s in report.stages.values() for r in s.instances]
+        ids += [d.range_id for d in report.decode_steps]
+        kept = analysis.ranges.filter(pl.col("range_id").is_in(ids)).drop_nulls("proj_start_ns")
         spans.extend(
             (s, s + d) for s, d in kept.select("proj_start_ns", "proj_duration_ns").iter_rows()
         )
