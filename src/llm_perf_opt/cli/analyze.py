@@ -51,6 +51,8 @@ MAX_TOP_KERNELS: Final = 10_000
 # Options naming files the run reads (never written over) and files it writes.
 INPUT_OPTIONS: Final = ("meta", "static_compute", "config")
 OUTPUT_OPTIONS: Final = ("output", "csv", "markdown", "ranges_out", "perfetto", "html")
+# Options whose output is the MFU report (without one, --ranges-out alone needs no MFU facts).
+REPORT_OUTPUTS: Final = ("format", "output", "csv", "markdown", "plots", "perfetto", "html")
 
 
 @contextmanager
@@ -98,10 +100,7 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
 
 def _run(trace: Path, kw: dict[str, Any]) -> None:
     """Analyze, then write every requested output."""
-    wants_mfu = kw["ranges_out"] is None or any(
-        kw[k] is not None for k in ("format", "output", "csv", "markdown", "plots", "perfetto",
-                                    "html")
-    )  # fmt: skip
+    wants_mfu = kw["ranges_out"] is None or any(kw[k] is not None for k in REPORT_OUTPUTS)
     timeline = None if kw["perfetto"] is None else _timeline(kw["perfetto"], kw)
     with _progress(trace) as progress:
         analysis = analyze_trace(
@@ -122,7 +121,7 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
             with output_file(kw[option]) as handle:
                 handle.write(RENDERERS[fmt](report))
     if kw["html"]:
-        from llm_perf_opt.report.html import report_html  # bokeh costs 0.5 s: only when asked
+        from llm_perf_opt.report.html import report_html  # bokeh costs 0.8 s: only when asked
 
         with output_file(kw["html"]) as handle:
             handle.write(report_html(report))
