@@ -53,15 +53,18 @@ CLEARED: Final = TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
 
 @dataclass(frozen=True)
 class StepCounter:
-    """A counter track: one value per decode step, an expression over the `DECODE_STEP`
-    level's frame (JSON units), shown in `unit`."""
+    """A counter track: one value per item of a level whose items are ranges (a decode step),
+    an expression over the level's frame (JSON units) placed at the range's start, shown in
+    `unit`."""
 
     name: str
     unit: str
     value: pl.Expr
+    frame: Callable[[MfuReport], pl.DataFrame] = decode_step_frame
 
 
-# The counter tracks; a new per-step series joins with one entry here.
+# The counter tracks; a new per-step series (of decode steps, or of another level of ranges
+# with its `frame`) joins with one entry here.
 STEP_COUNTERS: Final = (
     StepCounter("MFU (trace) per decode step", "%", pl.col("mfu_trace") * 100),
     StepCounter("GPU busy % per decode step", "%", pl.col("gpu_busy_s") / pl.col("wall_s") * 100),
@@ -224,19 +227,21 @@ def _annotate(annotation: DebugAnnotation, key: str, value: Any) -> None:
 def _counters(
     kept: pl.DataFrame, report: MfuReport, builder: TraceProtoBuilder, stats: TimelineStats
 ) -> None:
-    """The `STEP_COUNTERS` tracks: each step's value at the step range's start."""
-    steps = decode_step_frame(report).join(
-        kept.select("range_id", "cpu_start_ns"), on="range_id", maintain_order="left"
-    )
-    if steps.is_empty():
-        return
+    """The `STEP_COUNTERS` tracks of the levels that have items: each item's value at its
+    range's start."""
+    starts = kept.select("range_id", "cpu_start_ns")
     for counter in STEP_COUNTERS:
+        items = counter.frame(report)
+        if items.is_empty():
+            continue
         uuid = _uuid(("counter", counter.name))
         track = _descriptor(builder, uuid=uuid)
         track.name = counter.name
         track.counter.CopyFrom(CounterDescriptor(unit_name=counter.unit))
         stats.counter_tracks += 1
-        values = steps.select("cpu_start_ns", counter.value.cast(pl.Float64).alias("v"))
+        values = items.join(starts, on="range_id", maintain_order="left").select(
+            "cpu_start_ns", counter.value.cast(pl.Float64).alias("v")
+        )
         for ts, value in values.drop_nulls().iter_rows():
             _event(builder, ts, uuid, COUNTER).track_event.double_counter_value = value
             stats.counter_values += 1
