@@ -19,7 +19,7 @@ for resolution in "${@:-lowest-direct highest}"; do
     env=$work/$r
     "$uv" venv -q -p python3 "$env"
     "$uv" pip install -q -p "$env/bin/python" --resolution "$r" -e ".[dev]"
-    echo "== $r: $("$uv" pip freeze -p "$env/bin/python" | grep -iE '^(polars|pyarrow|adbc-driver-sqlite|click|sqlite-utils|rich|matplotlib|pyyaml|numpy|pytest|hypothesis)==' | tr '\n' ' ')"
+    echo "== $r: $("$uv" pip freeze -p "$env/bin/python" | grep -iE '^(polars|pyarrow|adbc-driver-sqlite|click|sqlite-utils|rich|matplotlib|perfetto|bokeh|pyyaml|numpy|pytest|hypothesis|playwright)==' | tr '\n' ' ')"
     if "$env/bin/python" -m pytest -q -p no:cacheprovider -x; then
       echo "== $r: passed"
     else

@@ -116,6 +116,7 @@ def analyze_trace(
     *,
     require_mfu: bool = True,
     progress: Progress | None = None,
+    then: Callable[[Trace, Analysis], None] | None = None,
 ) -> Analysis:
     """Open a trace, attribute its GPU ops and compute the MFU report.
 
@@ -125,6 +126,8 @@ def analyze_trace(
         require_mfu: False (only `--ranges-out` asked): when MFU facts are missing, return the
             attribution with `report=None` and the reason instead of raising.
         progress: called with a short status line before each slow step.
+        then: called with the still open trace and the analysis once its report is made
+            (`--perfetto` reads the GPU ops again from it).
 
     Raises:
         LlmPerfOptError: any bad input (see the subclasses), with a message naming the fix.
@@ -205,7 +208,10 @@ def analyze_trace(
             raise
         return Analysis(ranges, None, str(exc), read_warnings, meta, engine)
     report = replace(report, warnings=(*read_warnings, *report.warnings))
-    return Analysis(ranges, report, None, read_warnings, meta, engine)
+    analysis = Analysis(ranges, report, None, read_warnings, meta, engine)
+    if then is not None:
+        then(trace, analysis)
+    return analysis
 
 
 @dataclass(frozen=True)

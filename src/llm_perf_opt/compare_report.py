@@ -28,7 +28,7 @@ _SHOW: Final = {
     "kernels_per_step": ("kernels / step", 1.0, ",.1f"),
     "step_busy_s": ("step busy µs", 1e6, ",.1f"),
 }
-_HEAD: Final = ("stage", "metric", "base", "new", "Δ", "95% band", "n", "verdict")
+HEAD: Final = ("stage", "metric", "base", "new", "Δ", "95% band", "n", "verdict")
 
 
 def _delta_json(d: MetricDelta) -> dict[str, Any]:
@@ -72,18 +72,24 @@ def to_json_text(c: Comparison, regressions: Regressions | None = None) -> str:
     return json.dumps(to_json(c, regressions), indent=2, allow_nan=False) + "\n"
 
 
-def _value(name: str, x: float) -> str:
+def label(name: str) -> str:
+    """A metric's name as a person reads it."""
+    return _SHOW[name][0]
+
+
+def shown(name: str, x: float) -> str:
+    """A metric's value as a person reads it (ms, µs, %)."""
     _, scale, spec = _SHOW[name]
     return format_pct(x) if scale is None else format(x * scale, spec)
 
 
-def _rows(c: Comparison) -> list[tuple[str, ...]]:
+def rows(c: Comparison) -> list[tuple[str, ...]]:
     return [
         (
             stage,
             _SHOW[name][0],
-            _value(name, d.base),
-            _value(name, d.new),
+            shown(name, d.base),
+            shown(name, d.new),
             f"{d.delta_pct:+.1f}%",
             f"[{d.ci_low_pct:+.1f}%, {d.ci_high_pct:+.1f}%]",
             f"{d.n_base}/{d.n_new} {'steps' if d.unit == 'decode_step' else 'images'}",
@@ -103,7 +109,7 @@ def _side(runs: tuple[RunInfo, ...]) -> str:
     return "; ".join(parts)
 
 
-def _header(c: Comparison) -> list[str]:
+def header(c: Comparison) -> list[str]:
     return [
         f"Base: {_side(c.base)}",
         f"New: {_side(c.new)}",
@@ -113,8 +119,8 @@ def _header(c: Comparison) -> list[str]:
 
 
 def render_table(c: Comparison, console: Console, regressions: Regressions) -> None:
-    parts: list[Any] = [Text("\n".join(_header(c)))]
-    parts.append(rich_table("Base vs new per stage", _HEAD, _rows(c), 2))
+    parts: list[Any] = [Text("\n".join(header(c)))]
+    parts.append(rich_table("Base vs new per stage", HEAD, rows(c), 2))
     notes = [f"flag: {f}" for f in c.flags] + [
         f"regression: {s} {m} {p:+.1f}%" for s, m, p in regressions
     ]
@@ -124,8 +130,8 @@ def render_table(c: Comparison, console: Console, regressions: Regressions) -> N
 
 
 def to_markdown(c: Comparison, regressions: Regressions) -> str:
-    out = ["# MFU comparison", "", *(f"- {line}" for line in _header(c)), ""]
-    out += [md_table(_HEAD, _rows(c)), ""]
+    out = ["# MFU comparison", "", *(f"- {line}" for line in header(c)), ""]
+    out += [md_table(HEAD, rows(c)), ""]
     if c.flags:
         out += ["## Flags", "", *(f"- {f}" for f in c.flags), ""]
     if regressions:

@@ -126,7 +126,9 @@ class ModelResult:
 
 @dataclass(frozen=True)
 class DecodeStep:
-    """One decode step (a nested `decode_step` range), for the step time series."""
+    """One decode step (a nested `decode_step` range), for the step time series: its FLOPs at
+    its C (decode FLOPs are a sum over steps, so the steps of an instance add up to it), its
+    trace MFU and, with a host view, its host/GPU breakdown."""
 
     instance: int
     step: int
@@ -137,6 +139,10 @@ class DecodeStep:
     n_gpu_ops: int
     wall_ns: float
     wall_source: str
+    range_id: int
+    flops: float
+    mfu_trace: float | None
+    host: HostGpuView | None = None
 
 
 @dataclass(frozen=True)
@@ -313,7 +319,7 @@ def compute_mfu(
                 head = (pos, inst.image_index, fact.prefill_len)
                 contexts.append(ContextInstance(*head, c.decode_steps, c.source, c.ctx_lens))
                 lens = c.ctx_lens
-                steps_out.extend(_steps(pos, steps, lens, fact.step_wall_s))
+                steps_out.extend(_steps(pos, steps, lens, fact.step_wall_s, flops_model, peak))
             work = stage_work(stage, flops_model, traffic, mode=fact.mode, crop_grid=fact.crop_grid,
                               prefill_len=fact.prefill_len, ctx_lens=lens)  # fmt: skip
             res = _instance_result(stage, pos, inst, fact, row, work, n_kernels, peak)
@@ -330,6 +336,7 @@ def compute_mfu(
         views = breakdown(plan.windows, host_views, ops.gpu_view(plan.windows))
         step_ids = plan.windows.filter(pl.col("group") == STEP_GROUP)["window_id"].to_list()
         results = _with_host_views(results, views, step_ids, peak.peak_flops)
+        steps_out = [replace(d, host=views.window(d.range_id)) for d in steps_out]
     warnings.extend(_implausible(results))
     warnings.extend(kernels.graph_level_note(ops.n_graph_ops()))
     flops_total = sum(s.flops for s in results.values())
@@ -458,22 +465,32 @@ def _steps(
     rows: Sequence[Mapping[str, Any]],
     lens: Sequence[int],
     step_wall_s: Sequence[float],
+    flops_model: FlopsModel,
+    peak: PeakChoice,
 ) -> list[DecodeStep]:
     """Decode-step series rows; the runner's per-step wall wins over the range span."""
     use_runner = len(step_wall_s) == len(rows)
-    return [
-        DecodeStep(
-            instance,
-            k + 1,
-            lens[k] if k < len(lens) else 0,
-            row.get("payload_int"),
-            int(row["cpu_duration_ns"]),
-            int(row["gpu_busy_ns"]),
-            int(row["n_gpu_ops"]),
-            *facts.wall_of(step_wall_s[k] if use_runner else None, row),
+    out = []
+    for k, row in enumerate(rows):
+        c = lens[k] if k < len(lens) else 0
+        busy = int(row["gpu_busy_ns"])
+        flops = flops_model.decode_flops([c]) if c else 0.0
+        out.append(
+            DecodeStep(
+                instance,
+                k + 1,
+                c,
+                row.get("payload_int"),
+                int(row["cpu_duration_ns"]),
+                busy,
+                int(row["n_gpu_ops"]),
+                *facts.wall_of(step_wall_s[k] if use_runner else None, row),
+                range_id=int(row["range_id"]),
+                flops=flops,
+                mfu_trace=_ratio(flops, peak.peak_flops * busy * 1e-9),
+            )
         )
-        for k, row in enumerate(rows)
-    ]
+    return out
 
 
 def _aggregate(

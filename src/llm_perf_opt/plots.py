@@ -15,28 +15,19 @@ from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from llm_perf_opt.hostview import HostGpuView
 from llm_perf_opt.mfu import MfuReport, StageResult
+from llm_perf_opt.palette import (
+    BUSY_COLOR,
+    GPU_SEGMENTS,
+    HOST_SEGMENTS,
+    IDLE_COLOR,
+    STAGE_COLORS,
+    WALL_COLOR,
+)
 from llm_perf_opt.report import format_pct
 from llm_perf_opt.roofline import ridge_point, roofline_points, roofs
 
-BUSY_COLOR: Final = "#2a7ab9"
-IDLE_COLOR: Final = "#d9d9d9"
-WALL_COLOR: Final = "#e08a2c"
 DPI: Final = 120
-STAGE_COLORS: Final = {"vision": "#2a7ab9", "prefill": "#e08a2c", "decode": "#3a9a4a"}
 ROOF_STYLES: Final = {"table": ("-", "datasheet"), "measured": ("--", "measured")}
-# Host parts, then GPU parts: (attribute of HostGpuView, legend label, colour).
-HOST_SEGMENTS: Final = (
-    ("launch_ns", "launch calls", "#6a3d9a"),
-    ("sync_ns", "sync calls", "#e31a1c"),
-    ("other_api_ns", "other CUDA calls", "#fb9a99"),
-    ("outside_api_ns", "outside CUDA calls", "#fdbf6f"),
-)
-GPU_SEGMENTS: Final = (
-    ("busy_ns", "GPU busy", BUSY_COLOR),
-    ("starved_ns", "GPU starved (host late)", "#b2df8a"),
-    ("queued_ns", "GPU queued (launch latency)", "#a6cee3"),
-    ("edge_ns", "GPU idle at the edges", IDLE_COLOR),
-)
 
 
 def _save(fig: Figure, path: Path) -> Path:

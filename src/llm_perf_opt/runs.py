@@ -273,7 +273,7 @@ class BatchUsageError(SelectionError):
 
 
 # `mfu-analyze` options that write one trace's output (refused in batch mode).
-SINGLE_TRACE_OUTPUTS: Final = ("csv", "markdown", "plots", "ranges_out")
+SINGLE_TRACE_OUTPUTS: Final = ("csv", "markdown", "plots", "ranges_out", "perfetto", "html")
 
 
 def is_batch(specs: Sequence[str], kw: Mapping[str, Any]) -> bool:

@@ -61,6 +61,11 @@ STORAGE_DTYPE_OF: Final[Mapping[str, StorageDtype]] = {
 LmHeadPositions = Literal["last", "all"]
 LM_HEAD_POSITIONS: Final[tuple[LmHeadPositions, ...]] = get_args(LmHeadPositions)
 
+# Which GPU ops a Perfetto trace holds (`--perfetto-gpu-ops`): every op, those overlapping the
+# GPU span of a range of the report, or none.
+PerfettoGpuOps = Literal["all", "report", "none"]
+PERFETTO_GPU_OPS: Final[tuple[PerfettoGpuOps, ...]] = get_args(PerfettoGpuOps)
+
 NVTX_DOMAIN: Final = "llm_perf_opt"
 # An engine step's range name in vLLM V1's format (`compute_iteration_details`, vllm/v1/utils.py):
 # requests still in their prompt (context) and in generation, and the tokens each group runs.

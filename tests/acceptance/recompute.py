@@ -188,8 +188,12 @@ def expected_report(
             }
         )
         for k, (row, c) in enumerate(zip(inst["steps"], lens, strict=True)):
+            step_flops = analytic.decode_flops_per_token(text, c).total_flops
             steps_out.append(
                 {
+                    "range_id": row["range_id"],
+                    "flops": step_flops,
+                    "mfu_trace": step_flops / (PEAK_BF16_FLOPS * row["gpu_busy_ns"] / 1e9),
                     "instance": pos,
                     "step": k + 1,
                     "ctx_len": c,
@@ -237,7 +241,7 @@ def expected_report(
         for stage, rows in per_stage.items()
     }
     if host is not None:
-        with_host(stages, instances, host, PEAK_BF16_FLOPS)
+        with_host(stages, instances, host, PEAK_BF16_FLOPS, steps_out)
     flops_total = sum(s["flops"] for s in stages.values())
     busy_total = sum(s["gpu_busy_s"] for s in stages.values())
     wall_total = sum(s["wall_s"] for s in stages.values())

@@ -187,8 +187,10 @@ def with_host(
     instances: Sequence[Mapping[str, Any]],
     ref: HostReference,
     peak_flops: float,
+    steps_out: Sequence[dict[str, Any]],
 ) -> None:
-    """Add the breakdown keys to the recomputed `stages` (in place)."""
+    """Add the breakdown keys to the recomputed `stages` and each decode step's host syncs to
+    `steps_out` (in place)."""
     for stage, doc in stages.items():
         views = [_window_of(ref, inst[stage], inst[stage]["range_id"]) for inst in instances]
         for out, view in zip(doc["instances"], views, strict=True):
@@ -204,3 +206,5 @@ def with_host(
                 for step in inst["steps"]
             ]
             doc["per_step"] = step_median(steps)
+            for out, view in zip(steps_out, steps, strict=True):
+                out["n_syncs"] = view["host"]["n_syncs"]

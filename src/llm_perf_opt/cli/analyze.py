@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -14,7 +14,7 @@ import click
 from rich.console import Console
 
 from llm_perf_opt import runs, vocab
-from llm_perf_opt.analysis import AnalyzeOptions, Progress, analyze_trace
+from llm_perf_opt.analysis import Analysis, AnalyzeOptions, Progress, analyze_trace
 from llm_perf_opt.cli._common import (
     MAX_TOKENS,
     ByteSize,
@@ -30,10 +30,15 @@ from llm_perf_opt.cli._common import (
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import MfuReport
-from llm_perf_opt.onepass import DEFAULT_MEMORY_BUDGET_BYTES, MIN_MEMORY_BUDGET_BYTES
+from llm_perf_opt.onepass import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    MIN_MEMORY_BUDGET_BYTES,
+    StreamBudget,
+)
 from llm_perf_opt.peak_sources import parse_peak_source
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
 from llm_perf_opt.stages import parse_stage_option
+from llm_perf_opt.trace import Trace
 
 # Show a status line on stderr for traces at least this large even when stderr is not a TTY.
 LARGE_TRACE_BYTES: Final = 200 * 1024 * 1024
@@ -45,7 +50,9 @@ MAX_PEAK_TFLOPS: Final = 1e6
 MAX_TOP_KERNELS: Final = 10_000
 # Options naming files the run reads (never written over) and files it writes.
 INPUT_OPTIONS: Final = ("meta", "static_compute", "config")
-OUTPUT_OPTIONS: Final = ("output", "csv", "markdown", "ranges_out")
+OUTPUT_OPTIONS: Final = ("output", "csv", "markdown", "ranges_out", "perfetto", "html")
+# Options whose output is the MFU report (without one, --ranges-out alone needs no MFU facts).
+REPORT_OUTPUTS: Final = ("format", "output", "csv", "markdown", "plots", "perfetto", "html")
 
 
 @contextmanager
@@ -93,11 +100,12 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
 
 def _run(trace: Path, kw: dict[str, Any]) -> None:
     """Analyze, then write every requested output."""
-    wants_mfu = kw["ranges_out"] is None or any(
-        kw[k] is not None for k in ("format", "output", "csv", "markdown", "plots")
-    )
+    wants_mfu = kw["ranges_out"] is None or any(kw[k] is not None for k in REPORT_OUTPUTS)
+    timeline = None if kw["perfetto"] is None else _timeline(kw["perfetto"], kw)
     with _progress(trace) as progress:
-        analysis = analyze_trace(trace, _options(kw), require_mfu=wants_mfu, progress=progress)
+        analysis = analyze_trace(
+            trace, _options(kw), require_mfu=wants_mfu, progress=progress, then=timeline
+        )
     if kw["ranges_out"] is not None:
         with output_file(kw["ranges_out"], "wb") as handle:
             write_ranges_csv(analysis.ranges, handle)
@@ -112,12 +120,32 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
         if kw[option]:
             with output_file(kw[option]) as handle:
                 handle.write(RENDERERS[fmt](report))
+    if kw["html"]:
+        from llm_perf_opt.report.html import report_html  # bokeh costs 0.8 s: only when asked
+
+        with output_file(kw["html"]) as handle:
+            handle.write(report_html(report))
     if kw["plots"]:
         from llm_perf_opt.plots import write_plots  # matplotlib costs 0.3 s: only when asked
 
         with writing(kw["plots"]):
             for path in write_plots(report, kw["plots"]):
                 click.echo(f"wrote {path}", err=True)
+
+
+def _timeline(path: Path, kw: dict[str, Any]) -> Callable[[Trace, Analysis], None]:
+    """What writes the Perfetto trace once the report is made, from the still open trace."""
+
+    def write(trace: Trace, analysis: Analysis) -> None:
+        from llm_perf_opt.timeline import write_timeline  # protobuf: only when asked
+
+        assert analysis.report is not None
+        rows = StreamBudget.of(kw["memory_budget"]).op_batch_rows
+        with output_file(path, "wb") as handle:
+            write_timeline(trace, analysis.ranges, analysis.report, handle,
+                           gpu_ops=kw["perfetto_gpu_ops"], batch_rows=rows)  # fmt: skip
+
+    return write
 
 
 def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
@@ -243,6 +271,26 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Also write PNG plots into this directory.",
 )
 @click.option(
+    "--html",
+    type=_FILE,
+    help="Also write the report as one self-contained HTML page (tables, verdicts, interactive "
+    "plots; opens offline, no network request).",
+)
+@click.option(
+    "--perfetto",
+    type=_FILE,
+    help="Also write a Perfetto trace (open it in ui.perfetto.dev): the report's ranges with "
+    "FLOPs, MFU and verdict per slice, the GPU ops per stream, and per-decode-step counters.",
+)
+@click.option(
+    "--perfetto-gpu-ops",
+    type=click.Choice(vocab.PERFETTO_GPU_OPS),
+    default="all",
+    show_default=True,
+    help="GPU ops in --perfetto: every op; only those overlapping the GPU span of a stage "
+    "instance or decode step (smaller files for long traces); or none.",
+)
+@click.option(
     "--ranges-out",
     type=_FILE,
     help="Write one CSV row per NVTX range instance (attribution columns). Alone, on a trace "
@@ -313,6 +361,7 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
       mfu-analyze run_parquet/ --format json > mfu.json   # nsys export --type parquetdir
       mfu-analyze run.pt.trace.json.gz --ctx-mode auto      # torch.profiler Chrome trace
       mfu-analyze run.sqlite --markdown report.md --plots figs/
+      mfu-analyze run.sqlite --html report.html --perfetto run.pftrace   # ui.perfetto.dev
       mfu-analyze probe.sqlite --stage vision=vision --stage prefill=prefill \\
           --stage decode=decode --model deepseek-ocr --prefill-len 273 --decode-tokens 32
       mfu-analyze llama.sqlite --config config.json --prefill-len 512

@@ -11,7 +11,7 @@ from rich.console import Console
 
 from llm_perf_opt import compare_report, runs
 from llm_perf_opt.analysis import AnalyzeOptions
-from llm_perf_opt.cli._common import guarded
+from llm_perf_opt.cli._common import guarded, output_file
 from llm_perf_opt.compare import (
     DEFAULT_MIN_EFFECT_PCT,
     Comparison,
@@ -126,6 +126,12 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option("--output", "-o", type=_FILE, help="Write the output to this file.")
 @click.option("--plot", type=_FILE, help="Also write a PNG with both sides per stage.")
+@click.option(
+    "--html",
+    type=_FILE,
+    help="Also write one self-contained HTML page: the deltas with their noise bands as a table "
+    "and an interactive plot (opens offline, no network request).",
+)
 @click.option("--include-warmup", is_flag=True, help="Traces: count warmup ranges too.")
 @click.option(
     "--jobs", "-j", type=click.IntRange(min=1), help="Traces analyzed in parallel processes."
@@ -143,17 +149,24 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
       mfu-compare eager.sqlite -- grouped_mm.sqlite
       mfu-compare --db results.sqlite 3f2a 9c1e -- 77b0 --format json
       mfu-compare base/*.sqlite -- new/*.sqlite --fail-on-regression 5 --plot cmp.png
+      mfu-compare eager.sqlite -- grouped_mm.sqlite --html compare.html
     """
-    with guarded():
+    new_side = ctx.meta["new_side"]
+    with guarded(inputs=[*base, *new_side, kw["db"]], outputs=[kw["html"]]):
         options = AnalyzeOptions(include_warmup=kw["include_warmup"])
         dask = runs.dask_address_from(kw["dask"])
         sides = [
             _load_side(specs, kw["db"], options, kw["jobs"], dask, what)
-            for specs, what in ((base, "BASE"), (ctx.meta["new_side"], "NEW"))
+            for specs, what in ((base, "BASE"), (new_side, "NEW"))
         ]
         comparison = compare_runs(sides[0], sides[1], min_effect_pct=kw["min_effect"])
-    gate = kw["fail_on_regression"]
-    failing = regressions(comparison, gate) if gate is not None else []
+        gate = kw["fail_on_regression"]
+        failing = regressions(comparison, gate) if gate is not None else []
+        if kw["html"] is not None:
+            from llm_perf_opt.compare_html import compare_html  # bokeh: only when asked
+
+            with output_file(kw["html"]) as handle:
+                handle.write(compare_html(comparison, failing))
     _emit(comparison, failing, kw["fmt"], kw["output"])
     if kw["plot"] is not None:
         click.echo(f"wrote {compare_report.write_png(comparison, kw['plot'])}", err=True)

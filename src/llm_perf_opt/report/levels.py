@@ -181,6 +181,16 @@ DECODE_STEP: Final = Level(
         WALL,
         WALL_SOURCE,
         N_GPU_OPS,
+        Field("range_id", INT, outputs=JSON_ONLY),
+        FLOPS.only(JSON),
+        MFU_TRACE.only(JSON),
+        Field(
+            "n_syncs",
+            F64,
+            get=lambda d: None if d.host is None else d.host.n_syncs,
+            outputs=JSON_ONLY,
+            whole=True,
+        ),
     ),
 )
 KERNEL_NAME: Final = Field("name", STR)

@@ -1,0 +1,109 @@
+"""`--html` of every committed trace and of a comparison, opened in a real headless chromium:
+no console error, no request but the file itself, the stage names and MFU figures in the page,
+a plot canvas per figure, and a screenshot that is not blank."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from matplotlib.image import imread
+
+from llm_perf_opt.cli.compare import main as compare_main
+from llm_perf_opt.report import format_pct
+
+from .conftest import CASES, TRACES, Analyzed
+
+MAX_BYTES: Final = 5 * 1024 * 1024
+# Share of the screenshot's pixels that must differ from the page background.
+MIN_INK: Final = 0.03
+
+
+def open_page(browser: Any, path: Path) -> tuple[Any, list[str], list[str], bytes]:
+    """The page loaded and rendered: its text, the console errors and page errors, every URL
+    requested, and a full-page screenshot."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    requests: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    page.goto(path.as_uri(), wait_until="load")
+    page.locator("canvas").first.wait_for()  # Playwright's locators see into shadow roots
+    page.wait_for_timeout(300)  # the plots draw in the frame after the canvases appear
+    shot = page.screenshot(full_page=True)
+    return page, problems, requests, shot
+
+
+def ink(png: bytes) -> float:
+    """Share of pixels unlike the top-left one (the page background)."""
+    pixels = imread(io.BytesIO(png), format="png")[..., :3]
+    return float(np.mean(np.any(np.abs(pixels - pixels[0, 0]) > 0.05, axis=-1)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_report_page_in_a_browser(analyzed: Analyzed, browser: Any, name: str) -> None:
+    out = analyzed(name)
+    assert out.html.stat().st_size < MAX_BYTES
+    page, problems, requests, shot = open_page(browser, out.html)
+    try:
+        assert problems == []
+        assert requests == [out.html.as_uri()]  # nothing but the file itself
+        text = page.inner_text("body")
+        for stage, sdoc in out.doc["stages"].items():
+            assert stage in text and sdoc["verdict"] in text
+            assert format_pct(sdoc["mfu_trace"]) in text and format_pct(sdoc["mfu_wall"]) in text
+        assert format_pct(out.doc["model"]["mfu_trace"]) in text
+        assert f"Trace: {out.sqlite}" in text  # the run metadata
+        assert page.evaluate("document.querySelectorAll('script[src], link[href]').length") == 0
+        titles = page.evaluate("Bokeh.documents[0].roots().map(r => r.title.text)")
+        expected = ["Where each stage's wall time goes", "MFU trace vs wall"]
+        stages = out.doc["stages"].values()
+        expected += ["Decode step time", "Decode step MFU"] if out.doc["decode_steps"] else []
+        if any("host" in s for s in stages):
+            expected += ["Where the wall time goes: Host span", "Where the wall time goes: GPU"]
+        expected += ["Roofline"] if any(s.get("bound") for s in stages) else []
+        assert [t for t in titles if not any(t.startswith(e) for e in expected)] == []
+        assert len(titles) == len(expected)
+        assert page.locator("canvas").count() >= len(titles)
+        assert ink(shot) > MIN_INK
+    finally:
+        page.close()
+
+
+def test_comparison_page_in_a_browser(browser: Any, tmp_path: Path) -> None:
+    """`mfu-compare --html`: the per-stage deltas and their noise bands in the page."""
+    html, js = tmp_path / "compare.html", tmp_path / "compare.json"
+    base, new = TRACES / "dsocr_v1_base.sqlite.xz", TRACES / "dsocr_v1_base_gmm.sqlite.xz"
+    args = [str(base), "--", str(new), "--html", str(html), "--format", "json", "-o", str(js)]
+    result = CliRunner().invoke(compare_main, args)
+    assert result.exit_code == 0, result.output
+    assert html.stat().st_size < MAX_BYTES
+    page, problems, requests, shot = open_page(browser, html)
+    try:
+        assert problems == [] and requests == [html.as_uri()]
+        text = page.inner_text("body")
+        doc = json.loads(js.read_text())
+        for stage, deltas in doc["stages"].items():
+            for d in deltas.values():
+                assert f"{d['delta_pct']:+.1f}%" in text, stage
+                assert f"[{d['ci_low_pct']:+.1f}%, {d['ci_high_pct']:+.1f}%]" in text
+        assert "dsocr_v1_base.sqlite.xz" in text and "dsocr_v1_base_gmm.sqlite.xz" in text
+        assert ink(shot) > MIN_INK
+    finally:
+        page.close()
+
+
+def test_page_without_plots_is_plain_html_with_text_escaped() -> None:
+    """A page whose parts draw nothing (a comparison without common stages) still renders, and
+    text from a trace (range or kernel names) never becomes markup."""
+    from llm_perf_opt.report.html import Part, page
+
+    text = page("t", ["Trace: <x>.sqlite"], [Part("p", lines=lambda _s: ["a <script>b"])], None)
+    assert "<script>" not in text and "a &lt;script&gt;b" in text
+    assert "&lt;x&gt;.sqlite" in text and text.startswith("<!DOCTYPE html>")
