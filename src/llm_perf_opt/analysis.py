@@ -26,10 +26,12 @@ import polars as pl
 
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.calibration import calibration_of
+from llm_perf_opt.engines import StepFormat, StepNames, formats_for, name_filter, step_names
 from llm_perf_opt.errors import LlmPerfOptError, SelectionError, UnorderedTableError
 from llm_perf_opt.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
+from llm_perf_opt.flops.steps import BOUND_ASSUMPTION, step_costs
 from llm_perf_opt.flops.vision_towers import default_image_size
 from llm_perf_opt.hostview import host_view
 from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta_from_marks
@@ -47,6 +49,8 @@ from llm_perf_opt.onepass import (
 )
 from llm_perf_opt.opfacts import MemoryOps, OpFacts, StreamedOps
 from llm_perf_opt.peak_sources import resolve_peaks
+from llm_perf_opt.peaks import PeakChoice
+from llm_perf_opt.serving import EngineReport, engine_report
 from llm_perf_opt.stages import (
     RangeRef,
     default_refs,
@@ -93,6 +97,9 @@ class AnalyzeOptions:
     # False: `Analysis.ranges` may hold only the ranges the report reads (the stage, image and
     # decode-step ranges and those open around them), which a one-pass analysis then sums alone
     every_range: bool = True
+    # which serving engines' step names to read (vocab.ENGINES), or one --step-pattern REGEX
+    engine: str = "auto"
+    step_pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,7 @@ def analyze_trace(
         LlmPerfOptError: any bad input (see the subclasses), with a message naming the fix.
     """
     say = progress or (lambda _msg: None)
+    formats = formats_for(options.engine, options.step_pattern)
     say(f"reading {path}")
     trace = open_trace(path)
     budget = StreamBudget.of(options.memory_budget_bytes)
@@ -145,14 +153,17 @@ def analyze_trace(
         refs = default_refs(meta.nvtx_domain if meta else None)
         refs.update(options.stages)
         pruned = batches is not None and not options.every_range
-        raw = _report_ranges(trace, refs, budget) if pruned else trace.nvtx_ranges()
+        raw = _report_ranges(trace, refs, budget, formats) if pruned else trace.nvtx_ranges()
     except BaseException:
         if batches is not None:
             batches.close()
         raise
     present = tuple(s for s in STAGES if not raw.filter(refs[s].expr()).is_empty())
-    # A stage named with --stage must exist; a default-named one may be absent (no vision).
-    missing = [s for s in STAGES if s not in present and (s in options.stages or not present)]
+    steps = step_names(raw["name"], formats)
+    # A stage named with --stage must exist; a default-named one may be absent (no vision), and
+    # all of them in a trace of engine steps.
+    alone = not present and steps.names.is_empty()
+    missing = [s for s in STAGES if s not in present and (s in options.stages or alone)]
     selection = None
     reason = None
     if missing:
@@ -163,7 +174,7 @@ def analyze_trace(
             if batches is not None:
                 batches.close()
             raise SelectionError(reason)
-    else:
+    elif present:
         names, domains = stage_selection_refs(refs, present)
         selection = RangeSelection(names=names, domains=domains)
     windows = host_windows(raw, refs) if reason is None else None
@@ -199,7 +210,9 @@ def analyze_trace(
         return Analysis(ranges, None, reason, read_warnings, meta, engine)
     try:
         say("computing MFU")
-        report = _report(trace, ranges, ops, meta, refs, options, path, present, host_views())
+        report = _report(
+            trace, ranges, ops, meta, refs, options, path, present, host_views(), steps
+        )
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
@@ -261,11 +274,14 @@ class _HostTap:
 
 
 def _report_ranges(
-    trace: Trace, refs: Mapping[str, RangeRef], budget: StreamBudget
+    trace: Trace,
+    refs: Mapping[str, RangeRef],
+    budget: StreamBudget,
+    formats: Sequence[StepFormat],
 ) -> pl.DataFrame:
-    """The NVTX ranges a report reads (`nesting.ranges_around`: the ranges of every role and
-    those open around them), read in batches."""
-    wanted = pl.any_horizontal([ref.expr() for ref in refs.values()])
+    """The NVTX ranges a report reads (`nesting.ranges_around`: the ranges of every role, the
+    engine steps and those open around them), read in batches."""
+    wanted = pl.any_horizontal([*(ref.expr() for ref in refs.values()), name_filter(formats)])
     rows = budget.op_batch_rows
     return ranges_around(lambda first: trace.nvtx_range_batches(rows, warn=first), wanted)
 
@@ -335,8 +351,10 @@ def _report(
     path: str | Path,
     stages: Sequence[str],
     host_views: pl.DataFrame,
+    steps: StepNames,
 ) -> MfuReport:
-    """Resolve config, dtype, GPU and peak, then `compute_mfu`."""
+    """Resolve config, dtype, GPU and peak, the engine view when the trace has engine steps,
+    then `compute_mfu`."""
     warnings: list[str] = []
     hf_model = read_hf_config(options.config_path) if options.config_path else None
     if hf_model is None:
@@ -369,6 +387,9 @@ def _report(
         if hf_model is None
         else HfFlops(hf_model, storage, options.prefill_logits, options.image_hw)
     )
+    engine = None
+    if not steps.names.is_empty():
+        engine = _engine(ranges, steps, flops_model, peak, meta, options, warnings)
     report = compute_mfu(
         ranges,
         ops,
@@ -392,8 +413,43 @@ def _report(
         traffic=flops_model if isinstance(flops_model, AnalyticFlops) else None,
         stages=stages,
         host_views=host_views,
+        engine=engine,
     )
     return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
+
+
+def _engine(
+    ranges: pl.DataFrame,
+    steps: StepNames,
+    flops_model: AnalyticFlops | HfFlops,
+    peak: PeakChoice,
+    meta: RunMeta | None,
+    options: AnalyzeOptions,
+    warnings: list[str],
+) -> EngineReport:
+    """The engine view of the step ranges, and its warnings: malformed names, each format's
+    assumption, how attention FLOPs were bounded when they were."""
+    encodes = meta is not None and any(
+        (e.get("encoder_images") or 0) > 0
+        for s in (meta.raw.get("serve") or {}).get("steps") or []
+        for e in s.get("entries") or []
+    )
+    image_flops = 0.0
+    if encodes and meta is not None:
+        image_flops = flops_model.vision_flops(meta.mode, None)
+    engine = engine_report(
+        ranges,
+        steps,
+        costs=step_costs(flops_model),
+        peak=peak,
+        meta=meta,
+        image_flops=image_flops,
+        include_warmup=options.include_warmup,
+    )
+    warnings += [*steps.warnings(), *engine.notes]
+    if any(s.attention_exact is False for s in engine.steps):
+        warnings.append(BOUND_ASSUMPTION)
+    return engine
 
 
 def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:

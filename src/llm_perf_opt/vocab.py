@@ -58,6 +58,13 @@ STORAGE_DTYPE_OF: Final[Mapping[str, StorageDtype]] = {
 LmHeadPositions = Literal["last", "all"]
 LM_HEAD_POSITIONS: Final[tuple[LmHeadPositions, ...]] = get_args(LmHeadPositions)
 
+# Serving engines whose step names the analysis reads (`--engine`; engines.py holds the formats),
+# and the phase of an engine step: context only, generation only, both, neither.
+Engine = Literal["auto", "vllm", "sglang", "trtllm", "none"]
+ENGINES: Final[tuple[Engine, ...]] = get_args(Engine)
+StepPhase = Literal["prefill", "decode", "mixed", "idle"]
+STEP_PHASES: Final[tuple[StepPhase, ...]] = get_args(StepPhase)
+
 NVTX_DOMAIN: Final = "llm_perf_opt"
 RUN_META_SCHEMA_ID: Final = "llm_perf_opt.run_meta/1"
 STATIC_COMPUTE_SCHEMA_ID: Final = "llm_perf_opt.static_compute/1"
