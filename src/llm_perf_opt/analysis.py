@@ -40,6 +40,7 @@ from llm_perf_opt.nesting import ranges_around
 from llm_perf_opt.onepass import (
     CALL_BATCH_SCHEMA,
     DEFAULT_MEMORY_BUDGET_BYTES,
+    GROUPS_SCHEMA,
     HostViewStream,
     ReadAhead,
     StreamBudget,
@@ -47,10 +48,10 @@ from llm_perf_opt.onepass import (
     attribute_stream,
     range_frame,
 )
-from llm_perf_opt.opfacts import MemoryOps, OpFacts, StreamedOps
+from llm_perf_opt.opfacts import MemoryOps, OpFacts, OpsPlan, StreamedOps
 from llm_perf_opt.peak_sources import resolve_peaks
 from llm_perf_opt.peaks import PeakChoice
-from llm_perf_opt.serving import EngineReport, engine_report
+from llm_perf_opt.serving import EngineReport, engine_report, step_windows
 from llm_perf_opt.stages import (
     RangeRef,
     default_refs,
@@ -170,6 +171,11 @@ def analyze_trace(
         stage = missing[0]
         # the message lists every range name of the trace
         reason = missing_stage_message(stage, refs[stage], trace.nvtx_ranges())
+        if alone:
+            reason += (
+                "; or, for a served model's step ranges, --engine auto or --step-pattern REGEX "
+                "(docs/serving.md)"
+            )
         if require_mfu:
             if batches is not None:
                 batches.close()
@@ -177,7 +183,9 @@ def analyze_trace(
     elif present:
         names, domains = stage_selection_refs(refs, present)
         selection = RangeSelection(names=names, domains=domains)
-    windows = host_windows(raw, refs) if reason is None else None
+    else:  # engine steps alone: each step takes the ops launched inside it, scopes included
+        selection = RangeSelection(names=tuple(steps.names["name"]), domains=None)
+    windows = host_windows(raw, refs, steps) if reason is None else None
     host_views: Callable[[], pl.DataFrame] | None = None
     notes: list[str] = []
     attributed = None
@@ -192,7 +200,7 @@ def analyze_trace(
         batches.host.start(stream)
         try:
             attributed = _attribute_in_one_pass(
-                raw, selection, batches, refs, options, present if reason is None else ()
+                raw, selection, batches, refs, options, present if reason is None else (), steps
             )
             host_views = batches.host.result if windows is not None else None
         except (StreamOrderError, UnorderedTableError) as exc:
@@ -293,16 +301,21 @@ def _attribute_in_one_pass(
     refs: Mapping[str, RangeRef],
     options: AnalyzeOptions,
     stages: Sequence[str],
+    steps: StepNames,
 ) -> tuple[pl.DataFrame, OpFacts]:
     """`onepass.attribute_stream` of the batches, summing what `compute_mfu` will ask
-    (`plan_ops`) of the stages' ranges; no plan without stages, or when planning finds the
-    stages unusable (`compute_mfu` then raises the same error)."""
+    (`plan_ops`) of the stages' ranges, or what the engine view asks of the steps' (a trace of
+    engine steps alone); no plan without either, or when planning finds the stages unusable
+    (`compute_mfu` then raises the same error)."""
     try:
         base = range_frame(raw, selection)
         plan = None
         if stages:
             with contextlib.suppress(LlmPerfOptError):  # compute_mfu raises it again
                 plan = plan_ops(base, refs, options.include_warmup, stages)
+        elif not steps.names.is_empty():
+            windows = step_windows(base, steps, options.include_warmup)
+            plan = OpsPlan(pl.DataFrame(schema=GROUPS_SCHEMA), windows)
         result = attribute_stream(
             base,
             batches.ops,
@@ -317,10 +330,15 @@ def _attribute_in_one_pass(
     return result.ranges, StreamedOps(result, plan)
 
 
-def host_windows(ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:
-    """The windows of the host view: every stage and decode-step range of `ranges`
+def host_windows(
+    ranges: pl.DataFrame, refs: Mapping[str, RangeRef], steps: StepNames | None = None
+) -> pl.DataFrame:
+    """The windows of the host view: every stage, decode-step and engine-step range of `ranges`
     (`Trace.nvtx_ranges()`)."""
-    wanted = pl.any_horizontal([refs[role].expr() for role in (*STAGES, "decode_step")])
+    roles = [refs[role].expr() for role in (*STAGES, "decode_step")]
+    if steps is not None:
+        roles.append(pl.col("name").is_in(steps.names["name"].implode()))
+    wanted = pl.any_horizontal(roles)
     return ranges.filter(wanted).select(
         pl.col("event_id").alias("window_id"), "global_tid", "start_ns", "end_ns"
     )
@@ -389,7 +407,9 @@ def _report(
     )
     engine = None
     if not steps.names.is_empty():
-        engine = _engine(ranges, steps, flops_model, peak, meta, options, warnings)
+        # the steps' host/GPU view needs them to be the selected ranges: no stage ranges
+        views = (ops, host_views) if not stages else (None, None)
+        engine = _engine(ranges, steps, flops_model, peak, meta, options, warnings, views)
     report = compute_mfu(
         ranges,
         ops,
@@ -426,6 +446,7 @@ def _engine(
     meta: RunMeta | None,
     options: AnalyzeOptions,
     warnings: list[str],
+    views: tuple[OpFacts | None, pl.DataFrame | None],
 ) -> EngineReport:
     """The engine view of the step ranges, and its warnings: malformed names, each format's
     assumption, how attention FLOPs were bounded when they were."""
@@ -445,6 +466,8 @@ def _engine(
         meta=meta,
         image_flops=image_flops,
         include_warmup=options.include_warmup,
+        ops=views[0],
+        host_views=views[1],
     )
     warnings += [*steps.warnings(), *engine.notes]
     if any(s.attention_exact is False for s in engine.steps):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 import polars as pl
@@ -21,12 +21,16 @@ import polars as pl
 from llm_perf_opt import facts
 from llm_perf_opt.engines import STEP_COUNTS, StepNames, phase_expr
 from llm_perf_opt.flops.steps import StepCosts, request_work, step_work
+from llm_perf_opt.hostview import WINDOWS_SCHEMA, HostGpuView, breakdown, host_bound
 from llm_perf_opt.meta import RunMeta
+from llm_perf_opt.opfacts import OpFacts
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.vocab import STEP_PHASES, WARMUP_PREFIX
 
 # Step-time percentiles of a phase (nearest rank of the sorted step busy times).
 PERCENTILES: Final = (0.5, 0.9, 0.99)
+# The host/GPU breakdown's group of a phase's step windows.
+GROUP_PREFIX: Final = "step:"
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class EngineStep:
     encoder_images: int | None
     start_ns: int
     n_gpu_ops: int
+    n_op_rows: int
     gpu_busy_ns: int
     cpu_duration_ns: int
     wall_ns: float
@@ -80,10 +85,11 @@ class EnginePhase:
     tokens: int | None
     tokens_per_s: float | None
     flops: float | None
-    flops_attention_max: float | None
+    flops_max: float | None
     attention_exact: bool
     n_gpu_ops: int
-    kernels_per_step: float
+    n_op_rows: int
+    gpu_ops_per_step: float
     gpu_busy_ns: int
     wall_ns: float
     mfu_trace: float | None
@@ -93,6 +99,9 @@ class EnginePhase:
     step_busy_p50_ns: float
     step_busy_p90_ns: float
     step_busy_p99_ns: float
+    # the host/GPU breakdown summed over the phase's steps, and the label it gives
+    host: HostGpuView | None = None
+    host_bound: str | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,21 @@ def step_ranges(ranges: pl.DataFrame, names: StepNames, include_warmup: bool) ->
         warm = pl.col("path").str.contains(f"(?:^|/){WARMUP_PREFIX}[^/]*/").fill_null(False)
         steps = steps.filter(~warm)
     return steps.sort("cpu_start_ns", "range_id")
+
+
+def step_windows(ranges: pl.DataFrame, names: StepNames, include_warmup: bool) -> pl.DataFrame:
+    """The host/GPU windows (`hostview.WINDOWS_SCHEMA`) of the step ranges: each step owns its
+    ops, grouped by phase (`GROUP_PREFIX` + phase). Valid when the step ranges are the selected
+    ones of the attribution (a trace of engine steps without stage ranges)."""
+    steps = step_ranges(ranges, names, include_warmup)
+    return steps.select(
+        pl.col("range_id").alias("window_id"),
+        pl.col("range_id").alias("owner_id"),
+        (GROUP_PREFIX + pl.col("phase")).alias("group"),
+        "global_tid",
+        "start_ns",
+        "end_ns",
+    ).cast(dict(WINDOWS_SCHEMA))  # type: ignore[arg-type]
 
 
 def _exact_entries(
@@ -172,6 +196,8 @@ def engine_report(
     meta: RunMeta | None = None,
     image_flops: float = 0.0,
     include_warmup: bool = False,
+    ops: OpFacts | None = None,
+    host_views: pl.DataFrame | None = None,
 ) -> EngineReport:
     """The engine view of the step ranges among `ranges` (`Attribution.ranges`).
 
@@ -184,6 +210,9 @@ def engine_report(
         image_flops: vision FLOPs of one image, counted where the metadata says a step encodes
             images.
         include_warmup: keep steps under a `warmup…` range.
+        ops, host_views: the attributed ops and `analysis.read_host_views` of the step windows:
+            add each phase's host/GPU breakdown (only when the step ranges were the selected
+            ranges of the attribution).
     """
     notes: list[str] = []
     steps = step_ranges(ranges, names, include_warmup).with_row_index("index")
@@ -201,16 +230,20 @@ def engine_report(
         flops_vision=pl.col("encoder_images").fill_null(0).cast(pl.Float64) * image_flops
     )
     rows = [_step(row, peak) for row in steps.iter_rows(named=True)]
-    phases = tuple(
+    phases = [
         _phase(phase, [s for s in rows if s.phase == phase], peak)
         for phase in STEP_PHASES
         if any(s.phase == phase for s in rows)
-    )
+    ]
+    if ops is not None and host_views is not None:
+        windows = step_windows(ranges, names, include_warmup)
+        views = breakdown(windows, host_views, ops.gpu_view(windows))
+        phases = [_with_view(p, views.group(GROUP_PREFIX + p.phase)) for p in phases]
     return EngineReport(
         engines=tuple(dict.fromkeys(s.engine for s in rows)),
         formats=tuple(dict.fromkeys(s.format for s in rows)),
         steps=tuple(rows),
-        phases=phases,
+        phases=tuple(phases),
         exact_source=source,
         notes=tuple(notes),
     )
@@ -235,6 +268,7 @@ def _step(row: Mapping[str, Any], peak: PeakChoice) -> EngineStep:
         encoder_images=row["encoder_images"],
         start_ns=int(row["cpu_start_ns"]),
         n_gpu_ops=int(row["n_gpu_ops"]),
+        n_op_rows=int(row["n_op_rows"]),
         gpu_busy_ns=busy,
         cpu_duration_ns=int(row["cpu_duration_ns"]),
         wall_ns=wall_ns,
@@ -251,6 +285,12 @@ def _step(row: Mapping[str, Any], peak: PeakChoice) -> EngineStep:
         mbu_trace=_ratio(moved, (bw or 0) * busy * 1e-9),
         mbu_wall=_ratio(moved, (bw or 0) * wall_ns * 1e-9),
     )
+
+
+def _with_view(phase: EnginePhase, view: HostGpuView | None) -> EnginePhase:
+    if view is None:
+        return phase
+    return replace(phase, host=view, host_bound=host_bound(view))
 
 
 def _sum_known(values: Sequence[float | int | None]) -> float | None:
@@ -289,10 +329,11 @@ def _phase(phase: str, steps: Sequence[EngineStep], peak: PeakChoice) -> EngineP
         tokens=tokens,
         tokens_per_s=_ratio(tokens, wall * 1e-9),
         flops=flops,
-        flops_attention_max=flops_max,
+        flops_max=flops_max,
         attention_exact=all(s.attention_exact for s in steps),
         n_gpu_ops=ops,
-        kernels_per_step=ops / len(steps),
+        n_op_rows=sum(s.n_op_rows for s in steps),
+        gpu_ops_per_step=ops / len(steps),
         gpu_busy_ns=busy,
         wall_ns=wall,
         mfu_trace=_ratio(flops, peak.peak_flops * busy * 1e-9),
