@@ -31,6 +31,7 @@ from typing import Final
 import polars as pl
 
 from llm_perf_opt.flops import analytic, decoders
+from llm_perf_opt.flops.analytic import Convention
 from llm_perf_opt.flops.hf_model import HfFlops, _text
 from llm_perf_opt.flops.model import AnalyticFlops
 
@@ -112,8 +113,14 @@ def step_costs(model: AnalyticFlops | HfFlops) -> StepCosts:
     )
 
 
-def causal_pairs(c: pl.Expr, q: pl.Expr, window: int | None) -> pl.Expr:
-    """Σ_{i=1..q} min(c + i, window): the (query, key) pairs of q new positions after c."""
+def attention_pairs(
+    c: pl.Expr, q: pl.Expr, window: int | None, convention: Convention = "causal"
+) -> pl.Expr:
+    """The (query, key) pairs of q new positions after c in one layer: causal Σ_{i=1..q}
+    min(c + i, window); "full" q · min(c + q, window), every query against every key of the
+    request (what dense kernels compute, and vLLM's MFU metrics count)."""
+    if convention == "full":
+        return q * attended_keys(c, q, window)
     if window is None:
         return q * c + q * (q + 1) // 2
     k = pl.min_horizontal(pl.max_horizontal(pl.lit(window) - c, pl.lit(0)), q)
@@ -133,58 +140,77 @@ def _over_layers(costs: StepCosts, part: Callable[[int | None], pl.Expr]) -> pl.
     )
 
 
-def request_work(costs: StepCosts, c: pl.Expr, q: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+def request_work(
+    costs: StepCosts, c: pl.Expr, q: pl.Expr, convention: Convention = "causal"
+) -> tuple[pl.Expr, pl.Expr]:
     """Attention FLOPs and KV-cache keys read (all layers) of one request running q positions
     after c: the exact per-request terms the runner's metadata allows."""
-    pairs = _over_layers(costs, lambda w: causal_pairs(c, q, w))
+    pairs = _over_layers(costs, lambda w: attention_pairs(c, q, w, convention))
     keys = _over_layers(costs, lambda w: attended_keys(c, q, w))
     flops = pairs * costs.pair_flops + (c + q) * costs.kv_expand_per_key
     return flops, keys
 
 
 def _even_split(
-    costs: StepCosts, reqs: pl.Expr, tokens: pl.Expr, c_of: Callable[[pl.Expr], pl.Expr]
+    costs: StepCosts,
+    reqs: pl.Expr,
+    tokens: pl.Expr,
+    c_of: Callable[[pl.Expr], pl.Expr],
+    convention: Convention,
 ) -> tuple[pl.Expr, pl.Expr]:
     """Attention FLOPs and keys of `tokens` split evenly over `reqs` requests, each request with
     q positions after c_of(q)."""
     r = pl.max_horizontal(reqs, pl.lit(1))
     base = tokens // r
     extra = tokens % r
-    lo_flops, lo_keys = request_work(costs, c_of(base), base)
-    hi_flops, hi_keys = request_work(costs, c_of(base + 1), base + 1)
+    lo_flops, lo_keys = request_work(costs, c_of(base), base, convention)
+    hi_flops, hi_keys = request_work(costs, c_of(base + 1), base + 1, convention)
     active = tokens > 0
     flops = pl.when(active).then((r - extra) * lo_flops + extra * hi_flops).otherwise(0)
     keys = pl.when(active).then((r - extra) * lo_keys + extra * hi_keys).otherwise(0)
     return flops, keys
 
 
-def _from_sums(costs: StepCosts, p: str, tokens: str) -> tuple[pl.Expr, pl.Expr]:
+def _from_sums(
+    costs: StepCosts, p: str, tokens: str, convention: Convention
+) -> tuple[pl.Expr, pl.Expr]:
     """Attention FLOPs and keys of one phase from the sums Σq, Σk, Σq², Σq·k (k = c + q):
-    causal pairs Σ q·c + q(q+1)/2 = Σq·k − (Σq² − Σq)/2, exact without sliding windows."""
+    causal pairs Σ q·c + q(q+1)/2 = Σq·k − (Σq² − Σq)/2, full pairs Σq·k; exact without
+    sliding windows."""
     sq, sk = pl.col(tokens), pl.col(f"{p}_sk")
-    pairs = pl.col(f"{p}_sqsk") - (pl.col(f"{p}_sqsq") - sq) // 2
+    pairs = pl.col(f"{p}_sqsk")
+    if convention == "causal":
+        pairs = pairs - (pl.col(f"{p}_sqsq") - sq) // 2
     layers = len(costs.windows)
     flops = pairs * layers * costs.pair_flops + sk * layers * costs.kv_expand_per_key
     return flops, sk * layers
 
 
-def step_work(steps: pl.DataFrame, costs: StepCosts) -> pl.DataFrame:
+def step_work(
+    steps: pl.DataFrame, costs: StepCosts, convention: Convention = "causal"
+) -> pl.DataFrame:
     """`steps` with `flops_linear`, `flops_attention` (the lower bound where not exact),
     `flops_attention_max`, `attention_exact` and `bytes` (None where the counts are unknown).
 
     `steps` holds the counts of `engines.STEP_COUNTS`, and `pairs_exact` / `keys_exact`: the
-    attention FLOPs and keys the runner's per-request lengths give (null where it gave none).
+    attention FLOPs and keys the runner's per-request lengths give (null where it gave none,
+    computed with `request_work` in the same convention).
     """
     ctx_r, ctx_t = pl.col("ctx_reqs"), pl.col("ctx_tokens")
     gen_r, gen_t = pl.col("gen_reqs"), pl.col("gen_tokens")
     windowless = all(w is None for w in costs.windows)
     top = costs.max_positions
-    c_lo, c_lo_keys = _even_split(costs, ctx_r, ctx_t, lambda _q: pl.lit(0))
-    g_lo, g_lo_keys = _even_split(costs, gen_r, gen_t, lambda _q: pl.lit(1))
-    c_max, _ = _even_split(costs, ctx_r, ctx_t, lambda q: pl.max_horizontal(top - q, pl.lit(0)))
-    g_max, _ = _even_split(costs, gen_r, gen_t, lambda q: pl.max_horizontal(top - q, pl.lit(1)))
-    c_sum, c_sum_keys = _from_sums(costs, "c", "ctx_tokens")
-    g_sum, g_sum_keys = _from_sums(costs, "g", "gen_tokens")
+    conv = convention
+    c_lo, c_lo_keys = _even_split(costs, ctx_r, ctx_t, lambda _q: pl.lit(0), conv)
+    g_lo, g_lo_keys = _even_split(costs, gen_r, gen_t, lambda _q: pl.lit(1), conv)
+    c_max, _ = _even_split(
+        costs, ctx_r, ctx_t, lambda q: pl.max_horizontal(top - q, pl.lit(0)), conv
+    )
+    g_max, _ = _even_split(
+        costs, gen_r, gen_t, lambda q: pl.max_horizontal(top - q, pl.lit(1)), conv
+    )
+    c_sum, c_sum_keys = _from_sums(costs, "c", "ctx_tokens", conv)
+    g_sum, g_sum_keys = _from_sums(costs, "g", "gen_tokens", conv)
     # a phase without requests has exact (zero) sums
     c_sums_known = (ctx_r == 0) | pl.all_horizontal(pl.col(f"c_{k}").is_not_null()
                                                     for k in ("sk", "sqsq", "sqsk"))  # fmt: skip
