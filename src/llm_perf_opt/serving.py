@@ -184,7 +184,7 @@ def _exact_entries(
     exact = walls.join(per_step, on="index", how="left").with_columns(
         pl.col("pairs_exact", "keys_exact", "encoder_images").fill_null(0)
     )
-    return exact.select(schema), f"run metadata serve block ({meta.source if meta else ''})"
+    return exact.select(list(schema)), f"run metadata serve block ({meta.source if meta else ''})"
 
 
 def engine_report(

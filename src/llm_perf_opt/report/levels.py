@@ -314,7 +314,7 @@ ENGINE_PHASE_SUMS: Final = (
     STEP_BUSY_P50,
     STEP_BUSY_P90,
     STEP_BUSY_P99,
-    Field("host_bound", STR),
+    Field("host_bound", STR, outputs=JSON_DB),
 )
 ENGINE_PHASE: Final = Level("engine_phase", ENGINE_PHASE_SUMS)
 
