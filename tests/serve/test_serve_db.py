@@ -7,11 +7,11 @@ import sqlite3
 from pathlib import Path
 
 from click.testing import CliRunner
+from tests.serve.export import StepLoop, write_export
 
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
 from llm_perf_opt.resultsdb import ResultsDb
-from tests.serve.export import StepLoop, write_export
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
@@ -38,8 +38,17 @@ def test_phases_are_stored_and_compared(tmp_path: Path) -> None:
     out = tmp_path / "cmp.json"
     result = CliRunner().invoke(
         compare_cli,
-        ["--db", str(db), ids["base.sqlite"], "--", ids["new.sqlite"], "--format", "json",
-         "-o", str(out)],  # fmt: skip
+        [
+            "--db",
+            str(db),
+            ids["base.sqlite"],
+            "--",
+            ids["new.sqlite"],
+            "--format",
+            "json",
+            "-o",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     stages = json.loads(out.read_text())["stages"]

@@ -10,6 +10,8 @@ from typing import Any
 
 import polars as pl
 import pytest
+from tests.analyze.synth import PEAK
+from tests.serve.export import StepLoop, write_export
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.engines import formats_for, step_names
@@ -17,8 +19,6 @@ from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.steps import request_work, step_costs
 from llm_perf_opt.meta import RunMeta, load_meta_file
 from llm_perf_opt.serving import engine_report
-from tests.analyze.synth import PEAK
-from tests.serve.export import StepLoop, write_export
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
@@ -47,10 +47,15 @@ def _serve(names: list[str]) -> dict[str, Any]:
                 "name": name,
                 "wall_s": 0.001 * (k + 1),
                 "entries": [
-                    {"request": r, "phase": p, "query_len": q, "context_len": c,
-                     "encoder_images": n}
+                    {
+                        "request": r,
+                        "phase": p,
+                        "query_len": q,
+                        "context_len": c,
+                        "encoder_images": n,
+                    }
                     for r, p, q, c, n in ENTRIES[k]
-                ],  # fmt: skip
+                ],
             }
             for k, name in enumerate(names)
         ],
@@ -78,13 +83,13 @@ def _costs() -> Any:
 def test_serve_block_makes_attention_exact(attributed: pl.DataFrame) -> None:
     names = step_names(attributed["name"], formats_for("auto"))
     costs = _costs()
-    report = engine_report(attributed, names, costs=costs, peak=PEAK, meta=_meta(_serve(NAMES)),
-                           image_flops=1e12)  # fmt: skip
+    report = engine_report(
+        attributed, names, costs=costs, peak=PEAK, meta=_meta(_serve(NAMES)), image_flops=1e12
+    )
     assert report.exact_source.startswith("run metadata serve block")
     bounded = engine_report(attributed, names, costs=costs, peak=PEAK)
     for step, loose, entries in zip(report.steps, bounded.steps, ENTRIES, strict=True):
-        frame = pl.DataFrame([(q, c) for _, _, q, c, _ in entries], schema=["q", "c"],
-                             orient="row")  # fmt: skip
+        frame = pl.DataFrame([(q, c) for _, _, q, c, _ in entries], schema=["q", "c"], orient="row")
         flops, _ = request_work(costs, pl.col("c"), pl.col("q"))
         assert step.attention_exact and loose.attention_exact is False
         assert step.flops_attention == frame.select(flops.sum()).item()
