@@ -472,6 +472,13 @@ def _engine(
     warnings += [*steps.warnings(), *engine.notes]
     if any(s.attention_exact is False for s in engine.steps):
         warnings.append(BOUND_ASSUMPTION)
+    warnings += [
+        f"engine phase {p.phase}: trace {what} {value:.2f} > 1: the model counts more work than "
+        "the GPU can do in that time; check --config and the peak"
+        for p in engine.phases
+        for what, value in (("MFU", p.mfu_trace), ("MBU", p.mbu_trace))
+        if value is not None and value > 1
+    ]
     return engine
 
 

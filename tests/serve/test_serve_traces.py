@@ -188,7 +188,7 @@ def test_cli_needs_only_the_config(export: tuple[Path, StepLoop], tmp_path: Path
         set(phase_keys) <= set(p) for p in doc["engine_phases"].values()
     )
     assert doc["stages"] == {} and doc["engine"]["engines"]
-    assert "## MFU per engine phase" in (tmp_path / "r.md").read_text()
+    assert "## MFU per engine phase (" in (tmp_path / "r.md").read_text()
     assert "engine_step" in (tmp_path / "r.csv").read_text()
     assert (tmp_path / "figs" / "engine_steps.png").stat().st_size > 5_000
 
@@ -240,6 +240,6 @@ def test_a_trace_with_stages_and_engine_steps_prints_both(tmp_path: Path) -> Non
     assert [s.gpu_busy_ns for s in steps] == [d.gpu_busy_ns for d in report.decode_steps]
     assert [s.n_gpu_ops for s in steps] == [d.n_gpu_ops for d in report.decode_steps]
     text = to_markdown(report)
-    assert "## MFU per stage" in text and "## MFU per engine phase" in text
+    assert "## MFU per stage" in text and "## MFU per engine phase (" in text
     assert to_json(report)["engine_phases"]["decode"]["n_steps"] == len(rows)
     assert "engine_phase" in to_csv(report)

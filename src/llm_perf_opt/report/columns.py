@@ -218,17 +218,17 @@ ENGINE_PHASE_TABLE: Final = (
     _MFU_TRACE,
     _MFU_WALL,
     _MBU_TRACE,
-    shown("busy p50 µs", STEP_BUSY_P50, us),
+    shown("p50 µs", STEP_BUSY_P50, us),
     shown("p90 µs", STEP_BUSY_P90, us),
     shown("p99 µs", STEP_BUSY_P99, us),
-    Column("GPU ops/step", lambda p: num(p.gpu_ops_per_step, ",.1f")),
-    Column("attention", lambda p: _exact(p.attention_exact)),
+    Column("ops/step", lambda p: num(p.gpu_ops_per_step, ",.1f")),
+    Column("attn", lambda p: _exact(p.attention_exact)),
 )
 ENGINE_STEP_TABLE: Final = (
     Column("step", lambda s: str(s.index)),
     shown("phase", PHASE, str),
-    Column("context reqs (tok)", lambda s: _tokens(s.ctx_reqs, s.ctx_tokens)),
-    Column("generation reqs (tok)", lambda s: _tokens(s.gen_reqs, s.gen_tokens)),
+    Column("ctx reqs (tok)", lambda s: _tokens(s.ctx_reqs, s.ctx_tokens)),
+    Column("gen reqs (tok)", lambda s: _tokens(s.gen_reqs, s.gen_tokens)),
     shown("GPU ops", N_GPU_OPS, count),
     Column("busy µs", lambda s: us(s.gpu_busy_ns)),
     Column("wall µs", lambda s: us(s.wall_ns)),
@@ -236,7 +236,7 @@ ENGINE_STEP_TABLE: Final = (
     _MFU_TRACE,
     _MFU_WALL,
     _MBU_TRACE,
-    Column("attention", lambda s: _exact(s.attention_exact)),
+    Column("attn", lambda s: _exact(s.attention_exact)),
 )
 
 

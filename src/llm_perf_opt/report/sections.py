@@ -138,7 +138,8 @@ def engine_lines(report: MfuReport) -> list[str]:
 
 def engine_phase_section(report: MfuReport) -> Section:
     phases = () if report.engine is None else report.engine.phases
-    return Section("MFU per engine phase", head(ENGINE_PHASE_TABLE),
+    title = "MFU per engine phase (p50, p90, p99: GPU busy time of one step)"
+    return Section(title, head(ENGINE_PHASE_TABLE),
                    cells(ENGINE_PHASE_TABLE, phases))  # fmt: skip
 
 
