@@ -18,6 +18,14 @@ parser.add_argument("config", help="a Hugging Face config.json")
 parser.add_argument("--prefill-len", type=int, default=512)
 parser.add_argument("--decode-steps", type=int, default=16)
 parser.add_argument("--warmup-steps", type=int, default=4, help="unannotated steps first")
+parser.add_argument(
+    "--attn-implementation", default="sdpa", help="transformers attention backend (sdpa, eager)"
+)
+parser.add_argument(
+    "--compile",
+    action="store_true",
+    help="torch.compile the forward (inductor: Triton fusions); compiled during the warmup steps",
+)
 args = parser.parse_args()
 
 device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -25,7 +33,12 @@ dtype = torch.bfloat16 if device == "cuda" else torch.float32
 config = AutoConfig.from_pretrained(args.config)
 torch.manual_seed(0)
 with torch.device(device):
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_config(
+        config, dtype=dtype, attn_implementation=args.attn_implementation
+    ).eval()
+if args.compile:
+    # dynamic shapes: one graph for the growing KV cache instead of one per decode step
+    model.forward = torch.compile(model.forward, dynamic=True)  # type: ignore[method-assign]
 prompt = torch.randint(0, config.vocab_size, (1, args.prefill_len), device=device)
 
 
