@@ -21,7 +21,7 @@ import torch
 
 from llm_perf_opt.runner.model import build_model
 from llm_perf_opt.runner.nvtx_marks import Annotator
-from llm_perf_opt.runner.pipeline import _synchronizer, resolve_device, run_image, sdpa_backends
+from llm_perf_opt.runner.pipeline import resolve_device, run_image, sdpa_backends, synchronizer
 from llm_perf_opt.runner.preprocess import synthetic_page
 from llm_perf_opt.runner.stages import prepare_image
 
@@ -45,7 +45,7 @@ def _main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     built = build_model(args.model, tiny=args.tiny, dtype=dtype, device=str(device))
     pages = [prepare_image(built, synthetic_page(i), args.mode) for i in range(args.images)]
-    sync = _synchronizer(device)
+    sync = synchronizer(device)
     annotators = {True: Annotator(True), False: Annotator(False)}
     run_image(built, pages[0], 4, annotators[False], 0, sync)  # warm up kernels and allocator
     totals: dict[bool, list[float]] = {True: [], False: []}

@@ -151,7 +151,7 @@ def analyze_trace(
         meta = load_meta_file(options.meta_path) if options.meta_path else None
         if meta is None:
             meta = meta_from_marks(trace.nvtx_marks())
-        refs = default_refs(meta.nvtx_domain if meta else None)
+        refs = default_refs(meta.nvtx_domain if meta and trace.range_domains else None)
         refs.update(options.stages)
         pruned = batches is not None and not options.every_range
         raw = _report_ranges(trace, refs, budget, formats) if pruned else trace.nvtx_ranges()

@@ -66,7 +66,21 @@ StepPhase = Literal["prefill", "decode", "mixed", "idle"]
 STEP_PHASES: Final[tuple[StepPhase, ...]] = get_args(StepPhase)
 
 NVTX_DOMAIN: Final = "llm_perf_opt"
+# An engine step's range name in vLLM V1's format (`compute_iteration_details`, vllm/v1/utils.py):
+# requests still in their prompt (context) and in generation, and the tokens each group runs.
+VLLM_STEP_NAME: Final = (
+    "execute_context_{ctx_reqs}({ctx_tokens})_generation_{gen_reqs}({gen_tokens})"
+)
+# vLLM's `VLLM_NVTX_SCOPES_FOR_PROFILING=1` scopes inside a step, in the order they run.
+SERVE_SCOPES: Final = (
+    "gpu_model_runner: preprocess",
+    "gpu_model_runner: forward",
+    "gpu_model_runner: postprocess",
+    "gpu_model_runner: sample",
+)
 RUN_META_SCHEMA_ID: Final = "llm_perf_opt.run_meta/1"
+# top-level key of the run metadata in a PyTorch profiler trace (`add_metadata_json`)
+RUN_META_TRACE_KEY: Final = "llm_perf_opt.run_meta"
 STATIC_COMPUTE_SCHEMA_ID: Final = "llm_perf_opt.static_compute/1"
 MODEL_CONFIG_SCHEMA_ID: Final = "llm_perf_opt.model_config/1"
 

@@ -70,12 +70,25 @@ MUTATIONS = {
     "negative wall": _set("images.0.wall_s.decode", -1.0),
     "wall as string": _set("images.1.wall_s.vision", "fast"),
     "missing wall stage": _set("images.0.wall_s.prefill", _DELETE),
-    "no images": _set("images", []),
     "string step wall": _set("images.0.decode_step_wall_s", ["x"]),
     "extra version ok": _set("versions.cuda", "13.0"),
     "non-string version": _set("versions.cuda", 13),
-    "config without schema": _set("model.config.schema", _DELETE),
 }
+# Rules across keys the schema cannot state (`schemas._run_meta_rules`): schema-valid, refused.
+RULE_MUTATIONS = {
+    "no images outside a serve run": _set("images", []),
+    "config without schema": _set("model.config.schema", _DELETE),
+    "hf-decoder config without model_type": _set("model.family", "hf-decoder"),
+}
+
+
+@pytest.mark.parametrize("name", list(RULE_MUTATIONS))
+def test_rules_across_keys_refuse_what_the_schema_allows(name: str, meta: dict[str, Any]) -> None:
+    doc = copy.deepcopy(meta)
+    RULE_MUTATIONS[name](doc)
+    assert validate(doc, load_schema()) == []
+    with pytest.raises(MetaError):
+        check_run_meta(doc, "test")
 
 
 @pytest.mark.parametrize("name", list(MUTATIONS))

@@ -111,9 +111,65 @@ def build_parser() -> argparse.ArgumentParser:
         "and the model's own shapes) and copy bandwidth; recorded as `calibration`",
     )
     p.add_argument(
+        "--profiler",
+        metavar="torch",
+        help="torch: also run under torch.profiler (CPU and CUDA activities); every range "
+        "becomes a record_function span of the same name and the metadata goes into the trace, "
+        "which the analyzer reads like an nsys export",
+    )
+    p.add_argument(
+        "--profiler-out",
+        metavar="FILE.json.gz",
+        help="where --profiler writes its Chrome trace (default: run.pt.trace.json.gz in --out)",
+    )
+    p.add_argument(
         "--static-compute",
         action="store_true",
         help="after the run, write static_compute.json/.md (fvcore FLOPs per stage) into --out",
+    )
+    serve = p.add_argument_group(
+        "serving loop (--serve)",
+        "Run the requests as a serving engine does: continuous batching with chunked prefill, "
+        "one NVTX range per engine step named as vLLM names it "
+        "(execute_context_N(T)_generation_M(G)) with vLLM's gpu_model_runner scopes, and the "
+        "schedule with every step's per-request query and context lengths in the metadata's "
+        "`serve` block. Example: --serve --num-images 4 --token-budget 256 --arrival-every 2",
+    )
+    serve.add_argument(
+        "--serve", action="store_true", help="run the serving loop instead of stage by stage"
+    )
+    serve.add_argument(
+        "--token-budget",
+        type=int,
+        metavar="N",
+        help="most tokens scheduled in one step (default 512); a longer prompt is chunked",
+    )
+    serve.add_argument(
+        "--max-running", type=int, metavar="N", help="most requests in flight (default: no limit)"
+    )
+    serve.add_argument(
+        "--arrival-every",
+        type=int,
+        metavar="K",
+        help="request i arrives at step i*K (default 0: all at the first step)",
+    )
+    serve.add_argument(
+        "--decoder-config",
+        metavar="config.json",
+        help="serve random text prompts on this Hugging Face decoder (llama, mistral, qwen2, "
+        "qwen3, mixtral, qwen2_moe, qwen3_moe; random weights) instead of DeepSeek-OCR pages",
+    )
+    serve.add_argument(
+        "--num-requests",
+        type=int,
+        metavar="N",
+        help="text requests with --decoder-config (default 8)",
+    )
+    serve.add_argument(
+        "--prompt-len",
+        type=int,
+        metavar="L",
+        help="random prompt tokens per text request with --decoder-config (default 128)",
     )
     return p
 
@@ -143,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "--max-new-tokens, or a GPU with more memory"
         )
     _print_summary(result.meta, str(result.meta_path))
+    if result.profile_path is not None:
+        print(f"profiler trace: {result.profile_path}")
     return 0
 
 
@@ -157,6 +215,8 @@ def _print_summary(meta: dict[str, Any], path: str) -> None:
         f"{model['name']} ({model['n_params']:,} params, {meta['dtype']}, "
         f"{meta['device']['name']}), mode {meta['mode']}, warmup {meta['warmup']['rounds']}"
     )
+    if "serve" in meta:
+        _print_serve(meta["serve"])
     for img in meta["images"]:
         wall = img["wall_s"]
         steps = img["decode_steps"]
@@ -167,3 +227,15 @@ def _print_summary(meta: dict[str, Any], path: str) -> None:
             f"decode {1e3 * wall['decode']:.1f} ms{per_step}"
         )
     print(f"metadata: {path}")
+
+
+def _print_serve(serve: dict[str, Any]) -> None:
+    steps = serve["steps"]
+    tokens = sum(e["query_len"] for s in steps for e in s["entries"])
+    wall = sum(s["wall_s"] for s in steps)
+    print(
+        f"serve: {len(serve['requests'])} requests, {len(steps)} steps, {tokens} tokens, "
+        f"{wall:.3f} s of steps (token budget {serve['token_budget']})"
+    )
+    for step in steps:
+        print(f"  step {step['index']}: {step['name']} {1e3 * step['wall_s']:.1f} ms")

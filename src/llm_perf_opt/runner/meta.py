@@ -17,6 +17,7 @@ import torch
 import transformers
 
 import llm_perf_opt
+from llm_perf_opt.meta import check_serve
 from llm_perf_opt.runner.model import BuiltModel
 from llm_perf_opt.runner.nvtx_marks import Annotator
 from llm_perf_opt.runner.stages import PreparedImage
@@ -52,7 +53,7 @@ class RunFacts:
     """Run-level settings recorded in the metadata besides the model and images."""
 
     run_id: str
-    mode: str
+    mode: str | None
     max_new_tokens: int
     warmup_rounds: int
     warmup_synthetic: bool
@@ -98,15 +99,52 @@ def build_run_meta(
     *,
     decode_backend: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
+    serve: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole metadata object, validated against `run_meta.schema.json`.
 
-    `decode_backend` and `calibration` are included when given (`--calibrate` makes the latter).
+    `decode_backend`, `calibration` (`--calibrate`) and `serve` (`--serve`: the schedule) are
+    included when given.
 
     Raises:
         MetaError: the record does not match the schema.
     """
-    device = built.device
+    model = {
+        "name": built.name,
+        "family": built.family,
+        "tiny": built.config.tiny,
+        "config": built.config_dict,
+        "hf_config": built.hf_config_dict,
+        "n_params": built.n_params,
+        "random_weights": built.random_weights,
+        "attn_implementation": built.attn_implementation,
+        "experts_implementation": built.experts_implementation,
+        "sdpa_cudnn": facts.sdpa_cudnn,
+    }
+    return assemble_run_meta(
+        model, built.dtype, built.device, facts, images, prompt_text_tokens,
+        decode_backend=decode_backend, calibration=calibration, serve=serve,
+    )  # fmt: skip
+
+
+def assemble_run_meta(
+    model: dict[str, Any],
+    dtype: torch.dtype,
+    device: torch.device,
+    facts: RunFacts,
+    images: list[dict[str, Any]],
+    prompt_text_tokens: int,
+    *,
+    decode_backend: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
+    serve: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The metadata around a ready `model` block (a DeepSeek-OCR model's or, with `--serve
+    --decoder-config`, a Hugging Face decoder's), validated against the schema.
+
+    Raises:
+        MetaError: the record does not match the schema (or the schedule is inconsistent).
+    """
     meta: dict[str, Any] = {
         "schema": RUN_META_SCHEMA_ID,
         "run_id": facts.run_id,
@@ -114,19 +152,8 @@ def build_run_meta(
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "nvtx_domain": NVTX_DOMAIN,
         "nvtx_enabled": facts.nvtx_enabled,
-        "model": {
-            "name": built.name,
-            "family": built.family,
-            "tiny": built.config.tiny,
-            "config": built.config_dict,
-            "hf_config": built.hf_config_dict,
-            "n_params": built.n_params,
-            "random_weights": built.random_weights,
-            "attn_implementation": built.attn_implementation,
-            "experts_implementation": built.experts_implementation,
-            "sdpa_cudnn": facts.sdpa_cudnn,
-        },
-        "dtype": str(built.dtype).removeprefix("torch."),
+        "model": model,
+        "dtype": str(dtype).removeprefix("torch."),
         "device": {
             "type": device.type,
             "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -155,7 +182,11 @@ def build_run_meta(
         meta["decode_backend"] = decode_backend
     if calibration is not None:
         meta["calibration"] = calibration
+    if serve is not None:
+        meta["serve"] = serve
     check_run_meta(meta)
+    if serve is not None:
+        check_serve(meta)
     return meta
 
 

@@ -147,7 +147,7 @@ def build_model(
         if config.family == "deepseek-ocr2":
             _match_query_tables(model, config)
     if torch.device(device).type != "meta":
-        _random_init(model, seed)
+        random_init(model, seed)
     model.tie_weights()
     return _finish(model, config, config.family, config.family, random_weights=True)
 
@@ -286,7 +286,7 @@ def _match_query_tables(model: Any, config: ModelConfig) -> None:
 
 
 @torch.no_grad()
-def _random_init(model: nn.Module, seed: int) -> None:
+def random_init(model: nn.Module, seed: int) -> None:
     """Fill every parameter in place: norms 1/0, biases 0, everything else normal(0, 0.02)."""
     torch.manual_seed(seed)
     for module in model.modules():

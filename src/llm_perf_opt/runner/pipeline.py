@@ -13,6 +13,9 @@ NVTX layout (domain `llm_perf_opt`, push/pop on the main thread):
         decode_step (payload: C = Lp + k, k = 1 .. max_new_tokens - 1)
     static_compute               (only with --static-compute, after the mark)
 
+Under `--profiler torch` the whole run is profiled and every range is also a `record_function`
+span of the same name (runner/torch_profile.py).
+
 Each stage and each decode step is bracketed by device synchronizations: the host waits before
 it starts the clock and again, inside the range, before it stops it, so wall seconds and the
 range's CPU interval both cover the stage's GPU work.
@@ -20,6 +23,7 @@ range's CPU interval both cover the stage's GPU work.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import uuid
 from collections.abc import Callable, Iterator
@@ -51,6 +55,7 @@ from llm_perf_opt.runner.stages import (
     vision_stage,
     with_random_pixels,
 )
+from llm_perf_opt.runner.torch_profile import PROFILE_FILENAME, torch_profile
 from llm_perf_opt.vocab import FAMILIES, STORAGE_DTYPES
 
 DTYPES: Final[dict[str, torch.dtype]] = {name: getattr(torch, name) for name in STORAGE_DTYPES}
@@ -76,10 +81,12 @@ class RunResult:
 
     meta: dict[str, Any]
     meta_path: Path
+    profile_path: Path | None = None
 
 
 def run(settings: RunSettings) -> RunResult:
-    """Build the model, warm up, run every image stage by stage, emit the metadata.
+    """Build the model, warm up, run every image stage by stage, emit the metadata (with
+    `settings.serve`, the serving loop instead: `runner.serving`).
 
     Unless `settings.sdpa_cudnn`, SDPA may use every backend but cuDNN attention (flash,
     memory-efficient, math) for the whole run.
@@ -87,8 +94,22 @@ def run(settings: RunSettings) -> RunResult:
     Raises:
         LlmPerfOptError: bad settings, missing or unreadable images, unavailable device.
     """
-    with sdpa_backends(settings.sdpa_cudnn):
-        return _run(settings)
+    with (
+        sdpa_backends(settings.sdpa_cudnn),
+        torch_profile(settings.profiler == "torch") as session,
+    ):
+        annotator = Annotator(settings.nvtx, session)
+        if settings.serve:
+            from llm_perf_opt.runner.serving import run_serve  # imports this module
+
+            result = run_serve(settings, annotator)
+        else:
+            result = _run(settings, annotator)
+    if session is None:
+        return result
+    out = settings.profiler_out
+    path = Path(out) if out is not None else result.meta_path.parent / PROFILE_FILENAME
+    return dataclasses.replace(result, profile_path=session.export(path))
 
 
 @contextmanager
@@ -103,22 +124,21 @@ def sdpa_backends(sdpa_cudnn: bool) -> Iterator[None]:
         yield
 
 
-def _run(settings: RunSettings) -> RunResult:
+def _run(settings: RunSettings, annotator: Annotator) -> RunResult:
     device = resolve_device(settings.device)
     dtype = DTYPES[settings.dtype or ("bfloat16" if device.type == "cuda" else "float32")]
-    annotator = Annotator(settings.nvtx)
     if settings.model in FAMILIES:  # fail on a bad mode before building a full-size model
         builtin_config(settings.model, tiny=settings.tiny).mode(settings.mode)
     if settings.static_compute:
         static_compute_module()  # fail before the model is built
-    sources = _load_images(settings)
-    built = _build(settings, dtype, device)
+    sources = load_images(settings)
+    built = build(settings, dtype, device)
     prepared = [
         prepare_image(built, image, settings.mode, settings.crops, source=source)
         for source, image in sources
     ]
-    _check_context(built, prepared, settings.max_new_tokens)
-    sync = _synchronizer(device)
+    check_context(built, prepared, settings.max_new_tokens)
+    sync = synchronizer(device)
     warmup_rounds = settings.warmup_rounds
     if warmup_rounds is None:
         warmup_rounds = 1 if device.type == "cuda" else 0
@@ -308,7 +328,7 @@ def resolve_device(requested: str | None) -> torch.device:
     return device
 
 
-def _build(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> BuiltModel:
+def build(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> BuiltModel:
     """Random-weight model for a family name, else the local snapshot at that path."""
     attn: Any = settings.attn_implementation
     experts: Any = settings.experts_implementation
@@ -327,14 +347,14 @@ def _build(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> B
     return load_local(Path(settings.model), dtype, device, attn, experts)
 
 
-def _synchronizer(device: torch.device) -> Callable[[], None]:
+def synchronizer(device: torch.device) -> Callable[[], None]:
     """A function that waits for the device's queued work (a no-op on CPU)."""
     if device.type == "cuda":
         return lambda: torch.cuda.synchronize(device)
     return lambda: None
 
 
-def _load_images(settings: RunSettings) -> list[tuple[str, Image.Image]]:
+def load_images(settings: RunSettings) -> list[tuple[str, Image.Image]]:
     """(source, image) pairs: the given files, else `num_images` synthetic pages."""
     if settings.images:
         return [(path, load_image(path)) for path in settings.images]
@@ -343,7 +363,7 @@ def _load_images(settings: RunSettings) -> list[tuple[str, Image.Image]]:
     ]
 
 
-def _check_context(built: BuiltModel, prepared: list[PreparedImage], max_new_tokens: int) -> None:
+def check_context(built: BuiltModel, prepared: list[PreparedImage], max_new_tokens: int) -> None:
     window = built.config.text.max_position_embeddings
     longest = max(p.prefill_len for p in prepared)
     if longest + max_new_tokens > window:

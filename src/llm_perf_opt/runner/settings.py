@@ -23,6 +23,7 @@ ATTN_IMPLEMENTATIONS: Final = ("sdpa", "eager")
 EXPERTS_IMPLEMENTATIONS: Final = ("eager", "grouped_mm", "batched_mm")
 # expert backends without host synchronization inside the step, so CUDA graphs can capture it
 GRAPHABLE_EXPERTS: Final = ("grouped_mm", "batched_mm")
+PROFILERS: Final = ("torch",)
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,12 @@ class RunSettings:
     `cuda_graphs` decodes through a static KV cache and a captured CUDA graph; it needs an
     expert backend in `GRAPHABLE_EXPERTS` (the eager loop syncs the host on `torch.nonzero`).
     `calibrate` measures GEMM and copy rates before the workload; `static_compute` writes the
-    fvcore static compute report into `out` after it.
+    fvcore static compute report into `out` after it. `profiler="torch"` runs it all under
+    `torch.profiler` and writes the Chrome trace to `profiler_out` (default: in `out`).
+    `serve` runs the pages (or, with `decoder_config`, `num_requests` random prompts of
+    `prompt_len` tokens on that Hugging Face decoder) as a serving engine's steps: request i
+    arrives at step i·`arrival_every`, a step runs at most `token_budget` tokens (chunked
+    prefill) of at most `max_running` requests (None: no limit).
     """
 
     model: str = "deepseek-ocr"
@@ -63,6 +69,15 @@ class RunSettings:
     cuda_graphs: bool = False
     calibrate: bool = False
     static_compute: bool = False
+    serve: bool = False
+    token_budget: int = 512
+    max_running: int | None = None
+    arrival_every: int = 0
+    decoder_config: str | None = None
+    num_requests: int = 8
+    prompt_len: int = 128
+    profiler: str | None = None
+    profiler_out: str | None = None
 
     def __post_init__(self) -> None:
         _at_least("max_new_tokens", self.max_new_tokens, 1)
@@ -87,11 +102,42 @@ class RunSettings:
                 f"{self.experts_implementation!r}: its per-expert loop synchronizes the host "
                 "(torch.nonzero); add --experts-implementation grouped_mm (or batched_mm)"
             )
+        if self.profiler is not None:
+            _one_of("profiler", self.profiler, PROFILERS)
+        if self.profiler_out is not None and self.profiler is None:
+            raise ConfigError("profiler_out needs a profiler; add --profiler torch")
+        if self.profiler_out is not None and not self.profiler_out.endswith((".json", ".json.gz")):
+            raise ConfigError(
+                f"profiler_out {self.profiler_out!r} must end in .json or .json.gz "
+                "(a Chrome trace; .gz compresses it)"
+            )
         if not self.model:
             raise ConfigError("model is empty; use deepseek-ocr, deepseek-ocr2 or a local path")
+        self._check_serve()
+
+    def _check_serve(self) -> None:
+        _at_least("token_budget", self.token_budget, 1)
+        _at_least("arrival_every", self.arrival_every, 0)
+        _at_least("num_requests", self.num_requests, 1)
+        _at_least("prompt_len", self.prompt_len, 1)
+        if self.max_running is not None:
+            _at_least("max_running", self.max_running, 1)
+        if self.decoder_config is not None and not self.serve:
+            raise ConfigError(
+                "decoder_config (--decoder-config) runs only in the serving loop; add --serve"
+            )
+        if self.serve:
+            clash = [name for name in _NOT_SERVED if getattr(self, name)]
+            if clash:
+                raise ConfigError(
+                    f"--serve does not combine with {', '.join(clash)}; drop "
+                    f"{'them' if len(clash) > 1 else 'it'}"
+                )
 
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(RunSettings)}
+# Settings of the stage-by-stage run that the serving loop does not have.
+_NOT_SERVED: Final = ("cuda_graphs", "calibrate", "static_compute")
 _INT_FIELDS: Final = {
     "num_images",
     "max_new_tokens",
@@ -99,6 +145,11 @@ _INT_FIELDS: Final = {
     "warmup_max_new_tokens",
     "context_len_fixed",
     "seed",
+    "token_budget",
+    "max_running",
+    "arrival_every",
+    "num_requests",
+    "prompt_len",
 }
 _BOOL_FIELDS: Final = {
     "tiny",
@@ -108,6 +159,7 @@ _BOOL_FIELDS: Final = {
     "cuda_graphs",
     "calibrate",
     "static_compute",
+    "serve",
 }
 _GRID_FIELDS: Final = {"crops", "page_size"}
 

@@ -21,6 +21,9 @@ from llm_perf_opt.errors import MetaError
 
 RUN_META_SCHEMA: Final = "run_meta.schema.json"
 STATIC_COMPUTE_SCHEMA: Final = "static_compute.schema.json"
+# Keys `model.config` must hold: our ModelConfig.to_dict(), or a Hugging Face config.json.
+_OWN_CONFIG_KEYS: Final = ("schema", "family", "sam", "projector", "text", "modes")
+_HF_CONFIG_KEYS: Final = ("model_type",)
 # Mismatches listed in one error message.
 MAX_LISTED: Final = 10
 
@@ -131,8 +134,16 @@ def _raise(errors: list[str], what: str) -> None:
 
 
 def _run_meta_rules(meta: dict[str, Any]) -> list[str]:
-    """What the schema cannot say: one context length per decode step, distinct image indices."""
+    """What the schema cannot say: one context length per decode step, distinct image indices,
+    at least one image unless the run is a `serve` loop, and the model config's keys by family
+    (ours for DeepSeek-OCR, a Hugging Face config.json for `hf-decoder`)."""
     errors = []
+    if not meta["images"] and "serve" not in meta:
+        errors.append("`images` needs at least 1 item(s), has 0 (only a `serve` run has none)")
+    model = meta["model"]
+    if isinstance(model.get("config"), dict):
+        keys = _HF_CONFIG_KEYS if model.get("family") == "hf-decoder" else _OWN_CONFIG_KEYS
+        errors.extend(f"`model.config.{k}` is missing" for k in keys if k not in model["config"])
     for i, image in enumerate(meta["images"]):
         lens, steps = image["decode_context_lens"], image["decode_steps"]
         if len(lens) != steps:

@@ -143,6 +143,25 @@ def decompress_cap(compressed_bytes: int) -> int:
     return max(DECOMPRESS_FLOOR_BYTES, DECOMPRESS_RATIO_CAP * compressed_bytes)
 
 
+def new_scratch_dir(path: Path, purpose: str) -> Path:
+    """A private temporary folder for what reading `path` writes, registered (before it exists,
+    so a signal arriving in between still finds it) for `remove_scratch`.
+
+    Raises:
+        TraceAccessError: no temporary folder can be made (`purpose` says what it was for).
+    """
+    scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
+    _SCRATCH_DIRS.add(scratch)
+    try:
+        scratch.mkdir(mode=0o700)
+    except OSError as exc:
+        _SCRATCH_DIRS.discard(scratch)
+        raise TraceAccessError(
+            f"{path}: no temporary folder to {purpose} ({exc}); set TMPDIR"
+        ) from None
+    return scratch
+
+
 def decompressed(path: Path) -> tuple[Path, Path | None]:
     """The SQLite file to open: `path` itself, or an .xz/.gz export decompressed to a private
     temporary folder that lives as long as the Trace. The copy stops at `decompress_cap` and
@@ -155,16 +174,7 @@ def decompressed(path: Path) -> tuple[Path, Path | None]:
     declared = _xz_declared_size(path) if kind == "xz" else None
     if declared is not None and declared > cap:
         raise TraceTooLargeError(_over_cap_message(path, cap))
-    # Registered before it exists, so a signal arriving in between still finds it.
-    scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
-    _SCRATCH_DIRS.add(scratch)
-    try:
-        scratch.mkdir(mode=0o700)
-    except OSError as exc:
-        _SCRATCH_DIRS.discard(scratch)
-        raise TraceAccessError(
-            f"{path}: no temporary folder to decompress it into ({exc}); set TMPDIR"
-        ) from None
+    scratch = new_scratch_dir(path, "decompress it into")
     target = scratch / "trace.sqlite"
     try:
         free = shutil.disk_usage(scratch).free

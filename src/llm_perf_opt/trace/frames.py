@@ -74,7 +74,15 @@ class Trace(ABC):
         export_command: the nsys command that writes this kind of export, named in errors that
             ask for a new one.
         warnings: one line per kind of impossible row left out while reading.
+        range_domains: whether the ranges have NVTX domains (a profiler trace's spans have
+            none: a stage name then matches in any domain).
+        capture_hint: how to capture a trace with ranges and GPU work, for errors.
     """
+
+    range_domains: bool = True
+    capture_hint: str = (
+        "Capture with `nsys profile -t cuda,nvtx ...` and mark the stages with NVTX ranges."
+    )
 
     def __init__(self, path: Path, export_command: str) -> None:
         self.path = path
@@ -183,8 +191,7 @@ class Trace(ABC):
     def _require_nvtx(self) -> None:
         if not self.present_columns(NVTX_TABLE):
             raise NoNvtxEventsError(
-                f"{self.path}: the export has no NVTX_EVENTS table. Capture with "
-                "`nsys profile -t cuda,nvtx ...` and mark the stages with NVTX ranges."
+                f"{self.path}: the export has no NVTX_EVENTS table. {self.capture_hint}"
             )
 
     def _named(self, frame: pl.DataFrame) -> pl.DataFrame:
@@ -295,8 +302,7 @@ class Trace(ABC):
                     "damaged or the ranges were never ended; capture again."
                 )
             raise NoNvtxEventsError(
-                f"{self.path}: the export has no NVTX ranges. Capture with "
-                "`nsys profile -t cuda,nvtx ...` and wrap the stages in NVTX ranges."
+                f"{self.path}: the export has no NVTX ranges. {self.capture_hint}"
             )
         return self._nvtx_ranges
 
@@ -366,7 +372,7 @@ class Trace(ABC):
         if not kinds:
             raise NoGpuOpsError(
                 f"{self.path}: the export has no kernels, memcpys, memsets or CUDA graph "
-                "executions. Capture with `nsys profile -t cuda,nvtx ...`."
+                f"executions. {self.capture_hint}"
             )
         return kinds
 

@@ -1,0 +1,254 @@
+"""PyTorch profiler (Kineto) Chrome traces: exact times, a public trace's ranges against an
+independent count, the nsys report of the same run from its profiler trace, both engines, and
+the one-line errors for JSON that is no profiler trace."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from benchmarks.gen_trace import generate
+from benchmarks.sqlite_to_kineto import convert
+from click.testing import CliRunner
+
+from llm_perf_opt.analysis import IN_MEMORY, ONE_PASS, Analysis, AnalyzeOptions, analyze_trace
+from llm_perf_opt.cli.analyze import main
+from llm_perf_opt.errors import CorruptTraceError, WrongFileKindError
+from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
+from llm_perf_opt.report import RENDERERS
+from llm_perf_opt.trace import open_trace, scratch_dirs
+from llm_perf_opt.trace.kineto import KinetoTrace
+
+REPO = Path(__file__).resolve().parents[2]
+ALEXNET = (
+    REPO / "tests" / "data" / "hta_alexnet" / "benchmark_result_2869224_1695835535_trace.json.gz"
+)
+HUGE = 1 << 40
+# where the decode steps' context lengths came from: payloads (nsys) or the metadata (profiler)
+CONTEXT_SOURCES = ("decode_step payloads", "metadata decode_context_lens")
+
+
+def write_trace(path: Path, events: Iterable[str], head: str = '"schemaVersion": 1, ') -> Path:
+    """A trace file from event JSON texts (numbers kept as written)."""
+    path.write_text("{" + head + '"traceEvents": [' + ",\n".join(events) + "]}")
+    return path
+
+
+def event(cat: str, name: str, ts: str, dur: str, pid: int, tid: int, **args: Any) -> str:
+    fields = ", ".join(f'"{k}": {v}' for k, v in args.items())
+    return (
+        f'{{"ph": "X", "cat": "{cat}", "name": "{name}", "pid": {pid}, "tid": {tid}, '
+        f'"ts": {ts}, "dur": {dur}, "args": {{{fields}}}}}'
+    )
+
+
+def test_microsecond_decimals_become_exact_nanoseconds(tmp_path: Path) -> None:
+    # 19 significant digits: a float cannot hold this time to the ns
+    assert round(float("1707417525512283.123") * 1000) != 1707417525512283123
+    path = write_trace(
+        tmp_path / "t.json",
+        [
+            event("user_annotation", "prefill", "1707417525512280.000", "20.500", 7, 8),
+            event("cuda_runtime", "cudaLaunchKernel", "1707417525512281.999", "1.5", 7, 8,
+                  correlation=5),
+            event("kernel", "gemm", "1707417525512283.123", "2.001", 0, 3, device=0, stream=3,
+                  correlation=5),
+        ],
+    )  # fmt: skip
+    trace = open_trace(path)
+    assert isinstance(trace, KinetoTrace)
+    ops = trace.gpu_ops()
+    assert ops.select("start_ns", "end_ns", "device_id", "stream_id").rows() == [
+        (1707417525512283123, 1707417525512285124, 0, 3)
+    ]
+    calls = trace.api_calls(with_names=True)
+    assert calls.select("start_ns", "end_ns", "name").rows() == [
+        (1707417525512281999, 1707417525512283499, "cudaLaunchKernel")
+    ]
+    assert calls["global_pid"].to_list() == ops["global_pid"].to_list()  # the launch joins
+    ranges = trace.nvtx_ranges()
+    assert ranges.select("name", "domain", "pid", "tid", "start_ns", "end_ns").rows() == [
+        ("prefill", "", 7, 8, 1707417525512280000, 1707417525512300500)
+    ]
+    names = trace.kernel_names().filter(pl.col("name_id") == ops["name_id"][0])
+    assert names["name"].to_list() == ["gemm"]
+
+
+def _independent_counts(path: Path) -> list[tuple[int, str, int]]:
+    """(start µs, name, GPU ops) of every span: the ops whose launch (same correlation) starts
+    on the span's thread within it, counted from the JSON directly."""
+    with gzip.open(path, "rt") as handle:
+        events = json.load(handle)["traceEvents"]
+    xs = [e for e in events if e.get("ph") == "X"]
+    launches = {
+        e["args"]["correlation"]: e for e in xs if e.get("cat") in ("cuda_runtime", "cuda_driver")
+    }
+    ops = [e for e in xs if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    spans = [e for e in xs if e.get("cat") == "user_annotation"]
+    counts = []
+    for span in spans:
+        inside = 0
+        for op in ops:
+            call = launches.get(op["args"]["correlation"])
+            if call is None or call["tid"] != span["tid"]:
+                continue
+            inside += span["ts"] <= call["ts"] <= span["ts"] + span["dur"]
+        counts.append((span["ts"], span["name"], inside))
+    return sorted(counts)
+
+
+def test_public_trace_ranges_count_the_ops_their_launches_made() -> None:
+    analysis = analyze_trace(ALEXNET, AnalyzeOptions(), require_mfu=False)
+    ranges = analysis.ranges.sort("cpu_start_ns", "depth")
+    got = [
+        (start // 1000, name, n)
+        for start, name, n in ranges.select("cpu_start_ns", "name", "n_gpu_ops").rows()
+    ]
+    expected = _independent_counts(ALEXNET)
+    assert got == expected
+    assert len(got) == 8 and max(n for *_, n in got) == 79 + 16 + 3  # every op under [param|cuda]
+    measured = [n for _, name, n in got if name.endswith("|measure|forward]")]
+    warmup = [n for _, name, n in got if name.endswith("|warmup|forward]")]
+    assert measured == [40, 40] and warmup == [41, 41]  # each forward span holds one of its name
+    trace = open_trace(ALEXNET)
+    assert set(trace.gpu_info()["name"]) == {"NVIDIA A100-PG509-200"}
+    assert trace.sync_events().height == 41
+
+
+def _busy_us_of_launches_in(path: Path, name: str) -> tuple[int, int]:
+    """(ops, µs of their union) of the GPU ops launched inside the spans named `name`."""
+    with gzip.open(path, "rt") as handle:
+        xs = [e for e in json.load(handle)["traceEvents"] if e.get("ph") == "X"]
+    spans = [e for e in xs if e.get("cat") == "user_annotation" and e["name"] == name]
+    launched = {
+        e["args"]["correlation"]
+        for e in xs
+        if e.get("cat") == "cuda_runtime"
+        and any(s["ts"] <= e["ts"] <= s["ts"] + s["dur"] for s in spans)
+    }
+    ops = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in xs
+        if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")
+        and e["args"]["correlation"] in launched
+    )
+    busy, reach = 0, None
+    for start, end in ops:
+        if reach is None or start > reach:
+            busy += end - start
+            reach = end
+        elif end > reach:
+            busy += end - reach
+            reach = end
+    return len(ops), busy
+
+
+def test_public_trace_analyzed_with_stage_flags_on_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "ranges.csv"
+    span = "[param|pytorch.model.alex_net|0|0|0|measure|forward]"
+    result = CliRunner().invoke(
+        main,
+        [str(ALEXNET), "--stage", f"prefill={span}", "--model", "deepseek-ocr",
+         "--prefill-len", "273", "--peak-tflops", "312", "--format", "json",
+         "--ranges-out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["gpu_name"] == "NVIDIA A100-PG509-200"
+    prefill = report["stages"]["prefill"]
+    n_ops, busy_us = _busy_us_of_launches_in(ALEXNET, span)
+    assert (prefill["n_gpu_ops"], round(prefill["gpu_busy_s"] * 1e6)) == (n_ops, busy_us)
+    assert n_ops == 40 and prefill["n_instances"] == 2  # the span nests one of its own name
+    assert pl.read_csv(out).height == 8
+
+
+def _normalized(report: Any) -> Any:
+    """A JSON report without what a profiler span cannot carry (payloads, hence image indexes and
+    the source of the decode context; NVTX domains and event ids) and the input's path."""
+    dropped = {"trace", "image_index", "payload_ctx_len", "range_id", "domain"}
+    if isinstance(report, dict):
+        return {
+            k: _normalized(v)
+            for k, v in report.items()
+            if k not in dropped and not (k == "source" and v in CONTEXT_SOURCES)
+        }
+    if isinstance(report, list):
+        return [_normalized(v) for v in report]
+    return report
+
+
+@pytest.fixture(scope="module")
+def generated_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("kineto")
+    sqlite = folder / "run.sqlite"
+    generate(sqlite, 6000, seed=3)
+    profile = folder / "run.pt.trace.json.gz"
+    convert(sqlite, profile)
+    return sqlite, profile
+
+
+def _report_json(analysis: Analysis) -> Any:
+    assert analysis.report is not None
+    return json.loads(RENDERERS["json"](analysis.report))
+
+
+def test_profiler_trace_of_a_run_gives_its_nsys_report(generated_pair: tuple[Path, Path]) -> None:
+    sqlite, profile = generated_pair
+    nsys = _report_json(analyze_trace(sqlite, AnalyzeOptions(memory_budget_bytes=HUGE)))
+    kineto = _report_json(analyze_trace(profile, AnalyzeOptions(memory_budget_bytes=HUGE)))
+    assert _normalized(kineto) == _normalized(nsys)
+    stages = kineto["stages"]
+    assert set(stages) == {"vision", "prefill", "decode"}
+    assert all(s["n_kernels"] > 0 and s["flops"] > 0 for s in stages.values())
+
+
+def test_both_engines_give_one_report_on_a_profiler_trace(
+    generated_pair: tuple[Path, Path],
+) -> None:
+    _, profile = generated_pair
+    memory = analyze_trace(profile, AnalyzeOptions(memory_budget_bytes=HUGE))
+    streamed = analyze_trace(profile, AnalyzeOptions(memory_budget_bytes=MIN_MEMORY_BUDGET_BYTES))
+    assert (memory.engine, streamed.engine) == (IN_MEMORY, ONE_PASS)
+    assert memory.report is not None and streamed.report is not None
+    for fmt in ("json", "csv", "md"):
+        assert RENDERERS[fmt](streamed.report) == RENDERERS[fmt](memory.report), fmt
+
+
+def _gzip_cut(keep: float) -> bytes:
+    data = ALEXNET.read_bytes()
+    return data[: int(len(data) * keep)]
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "needle"),
+    [
+        (b'{"schemaVersion": 1, "deviceProperties": []}', WrongFileKindError, "no traceEvents"),
+        (
+            b'{"traceEvents": [{"ph": "X", "cat": "cpu_op", "name": "aten::mm", "pid": 1, '
+            b'"tid": 1, "ts": 1, "dur": 2}]}',
+            WrongFileKindError,
+            "without PyTorch profiler events",
+        ),
+        (b'{"traceEvents": [{"ph": "X", "cat": "kernel", "ts": 1', CorruptTraceError, "parsed"),
+        (_gzip_cut(0.5), CorruptTraceError, "truncated or damaged"),
+    ],
+    ids=["no-events", "no-profiler-events", "cut-json", "cut-gzip"],
+)
+def test_json_that_is_no_profiler_trace_is_a_one_line_error(
+    tmp_path: Path, content: bytes, error: type[Exception], needle: str
+) -> None:
+    path = tmp_path / "trace.json.gz"
+    path.write_bytes(content)
+    before = scratch_dirs()
+    with pytest.raises(error, match=needle):
+        open_trace(path)
+    assert scratch_dirs() == before  # the half-converted tables are gone
+    result = CliRunner().invoke(main, [str(path)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0]
