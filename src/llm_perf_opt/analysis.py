@@ -450,21 +450,13 @@ def _engine(
 ) -> EngineReport:
     """The engine view of the step ranges, and its warnings: malformed names, each format's
     assumption, how attention FLOPs were bounded when they were."""
-    encodes = meta is not None and any(
-        (e.get("encoder_images") or 0) > 0
-        for s in (meta.raw.get("serve") or {}).get("steps") or []
-        for e in s.get("entries") or []
-    )
-    image_flops = 0.0
-    if encodes and meta is not None:
-        image_flops = flops_model.vision_flops(meta.mode, None)
     engine = engine_report(
         ranges,
         steps,
         costs=step_costs(flops_model),
         peak=peak,
         meta=meta,
-        image_flops=image_flops,
+        vision=_vision_per_request(meta, flops_model),
         include_warmup=options.include_warmup,
         ops=views[0],
         host_views=views[1],
@@ -480,6 +472,24 @@ def _engine(
         if value is not None and value > 1
     ]
     return engine
+
+
+def _vision_per_request(
+    meta: RunMeta | None, flops_model: AnalyticFlops | HfFlops
+) -> dict[int, float]:
+    """Vision-encoder FLOPs of each `--serve` request's page (its mode and crop grid in the
+    serve block's `images`), by request id; none for text requests or other runs."""
+    if meta is None or meta.serve is None:
+        return {}
+    pages = {int(p["index"]): p for p in meta.raw["serve"]["images"]}
+    out = {}
+    for request in meta.serve.requests:
+        page = pages.get(request.image_index) if request.image_index is not None else None
+        if page is not None:
+            grid = page["crop_grid"]
+            crops = None if grid is None else (int(grid[0]), int(grid[1]))
+            out[request.id] = flops_model.vision_flops(page["mode"], crops)
+    return out
 
 
 def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:

@@ -146,18 +146,23 @@ def step_windows(ranges: pl.DataFrame, names: StepNames, include_warmup: bool) -
 
 
 def _exact_entries(
-    steps: pl.DataFrame, meta: RunMeta | None, costs: StepCosts | None, notes: list[str]
+    steps: pl.DataFrame,
+    meta: RunMeta | None,
+    costs: StepCosts | None,
+    vision: Mapping[int, float],
+    notes: list[str],
 ) -> tuple[pl.DataFrame, str]:
     """Per step (position in time order): the runner's exact attention FLOPs, keys read, encoder
-    images and wall seconds, from the metadata `serve` block when it names the same steps."""
+    images, their vision FLOPs (`vision`: per request id) and wall seconds, from the metadata
+    `serve` block when it names the same steps."""
     schema = {"index": pl.Int64, "pairs_exact": pl.Int64, "keys_exact": pl.Int64,
-              "encoder_images": pl.Int64, "runner_wall_s": pl.Float64}  # fmt: skip
+              "encoder_images": pl.Int64, "flops_vision": pl.Float64,
+              "runner_wall_s": pl.Float64}  # fmt: skip
     none = pl.DataFrame(schema=schema)
-    serve = None if meta is None else meta.raw.get("serve")
-    if not isinstance(serve, Mapping) or costs is None:
+    if meta is None or meta.serve is None or costs is None:
         return none, "step names"
-    listed = serve.get("steps") or []
-    names = [s.get("name") for s in listed]
+    serve = meta.serve
+    names = [s.name for s in serve.steps]
     if names != steps["name"].to_list():
         notes.append(
             f"run metadata serve block lists {len(names)} steps, the trace has "
@@ -166,25 +171,40 @@ def _exact_entries(
         return none, "step names"
     entries = pl.DataFrame(
         [
-            (k, int(e["query_len"]), int(e["context_len"]), int(e.get("encoder_images") or 0))
-            for k, s in enumerate(listed)
-            for e in s.get("entries") or []
+            (
+                k,
+                e.query_len,
+                e.context_len,
+                e.encoder_images,
+                e.encoder_images * vision.get(e.request, 0.0),
+            )
+            for k, s in enumerate(serve.steps)
+            for e in s.entries
         ],
-        schema={"index": pl.Int64, "q": pl.Int64, "c": pl.Int64, "images": pl.Int64},
+        schema={
+            "index": pl.Int64,
+            "q": pl.Int64,
+            "c": pl.Int64,
+            "images": pl.Int64,
+            "vision": pl.Float64,
+        },
         orient="row",
     )
     flops, keys = request_work(costs, pl.col("c"), pl.col("q"))
     per_step = entries.group_by("index").agg(
-        pairs_exact=flops.sum(), keys_exact=keys.sum(), encoder_images=pl.col("images").sum()
+        pairs_exact=flops.sum(),
+        keys_exact=keys.sum(),
+        encoder_images=pl.col("images").sum(),
+        flops_vision=pl.col("vision").sum(),
     )
     walls = pl.DataFrame(
-        {"index": range(len(listed)), "runner_wall_s": [s.get("wall_s") for s in listed]},
+        {"index": range(len(serve.steps)), "runner_wall_s": [s.wall_s for s in serve.steps]},
         schema={"index": pl.Int64, "runner_wall_s": pl.Float64},
     )
     exact = walls.join(per_step, on="index", how="left").with_columns(
-        pl.col("pairs_exact", "keys_exact", "encoder_images").fill_null(0)
+        pl.col("pairs_exact", "keys_exact", "encoder_images", "flops_vision").fill_null(0)
     )
-    return exact.select(list(schema)), f"run metadata serve block ({meta.source if meta else ''})"
+    return exact.select(list(schema)), f"run metadata serve block ({meta.source})"
 
 
 def engine_report(
@@ -194,7 +214,7 @@ def engine_report(
     costs: StepCosts | None,
     peak: PeakChoice,
     meta: RunMeta | None = None,
-    image_flops: float = 0.0,
+    vision: Mapping[int, float] | None = None,
     include_warmup: bool = False,
     ops: OpFacts | None = None,
     host_views: pl.DataFrame | None = None,
@@ -207,8 +227,8 @@ def engine_report(
         costs: the model's step constants (None: no FLOPs, only times and counts).
         peak: the peak FLOP/s and bandwidth to divide by.
         meta: the run metadata; its `serve` block gives exact per-request lengths.
-        image_flops: vision FLOPs of one image, counted where the metadata says a step encodes
-            images.
+        vision: vision-encoder FLOPs of each request's image, by request id, counted in the
+            steps where the metadata says the request's image is encoded.
         include_warmup: keep steps under a `warmup…` range.
         ops, host_views: the attributed ops and `analysis.read_host_views` of the step windows:
             add each phase's host/GPU breakdown (only when the step ranges were the selected
@@ -217,7 +237,7 @@ def engine_report(
     notes: list[str] = []
     steps = step_ranges(ranges, names, include_warmup).with_row_index("index")
     steps = steps.with_columns(pl.col("index").cast(pl.Int64))
-    exact, source = _exact_entries(steps, meta, costs, notes)
+    exact, source = _exact_entries(steps, meta, costs, vision or {}, notes)
     steps = steps.join(exact, on="index", how="left")
     if costs is not None:
         steps = step_work(steps, costs)
@@ -226,9 +246,7 @@ def engine_report(
             pl.lit(None, dtype=pl.Float64).alias(c)
             for c in ("flops_linear", "flops_attention", "flops_attention_max", "bytes")
         ).with_columns(attention_exact=pl.lit(None, dtype=pl.Boolean))
-    steps = steps.with_columns(
-        flops_vision=pl.col("encoder_images").fill_null(0).cast(pl.Float64) * image_flops
-    )
+    steps = steps.with_columns(pl.col("flops_vision").fill_null(0.0))
     rows = [_step(row, peak) for row in steps.iter_rows(named=True)]
     phases = [
         _phase(phase, [s for s in rows if s.phase == phase], peak)

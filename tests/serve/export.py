@@ -17,16 +17,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llm_perf_opt.vocab import SERVE_SCOPES
+
 SCHEMA = Path(__file__).resolve().parents[2] / "benchmarks" / "nsys_schema_3_20_3.sql"
 MAIN_PID, WORKER_PID = 1000, 2000
 H100 = "NVIDIA H100 80GB HBM3"
 STEP_NS = 200_000  # steps start this far apart on the CPU
 STEP_CPU_NS = 100_000  # each step's CPU range
 KERNEL_NS = 7_000  # each kernel's duration
-SCOPES = (
-    ("gpu_model_runner: preprocess", 1_000, 10_000),
-    ("gpu_model_runner: forward", 10_000, 80_000),
-    ("gpu_model_runner: sample", 80_000, 95_000),
+# vLLM's scopes inside a step (as the runner writes them), each with its CPU offsets in the step:
+# the kernels are launched in the forward scope
+SCOPES = tuple(
+    zip(
+        SERVE_SCOPES, (1_000, 10_000, 80_000, 85_000), (10_000, 80_000, 85_000, 95_000), strict=True
+    )
 )
 
 

@@ -7,11 +7,11 @@ import sqlite3
 from pathlib import Path
 
 from click.testing import CliRunner
-from tests.serve.export import StepLoop, write_export
 
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
 from llm_perf_opt.resultsdb import ResultsDb
+from tests.serve.export import StepLoop, write_export
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")

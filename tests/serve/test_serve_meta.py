@@ -4,35 +4,42 @@ vision FLOPs, and a block naming other steps is reported and not used."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pytest
-from tests.analyze.synth import PEAK
-from tests.serve.export import StepLoop, write_export
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.engines import formats_for, step_names
+from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
+from llm_perf_opt.flops.model import AnalyticFlops
 from llm_perf_opt.flops.steps import request_work, step_costs
-from llm_perf_opt.meta import RunMeta, load_meta_file
+from llm_perf_opt.meta import RunMeta, parse_meta
 from llm_perf_opt.serving import engine_report
+from tests.analyze.synth import PEAK
+from tests.serve.export import StepLoop, write_export
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 NAMES = [
-    "execute_context_1(282)_generation_0(0)",
-    "execute_context_1(230)_generation_1(1)",
+    "execute_context_2(512)_generation_0(0)",
+    "execute_context_1(200)_generation_1(1)",
     "execute_context_0(0)_generation_2(2)",
 ]
-# (request, phase, query_len, context_len, encoder_images) per step, as the runner writes them
+# (request, phase, query_len, context_len, encoder_images) per step, as the runner writes them:
+# request 0 (a page, 282 prompt tokens) and request 1 (430 text tokens, chunked at the budget)
 ENTRIES = [
-    [(0, "context", 282, 0, 1)],
-    [(1, "context", 230, 200, 0), (0, "generation", 1, 282, 0)],
+    [(0, "context", 282, 0, 1), (1, "context", 230, 0, 0)],
+    [(1, "context", 200, 230, 0), (0, "generation", 1, 282, 0)],
     [(0, "generation", 1, 283, 0), (1, "generation", 1, 430, 0)],
 ]
+PAGE = {"index": 0, "source": "page.png", "width": 1024, "height": 1024, "mode": "base",
+        "crop_grid": None, "n_crops": 0, "vision_tokens": 256, "image_positions": 273,
+        "prefill_len": 282}  # fmt: skip
 
 
 def _serve(names: list[str]) -> dict[str, Any]:
@@ -40,7 +47,27 @@ def _serve(names: list[str]) -> dict[str, Any]:
         "step_name_format": "vllm",
         "token_budget": 512,
         "max_running": 4,
-        "requests": [],
+        "arrival_every": 0,
+        "batching": "packed_tokens_per_request_attention",
+        "images": [PAGE],
+        "requests": [
+            {
+                "id": 0,
+                "prompt_len": 282,
+                "image_index": 0,
+                "arrival_step": 0,
+                "max_new_tokens": 8,
+                "generated_tokens": 3,
+            },
+            {
+                "id": 1,
+                "prompt_len": 430,
+                "image_index": None,
+                "arrival_step": 0,
+                "max_new_tokens": 8,
+                "generated_tokens": 2,
+            },
+        ],
         "steps": [
             {
                 "index": k,
@@ -62,16 +89,24 @@ def _serve(names: list[str]) -> dict[str, Any]:
     }
 
 
+def _meta_json(serve: dict[str, Any]) -> dict[str, Any]:
+    """The committed v1 run's metadata turned into a --serve run's: no stage images, the block."""
+    data = json.loads((REPO / "traces" / "meta" / "dsocr_v1_base.run.meta.json").read_text())
+    return {**data, "images": [], "serve": serve}
+
+
 @pytest.fixture(scope="module")
-def attributed(tmp_path_factory: pytest.TempPathFactory) -> pl.DataFrame:
-    path = write_export(tmp_path_factory.mktemp("meta") / "steps.sqlite", StepLoop(NAMES))
-    analysis = analyze_trace(path, AnalyzeOptions(config_path=str(LLAMA)))
-    return analysis.ranges
+def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_export(tmp_path_factory.mktemp("meta") / "steps.sqlite", StepLoop(NAMES))
+
+
+@pytest.fixture(scope="module")
+def attributed(trace: Path) -> pl.DataFrame:
+    return analyze_trace(trace, AnalyzeOptions(config_path=str(LLAMA))).ranges
 
 
 def _meta(serve: dict[str, Any]) -> RunMeta:
-    meta = load_meta_file(REPO / "traces" / "meta" / "dsocr_v1_base.run.meta.json")
-    return replace(meta, raw={**meta.raw, "serve": serve})
+    return parse_meta(_meta_json(serve), "test")
 
 
 def _costs() -> Any:
@@ -84,7 +119,7 @@ def test_serve_block_makes_attention_exact(attributed: pl.DataFrame) -> None:
     names = step_names(attributed["name"], formats_for("auto"))
     costs = _costs()
     report = engine_report(
-        attributed, names, costs=costs, peak=PEAK, meta=_meta(_serve(NAMES)), image_flops=1e12
+        attributed, names, costs=costs, peak=PEAK, meta=_meta(_serve(NAMES)), vision={0: 1e12}
     )
     assert report.exact_source.startswith("run metadata serve block")
     bounded = engine_report(attributed, names, costs=costs, peak=PEAK)
@@ -98,13 +133,33 @@ def test_serve_block_makes_attention_exact(attributed: pl.DataFrame) -> None:
         assert step.wall_source == "runner" and loose.wall_source == "range"
     assert [s.wall_ns for s in report.steps] == pytest.approx([1e6, 2e6, 3e6])
     assert [s.flops_vision for s in report.steps] == [1e12, 0.0, 0.0]
+    assert [s.flops_vision for s in bounded.steps] == [0.0, 0.0, 0.0]
     assert report.steps[0].encoder_images == 1
 
 
 def test_a_serve_block_of_other_steps_is_not_used(attributed: pl.DataFrame) -> None:
     names = step_names(attributed["name"], formats_for("auto"))
-    other = _serve([*NAMES[:2], "execute_context_0(0)_generation_9(9)"])
-    report = engine_report(attributed, names, costs=_costs(), peak=PEAK, meta=_meta(other))
+    meta = _meta(_serve(NAMES))
+    assert meta.serve is not None
+    other = replace(meta, serve=replace(meta.serve, steps=meta.serve.steps[:2]))
+    report = engine_report(attributed, names, costs=_costs(), peak=PEAK, meta=other)
     assert report.exact_source == "step names"
     assert not any(s.attention_exact for s in report.steps)
-    assert report.notes and "serve block lists 3 steps" in report.notes[0]
+    assert report.notes and "serve block lists 2 steps" in report.notes[0]
+
+
+def test_the_analysis_reads_the_serve_block_and_counts_the_page(
+    trace: Path, tmp_path: Path
+) -> None:
+    """`--meta` of a --serve run: DeepSeek-OCR's FLOPs from its config, exact attention, the
+    page's vision encoder in the step that encodes it."""
+    meta_path = tmp_path / "run.meta.json"
+    meta_path.write_text(json.dumps(_meta_json(_serve(NAMES))))
+    report = analyze_trace(trace, AnalyzeOptions(meta_path=str(meta_path))).report
+    assert report is not None and report.engine is not None
+    steps = report.engine.steps
+    assert all(s.attention_exact for s in steps) and not report.stages
+    page = AnalyticFlops(builtin_config("deepseek-ocr"), "bfloat16").vision_flops("base", None)
+    assert [s.flops_vision for s in steps] == [page, 0.0, 0.0]
+    assert report.engine.exact_source == f"run metadata serve block ({meta_path})"
+    assert not any("bounded" in w for w in report.warnings)

@@ -13,14 +13,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 from click.testing import CliRunner
-from tests.analyze.synth import union_ns
-from tests.serve.export import StepLoop, write_export
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.engines import STEP_FORMATS, formats_for, step_names
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import to_csv, to_json, to_markdown
+from llm_perf_opt.vocab import VLLM_STEP_NAME
+from tests.analyze.synth import union_ns
+from tests.serve.export import StepLoop, write_export
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
@@ -141,6 +142,18 @@ def test_phases_sum_their_steps(report: MfuReport) -> None:
         else:  # a step the name gives no token counts for
             assert any(s.flops is None for s in mine)
         assert phase.host is not None and phase.host.busy_ns == phase.gpu_busy_ns
+
+
+def test_the_runner_step_names_are_read_as_vllm_writes_them() -> None:
+    name = VLLM_STEP_NAME.format(ctx_reqs=1, ctx_tokens=510, gen_reqs=2, gen_tokens=2)
+    read = step_names(pl.Series([name]), formats_for("vllm")).names.row(0, named=True)
+    assert read["format"] == "vllm-v1"
+    assert (read["ctx_reqs"], read["ctx_tokens"], read["gen_reqs"], read["gen_tokens"]) == (
+        1,
+        510,
+        2,
+        2,
+    )
 
 
 def test_sglang_names_read_into_counts_and_sums() -> None:

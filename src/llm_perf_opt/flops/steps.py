@@ -17,8 +17,9 @@ already in its KV cache. Conventions as the rest of flops/ (docs/flops.md):
 - bytes (MBU): the active weights read once per step (a MoE layer's top-k experts, as a batch-1
   decode step reads them: a lower bound for a batch) plus the KV cache of the keys attended.
 
-`StepCosts` holds the per-model constants, taken from the same functions the stage FLOPs use
-(`analytic` for DeepSeek-OCR configs, `decoders` for Hugging Face ones).
+`StepCosts` holds the per-model constants, taken from `decoders` (the Hugging Face decoders'
+stage FLOPs; DeepSeek-OCR's decoder through `serving.text_decoder_spec`, which counts what
+`analytic` does: tests/serve/test_step_flops.py holds one-request steps equal to both).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from llm_perf_opt.flops import analytic, decoders
 from llm_perf_opt.flops.analytic import Convention
 from llm_perf_opt.flops.hf_model import HfFlops, _text
 from llm_perf_opt.flops.model import AnalyticFlops
+from llm_perf_opt.flops.serving import text_decoder_spec
 
 # How the bounded attention FLOPs are bounded, stated in every report that has them.
 BOUND_ASSUMPTION: Final = (
@@ -70,33 +72,17 @@ class StepCosts:
 
 
 def step_costs(model: AnalyticFlops | HfFlops) -> StepCosts:
-    """The step constants of a FLOPs model.
+    """The step constants of a FLOPs model, from `decoders` (DeepSeek-OCR's decoder through
+    `serving.text_decoder_spec`).
 
     Raises:
         ConfigError: a Hugging Face config without a language model.
     """
-    dtype = model.bytes_dtype
     if isinstance(model, AnalyticFlops):
-        text = model.config.text
-        layers = text.num_layers
-        per_key = analytic.decode_flops_per_token(text, 2).blocks["text.attn_scores"] // 2
-        return StepCosts(
-            linear_per_token=sum(analytic.decode_flops_per_token(text, 1).blocks.values())
-            - analytic.lm_head_flops(text)
-            - per_key,
-            lm_head_per_position=analytic.lm_head_flops(text),
-            pair_flops=per_key // layers,
-            windows=(None,) * layers,
-            kv_expand_per_key=0,
-            max_positions=text.max_position_embeddings,
-            weight_bytes=None
-            if dtype is None
-            else sum(analytic.active_decode_params(text).values()) * analytic.dtype_bytes(dtype),
-            kv_bytes_per_key=None
-            if dtype is None
-            else analytic.kv_cache_bytes_per_position(text, dtype) // layers,
-        )
-    spec = _text(model.model)
+        spec = text_decoder_spec(model.config.text)
+    else:
+        spec = _text(model.model)
+    dtype = model.bytes_dtype
     params = decoders.per_token_params(spec)
     lm_head = 2 * params.pop("text.lm_head")
     return StepCosts(
