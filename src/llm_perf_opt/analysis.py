@@ -185,7 +185,8 @@ def analyze_trace(
         selection = RangeSelection(names=names, domains=domains)
     else:  # engine steps alone: each step takes the ops launched inside it, scopes included
         selection = RangeSelection(names=tuple(steps.names["name"]), domains=None)
-    windows = host_windows(raw, refs, steps) if reason is None else None
+    # the steps' host view only where they own their ops (no stage ranges)
+    windows = host_windows(raw, refs, None if present else steps) if reason is None else None
     host_views: Callable[[], pl.DataFrame] | None = None
     notes: list[str] = []
     attributed = None

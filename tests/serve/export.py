@@ -12,6 +12,8 @@ inside; its kernels are launched in the scopes, optionally
 
 from __future__ import annotations
 
+import lzma
+import shutil
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,3 +132,24 @@ def write_export(path: Path, loop: StepLoop) -> Path:
                                           "totalMemory": 85_000_000_000}])  # fmt: skip
     path.chmod(0o444)
     return path
+
+
+def llama_with_steps(path: Path, name: str) -> tuple[Path, int]:
+    """The committed Llama-3.2-1B-shape H100 capture (decompressed at `path`) with a step range
+    named `name` laid over every `decode_step` range: same thread, same times, so the same
+    launches. Returns the path and the number of steps."""
+    source = Path(__file__).resolve().parents[2] / "traces" / "llama_1b_shape.sqlite.xz"
+    with lzma.open(source) as src, path.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    with sqlite3.connect(path) as db:
+        rows = db.execute(
+            "SELECT n.start, n.end, n.globalTid FROM NVTX_EVENTS n "
+            "LEFT JOIN StringIds s ON s.id = n.textId "
+            "WHERE coalesce(n.text, s.value) = 'decode_step' ORDER BY n.start"
+        ).fetchall()
+        db.executemany(
+            "INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid, domainId) "
+            "VALUES (?, ?, 59, ?, ?, 0)",
+            [(a, b, name, t) for a, b, t in rows],
+        )
+    return path, len(rows)

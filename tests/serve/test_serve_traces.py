@@ -5,9 +5,6 @@ malformed name a warning, the zero-token step idle, and the CLI needing only --c
 from __future__ import annotations
 
 import json
-import lzma
-import shutil
-import sqlite3
 from pathlib import Path
 
 import polars as pl
@@ -21,7 +18,7 @@ from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import to_csv, to_json, to_markdown
 from llm_perf_opt.vocab import VLLM_STEP_NAME
 from tests.analyze.synth import union_ns
-from tests.serve.export import StepLoop, write_export
+from tests.serve.export import StepLoop, llama_with_steps, write_export
 
 REPO = Path(__file__).resolve().parents[2]
 LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
@@ -121,6 +118,7 @@ def test_zero_token_steps_are_idle_with_no_flops(report: MfuReport) -> None:
     idle = [s for s in report.engine.steps if s.phase == "idle"]
     for step in idle:
         assert step.tokens == 0 and step.flops == 0.0 and step.attention_exact
+        assert step.bytes == 0.0 and step.mbu_trace == 0.0
     phases = {p.phase: p for p in report.engine.phases}
     if idle:
         assert phases["idle"].n_steps == len(idle) and phases["idle"].flops == 0.0
@@ -229,30 +227,19 @@ def test_step_pattern_reads_another_engine(tmp_path: Path) -> None:
 
 def test_a_trace_with_stages_and_engine_steps_prints_both(tmp_path: Path) -> None:
     """The committed Llama trace with a vLLM step range over every decode step."""
-    path = tmp_path / "llama_steps.sqlite"
-    with lzma.open(REPO / "traces" / "llama_1b_shape.sqlite.xz") as src, path.open("wb") as dst:
-        shutil.copyfileobj(src, dst)
-    with sqlite3.connect(path) as db:
-        rows = db.execute(
-            "SELECT n.start, n.end, n.globalTid, n.domainId FROM NVTX_EVENTS n "
-            "LEFT JOIN StringIds s ON s.id = n.textId "
-            "WHERE coalesce(n.text, s.value) = 'decode_step' ORDER BY n.start"
-        ).fetchall()
-        db.executemany(
-            "INSERT INTO NVTX_EVENTS (start, end, eventType, text, globalTid, domainId) "
-            "VALUES (?, ?, 59, ?, ?, 0)",
-            [(a, b, "execute_context_0(0)_generation_1(1)", t) for a, b, t, _ in rows],
-        )
+    path, n_steps = llama_with_steps(
+        tmp_path / "llama_steps.sqlite", "execute_context_0(0)_generation_1(1)"
+    )
     options = AnalyzeOptions(config_path=LLAMA, prefill_len=512)
     report = analyze_trace(path, options).report
     assert report is not None and report.engine is not None
     assert set(report.stages) == {"prefill", "decode"}
     steps = report.engine.steps
-    assert len(steps) == len(rows) == report.stages["decode"].decode_steps
+    assert len(steps) == n_steps == report.stages["decode"].decode_steps
     # the same ops: each engine step holds exactly its decode_step range's GPU work
     assert [s.gpu_busy_ns for s in steps] == [d.gpu_busy_ns for d in report.decode_steps]
     assert [s.n_gpu_ops for s in steps] == [d.n_gpu_ops for d in report.decode_steps]
     text = to_markdown(report)
     assert "## MFU per stage" in text and "## MFU per engine phase (" in text
-    assert to_json(report)["engine_phases"]["decode"]["n_steps"] == len(rows)
+    assert to_json(report)["engine_phases"]["decode"]["n_steps"] == n_steps
     assert "engine_phase" in to_csv(report)

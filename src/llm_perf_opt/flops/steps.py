@@ -15,7 +15,8 @@ already in its KV cache. Conventions as the rest of flops/ (docs/flops.md):
   lower bound with no earlier context (c = 0 for a context request, c = 1 for a generation
   one), the upper with the whole window (c = max positions − q).
 - bytes (MBU): the active weights read once per step (a MoE layer's top-k experts, as a batch-1
-  decode step reads them: a lower bound for a batch) plus the KV cache of the keys attended.
+  decode step reads them: a lower bound for a batch) plus the KV cache of the keys attended; 0
+  for a step that runs no token.
 
 `StepCosts` holds the per-model constants, taken from `decoders` (the Hugging Face decoders'
 stage FLOPs; DeepSeek-OCR's decoder through `serving.text_decoder_spec`, which counts what
@@ -240,7 +241,11 @@ def step_work(
             pl.when(exact).then(lower).otherwise(c_max + g_max).cast(pl.Float64)
         ),
         attention_exact=pl.when(known).then(exact),
+        # a step that runs no token runs no forward: it reads nothing
         bytes=pl.when(known & pl.lit(weights is not None)).then(
-            (pl.lit(weights or 0) + keys * (kv or 0)).cast(pl.Float64)
+            pl.when(tokens > 0)
+            .then(pl.lit(weights or 0) + keys * (kv or 0))
+            .otherwise(0)
+            .cast(pl.Float64)
         ),
     )

@@ -1,0 +1,81 @@
+"""Engine steps' GPU op counts against NVIDIA's `nvtx_gpu_proj_trace` (`NumGPUOps`) on H100 traces.
+
+- The committed Llama-3.2-1B-shape capture with a vLLM-named step range laid over every
+  `decode_step` range (same thread, same times, so the same launches): each step's count equals
+  NVIDIA's count for the decode step under it.
+- Every `--serve` capture committed as `traces/*serve*.sqlite.xz` with its oracle
+  `traces/oracle/<name>_nsys2025_nvtx_gpu_proj_trace.csv.xz` (the layout of the other captures):
+  every step range NVIDIA lists is recognised, with NVIDIA's count. Until such a capture is
+  committed that test is skipped (it needs GPU data a plain machine cannot make).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
+from llm_perf_opt.engines import formats_for, name_filter
+from llm_perf_opt.mfu import MfuReport
+from tests.attribution.oracle import read_projection
+from tests.serve.export import llama_with_steps
+
+REPO = Path(__file__).resolve().parents[2]
+TRACES = REPO / "traces"
+LLAMA_CONFIG = str(TRACES / "meta" / "llama_1b_shape.config.json")
+STEP = "execute_context_0(0)_generation_1(1)"
+
+
+def oracle_of(trace: Path) -> Path:
+    name = trace.name.removesuffix(".xz").removesuffix(".sqlite")
+    return TRACES / "oracle" / f"{name}_nsys2025_nvtx_gpu_proj_trace.csv.xz"
+
+
+CAPTURES = sorted(p for p in TRACES.glob("*serve*.sqlite.xz") if oracle_of(p).is_file())
+
+
+def nvidia_steps(proj_csv: Path) -> pl.DataFrame:
+    """NVIDIA's rows of step-named ranges: `RangeId` (the NVTX_EVENTS rowid, our range id),
+    the name without NVIDIA's `domain:` prefix, `NumGPUOps`."""
+    projection = read_projection(proj_csv).with_columns(
+        name=pl.col("Name").str.replace(r"^[^:]*:", "")
+    )
+    return projection.filter(name_filter(formats_for("auto"))).select(
+        "RangeId", "name", "NumGPUOps", "Projected Start (ns)"
+    )
+
+
+def ours(report: MfuReport) -> pl.DataFrame:
+    assert report.engine is not None
+    steps = report.engine.steps
+    return pl.DataFrame(
+        {"RangeId": [s.range_id for s in steps], "n_gpu_ops": [s.n_gpu_ops for s in steps]},
+        schema={"RangeId": pl.Int64, "n_gpu_ops": pl.Int64},
+    )
+
+
+def test_steps_over_decode_steps_count_nvidias_ops(tmp_path: Path) -> None:
+    path, n_steps = llama_with_steps(tmp_path / "llama_steps.sqlite", STEP)
+    report = analyze_trace(path, AnalyzeOptions(config_path=LLAMA_CONFIG, prefill_len=512))
+    assert report.report is not None and report.report.engine is not None
+    steps = report.report.engine.steps
+    nvidia = read_projection(oracle_of(TRACES / "llama_1b_shape.sqlite.xz")).filter(
+        pl.col("Name").str.ends_with(":decode_step")
+    )
+    starts = nvidia["Orig Start (ns)"].cast(pl.Int64)
+    by_start = dict(zip(starts, nvidia["NumGPUOps"], strict=True))
+    assert len(steps) == n_steps == nvidia.height
+    assert [s.n_gpu_ops for s in steps] == [by_start[s.start_ns] for s in steps]
+
+
+@pytest.mark.skipif(not CAPTURES, reason="no --serve capture with its NVIDIA oracle committed")
+@pytest.mark.parametrize("trace", CAPTURES or [TRACES / "none"], ids=lambda p: p.name)
+def test_serve_captures_every_step_recognised_with_nvidias_count(trace: Path) -> None:
+    analysis = analyze_trace(trace, AnalyzeOptions())  # the run metadata mark has every fact
+    assert analysis.report is not None and analysis.report.engine is not None
+    joined = nvidia_steps(oracle_of(trace)).join(ours(analysis.report), on="RangeId", how="left")
+    assert joined.height == len(analysis.report.engine.steps) > 0
+    assert joined.filter(pl.col("n_gpu_ops").ne_missing(pl.col("NumGPUOps"))).is_empty()
+    assert all(s.attention_exact for s in analysis.report.engine.steps)
