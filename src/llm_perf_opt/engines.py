@@ -76,10 +76,9 @@ def _g(name: str) -> str:
 #   has no output token, a chunk of a chunked prefill included.
 # - older vLLM V1, the same method: f"execute_new_{num_new}_cached_{num_cached}" (scheduled new
 #   and cached requests, no token counts).
-# - vLLM's opt-in `--profiler-config.detailed_trace_annotation` (PR #37524 / RFC #45069):
-#   `execute_{tokens}_context_{n}(…)…` with per-phase query/KV sums. Its exact spelling could not
-#   be read from vLLM's source here; the pattern accepts `key=value` sums in either order,
-#   separated by spaces or commas, inside each phase's parentheses.
+# - vLLM's opt-in `--profiler-config.detailed_trace_annotation` (PR #37524, RFC #45069), the
+#   same method: "execute_{scheduled tokens}_context_{n}(sq{tokens}sk{Σ seq_len}sqsq{Σ q²}
+#   sqsk{Σ q·seq_len})_generation_{m}(sq…sk…sqsq…sqsk…)", seq_len = computed + scheduled tokens.
 # - SGLang `build_step_span_name` in python/sglang/srt/utils/profile_utils.py (earlier
 #   `ModelRunner._build_step_span_name`): f"step[EXTEND bs={bs} toks={toks}", else
 #   f"step[{mode.name} bs={bs}"; with roofline annotations (PR #24911) `build_roofline_suffix`
@@ -88,11 +87,9 @@ def _g(name: str) -> str:
 # - TensorRT-LLM PyTorch executor, `PyExecutor._forward_step` in
 #   tensorrt_llm/_torch/pyexecutor/py_executor.py: f"[Executor] _forward_step {iter}: {N} ctx
 #   reqs, {M} gen reqs" (older builds: no iteration number; some add "{T} ctx tokens").
-def _sums(prefix: str, tokens: str) -> str:
-    """The `key=value` sums of one phase inside the detailed vLLM form (sq: its tokens)."""
-    named = {"sq": tokens, "sk": f"{prefix}_sk", "sqsq": f"{prefix}_sqsq", "sqsk": f"{prefix}_sqsk"}
-    keys = "|".join(f"(?:{k}=(?P<{g}>\\d+))" for k, g in named.items())
-    return rf"(?:(?:{keys}|[a-z_]+=\d+)[ ,]*)*"
+def _sums(p: str, tokens: str) -> str:
+    """One phase's sums in vLLM's detailed annotation: `sq{tokens}sk{Σk}sqsq{Σq²}sqsk{Σq·k}`."""
+    return rf"sq{_g(tokens)}sk{_g(p + '_sk')}sqsq{_g(p + '_sqsq')}sqsk{_g(p + '_sqsk')}"
 
 
 STEP_FORMATS: Final[tuple[StepFormat, ...]] = (

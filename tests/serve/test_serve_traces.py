@@ -39,8 +39,9 @@ LOOPS = {
     ),
     "vllm-v1-detailed": StepLoop(
         [
-            "execute_514_context_1(sq=512 sk=512 sqsq=262144 sqsk=262144)"
-            "_generation_2(sq=2 sk=30 sqsq=2 sqsk=30)"
+            "execute_514_context_1(sq512sk512sqsq262144sqsk262144)"
+            "_generation_2(sq2sk30sqsq2sqsk30)",
+            "execute_0_context_0(sq0sk0sqsq0sqsk0)_generation_0(sq0sk0sqsq0sqsk0)",
         ],
         domain="vllm",
     ),
@@ -152,6 +153,20 @@ def test_the_runner_step_names_are_read_as_vllm_writes_them() -> None:
         2,
         2,
     )
+
+
+def test_vllm_detailed_names_make_attention_exact() -> None:
+    """A prefill of 512 from an empty cache and two decodes at 14 and 15 cached positions, as
+    vLLM's detailed annotation sums them (sk: Σ seq_len = computed + scheduled)."""
+    loop = LOOPS["vllm-v1-detailed"]
+    read = step_names(pl.Series(loop.names[:1]), formats_for("vllm")).names.row(0, named=True)
+    assert (read["ctx_reqs"], read["ctx_tokens"], read["c_sk"], read["c_sqsq"]) == (
+        1,
+        512,
+        512,
+        262144,
+    )
+    assert (read["gen_reqs"], read["gen_tokens"], read["g_sk"], read["g_sqsk"]) == (2, 2, 30, 30)
 
 
 def test_sglang_names_read_into_counts_and_sums() -> None:
