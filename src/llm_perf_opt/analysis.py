@@ -29,6 +29,7 @@ from llm_perf_opt.calibration import calibration_of
 from llm_perf_opt.engines import StepFormat, StepNames, formats_for, name_filter, step_names
 from llm_perf_opt.errors import LlmPerfOptError, SelectionError, UnorderedTableError
 from llm_perf_opt.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
+from llm_perf_opt.flops.hf import HfModel, hf_model_from_dict
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
 from llm_perf_opt.flops.steps import BOUND_ASSUMPTION, step_costs
@@ -59,7 +60,7 @@ from llm_perf_opt.stages import (
     stage_selection_refs,
 )
 from llm_perf_opt.trace import Trace, open_trace
-from llm_perf_opt.vocab import STAGES, LmHeadPositions
+from llm_perf_opt.vocab import HF_DECODER_FAMILY, STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]
 
@@ -376,12 +377,16 @@ def _report(
     then `compute_mfu`."""
     warnings: list[str] = []
     hf_model = read_hf_config(options.config_path) if options.config_path else None
+    given = f"--config {options.config_path}"
+    if hf_model is None and options.config_path is None and options.model is None:
+        hf_model = _meta_hf_model(meta)
+        given = "run metadata model.config"
     if hf_model is None:
         config, flops_source = resolve_config(
             model=options.model, config_path=options.config_path, meta=meta, warnings=warnings
         )
     else:
-        flops_source = f"--config {options.config_path} (Hugging Face {hf_model.model_type})"
+        flops_source = f"{given} (Hugging Face {hf_model.model_type})"
         tower = hf_model.vision
         # a Qwen-VL tower takes any image size: say which one its vision FLOPs assume
         unsized = options.image_hw is None and "vision" in stages
@@ -473,6 +478,13 @@ def _engine(
         if value is not None and value > 1
     ]
     return engine
+
+
+def _meta_hf_model(meta: RunMeta | None) -> HfModel | None:
+    """The Hugging Face decoder a `--serve --decoder-config` run carries in its metadata."""
+    if meta is None or meta.family != HF_DECODER_FAMILY or meta.model_config is None:
+        return None
+    return hf_model_from_dict(dict(meta.model_config), "run metadata model.config")
 
 
 def _vision_per_request(

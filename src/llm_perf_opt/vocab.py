@@ -28,6 +28,9 @@ CTX_MODES: Final[tuple[CtxMode, ...]] = get_args(CtxMode)
 
 Family = Literal["deepseek-ocr", "deepseek-ocr2"]
 FAMILIES: Final[tuple[Family, ...]] = get_args(Family)
+# The run metadata's family of a `--serve --decoder-config` run: model.config is then that
+# Hugging Face config.json (not a --model choice).
+HF_DECODER_FAMILY: Final = "hf-decoder"
 # DeepSeek-OCR's image preprocessing modes (OCR-2 has base and gundam of them).
 VISION_MODES: Final = ("tiny", "small", "base", "large", "gundam")
 DEFAULT_VISION_MODE: Final = "base"

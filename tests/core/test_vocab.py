@@ -33,11 +33,13 @@ def _prop(schema: dict[str, Any], *path: str) -> dict[str, Any]:
 def test_the_run_metadata_schema_spells_the_vocabulary() -> None:
     assert _prop(RUN_META, "schema")["const"] == vocab.RUN_META_SCHEMA_ID
     assert _prop(RUN_META, "nvtx_domain")["const"] == vocab.NVTX_DOMAIN
-    assert tuple(_prop(RUN_META, "model", "family")["enum"]) == vocab.FAMILIES
+    families = (*vocab.FAMILIES, vocab.HF_DECODER_FAMILY)
+    assert tuple(_prop(RUN_META, "model", "family")["enum"]) == families
     config = _prop(RUN_META, "model", "config", "schema")
     assert config["const"] == vocab.MODEL_CONFIG_SCHEMA_ID
     assert tuple(_prop(RUN_META, "dtype")["enum"]) == vocab.STORAGE_DTYPES
-    assert tuple(_prop(RUN_META, "mode")["enum"]) == vocab.VISION_MODES
+    # null: a text-only --serve --decoder-config run
+    assert tuple(_prop(RUN_META, "mode")["enum"]) == (*vocab.VISION_MODES, None)
     assert tuple(_prop(RUN_META, "images", "[]", "mode")["enum"]) == vocab.VISION_MODES
     modes = _prop(RUN_META, "context", "context_len_mode")["enum"]
     assert tuple(modes) == vocab.CTX_MODES

@@ -129,10 +129,12 @@ def engine_lines(report: MfuReport) -> list[str]:
     if engine is None:
         return []
     exact = sum(s.attention_exact is True for s in engine.steps)
+    bounded = sum(s.attention_exact is False for s in engine.steps)
+    rest = f", bounded for {bounded:,} (see the warnings)" if bounded else ""
     return [
         f"Engine steps: {len(engine.steps):,} step ranges of {', '.join(engine.engines)} "
         f"({', '.join(engine.formats)}); attention FLOPs exact for {exact:,} of them "
-        f"(from {engine.exact_source}), bounded for the others (warnings)",
+        f"(from {engine.exact_source}){rest}",
     ]
 
 

@@ -39,9 +39,10 @@ from llm_perf_opt.runner.serve import (
 )
 from llm_perf_opt.runner.settings import RunSettings
 from llm_perf_opt.runner.stages import PreparedImage, prepare_image, with_random_pixels
+from llm_perf_opt.vocab import HF_DECODER_FAMILY
 
 BATCHING: Final = "packed_tokens_per_request_attention"
-HF_DECODER: Final = "hf-decoder"
+HF_DECODER: Final = HF_DECODER_FAMILY
 
 
 def run_serve(settings: RunSettings, annotator: Annotator) -> pipeline.RunResult:
