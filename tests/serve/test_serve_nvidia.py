@@ -5,8 +5,9 @@
   NVIDIA's count for the decode step under it.
 - Every `--serve` capture committed as `traces/*serve*.sqlite.xz` with its oracle
   `traces/oracle/<name>_nsys2025_nvtx_gpu_proj_trace.csv.xz` (the layout of the other captures):
-  every step range NVIDIA lists is recognised, with NVIDIA's count. Until such a capture is
-  committed that test is skipped (it needs GPU data a plain machine cannot make).
+  every step range NVIDIA lists is recognised, with NVIDIA's count, and the bounds the names
+  alone give contain the runner's exact attention on every step (docs/serving.md's worked example
+  gives the numbers). Without such captures those tests are skipped (GPU data).
 """
 
 from __future__ import annotations
@@ -17,8 +18,15 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.engines import formats_for, name_filter
+from llm_perf_opt.engines import formats_for, name_filter, step_names
+from llm_perf_opt.flops.hf import hf_model_from_dict
+from llm_perf_opt.flops.hf_model import HfFlops
+from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
+from llm_perf_opt.flops.steps import step_costs
+from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.serving import engine_report
+from llm_perf_opt.vocab import HF_DECODER_FAMILY
 from tests.attribution.oracle import read_projection
 from tests.serve.export import llama_with_steps
 
@@ -79,3 +87,31 @@ def test_serve_captures_every_step_recognised_with_nvidias_count(trace: Path) ->
     assert joined.height == len(analysis.report.engine.steps) > 0
     assert joined.filter(pl.col("n_gpu_ops").ne_missing(pl.col("NumGPUOps"))).is_empty()
     assert all(s.attention_exact for s in analysis.report.engine.steps)
+
+
+def _flops_model(meta: RunMeta) -> AnalyticFlops | HfFlops:
+    """The FLOPs model the analysis takes from the run's metadata."""
+    if meta.family == HF_DECODER_FAMILY:
+        assert meta.model_config is not None
+        return HfFlops(hf_model_from_dict(dict(meta.model_config)), meta.dtype)
+    config, _ = resolve_config(model=None, config_path=None, meta=meta, warnings=[])
+    return AnalyticFlops(config, meta.dtype)
+
+
+@pytest.mark.skipif(not CAPTURES, reason="no --serve capture with its NVIDIA oracle committed")
+@pytest.mark.parametrize("trace", CAPTURES or [TRACES / "none"], ids=lambda p: p.name)
+def test_bounds_from_the_names_contain_the_runners_truth(trace: Path) -> None:
+    """The same steps from their names alone: linear FLOPs equal, attention within its bounds."""
+    analysis = analyze_trace(trace, AnalyzeOptions())
+    assert analysis.report is not None and analysis.report.engine is not None
+    assert analysis.meta is not None
+    names = step_names(analysis.ranges["name"], formats_for("auto"))
+    costs = step_costs(_flops_model(analysis.meta))
+    bounded = engine_report(analysis.ranges, names, costs=costs, peak=analysis.report.peak)
+    exact = analysis.report.engine.steps
+    assert [s.name for s in bounded.steps] == [s.name for s in exact]
+    for loose, truth in zip(bounded.steps, exact, strict=True):
+        assert truth.attention_exact and loose.attention_exact is False
+        assert loose.flops_linear == truth.flops_linear
+        assert loose.flops_attention is not None and loose.flops_attention_max is not None
+        assert loose.flops_attention <= truth.flops_attention <= loose.flops_attention_max
