@@ -58,6 +58,23 @@ def test_phases_are_stored_and_compared(tmp_path: Path) -> None:
     )
     assert decode["mfu_trace"]["delta_pct"] > 0
     assert {"step_wall_s", "mfu_wall", "tokens_per_s"} <= set(decode)
+    table = CliRunner().invoke(
+        compare_cli,
+        [
+            "--db",
+            str(db),
+            ids["base.sqlite"],
+            "--",
+            ids["new.sqlite"],
+            "--format",
+            "md",
+            "--plot",
+            str(tmp_path / "cmp.png"),
+        ],
+    )
+    assert table.exit_code == 0, table.output
+    assert "| engine:decode | step busy µs |" in table.output and "8/8 steps" in table.output
+    assert "| engine:decode | tokens / s |" in table.output
 
 
 def test_a_database_from_before_the_engine_tables_still_reads(tmp_path: Path) -> None:
