@@ -214,6 +214,10 @@ def test_cli_needs_only_the_config(export: tuple[Path, StepLoop], tmp_path: Path
         set(phase_keys) <= set(p) for p in doc["engine_phases"].values()
     )
     assert doc["stages"] == {} and doc["engine"]["engines"]
+    documented = (REPO / "docs" / "json-output.md").read_text()
+    keys = set(doc["engine"]) | set(doc["engine_steps"][0])
+    keys |= {k for p in doc["engine_phases"].values() for k in p}
+    assert not sorted(k for k in keys if f"`{k}`" not in documented)
     assert "## MFU per engine phase (" in (tmp_path / "r.md").read_text()
     assert "engine_step" in (tmp_path / "r.csv").read_text()
     assert (tmp_path / "figs" / "engine_steps.png").stat().st_size > 5_000
