@@ -36,6 +36,7 @@ LLAMA_SMALL = {
 CASES = [
     *((p, {}) for p in sorted((REPO / "traces").glob("dsocr*.sqlite.xz"))),
     (REPO / "traces" / "llama_1b_shape.sqlite.xz", LLAMA_1B),
+    (REPO / "traces" / "llama_1b_serve.sqlite.xz", {}),  # engine steps, metadata alone
     (DATA / "llama_parquet", LLAMA_1B),
     (DATA / "llama_small" / "llama_small.sqlite.xz", LLAMA_SMALL),
 ]
