@@ -13,8 +13,8 @@ The counts (`None` where the name does not say):
   included) and the tokens they run this step; `gen_reqs`, `gen_tokens`: requests generating.
 - `c_sk`, `c_sqsq`, `c_sqsk` (and `g_…` for generation): per-phase sums over the requests of
   the keys attended (KV length after the step, sk), query length squared (sqsq) and query ×
-  keys (sqsk), the sums SGLang's roofline annotations carry; with them attention FLOPs are
-  exact (flops/steps.py).
+  keys (sqsk), the sums vLLM's detailed and SGLang's roofline annotations carry; with them
+  attention FLOPs are exact (flops/steps.py).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def _g(name: str) -> str:
 #   phases' `sq sk sqsq sqsk` (MIXED), where sk is prefix + extend length.
 # - TensorRT-LLM PyTorch executor, `PyExecutor._forward_step` in
 #   tensorrt_llm/_torch/pyexecutor/py_executor.py: f"[Executor] _forward_step {iter}: {N} ctx
-#   reqs, {M} gen reqs" (older builds: no iteration number; some add "{T} ctx tokens").
+#   reqs, {M} gen reqs" (older builds: no iteration number; labels with "{T} ctx tokens" seen in
+#   third-party tools are read too).
 def _sums(p: str, tokens: str) -> str:
     """One phase's sums in vLLM's detailed annotation: `sq{tokens}sk{Σk}sqsq{Σq²}sqsk{Σq·k}`."""
     return rf"sq{_g(tokens)}sk{_g(p + '_sk')}sqsq{_g(p + '_sqsq')}sqsk{_g(p + '_sqsk')}"
@@ -96,7 +97,7 @@ STEP_FORMATS: Final[tuple[StepFormat, ...]] = (
     StepFormat(
         "vllm",
         "vllm-v1",
-        "vLLM ≥ 0.13 V1 worker",
+        "vLLM V1 worker since PR #31193",
         rf"^execute_context_{_g('ctx_reqs')}\({_g('ctx_tokens')}\)"
         rf"_generation_{_g('gen_reqs')}\({_g('gen_tokens')}\)$",
     ),
