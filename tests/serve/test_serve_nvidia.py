@@ -115,3 +115,16 @@ def test_bounds_from_the_names_contain_the_runners_truth(trace: Path) -> None:
         assert loose.flops_linear == truth.flops_linear
         assert loose.flops_attention is not None and loose.flops_attention_max is not None
         assert loose.flops_attention <= truth.flops_attention <= loose.flops_attention_max
+
+
+def test_the_profiler_trace_of_the_loop_gives_the_same_steps() -> None:
+    """The Llama serving loop run again under torch.profiler (no nsys): the same steps, GPU ops
+    and FLOPs per step; busy time per phase within 1 % (a second run on the same GPU)."""
+    nsys = analyze_trace(TRACES / "llama_1b_serve.sqlite.xz", AnalyzeOptions()).report
+    torch = analyze_trace(TRACES / "llama_1b_serve_torch.pt.trace.json.gz", AnalyzeOptions()).report
+    assert nsys is not None and nsys.engine is not None
+    assert torch is not None and torch.engine is not None
+    pairs = list(zip(nsys.engine.steps, torch.engine.steps, strict=True))
+    assert all((a.name, a.n_gpu_ops, a.flops) == (b.name, b.n_gpu_ops, b.flops) for a, b in pairs)
+    for a, b in zip(nsys.engine.phases, torch.engine.phases, strict=True):
+        assert a.phase == b.phase and a.gpu_busy_ns == pytest.approx(b.gpu_busy_ns, rel=0.01)
