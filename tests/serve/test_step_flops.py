@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.engines import STEP_COUNTS
-from llm_perf_opt.flops import decoders
+from llm_perf_opt.flops import analytic, decoders, traffic
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.model import AnalyticFlops
@@ -198,6 +198,23 @@ def test_one_request_steps_equal_the_stage_flops(lp: int) -> None:
     costs = step_costs(dsocr)
     assert total(ours(costs, [(lp, 0, True)])) == dsocr.prefill_flops(lp)
     assert total(ours(costs, [(1, lp, False)])) == dsocr.decode_flops([lp + 1])
+
+
+def test_moe_steps_read_the_experts_their_tokens_pick() -> None:
+    """One decode token reads its top-k experts per MoE layer (the stage's decode bytes); a
+    chunk of T tokens the expected distinct experts they pick, nearly all 64 for 512 tokens."""
+    config = builtin_config("deepseek-ocr")
+    text = config.text
+    costs = step_costs(AnalyticFlops(config, "bfloat16"))
+    expert = 3 * text.hidden_size * text.moe_intermediate_size * 2  # bf16
+    one = ours(costs, [(1, 999, False)])["bytes"][0]
+    per_step = analytic.decode_bytes_per_step(text, 1000, "bfloat16")
+    assert one == pytest.approx(sum(per_step.values()), rel=1e-12)
+    chunk = ours(costs, [(512, 0, True)])["bytes"][0]
+    cache = 512 * analytic.kv_cache_bytes_per_position(text, "bfloat16")
+    extra = text.n_moe_layers * expert * (traffic.experts_touched(text, 512) - 6)
+    assert chunk == pytest.approx(one - per_step["text.kv_cache"] + cache + extra, rel=1e-12)
+    assert traffic.experts_touched(text, 512) > 63.9
 
 
 def test_decode_bytes_are_the_weights_and_the_cache_read() -> None:

@@ -14,8 +14,9 @@ already in its KV cache. Conventions as the rest of flops/ (docs/flops.md):
   over its requests (the split that minimizes the lower and maximizes the upper bound), the
   lower bound with no earlier context (c = 0 for a context request, c = 1 for a generation
   one), the upper with the whole window (c = max positions − q).
-- bytes (MBU): the active weights read once per step (a MoE layer's top-k experts, as a batch-1
-  decode step reads them: a lower bound for a batch) plus the KV cache of the keys attended; 0
+- bytes (MBU): the weights read once per step, of a MoE layer the routed experts its T tokens
+  pick (E·(1 − (1 − k/E)^T) in expectation under uniform routing, `traffic.expected_experts`:
+  k for one token, nearly all for a prefill chunk), plus the KV cache of the keys attended; 0
   for a step that runs no token.
 
 `StepCosts` holds the per-model constants, taken from `decoders` (the Hugging Face decoders'
@@ -34,9 +35,11 @@ import polars as pl
 
 from llm_perf_opt.flops import analytic, decoders
 from llm_perf_opt.flops.analytic import Convention
+from llm_perf_opt.flops.hf import MoeMlp
 from llm_perf_opt.flops.hf_model import HfFlops, _text
 from llm_perf_opt.flops.model import AnalyticFlops
 from llm_perf_opt.flops.serving import text_decoder_spec
+from llm_perf_opt.flops.traffic import expected_experts
 
 # How the bounded attention FLOPs are bounded, stated in every report that has them.
 BOUND_ASSUMPTION: Final = (
@@ -58,7 +61,10 @@ class StepCosts:
         windows: each layer's sliding window (None: full attention).
         kv_expand_per_key: latent-attention key expansion FLOPs per key position (0 without).
         max_positions: the model window, the upper bound of c + q.
-        weight_bytes: active weights read per step (None: dtype unknown).
+        weight_bytes: weights every step reads, the routed experts excepted (None: dtype
+            unknown).
+        routed: per group of MoE layers alike, (layers, experts, top-k, bytes of one expert):
+            a step of T tokens reads the experts they pick, `traffic.expected_experts` of them.
         kv_bytes_per_key: cache bytes of one key position in one layer (None: dtype unknown).
     """
 
@@ -69,6 +75,7 @@ class StepCosts:
     kv_expand_per_key: int
     max_positions: int
     weight_bytes: int | None
+    routed: tuple[tuple[int, int, int, int], ...]
     kv_bytes_per_key: int | None
 
 
@@ -84,8 +91,17 @@ def step_costs(model: AnalyticFlops | HfFlops) -> StepCosts:
     else:
         spec = _text(model.model)
     dtype = model.bytes_dtype
+    size = 0 if dtype is None else analytic.dtype_bytes(dtype)
     params = decoders.per_token_params(spec)
     lm_head = 2 * params.pop("text.lm_head")
+    d = spec.hidden_size
+    experts = Counter(
+        (layer.mlp.num_experts, layer.mlp.top_k, 3 * d * layer.mlp.expert_intermediate_size)
+        for layer in spec.layers
+        if isinstance(layer.mlp, MoeMlp)
+    )
+    active = decoders.active_params(spec)
+    shared = sum(active.values()) - active.get("text.moe_routed", 0)
     return StepCosts(
         linear_per_token=2 * sum(params.values()),
         lm_head_per_position=lm_head,
@@ -93,9 +109,8 @@ def step_costs(model: AnalyticFlops | HfFlops) -> StepCosts:
         windows=tuple(layer.window for layer in spec.layers),
         kv_expand_per_key=2 * decoders.kv_expand_params(spec),
         max_positions=spec.max_position_embeddings,
-        weight_bytes=None
-        if dtype is None
-        else sum(decoders.active_params(spec).values()) * analytic.dtype_bytes(dtype),
+        weight_bytes=None if dtype is None else shared * size,
+        routed=tuple((n, e, k, w * size) for (e, k, w), n in experts.items()),
         kv_bytes_per_key=None if dtype is None else decoders.kv_bytes_per_position(spec, dtype),
     )
 
@@ -228,8 +243,11 @@ def step_work(
     )
     tokens = ctx_t + gen_t
     known = tokens.is_not_null() & ctx_r.is_not_null() & gen_r.is_not_null()
-    weights = costs.weight_bytes
     kv = costs.kv_bytes_per_key
+    weights = pl.sum_horizontal(
+        pl.lit(float(costs.weight_bytes or 0)),
+        *(n * b * expected_experts(e, k, tokens) for n, e, k, b in costs.routed),
+    )
     return steps.with_columns(
         flops_linear=pl.when(known).then(
             (tokens * costs.linear_per_token + (ctx_r + gen_t) * costs.lm_head_per_position).cast(
@@ -242,10 +260,7 @@ def step_work(
         ),
         attention_exact=pl.when(known).then(exact),
         # a step that runs no token runs no forward: it reads nothing
-        bytes=pl.when(known & pl.lit(weights is not None)).then(
-            pl.when(tokens > 0)
-            .then(pl.lit(weights or 0) + keys * (kv or 0))
-            .otherwise(0)
-            .cast(pl.Float64)
+        bytes=pl.when(known & pl.lit(costs.weight_bytes is not None)).then(
+            pl.when(tokens > 0).then(weights + keys * (kv or 0)).otherwise(0.0)
         ),
     )
