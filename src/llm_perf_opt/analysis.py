@@ -26,10 +26,13 @@ import polars as pl
 
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.calibration import calibration_of
+from llm_perf_opt.engines import StepFormat, StepNames, formats_for, name_filter, step_names
 from llm_perf_opt.errors import LlmPerfOptError, SelectionError, UnorderedTableError
 from llm_perf_opt.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
+from llm_perf_opt.flops.hf import HfModel, hf_model_from_dict
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
+from llm_perf_opt.flops.steps import BOUND_ASSUMPTION, step_costs
 from llm_perf_opt.flops.vision_towers import default_image_size
 from llm_perf_opt.hostview import host_view
 from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta_from_marks
@@ -38,6 +41,7 @@ from llm_perf_opt.nesting import ranges_around
 from llm_perf_opt.onepass import (
     CALL_BATCH_SCHEMA,
     DEFAULT_MEMORY_BUDGET_BYTES,
+    GROUPS_SCHEMA,
     HostViewStream,
     ReadAhead,
     StreamBudget,
@@ -45,8 +49,10 @@ from llm_perf_opt.onepass import (
     attribute_stream,
     range_frame,
 )
-from llm_perf_opt.opfacts import MemoryOps, OpFacts, StreamedOps
+from llm_perf_opt.opfacts import MemoryOps, OpFacts, OpsPlan, StreamedOps
 from llm_perf_opt.peak_sources import resolve_peaks
+from llm_perf_opt.peaks import PeakChoice
+from llm_perf_opt.serving import EngineReport, engine_report, step_windows
 from llm_perf_opt.stages import (
     RangeRef,
     default_refs,
@@ -54,7 +60,7 @@ from llm_perf_opt.stages import (
     stage_selection_refs,
 )
 from llm_perf_opt.trace import Trace, open_trace
-from llm_perf_opt.vocab import STAGES, LmHeadPositions
+from llm_perf_opt.vocab import HF_DECODER_FAMILY, STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]
 
@@ -93,6 +99,9 @@ class AnalyzeOptions:
     # False: `Analysis.ranges` may hold only the ranges the report reads (the stage, image and
     # decode-step ranges and those open around them), which a one-pass analysis then sums alone
     every_range: bool = True
+    # which serving engines' step names to read (vocab.ENGINES), or one --step-pattern REGEX
+    engine: str = "auto"
+    step_pattern: str | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,7 @@ def analyze_trace(
         LlmPerfOptError: any bad input (see the subclasses), with a message naming the fix.
     """
     say = progress or (lambda _msg: None)
+    formats = formats_for(options.engine, options.step_pattern)
     say(f"reading {path}")
     trace = open_trace(path)
     budget = StreamBudget.of(options.memory_budget_bytes)
@@ -148,28 +158,39 @@ def analyze_trace(
         refs = default_refs(meta.nvtx_domain if meta and trace.range_domains else None)
         refs.update(options.stages)
         pruned = batches is not None and not options.every_range
-        raw = _report_ranges(trace, refs, budget) if pruned else trace.nvtx_ranges()
+        raw = _report_ranges(trace, refs, budget, formats) if pruned else trace.nvtx_ranges()
     except BaseException:
         if batches is not None:
             batches.close()
         raise
     present = tuple(s for s in STAGES if not raw.filter(refs[s].expr()).is_empty())
-    # A stage named with --stage must exist; a default-named one may be absent (no vision).
-    missing = [s for s in STAGES if s not in present and (s in options.stages or not present)]
+    steps = step_names(raw["name"], formats)
+    # A stage named with --stage must exist; a default-named one may be absent (no vision), and
+    # all of them in a trace of engine steps.
+    alone = not present and steps.names.is_empty()
+    missing = [s for s in STAGES if s not in present and (s in options.stages or alone)]
     selection = None
     reason = None
     if missing:
         stage = missing[0]
         # the message lists every range name of the trace
         reason = missing_stage_message(stage, refs[stage], trace.nvtx_ranges())
+        if alone:
+            reason += (
+                "; or, for a served model's step ranges, --engine auto or --step-pattern REGEX "
+                "(docs/serving.md)"
+            )
         if require_mfu:
             if batches is not None:
                 batches.close()
             raise SelectionError(reason)
-    else:
+    elif present:
         names, domains = stage_selection_refs(refs, present)
         selection = RangeSelection(names=names, domains=domains)
-    windows = host_windows(raw, refs) if reason is None else None
+    else:  # engine steps alone: each step takes the ops launched inside it, scopes included
+        selection = RangeSelection(names=tuple(steps.names["name"]), domains=None)
+    # the steps' host view only where they own their ops (no stage ranges)
+    windows = host_windows(raw, refs, None if present else steps) if reason is None else None
     host_views: Callable[[], pl.DataFrame] | None = None
     notes: list[str] = []
     attributed = None
@@ -184,7 +205,7 @@ def analyze_trace(
         batches.host.start(stream)
         try:
             attributed = _attribute_in_one_pass(
-                raw, selection, batches, refs, options, present if reason is None else ()
+                raw, selection, batches, refs, options, present if reason is None else (), steps
             )
             host_views = batches.host.result if windows is not None else None
         except (StreamOrderError, UnorderedTableError) as exc:
@@ -202,7 +223,9 @@ def analyze_trace(
         return Analysis(ranges, None, reason, read_warnings, meta, engine)
     try:
         say("computing MFU")
-        report = _report(trace, ranges, ops, meta, refs, options, path, present, host_views())
+        report = _report(
+            trace, ranges, ops, meta, refs, options, path, present, host_views(), steps
+        )
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
@@ -267,11 +290,14 @@ class _HostTap:
 
 
 def _report_ranges(
-    trace: Trace, refs: Mapping[str, RangeRef], budget: StreamBudget
+    trace: Trace,
+    refs: Mapping[str, RangeRef],
+    budget: StreamBudget,
+    formats: Sequence[StepFormat],
 ) -> pl.DataFrame:
-    """The NVTX ranges a report reads (`nesting.ranges_around`: the ranges of every role and
-    those open around them), read in batches."""
-    wanted = pl.any_horizontal([ref.expr() for ref in refs.values()])
+    """The NVTX ranges a report reads (`nesting.ranges_around`: the ranges of every role, the
+    engine steps and those open around them), read in batches."""
+    wanted = pl.any_horizontal([*(ref.expr() for ref in refs.values()), name_filter(formats)])
     rows = budget.op_batch_rows
     return ranges_around(lambda first: trace.nvtx_range_batches(rows, warn=first), wanted)
 
@@ -283,16 +309,21 @@ def _attribute_in_one_pass(
     refs: Mapping[str, RangeRef],
     options: AnalyzeOptions,
     stages: Sequence[str],
+    steps: StepNames,
 ) -> tuple[pl.DataFrame, OpFacts]:
     """`onepass.attribute_stream` of the batches, summing what `compute_mfu` will ask
-    (`plan_ops`) of the stages' ranges; no plan without stages, or when planning finds the
-    stages unusable (`compute_mfu` then raises the same error)."""
+    (`plan_ops`) of the stages' ranges, or what the engine view asks of the steps' (a trace of
+    engine steps alone); no plan without either, or when planning finds the stages unusable
+    (`compute_mfu` then raises the same error)."""
     try:
         base = range_frame(raw, selection)
         plan = None
         if stages:
             with contextlib.suppress(LlmPerfOptError):  # compute_mfu raises it again
                 plan = plan_ops(base, refs, options.include_warmup, stages)
+        elif not steps.names.is_empty():
+            windows = step_windows(base, steps, options.include_warmup)
+            plan = OpsPlan(pl.DataFrame(schema=GROUPS_SCHEMA), windows)
         result = attribute_stream(
             base,
             batches.ops,
@@ -307,10 +338,15 @@ def _attribute_in_one_pass(
     return result.ranges, StreamedOps(result, plan)
 
 
-def host_windows(ranges: pl.DataFrame, refs: Mapping[str, RangeRef]) -> pl.DataFrame:
-    """The windows of the host view: every stage and decode-step range of `ranges`
+def host_windows(
+    ranges: pl.DataFrame, refs: Mapping[str, RangeRef], steps: StepNames | None = None
+) -> pl.DataFrame:
+    """The windows of the host view: every stage, decode-step and engine-step range of `ranges`
     (`Trace.nvtx_ranges()`)."""
-    wanted = pl.any_horizontal([refs[role].expr() for role in (*STAGES, "decode_step")])
+    roles = [refs[role].expr() for role in (*STAGES, "decode_step")]
+    if steps is not None:
+        roles.append(pl.col("name").is_in(steps.names["name"].implode()))
+    wanted = pl.any_horizontal(roles)
     return ranges.filter(wanted).select(
         pl.col("event_id").alias("window_id"), "global_tid", "start_ns", "end_ns"
     )
@@ -341,16 +377,22 @@ def _report(
     path: str | Path,
     stages: Sequence[str],
     host_views: pl.DataFrame,
+    steps: StepNames,
 ) -> MfuReport:
-    """Resolve config, dtype, GPU and peak, then `compute_mfu`."""
+    """Resolve config, dtype, GPU and peak, the engine view when the trace has engine steps,
+    then `compute_mfu`."""
     warnings: list[str] = []
     hf_model = read_hf_config(options.config_path) if options.config_path else None
+    given = f"--config {options.config_path}"
+    if hf_model is None and options.config_path is None and options.model is None:
+        hf_model = _meta_hf_model(meta)
+        given = "run metadata model.config"
     if hf_model is None:
         config, flops_source = resolve_config(
             model=options.model, config_path=options.config_path, meta=meta, warnings=warnings
         )
     else:
-        flops_source = f"--config {options.config_path} (Hugging Face {hf_model.model_type})"
+        flops_source = f"{given} (Hugging Face {hf_model.model_type})"
         tower = hf_model.vision
         # a Qwen-VL tower takes any image size: say which one its vision FLOPs assume
         unsized = options.image_hw is None and "vision" in stages
@@ -375,6 +417,11 @@ def _report(
         if hf_model is None
         else HfFlops(hf_model, storage, options.prefill_logits, options.image_hw)
     )
+    engine = None
+    if not steps.names.is_empty():
+        # the steps' host/GPU view needs them to be the selected ranges: no stage ranges
+        views = (ops, host_views) if not stages else (None, None)
+        engine = _engine(ranges, steps, flops_model, peak, meta, options, warnings, views)
     report = compute_mfu(
         ranges,
         ops,
@@ -398,8 +445,70 @@ def _report(
         traffic=flops_model if isinstance(flops_model, AnalyticFlops) else None,
         stages=stages,
         host_views=host_views,
+        engine=engine,
     )
     return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
+
+
+def _engine(
+    ranges: pl.DataFrame,
+    steps: StepNames,
+    flops_model: AnalyticFlops | HfFlops,
+    peak: PeakChoice,
+    meta: RunMeta | None,
+    options: AnalyzeOptions,
+    warnings: list[str],
+    views: tuple[OpFacts | None, pl.DataFrame | None],
+) -> EngineReport:
+    """The engine view of the step ranges, and its warnings: malformed names, each format's
+    assumption, how attention FLOPs were bounded when they were."""
+    engine = engine_report(
+        ranges,
+        steps,
+        costs=step_costs(flops_model),
+        peak=peak,
+        meta=meta,
+        vision=_vision_per_request(meta, flops_model),
+        include_warmup=options.include_warmup,
+        ops=views[0],
+        host_views=views[1],
+    )
+    warnings += [*steps.warnings(), *engine.notes]
+    if any(s.attention_exact is False for s in engine.steps):
+        warnings.append(BOUND_ASSUMPTION)
+    warnings += [
+        f"engine phase {p.phase}: trace {what} {value:.2f} > 1: the model counts more work than "
+        "the GPU can do in that time; check --config and the peak"
+        for p in engine.phases
+        for what, value in (("MFU", p.mfu_trace), ("MBU", p.mbu_trace))
+        if value is not None and value > 1
+    ]
+    return engine
+
+
+def _meta_hf_model(meta: RunMeta | None) -> HfModel | None:
+    """The Hugging Face decoder a `--serve --decoder-config` run carries in its metadata."""
+    if meta is None or meta.family != HF_DECODER_FAMILY or meta.model_config is None:
+        return None
+    return hf_model_from_dict(dict(meta.model_config), "run metadata model.config")
+
+
+def _vision_per_request(
+    meta: RunMeta | None, flops_model: AnalyticFlops | HfFlops
+) -> dict[int, float]:
+    """Vision-encoder FLOPs of each `--serve` request's page (its mode and crop grid in the
+    serve block's `images`), by request id; none for text requests or other runs."""
+    if meta is None or meta.serve is None:
+        return {}
+    pages = {int(p["index"]): p for p in meta.raw["serve"]["images"]}
+    out = {}
+    for request in meta.serve.requests:
+        page = pages.get(request.image_index) if request.image_index is not None else None
+        if page is not None:
+            grid = page["crop_grid"]
+            crops = None if grid is None else (int(grid[0]), int(grid[1]))
+            out[request.id] = flops_model.vision_flops(page["mode"], crops)
+    return out
 
 
 def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:

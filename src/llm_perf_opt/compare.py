@@ -47,7 +47,7 @@ Z_975: Final = 1.959964
 # Smallest relative value a widened residual may take (a unit at 0.1 % of its side's level).
 MIN_RELATIVE_UNIT: Final = 1e-3
 # Time metrics `--fail-on-regression` looks at.
-TIME_METRICS: Final = ("busy_s", "wall_s", "step_busy_s")
+TIME_METRICS: Final = ("busy_s", "wall_s", "step_busy_s", "step_wall_s")
 RUN_FACTS: Final = ("model", "mode", "gpu_name", "dtype")
 
 
@@ -56,7 +56,7 @@ class Metric:
     """A metric as Σ numerator / Σ denominator over the units of one table."""
 
     name: str
-    unit: Literal["instance", "decode_step"]
+    unit: Literal["instance", "decode_step", "engine_step"]
     numerator: pl.Expr
     denominator: pl.Expr
     lower_is_better: bool
@@ -93,6 +93,22 @@ STEP_BUSY_BY_INSTANCE: Final = Metric(
 )
 
 
+# A serving engine's phases, compared step by step (`engine_steps` rows of one phase): the mean
+# step's time, MFU and the tokens per second of wall time.
+PHASE_PREFIX: Final = "engine:"
+PHASE_METRICS: Final = (
+    Metric("step_busy_s", "engine_step", pl.col("gpu_busy_s"), _ONE, lower_is_better=True),
+    Metric("step_wall_s", "engine_step", pl.col("wall_s"), _ONE, lower_is_better=True),
+    Metric("mfu_trace", "engine_step", pl.col("flops"),
+           pl.col("gpu_busy_s") * pl.col("peak_flops"), lower_is_better=False),
+    Metric("mfu_wall", "engine_step", pl.col("flops"),
+           pl.col("wall_s") * pl.col("peak_flops"), lower_is_better=False),
+    Metric("tokens_per_s", "engine_step",
+           (pl.col("ctx_tokens") + pl.col("gen_tokens")).cast(pl.Float64), pl.col("wall_s"),
+           lower_is_better=False),
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class MetricDelta:
     """One metric of one stage: both sides, the change and its noise band, the verdict."""
@@ -125,7 +141,8 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Per stage, per metric deltas, the runs of each side and what does not match."""
+    """Per stage (and engine phase, `PHASE_PREFIX` + phase), per metric deltas, the runs of each
+    side and what does not match."""
 
     base: tuple[RunInfo, ...]
     new: tuple[RunInfo, ...]
@@ -211,9 +228,9 @@ def _band(
     degrees of freedom. With one unit on each side there is no spread: the band is 0.
     """
     pooled_a = np.concatenate([_residuals(a, b) for a, b in sides])
-    pooled_b = np.concatenate([b for a, b in sides if len(a) >= 2])
     if len(pooled_a) == 0:
         return 1.0, 1.0
+    pooled_b = np.concatenate([b for a, b in sides if len(a) >= 2])
     (base_a, _), (new_a, _) = sides
     base = _draws(pooled_a, pooled_b, len(base_a), rng, RESAMPLES)
     new = _draws(pooled_a, pooled_b, len(new_a), rng, RESAMPLES)
@@ -321,6 +338,8 @@ def compare_runs(
             if delta is not None:
                 deltas[metric.name] = delta
         stages[stage] = deltas
+    stages |= _phases(_units(base, "engine_steps"), _units(new, "engine_steps"), rng,
+                      min_effect_pct)  # fmt: skip
     base_info = tuple(_run_info(r) for r in base)
     new_info = tuple(_run_info(r) for r in new)
     return Comparison(
@@ -331,6 +350,24 @@ def compare_runs(
         min_effect_pct=min_effect_pct,
         seed=seed,
     )
+
+
+def _phases(
+    base: pl.DataFrame, new: pl.DataFrame, rng: np.random.Generator, min_effect_pct: float
+) -> dict[str, dict[str, MetricDelta]]:
+    """The engine phases both sides ran, metric by metric over their steps."""
+    shared = [p for p in base["phase"].unique(maintain_order=True).to_list()
+              if p in set(new["phase"].to_list())]  # fmt: skip
+    out = {}
+    for phase in shared:
+        sides = tuple(f.filter(pl.col("phase") == phase) for f in (base, new))
+        deltas = {
+            m.name: d
+            for m in PHASE_METRICS
+            if (d := _delta(m, sides[0], sides[1], rng, min_effect_pct)) is not None
+        }
+        out[PHASE_PREFIX + phase] = deltas
+    return out
 
 
 def regressions(comparison: Comparison, threshold_pct: float) -> Regressions:

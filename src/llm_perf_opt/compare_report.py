@@ -13,7 +13,7 @@ from typing import Any, Final
 from rich.console import Console, Group
 from rich.text import Text
 
-from llm_perf_opt.compare import Comparison, MetricDelta, Regressions, RunInfo
+from llm_perf_opt.compare import PHASE_PREFIX, Comparison, MetricDelta, Regressions, RunInfo
 from llm_perf_opt.report import format_pct, md_table, rich_table
 
 COMPARE_SCHEMA_ID: Final = "llm_perf_opt.mfu_compare/1"
@@ -27,6 +27,8 @@ _SHOW: Final = {
     "mbu_wall": ("MBU wall", None, ""),
     "kernels_per_step": ("kernels / step", 1.0, ",.1f"),
     "step_busy_s": ("step busy µs", 1e6, ",.1f"),
+    "step_wall_s": ("step wall µs", 1e6, ",.1f"),
+    "tokens_per_s": ("tokens / s", 1.0, ",.1f"),
 }
 HEAD: Final = ("stage", "metric", "base", "new", "Δ", "95% band", "n", "verdict")
 
@@ -92,7 +94,7 @@ def rows(c: Comparison) -> list[tuple[str, ...]]:
             shown(name, d.new),
             f"{d.delta_pct:+.1f}%",
             f"[{d.ci_low_pct:+.1f}%, {d.ci_high_pct:+.1f}%]",
-            f"{d.n_base}/{d.n_new} {'steps' if d.unit == 'decode_step' else 'images'}",
+            f"{d.n_base}/{d.n_new} {'images' if d.unit == 'instance' else 'steps'}",
             d.verdict.replace("_", " "),
         )
         for stage, deltas in c.stages.items()
@@ -141,13 +143,13 @@ def to_markdown(c: Comparison, regressions: Regressions) -> str:
 
 def write_png(c: Comparison, path: str | Path) -> Path:
     """Both sides per stage: busy and wall time per image and MFU (trace), each new bar
-    labelled with its change."""
+    labelled with its change (the stages only: engine phases are in the table)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    stages = list(c.stages)
+    stages = [s for s in c.stages if not s.startswith(PHASE_PREFIX)]
     panels = [("busy_s", "GPU busy ms / image", 1e3), ("wall_s", "wall ms / image", 1e3),
               ("mfu_trace", "MFU trace %", 100.0)]  # fmt: skip
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6))

@@ -33,6 +33,7 @@ from llm_perf_opt.kernels import KernelShare, LaunchKinds
 from llm_perf_opt.opfacts import OpFacts, OpsPlan
 from llm_perf_opt.peak_sources import PeakSources
 from llm_perf_opt.peaks import PeakChoice
+from llm_perf_opt.serving import EngineReport
 from llm_perf_opt.stages import Instance, RangeRef, decode_steps, group_instances
 from llm_perf_opt.vocab import CTX_MODES, STAGES
 
@@ -184,6 +185,8 @@ class MfuReport:
     warnings: tuple[str, ...] = ()
     static_compute: Mapping[str, Any] | None = None
     peak_sources: PeakSources | None = None
+    # the serving engine's steps and phases (serving.py), when the trace has step ranges
+    engine: EngineReport | None = None
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -260,6 +263,7 @@ def compute_mfu(
     traffic: TrafficModel | None = None,
     stages: Sequence[str] = STAGES,
     host_views: pl.DataFrame | None = None,
+    engine: EngineReport | None = None,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -287,6 +291,8 @@ def compute_mfu(
         stages: the stages to analyze (a non-empty subset of STAGES, e.g. no vision for a
             text-only model); the model line sums them and names the others as absent.
         host_views: `read_host_views` of the trace: adds the host/GPU breakdown (hostview).
+        engine: the serving engine's view (serving.engine_report), carried in the report; with
+            it, `stages` may be empty (a trace of engine steps only).
 
     Raises:
         SelectionError: a stage range is absent (the message lists the names present).
@@ -298,10 +304,10 @@ def compute_mfu(
         raise ConfigError(f"--ctx-mode must be one of {', '.join(CTX_MODES)}, got {ctx.mode!r}")
     warnings: list[str] = []
     stages = tuple(s for s in STAGES if s in stages)
-    if not stages:
+    if not stages and engine is None:
         raise SelectionError(f"no stage to analyze; choose some of {', '.join(STAGES)}")
-    instances = group_instances(ranges, refs, include_warmup, stages, warnings)
-    known = facts.instance_facts(instances, inputs, warnings, "vision" in stages)
+    instances = group_instances(ranges, refs, include_warmup, stages, warnings) if stages else []
+    known = facts.instance_facts(instances, inputs, warnings, "vision" in stages) if stages else []
     members = [int(r["range_id"]) for i in instances for r in i.members.values()]
     n_kernels = ops.launch_kinds(members)
     steps_of = decode_steps(ranges, refs["decode_step"], instances)
@@ -331,7 +337,7 @@ def compute_mfu(
         stage: _aggregate(stage, refs[stage], rows, ops, kernel_names, top_kernels, peak)
         for stage, rows in per_stage.items()
     }
-    if host_views is not None:
+    if host_views is not None and stages:
         plan = _plan(ranges, instances, steps_of, stages)
         views = breakdown(plan.windows, host_views, ops.gpu_view(plan.windows))
         step_ids = plan.windows.filter(pl.col("group") == STEP_GROUP)["window_id"].to_list()
@@ -368,6 +374,7 @@ def compute_mfu(
         include_warmup=include_warmup,
         warnings=tuple(warnings),
         static_compute=static_compute,
+        engine=engine,
     )
 
 

@@ -9,6 +9,13 @@ BUSY_COLOR: Final = "#2a7ab9"
 IDLE_COLOR: Final = "#d9d9d9"
 WALL_COLOR: Final = "#e08a2c"
 STAGE_COLORS: Final = {"vision": "#2a7ab9", "prefill": "#e08a2c", "decode": "#3a9a4a"}
+# Engine-step phases (docs/serving.md): prefill and decode read as the stages of those names.
+PHASE_COLORS: Final = {
+    "prefill": STAGE_COLORS["prefill"],
+    "decode": STAGE_COLORS["decode"],
+    "mixed": "#6a3d9a",
+    "idle": "#999999",
+}
 # Host parts, then GPU parts: (attribute of HostGpuView, legend label, colour).
 HOST_SEGMENTS: Final = (
     ("launch_ns", "launch calls", "#6a3d9a"),

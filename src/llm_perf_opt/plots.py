@@ -6,6 +6,8 @@ between calls or into tests.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -20,11 +22,13 @@ from llm_perf_opt.palette import (
     GPU_SEGMENTS,
     HOST_SEGMENTS,
     IDLE_COLOR,
+    PHASE_COLORS,
     STAGE_COLORS,
     WALL_COLOR,
 )
 from llm_perf_opt.report import format_pct
 from llm_perf_opt.roofline import ridge_point, roofline_points, roofs
+from llm_perf_opt.serving import EngineStep
 
 DPI: Final = 120
 ROOF_STYLES: Final = {"table": ("-", "datasheet"), "measured": ("--", "measured")}
@@ -186,14 +190,53 @@ def plot_host_breakdown(stage: StageResult, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_engine_steps(report: MfuReport, path: Path) -> Path:
+    """MFU (trace and wall) and tokens of every engine step against its start time, each phase
+    in its colour: the step loop's shape over the run."""
+    assert report.engine is not None
+    steps = report.engine.steps
+    t0 = min(s.start_ns for s in steps)
+    fig = Figure(figsize=(9, 5.4))
+    ax_mfu, ax_tok = fig.subplots(2, 1, sharex=True)
+    for phase in dict.fromkeys(s.phase for s in steps):
+        mine = [s for s in steps if s.phase == phase]
+        t = [(s.start_ns - t0) / 1e6 for s in mine]
+        color = PHASE_COLORS.get(phase, IDLE_COLOR)
+        ax_mfu.plot(t, [100 * (s.mfu_trace or 0) for s in mine], "o", ms=3, color=color,
+                    label=f"{phase} (trace)")  # fmt: skip
+        ax_mfu.plot(t, [100 * (s.mfu_wall or 0) for s in mine], "x", ms=3, color=color,
+                    alpha=0.6, label=f"{phase} (wall)")  # fmt: skip
+        ax_tok.bar(t, [s.tokens or 0 for s in mine], width=0.6 * _step_gap_ms(steps),
+                   color=color, label=phase)  # fmt: skip
+    ax_mfu.set_ylabel("MFU (%)")
+    ax_mfu.set_title(f"Engine steps: MFU and tokens per step ({len(steps):,} steps)")
+    ax_mfu.legend(fontsize=7, ncol=4)
+    ax_tok.set_ylabel("tokens in the step")
+    ax_tok.set_xlabel("step start (ms from the first step)")
+    ax_tok.legend(fontsize=7, ncol=4)
+    return _save(fig, path)
+
+
+def _step_gap_ms(steps: Sequence[EngineStep]) -> float:
+    """The median gap between step starts (ms), the bars' width unit."""
+    starts = sorted(s.start_ns for s in steps)
+    gaps = sorted(b - a for a, b in itertools.pairwise(starts))
+    return gaps[len(gaps) // 2] / 1e6 if gaps else 1.0
+
+
 def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
-    """Write the PNGs into `directory` (created); the decode series only when steps exist."""
+    """Write the PNGs into `directory` (created); the decode series only when steps exist, the
+    engine steps' only for a trace of a serving engine's steps."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    paths = [
-        plot_time_split(report, out / "stage_time_split.png"),
-        plot_mfu(report, out / "mfu_trace_vs_wall.png"),
-    ]
+    paths = []
+    if report.stages:
+        paths += [
+            plot_time_split(report, out / "stage_time_split.png"),
+            plot_mfu(report, out / "mfu_trace_vs_wall.png"),
+        ]
+    if report.engine is not None and report.engine.steps:
+        paths.append(plot_engine_steps(report, out / "engine_steps.png"))
     if report.decode_steps:
         paths.append(plot_decode_steps(report, out / "decode_step_time.png"))
     if roofline_points(report):

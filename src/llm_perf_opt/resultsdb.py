@@ -1,4 +1,4 @@
-"""The results database: every analyzed run as rows of five sqlite tables (docs/many-runs.md).
+"""The results database: every analyzed run as rows of seven sqlite tables (docs/many-runs.md).
 
 A run is keyed by its `run_id`, a hash of (trace content hash, analysis options): analyzing the
 same file with the same options again replaces its rows, in one transaction, so a killed writer
@@ -32,6 +32,8 @@ from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import DB, Field, Level
 from llm_perf_opt.report.levels import (
     DECODE_STEP,
+    ENGINE_PHASE,
+    ENGINE_STEP,
     INSTANCE,
     KERNEL,
     RUN,
@@ -42,6 +44,8 @@ from llm_perf_opt.report.levels import (
     RUN_WARNINGS,
     STAGE,
     decode_step_frame,
+    engine_phase_frame,
+    engine_step_frame,
     instance_frame,
     kernel_frame,
     run_frame,
@@ -91,7 +95,12 @@ LEVEL_TABLES: Final[dict[str, tuple[Level, Flatten, tuple[str, ...]]]] = {
     "instances": (INSTANCE, instance_frame, ("stage", "instance")),
     "decode_steps": (DECODE_STEP, decode_step_frame, ("instance", "step")),
     "top_kernels": (KERNEL, kernel_frame, ("stage", "rank")),
+    "engine_phases": (ENGINE_PHASE, engine_phase_frame, ("phase",)),
+    "engine_steps": (ENGINE_STEP, engine_step_frame, ("step",)),
 }
+# Tables added after the first five: a database written before lacks them until written again
+# (read as empty).
+LATER_TABLES: Final = frozenset({"engine_phases", "engine_steps"})
 # table → (columns, primary key); children are deleted before their run is written again.
 TABLES: Final[dict[str, tuple[dict[str, type], tuple[str, ...]]]] = {
     "runs": (RUNS, ("run_id",)),
@@ -231,7 +240,7 @@ def _sqlite_row(row: Mapping[str, Any]) -> dict[str, Any]:
 def rows_from_report(
     record: RunRecord, report: MfuReport, analyzed_at: str | None = None
 ) -> RunRows:
-    """The five tables' rows of one analyzed trace."""
+    """Every table's rows of one analyzed trace."""
     rid = record.run_id
     run = dict.fromkeys(RUNS) | {
         "run_id": rid,
@@ -279,7 +288,7 @@ class ResultsDb:
         self.db = sqlite_utils.Database(conn)
         try:
             if readonly:
-                missing = [t for t in TABLES if not self.db[t].exists()]
+                missing = [t for t in TABLES if t not in LATER_TABLES and not self.db[t].exists()]
                 if missing:
                     raise ResultsDbError(
                         f"{str(self.path)!r} is not a results database (no table "
@@ -360,10 +369,11 @@ class ResultsDb:
 
     def load(self, run_id: str) -> RunRows:
         """Every row of one run."""
-        tables = {}
+        tables: dict[str, list[dict[str, Any]]] = {}
         for name, (_, pk) in TABLES.items():
             query = f"SELECT * FROM [{name}] WHERE run_id = ? ORDER BY {', '.join(pk)}"
-            tables[name] = list(self.db.query(query, [run_id]))
+            exists = name not in LATER_TABLES or self.db[name].exists()
+            tables[name] = list(self.db.query(query, [run_id])) if exists else []
         return RunRows(tables)
 
     def dump(self, *, volatile: bool = False) -> dict[str, list[tuple[Any, ...]]]:

@@ -66,6 +66,13 @@ LM_HEAD_POSITIONS: Final[tuple[LmHeadPositions, ...]] = get_args(LmHeadPositions
 PerfettoGpuOps = Literal["all", "report", "none"]
 PERFETTO_GPU_OPS: Final[tuple[PerfettoGpuOps, ...]] = get_args(PerfettoGpuOps)
 
+# Serving engines whose step names the analysis reads (`--engine`; engines.py holds the formats),
+# and the phase of an engine step: context only, generation only, both, neither.
+Engine = Literal["auto", "vllm", "sglang", "trtllm", "none"]
+ENGINES: Final[tuple[Engine, ...]] = get_args(Engine)
+StepPhase = Literal["prefill", "decode", "mixed", "idle"]
+STEP_PHASES: Final[tuple[StepPhase, ...]] = get_args(StepPhase)
+
 NVTX_DOMAIN: Final = "llm_perf_opt"
 # An engine step's range name in vLLM V1's format (`compute_iteration_details`, vllm/v1/utils.py):
 # requests still in their prompt (context) and in generation, and the tokens each group runs.

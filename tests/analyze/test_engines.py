@@ -24,6 +24,7 @@ from llm_perf_opt.analysis import (
 from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.stages import RangeRef
+from tests.serve.export import StepLoop, write_export
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data"
@@ -35,6 +36,7 @@ LLAMA_SMALL = {
 CASES = [
     *((p, {}) for p in sorted((REPO / "traces").glob("dsocr*.sqlite.xz"))),
     (REPO / "traces" / "llama_1b_shape.sqlite.xz", LLAMA_1B),
+    (REPO / "traces" / "llama_1b_serve.sqlite.xz", {}),  # engine steps, metadata alone
     (DATA / "llama_parquet", LLAMA_1B),
     (DATA / "llama_small" / "llama_small.sqlite.xz", LLAMA_SMALL),
 ]
@@ -120,3 +122,29 @@ def test_the_budget_picks_the_engine() -> None:
     assert analyze_trace(path, fits).engine == IN_MEMORY
     short = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * IN_MEMORY_BYTES_PER_OP - 1)  # type: ignore[arg-type]
     assert analyze_trace(path, short).engine == ONE_PASS
+
+
+def _serve_loop() -> StepLoop:
+    """A vLLM step loop long enough to stream at the smallest budget: prefill chunks, mixed and
+    decode steps, a zero-token step, async overlap, CUDA graph replays, a worker process."""
+    names = ["execute_context_1(512)_generation_0(0)", "execute_context_1(300)_generation_1(1)"]
+    names += [f"execute_context_0(0)_generation_{b}({b})" for b in (2, 2, 3, 4) * 14]
+    names += ["execute_context_0(0)_generation_0(0)", "execute_context_2(100)_generation_3(3)"]
+    return StepLoop(
+        names,
+        kernels=[30 + k % 5 for k in range(len(names))],
+        lag_ns=120_000,
+        graph_steps=frozenset(range(4, len(names), 3)),
+        worker=True,
+    )
+
+
+def test_engine_steps_give_the_same_report(tmp_path: Path) -> None:
+    """Per-step and per-phase numbers of a served model's steps: byte-identical reports."""
+    path = write_export(tmp_path / "serve.sqlite", _serve_loop())
+    options = {"config_path": LLAMA_1B["config_path"]}
+    memory, streamed = _both(path, **options)
+    assert memory.report is not None and memory.report.engine is not None
+    assert len(memory.report.engine.steps) == 60
+    _assert_same(memory, streamed)
+    _assert_pruned_same(path, memory, **options)

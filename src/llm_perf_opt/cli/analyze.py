@@ -95,6 +95,8 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
         image_hw=parse_image_size(kw["image_size"]) if kw["image_size"] else None,
         memory_budget_bytes=kw["memory_budget"],
         every_range=kw["ranges_out"] is not None,
+        engine=kw["engine"],
+        step_pattern=kw["step_pattern"],
     )
 
 
@@ -257,6 +259,23 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option("--include-warmup", is_flag=True, help="Count ranges under warmup ranges too.")
 @click.option(
+    "--engine",
+    type=click.Choice(vocab.ENGINES),
+    default="auto",
+    show_default=True,
+    help="Serving engine whose step ranges (one per forward step, named with its batch: "
+    "vLLM `execute_context_N(T)_generation_M(G)`, SGLang `step[EXTEND bs=… toks=…]`, "
+    "TensorRT-LLM `[Executor] _forward_step …`) get per-step and per-phase MFU; auto: any of "
+    "them; none: no engine view (docs/serving.md).",
+)
+@click.option(
+    "--step-pattern",
+    metavar="REGEX",
+    help="Step ranges of another engine: a regex over range names whose named groups are "
+    "ctx_reqs, ctx_tokens, gen_reqs, gen_tokens (and c_/g_ sk, sqsq, sqsk sums), e.g. "
+    "'fwd p=(?P<ctx_tokens>\\d+)/(?P<ctx_reqs>\\d+) d=(?P<gen_reqs>\\d+)'. Replaces --engine.",
+)
+@click.option(
     "--format",
     "format",
     type=click.Choice(["table", "json", "csv", "md"]),
@@ -354,6 +373,10 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
     --model or --config and token counts. A stage without ranges (no vision in a text-only
     model) is left out and the model line says so. See docs/mfu-math.md and docs/configuration.md.
 
+    A served model's trace (vLLM, SGLang or TensorRT-LLM step ranges) gets MFU per engine step
+    and per phase (prefill, decode, mixed) from each step's batch composition: --config alone
+    suffices (docs/serving.md).
+
     \b
     Example:
       mfu-analyze traces/dsocr_v1_base.sqlite.xz --ctx-mode auto
@@ -365,6 +388,7 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
       mfu-analyze probe.sqlite --stage vision=vision --stage prefill=prefill \\
           --stage decode=decode --model deepseek-ocr --prefill-len 273 --decode-tokens 32
       mfu-analyze llama.sqlite --config config.json --prefill-len 512
+      mfu-analyze vllm_serve.sqlite --config config.json   # engine steps, docs/serving.md
       mfu-analyze any.sqlite --ranges-out ranges.csv
       mfu-analyze runs/ 'sweep/*.sqlite.xz' --db results.sqlite -j 2   # batch, docs/many-runs.md
     """

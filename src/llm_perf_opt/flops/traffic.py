@@ -18,8 +18,13 @@ Bytes are thus a lower bound of the real traffic, and intensity an upper bound.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING, overload
 
 from llm_perf_opt.flops.analytic import ImageLayout, dtype_bytes, kv_cache_bytes_per_position
+
+if TYPE_CHECKING:  # a step's token count may be a polars expression (flops/steps.py)
+    import polars as pl
+
 from llm_perf_opt.flops.configs import (
     ClipConfig,
     ModelConfig,
@@ -30,10 +35,20 @@ from llm_perf_opt.flops.configs import (
 )
 
 
+@overload
+def expected_experts(n_experts: int, top_k: int, tokens: int) -> float: ...
+@overload
+def expected_experts(n_experts: int, top_k: int, tokens: pl.Expr) -> pl.Expr: ...
+def expected_experts(n_experts: int, top_k: int, tokens: int | pl.Expr) -> float | pl.Expr:
+    """Expected distinct experts of `n_experts` that `tokens` tokens, top-k each, pick under
+    uniform routing: E·(1 − (1 − k/E)^T) (k at T = 1, nearly E for large T). `tokens` may be a
+    number or a polars expression (flops/steps.py: one value per engine step)."""
+    return n_experts * (1.0 - (1.0 - top_k / n_experts) ** tokens)
+
+
 def experts_touched(text: TextConfig, tokens: int) -> float:
     """Expected distinct routed experts `tokens` tokens pick in one MoE layer (uniform routing)."""
-    e, k = text.n_routed_experts, text.num_experts_per_tok
-    return e * (1.0 - (1.0 - k / e) ** tokens)
+    return expected_experts(text.n_routed_experts, text.num_experts_per_tok, tokens)
 
 
 def _linear(tokens: int, d_in: int, d_out: int) -> tuple[int, int]:

@@ -31,18 +31,25 @@ from llm_perf_opt.report.levels import (
     KERNEL_SHARE,
     KERNEL_SUM,
     KERNEL_TOTAL,
+    MBU_TRACE,
     MEAN_KERNEL,
     MFU_TRACE,
     MFU_WALL,
+    N_GPU_OPS,
     N_INSTANCES,
     N_KERNELS,
+    PHASE,
     PREFILL_LEN,
     STAGE_NAME,
+    STEP_BUSY_P50,
+    STEP_BUSY_P90,
+    STEP_BUSY_P99,
     VERDICT,
     WALL,
     WALL_SOURCE,
 )
 from llm_perf_opt.report.text import count, format_pct, gflop, ms, num, short, tflops, us
+from llm_perf_opt.serving import EnginePhase
 
 
 def _with_graphs(label: str, field: Field, graphs: Field, fmt: Callable[[Any], str]) -> Column:
@@ -184,3 +191,56 @@ HOST_TABLE: Final = (
     _view("µs/op", "host_per_gpu_op_ns", us),
     Column("bound", lambda r: r.bound),
 )
+
+
+def _tokens(reqs: int | None, tokens: int | None) -> str:
+    """`requests (tokens)` as the step names write them; `?` where unknown."""
+    return f"{_q(reqs)} ({_q(tokens)})"
+
+
+def _q(x: int | None) -> str:
+    return "?" if x is None else f"{x:,}"
+
+
+def _exact(x: bool | None) -> str:
+    return {True: "exact", False: "bounded", None: "–"}[x]
+
+
+_MBU_TRACE: Final = shown("MBU trace", MBU_TRACE, format_pct)
+ENGINE_PHASE_TABLE: Final = (
+    shown("phase", PHASE, str),
+    Column("steps", lambda p: count(p.n_steps)),
+    Column("tokens", lambda p: _q(p.tokens)),
+    Column("tok/s", lambda p: num(p.tokens_per_s, ",.0f")),
+    _GFLOP,
+    _BUSY,
+    _WALL,
+    _MFU_TRACE,
+    _MFU_WALL,
+    _MBU_TRACE,
+    shown("p50 µs", STEP_BUSY_P50, us),
+    shown("p90 µs", STEP_BUSY_P90, us),
+    shown("p99 µs", STEP_BUSY_P99, us),
+    Column("ops/step", lambda p: num(p.gpu_ops_per_step, ",.1f")),
+    Column("attn", lambda p: _exact(p.attention_exact)),
+)
+ENGINE_STEP_TABLE: Final = (
+    Column("step", lambda s: str(s.index)),
+    shown("phase", PHASE, str),
+    Column("ctx reqs (tok)", lambda s: _tokens(s.ctx_reqs, s.ctx_tokens)),
+    Column("gen reqs (tok)", lambda s: _tokens(s.gen_reqs, s.gen_tokens)),
+    shown("GPU ops", N_GPU_OPS, count),
+    Column("busy µs", lambda s: us(s.gpu_busy_ns)),
+    Column("wall µs", lambda s: us(s.wall_ns)),
+    _GFLOP,
+    _MFU_TRACE,
+    _MFU_WALL,
+    _MBU_TRACE,
+    Column("attn", lambda s: _exact(s.attention_exact)),
+)
+
+
+def phase_host_rows(phases: Iterable[EnginePhase]) -> list[HostRow]:
+    """The host table's rows of the engine phases (summed over each phase's steps)."""
+    return [HostRow(f"{p.phase} steps", p.host, p.host_bound or "") for p in phases
+            if p.host is not None]  # fmt: skip

@@ -13,27 +13,39 @@ from llm_perf_opt.attribution import RANGES_OUT_COLUMNS
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import CSV, union
 from llm_perf_opt.report.levels import (
+    ENGINE_PHASE,
+    ENGINE_STEP,
     INSTANCE,
     MODEL,
     RUN,
     STAGE,
+    engine_phase_frame,
+    engine_step_frame,
     instance_frame,
     model_frame,
     run_frame,
     stage_frame,
 )
 
-# One row per instance, stage and the model, each with the run's columns.
+_STAGE_COLUMNS: Final = union(INSTANCE.names(CSV), STAGE.names(CSV), MODEL.names(CSV))
+# One row per instance, stage and the model, then per engine phase and step, each with the run's
+# columns; the engine levels' own columns follow the stages'.
 CSV_COLUMNS: Final = (
     "level",
-    *union(INSTANCE.names(CSV), STAGE.names(CSV), MODEL.names(CSV)),
+    *_STAGE_COLUMNS,
+    *(
+        name
+        for name in union(ENGINE_PHASE.names(CSV), ENGINE_STEP.names(CSV))
+        if name not in _STAGE_COLUMNS
+    ),
     *RUN.names(CSV),
 )
 
 
 def to_csv(report: MfuReport) -> str:
     """One row per stage instance, per stage (`level=stage`) and for the model (`level=model`):
-    each stage's instances, then the stage; the model last."""
+    each stage's instances, then the stage, then the model; then one row per engine phase
+    (`level=engine_phase`) and per engine step (`level=engine_step`) when the trace has them."""
     levels = [
         frame.select(level.names(CSV)).with_columns(level=pl.lit(level.name))
         for level, frame in (
@@ -49,7 +61,14 @@ def to_csv(report: MfuReport) -> str:
         for part in (instances, stages)
     ]
     run = run_frame(report).select(RUN.names(CSV)).row(0, named=True)
-    rows = pl.concat([*parts, model], how="diagonal").to_dicts()
+    engine = [
+        frame.select(level.names(CSV)).with_columns(level=pl.lit(level.name))
+        for level, frame in (
+            (ENGINE_PHASE, engine_phase_frame(report)),
+            (ENGINE_STEP, engine_step_frame(report)),
+        )
+    ]
+    rows = pl.concat([*parts, model, *engine], how="diagonal_relaxed").to_dicts()
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()

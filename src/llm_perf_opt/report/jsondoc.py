@@ -16,6 +16,8 @@ from llm_perf_opt.report.fields import JSON, pick
 from llm_perf_opt.report.levels import (
     CONTEXT,
     DECODE_STEP,
+    ENGINE_PHASE_SUMS,
+    ENGINE_STEP,
     GPU_WINDOW,
     HOST_SPAN,
     HOST_VIEW,
@@ -36,6 +38,8 @@ from llm_perf_opt.report.levels import (
     STAGE_TRAFFIC,
     context_frame,
     decode_step_frame,
+    engine_phase_frame,
+    engine_step_frame,
     instance_frame,
     instances,
     kernel_frame,
@@ -106,6 +110,29 @@ def _stages_json(report: MfuReport, by_peak: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _engine_json(report: MfuReport) -> dict[str, Any]:
+    """The `engine`, `engine_steps` and `engine_phases` keys (docs/serving.md)."""
+    engine = report.engine
+    phases = {}
+    if engine is not None:
+        views = _views([p.host for p in engine.phases])
+        for p, row, view in zip(
+            engine.phases, engine_phase_frame(report).to_dicts(), views, strict=True
+        ):
+            phases[p.phase] = pick(row, ENGINE_PHASE_SUMS) | (view or {})
+    return {
+        "engine": None
+        if engine is None
+        else {
+            "engines": list(engine.engines),
+            "formats": list(engine.formats),
+            "attention_source": engine.exact_source,
+        },
+        "engine_steps": ENGINE_STEP.rows(engine_step_frame(report), JSON),
+        "engine_phases": phases,
+    }
+
+
 def to_json(report: MfuReport) -> dict[str, Any]:
     """The JSON document `--format json` prints; every key is documented in docs/json-output.md."""
     run = run_frame(report).row(0, named=True)
@@ -143,6 +170,7 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         "model": model_doc,
         "mbu": {"decode": mbu},
         "decode_steps": DECODE_STEP.rows(decode_step_frame(report), JSON),
+        **_engine_json(report),
         "static_compute": report.static_compute,
         **pick(run, RUN_WARNINGS),
     }

@@ -261,6 +261,73 @@ BOUND: Final = Field("bound", STR)
 # Only the stages whose bytes moved are known; JSON writes these keys into each stage's object.
 ROOFLINE: Final = Level("roofline", (STAGE_NAME.only(), INTENSITY, ACHIEVED, BOUND))
 
+# --- serving-engine steps and phases (serving.py, docs/serving.md) ------------------------------
+PHASE: Final = Field("phase", STR)
+_REQUESTS: Final = tuple(
+    Field(n, INT) for n in ("ctx_reqs", "ctx_tokens", "gen_reqs", "gen_tokens")
+)
+_STEP_WORK: Final = (
+    FLOPS,
+    Field("flops_linear", F64),
+    Field("flops_attention", F64),
+    Field("flops_attention_max", F64),
+    Field("flops_vision", F64),
+    Field("attention_exact", BOOL),
+    Field("bytes", F64, outputs=JSON_CSV),
+)
+ENGINE_STEP: Final = Level(
+    "engine_step",
+    (
+        Field("step", INT, attr="index"),
+        Field("name", STR),
+        PHASE,
+        Field("engine", STR, outputs=JSON_CSV),
+        Field("format", STR, outputs=JSON_CSV),
+        *_REQUESTS,
+        Field("encoder_images", INT, outputs=JSON_CSV),
+        _seconds("start_s", "start_ns", JSON_CSV),
+        N_GPU_OPS,
+        Field("n_op_rows", INT),
+        GPU_BUSY,
+        CPU,
+        WALL,
+        WALL_SOURCE,
+        *_STEP_WORK,
+        MFU_TRACE,
+        MFU_WALL,
+        MBU_TRACE,
+        MBU_WALL,
+    ),
+)
+STEP_BUSY_P50: Final = _seconds("step_busy_p50_s", "step_busy_p50_ns")
+STEP_BUSY_P90: Final = _seconds("step_busy_p90_s", "step_busy_p90_ns")
+STEP_BUSY_P99: Final = _seconds("step_busy_p99_s", "step_busy_p99_ns")
+ENGINE_PHASE_SUMS: Final = (
+    PHASE.only(CSV, DB),  # JSON keys the phases by it
+    Field("n_steps", INT),
+    Field("ctx_tokens", INT),
+    Field("gen_tokens", INT),
+    Field("tokens", INT),
+    Field("tokens_per_s", F64),
+    FLOPS,
+    Field("flops_max", F64),
+    Field("attention_exact", BOOL),
+    N_GPU_OPS,
+    Field("n_op_rows", INT),
+    Field("gpu_ops_per_step", F64),
+    GPU_BUSY,
+    WALL,
+    MFU_TRACE,
+    MFU_WALL,
+    MBU_TRACE,
+    MBU_WALL,
+    STEP_BUSY_P50,
+    STEP_BUSY_P90,
+    STEP_BUSY_P99,
+    Field("host_bound", STR, outputs=JSON_DB),
+)
+ENGINE_PHASE: Final = Level("engine_phase", ENGINE_PHASE_SUMS)
+
 
 def instances(report: MfuReport) -> list[InstanceResult]:
     """Every stage's instances, stage by stage."""
@@ -290,8 +357,13 @@ def decode_step_frame(report: MfuReport) -> pl.DataFrame:
 def kernel_frame(report: MfuReport) -> pl.DataFrame:
     """Each stage's top kernels, ranked from 1."""
     return pl.concat(
-        KERNEL.frame(s.top_kernels, stage=name, rank=range(1, len(s.top_kernels) + 1))
-        for name, s in report.stages.items()
+        [
+            KERNEL.frame((), stage=(), rank=()),
+            *(
+                KERNEL.frame(s.top_kernels, stage=name, rank=range(1, len(s.top_kernels) + 1))
+                for name, s in report.stages.items()
+            ),
+        ]
     )
 
 
@@ -301,3 +373,11 @@ def context_frame(report: MfuReport) -> pl.DataFrame:
 
 def roofline_frame(report: MfuReport) -> pl.DataFrame:
     return ROOFLINE.frame(roofline_points(report).values())
+
+
+def engine_step_frame(report: MfuReport) -> pl.DataFrame:
+    return ENGINE_STEP.frame(() if report.engine is None else report.engine.steps)
+
+
+def engine_phase_frame(report: MfuReport) -> pl.DataFrame:
+    return ENGINE_PHASE.frame(() if report.engine is None else report.engine.phases)

@@ -13,24 +13,30 @@ def _section(s: sections.Section) -> list[str]:
 
 
 def to_markdown(report: MfuReport) -> str:
-    """A Markdown report: MFU per stage, instances, decode MBU, context lengths, MFU/MBU by
-    denominator and the calibration GEMMs (calibrated runs), the roofline, top kernels, the
-    static compute table when one was found, and warnings."""
+    """A Markdown report: MFU per stage, instances, the engine phases, decode MBU, the host/GPU
+    breakdown, context lengths, MFU/MBU by denominator and the calibration GEMMs (calibrated
+    runs), the roofline, top kernels, every engine step, the static compute table when one was
+    found, and warnings."""
     out = ["# MFU report", "", *(f"- {line}" for line in sections.header_lines(report)), ""]
-    out += _section(sections.stage_section(report))
-    out += [
-        f"Wall time: {WALL_SOURCES.get(next(iter(report.stages.values())).wall_source, '')}. "
-        f"Verdict rule: {verdict_rule()}.",
-        "",
-    ]
-    out += _section(sections.instance_section(report))
+    if report.stages:
+        out += _section(sections.stage_section(report))
+        out += [
+            f"Wall time: {WALL_SOURCES.get(next(iter(report.stages.values())).wall_source, '')}. "
+            f"Verdict rule: {verdict_rule()}.",
+            "",
+        ]
+        out += _section(sections.instance_section(report))
+    if report.engine is not None:
+        out += [*(f"- {line}" for line in sections.engine_lines(report)), ""]
+        out += _section(sections.engine_phase_section(report))
     decode = sections.decode_lines(report)
     if decode:
         out += ["## Decode", "", *(f"- {line}" for line in decode), ""]
     host = sections.host_section(report)
     if host.rows:
         out += [*_section(host), *(f"- {v}" for v in sections.host_verdicts(report)), ""]
-    out += _section(sections.context_section(report))
+    if report.stages:
+        out += _section(sections.context_section(report))
     peaks = sections.peak_section(report)
     if peaks.rows:
         out += _section(peaks) + _section(sections.calibration_section(report))
@@ -43,6 +49,8 @@ def to_markdown(report: MfuReport) -> str:
             # names as code: demangled C++ (`<unnamed>`, `*`) would read as HTML or emphasis
             rows = [(f"`{name}`", *rest) for name, *rest in kernels.rows]
             out += _section(kernels._replace(rows=rows))
+    if report.engine is not None:
+        out += _section(sections.engine_step_section(report))
     if report.static_compute is not None:
         static = sections.static_section(report.static_compute, "Static compute (runner, fvcore)")
         note = sections.static_note(report.static_compute)

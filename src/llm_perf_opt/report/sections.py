@@ -9,6 +9,8 @@ from typing import Any, Final, NamedTuple
 from llm_perf_opt.mfu import MfuReport, StageResult
 from llm_perf_opt.report.columns import (
     CONTEXT_TABLE,
+    ENGINE_PHASE_TABLE,
+    ENGINE_STEP_TABLE,
     HOST_TABLE,
     INSTANCE_TABLE,
     KERNEL_TABLE,
@@ -16,6 +18,7 @@ from llm_perf_opt.report.columns import (
     ROOFLINE_TABLE,
     STAGE_TABLE,
     host_rows,
+    phase_host_rows,
 )
 from llm_perf_opt.report.fields import cells, head
 from llm_perf_opt.report.levels import instances, ridge
@@ -111,11 +114,40 @@ def decode_lines(report: MfuReport) -> list[str]:
 
 
 def host_section(report: MfuReport) -> Section:
-    """Stages (summed over instances) and the median decode step; host parts as shares of the
-    host span, GPU parts as shares of the GPU window."""
-    return Section(
-        HOST_TITLE, head(HOST_TABLE), cells(HOST_TABLE, host_rows(report.stages.values()))
-    )
+    """Stages (summed over instances), the median decode step and the engine phases (summed over
+    their steps); host parts as shares of the host span, GPU parts as shares of the GPU
+    window."""
+    rows = host_rows(report.stages.values())
+    if report.engine is not None:
+        rows += phase_host_rows(report.engine.phases)
+    return Section(HOST_TITLE, head(HOST_TABLE), cells(HOST_TABLE, rows))
+
+
+def engine_lines(report: MfuReport) -> list[str]:
+    """What the engine view read: the step formats, where attention FLOPs came from."""
+    engine = report.engine
+    if engine is None:
+        return []
+    exact = sum(s.attention_exact is True for s in engine.steps)
+    bounded = sum(s.attention_exact is False for s in engine.steps)
+    rest = f", bounded for {bounded:,} (see the warnings)" if bounded else ""
+    return [
+        f"Engine steps: {len(engine.steps):,} step ranges of {', '.join(engine.engines)} "
+        f"({', '.join(engine.formats)}); attention FLOPs exact for {exact:,} of them "
+        f"(from {engine.exact_source}){rest}",
+    ]
+
+
+def engine_phase_section(report: MfuReport) -> Section:
+    phases = () if report.engine is None else report.engine.phases
+    title = "MFU per engine phase (p50, p90, p99: GPU busy time of one step)"
+    return Section(title, head(ENGINE_PHASE_TABLE),
+                   cells(ENGINE_PHASE_TABLE, phases))  # fmt: skip
+
+
+def engine_step_section(report: MfuReport) -> Section:
+    steps = () if report.engine is None else report.engine.steps
+    return Section("Engine steps", head(ENGINE_STEP_TABLE), cells(ENGINE_STEP_TABLE, steps), 2)
 
 
 def host_verdicts(report: MfuReport) -> list[str]:

@@ -18,19 +18,25 @@ def _table(s: sections.Section) -> Table:
 
 
 def render_table(report: MfuReport, console: Console) -> None:
-    """Print the report for a person: header, stages, instances, decode, context, both
-    denominators (calibrated runs), roofline, kernels, static compute.
+    """Print the report for a person: header, stages, instances, engine phases, decode, context,
+    both denominators (calibrated runs), roofline, kernels, static compute (every engine step
+    is in the Markdown, CSV and JSON reports).
 
     Columns do not wrap; give a non-terminal console a width (the CLI uses 160)."""
     parts: list[Any] = [Text("\n".join(sections.header_lines(report)))]
-    parts.append(_table(sections.stage_section(report)))
+    if report.stages:
+        parts.append(_table(sections.stage_section(report)))
+    if report.engine is not None:
+        parts.append(Text("\n".join(sections.engine_lines(report))))
+        parts.append(_table(sections.engine_phase_section(report)))
     if any(len(s.instances) > 1 for s in report.stages.values()):
         parts.append(_table(sections.instance_section(report)))
     parts.append(Text("\n".join(sections.decode_lines(report))))
     host = sections.host_section(report)
     if host.rows:
         parts += [_table(host), Text("\n".join(sections.host_verdicts(report)))]
-    parts.append(_table(sections.context_section(report)))
+    if report.stages:
+        parts.append(_table(sections.context_section(report)))
     peaks = sections.peak_section(report)
     if peaks.rows:
         parts += [_table(peaks), _table(sections.calibration_section(report))]

@@ -36,8 +36,8 @@ def us(ns: float | None) -> str:
     return "–" if ns is None else f"{ns / 1e3:,.1f}"
 
 
-def gflop(flops: float) -> str:
-    return f"{flops / 1e9:,.1f}"
+def gflop(flops: float | None) -> str:
+    return "–" if flops is None else f"{flops / 1e9:,.1f}"
 
 
 def tflops(x: float | None) -> str:
