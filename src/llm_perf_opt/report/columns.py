@@ -149,7 +149,7 @@ def host_rows(stages: Iterable[StageResult]) -> list[HostRow]:
     rows = []
     for s in stages:
         if s.host is not None:
-            rows.append(HostRow(s.stage, s.host, s.host_bound or ""))
+            rows.append(HostRow(s.stage, s.host, s.verdict))
         if s.per_step is not None:
             rows.append(HostRow(f"{s.stage}/step", s.per_step, "(median)"))
     return rows

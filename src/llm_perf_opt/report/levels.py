@@ -136,7 +136,9 @@ STAGE_DECODE: Final = (
     MBU_WALL,
 )
 STAGE_HOST: Final = (
-    Field("host_bound", STR, outputs=JSON_ONLY),
+    Field("advice", STR, outputs=JSON_ONLY),
+    # deprecated: the verdict under its former name, kept for one release (docs/json-output.md)
+    Field("host_bound", STR, attr="verdict", outputs=JSON_ONLY),
     Field("host_verdict", STR, get=host_verdict, outputs=JSON_ONLY),
     Field("mfu_launch_only", F64, outputs=JSON_ONLY),
 )
