@@ -26,7 +26,7 @@ import polars as pl
 
 from llm_perf_opt import __version__
 from llm_perf_opt.analysis import AnalyzeOptions
-from llm_perf_opt.errors import LlmPerfOptError
+from llm_perf_opt.errors import ResultsDbError
 from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import DB, Field, Level
@@ -103,10 +103,6 @@ TABLES: Final[dict[str, tuple[dict[str, type], tuple[str, ...]]]] = {
 # Columns that record when and how fast a run was analyzed, not what was measured.
 VOLATILE_COLUMNS: Final = frozenset({"analyzed_at", "analysis_s"})
 _POLARS: Final = {str: pl.String, int: pl.Int64, float: pl.Float64}
-
-
-class ResultsDbError(LlmPerfOptError):
-    """The results database cannot be used as asked."""
 
 
 def _jsonable(value: Any) -> Any:

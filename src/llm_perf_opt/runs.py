@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.errors import LlmPerfOptError, SelectionError
+from llm_perf_opt.errors import DaskError, LlmPerfOptError, NoTracesError, SelectionError
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import format_pct, md_table, rich_table, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
@@ -59,14 +59,6 @@ ERROR_WIDTH: Final = 60
 DASK_CONNECT_TIMEOUT_S: Final = 20
 
 Echo = Callable[[str], None]
-
-
-class NoTracesError(SelectionError):
-    """A directory or glob given on the command line matched no trace file."""
-
-
-class DaskError(LlmPerfOptError):
-    """The Dask scheduler cannot be used (not installed or not reachable)."""
 
 
 def has_glob(spec: str) -> bool:

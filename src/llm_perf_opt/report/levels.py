@@ -14,7 +14,7 @@ from typing import Any, Final
 import polars as pl
 
 from llm_perf_opt.mfu import InstanceResult, MfuReport
-from llm_perf_opt.report.fields import CSV, DB, EVERYWHERE, JSON, Field, Level, Output
+from llm_perf_opt.report.fields import CSV, DB, EVERYWHERE, JSON, NOWHERE, Field, Level, Output
 from llm_perf_opt.report.text import host_verdict
 from llm_perf_opt.roofline import ridge_point, roofline_points
 
@@ -225,6 +225,10 @@ GPU_WINDOW: Final = (
     _seconds("launch_latency_median_s", "launch_latency_median_ns"),
 )
 HOST_VIEW: Final = Level("host_view", HOST_SPAN + GPU_WINDOW)
+# A stage's view summed over its instances (`scope` stage) or decode's median step (`step`).
+HOST: Final = Level(
+    "host", (STAGE_NAME.only(), Field("scope", STR, outputs=NOWHERE), *HOST_VIEW.fields)
+)
 
 PREFILL_LEN: Final = Field("prefill_len", INT)
 CTX_SOURCE: Final = Field("source", STR)
@@ -285,6 +289,13 @@ def kernel_frame(report: MfuReport) -> pl.DataFrame:
         KERNEL.frame(s.top_kernels, stage=name, rank=range(1, len(s.top_kernels) + 1))
         for name, s in report.stages.items()
     )
+
+
+def host_frame(report: MfuReport) -> pl.DataFrame:
+    """Each stage's host/GPU breakdown summed over its instances, then decode's median step."""
+    rows = [(s.stage, "stage", s.host) for s in report.stages.values() if s.host is not None]
+    rows += [(s.stage, "step", s.per_step) for s in report.stages.values() if s.per_step]
+    return HOST.frame([v for *_, v in rows], stage=[r[0] for r in rows], scope=[r[1] for r in rows])
 
 
 def context_frame(report: MfuReport) -> pl.DataFrame:
