@@ -18,8 +18,8 @@ from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.flops import cli as flops_cli
 from llm_perf_opt.report import levels
 from llm_perf_opt.stages import RangeRef
+from tests.helpers.paths import SRC
 
-SRC = Path(__file__).resolve().parents[2] / "src"
 # the toy probe has no run metadata: the facts come as options (as in tests/core/test_no_torch)
 PROBE_FLAGS = ("--stage", "vision=vision", "--stage", "prefill=prefill", "--stage",
                "decode=decode", "--model", "deepseek-ocr", "--mode", "base", "--prefill-len",

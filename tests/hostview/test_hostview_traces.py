@@ -15,8 +15,8 @@ from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import to_json, to_markdown
+from tests.helpers.paths import REPO
 
-REPO: Final = Path(__file__).resolve().parents[2]
 # Host syncs per decode step: the eager per-expert loop syncs after every routing `nonzero`
 # (hundreds a step); grouped_mm experts (the H200 `gmm` capture) only a few.
 SYNCS_PER_STEP: Final = {
