@@ -45,11 +45,8 @@ from llm_perf_opt.peak_sources import parse_peak_source
 from llm_perf_opt.report import levels, to_csv, to_json, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
     ResultsDb,
-    RunRecord,
     RunRows,
-    file_hash,
-    meta_facts,
-    options_json,
+    record_of,
     rows_from_report,
 )
 from llm_perf_opt.stages import parse_stage_option
@@ -77,13 +74,7 @@ class Run:
 
     def rows(self) -> RunRows:
         """The rows the results database stores for this run (what `compare` compares)."""
-        record = RunRecord(
-            trace_path=self.trace,
-            content_hash=file_hash(self.trace),
-            options=options_json(self.options),
-            meta=meta_facts(self.result.meta),
-            analysis_s=self.seconds,
-        )
+        record = record_of(self.trace, self.options, self.result.meta, self.seconds)
         return rows_from_report(record, self.report)
 
 

@@ -171,6 +171,19 @@ class RunRecord:
         return run_id_of(self.content_hash, self.options)
 
 
+def record_of(
+    path: str | Path, options: AnalyzeOptions, meta: RunMeta | None, analysis_s: float
+) -> RunRecord:
+    """The record of a trace just analyzed: its content hash, options and metadata facts."""
+    return RunRecord(
+        trace_path=str(path),
+        content_hash=file_hash(path),
+        options=options_json(options),
+        meta=meta_facts(meta),
+        analysis_s=analysis_s,
+    )
+
+
 def meta_facts(meta: RunMeta | None) -> dict[str, Any]:
     """Model, mode and backend settings of the run metadata, for the `runs` row."""
     if meta is None:

@@ -36,10 +36,8 @@ from llm_perf_opt.resultsdb import (
     ResultsDb,
     RunRecord,
     RunRows,
-    file_hash,
     frame_of,
-    meta_facts,
-    options_json,
+    record_of,
     rows_from_report,
 )
 from llm_perf_opt.trace import table_dir_format
@@ -130,13 +128,7 @@ def analyze_one(path: str | Path, options: AnalyzeOptions) -> RunResult:
     try:
         analysis = analyze_trace(path, options)
         assert analysis.report is not None  # require_mfu=True raises instead
-        record = RunRecord(
-            trace_path=str(path),
-            content_hash=file_hash(path),
-            options=options_json(options),
-            meta=meta_facts(analysis.meta),
-            analysis_s=time.perf_counter() - started,
-        )
+        record = record_of(path, options, analysis.meta, time.perf_counter() - started)
     except LlmPerfOptError as exc:
         return RunResult(str(path), error=str(exc))
     except Exception as exc:  # a bug must not sink a sweep of hundreds of traces either
