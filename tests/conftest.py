@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO / "tests" / "data"
+from tests.helpers.paths import DATA, REPO
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Typed errors: the CLI catches the base class once and prints one `Error: …` line (exit 2)."""
+"""Typed errors, every one the analysis and its Python API raise (`llm_perf_opt` exports them):
+the CLI catches the base class once and prints one `Error: …` line (exit 2)."""
 
 
 class LlmPerfOptError(Exception):
@@ -80,3 +81,27 @@ class AnalysisError(LlmPerfOptError):
 
 class NoGpuTimeError(AnalysisError):
     """A stage with FLOPs has no GPU time: its ranges launched no GPU work."""
+
+
+class UnknownGpuError(LlmPerfOptError):
+    """No peak is known for this GPU name and dtype; the user must pass one."""
+
+
+class PeakSourceError(UnknownGpuError):
+    """`--peak-source` is malformed, conflicts with `--peak-tflops`, or names a missing peak."""
+
+
+class NoTracesError(SelectionError):
+    """A directory or glob given on the command line matched no trace file."""
+
+
+class RunSpecError(SelectionError):
+    """A run given to compare is neither a trace nor a stored run."""
+
+
+class DaskError(LlmPerfOptError):
+    """The Dask scheduler cannot be used (not installed or not reachable)."""
+
+
+class ResultsDbError(LlmPerfOptError):
+    """The results database cannot be used as asked."""

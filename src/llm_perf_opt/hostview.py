@@ -542,22 +542,6 @@ def _order_by_window_device_start(
 # --- stages ------------------------------------------------------------------------------------
 
 STEP_GROUP: Final = "decode_step"
-# A stage whose GPU is busy at least this share of its GPU window is limited by its kernels.
-GPU_BOUND_SHARE: Final = 0.5
-# Host syncs on at least this share of the launches, and at least MIN_SYNCS of them per step (or
-# instance), make removing them the first advice: each one drains the GPU queue and keeps CUDA
-# graphs from capturing the loop.
-SYNCS_PER_LAUNCH: Final = 0.05
-MIN_SYNCS: Final = 10
-ADVICE: Final = {
-    "gpu-bound": "faster kernels or more work per launch lift MFU",
-    "sync-bound": "remove the host syncs (fuse, e.g. grouped_mm experts) to lift MFU",
-    "launch-bound": "fewer, larger kernels or CUDA graphs cut the launch time",
-    "framework-bound": "capture CUDA graphs or compile to take Python off the critical path",
-    "api-bound": "look at the other CUDA calls (allocations, attribute queries) first",
-    "queue-bound": "ops wait in the GPU queue (launch latency, gaps between dependent kernels): "
-    "fewer, longer kernels help",
-}
 
 
 def stage_windows(
@@ -576,27 +560,3 @@ def stage_windows(
     return wanted.join(found, on="window_id", how="inner", maintain_order="left").select(
         WINDOWS_SCHEMA.names()
     )
-
-
-def many_syncs(n_syncs: float, n_launches: float) -> bool:
-    """Whether the host syncs often enough, per step or instance, to be the first thing to fix
-    (`MIN_SYNCS`, `SYNCS_PER_LAUNCH`)."""
-    return n_syncs >= MIN_SYNCS and n_syncs >= SYNCS_PER_LAUNCH * n_launches
-
-
-def host_bound(view: HostGpuView) -> str:
-    """What limits a stage, from its breakdown: `gpu-bound` when the GPU is busy most of its
-    window; else, when the host was late (starved ≥ queued + edge), the largest host part
-    (`sync-`, `launch-`, `framework-` (outside CUDA calls) or `api-bound`); else `queue-bound`."""
-    window = view.gpu_window_ns
-    if window <= 0 or view.busy_ns >= GPU_BOUND_SHARE * window:
-        return "gpu-bound"
-    if view.starved_ns < view.queued_ns + view.edge_ns:
-        return "queue-bound"
-    parts = {
-        "sync-bound": view.sync_ns,
-        "launch-bound": view.launch_ns,
-        "framework-bound": view.outside_api_ns,
-        "api-bound": view.other_api_ns,
-    }
-    return max(parts, key=lambda k: parts[k])

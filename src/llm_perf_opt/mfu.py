@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any
 
 import polars as pl
 
@@ -26,7 +26,6 @@ from llm_perf_opt.hostview import (
     Breakdown,
     HostGpuView,
     breakdown,
-    host_bound,
     stage_windows,
 )
 from llm_perf_opt.kernels import KernelShare, LaunchKinds
@@ -35,12 +34,8 @@ from llm_perf_opt.peak_sources import PeakSources
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.serving import EngineReport
 from llm_perf_opt.stages import Instance, RangeRef, decode_steps, group_instances
+from llm_perf_opt.verdict import NO_BREAKDOWN, UnitCounts, classify
 from llm_perf_opt.vocab import CTX_MODES, STAGES
-
-# Verdict rule (docs/mfu-math.md): the GPU idles more than half of the stage and kernels are
-# short → the CPU cannot launch them fast enough.
-IDLE_FRACTION_BOUND: Final = 0.5
-SHORT_KERNEL_NS: Final = 20_000
 
 
 @dataclass(frozen=True)
@@ -91,6 +86,7 @@ class StageResult:
     mfu_wall: float | None
     idle_fraction: float | None
     mean_kernel_ns: float | None
+    # what limits the stage and what to do (`verdict.classify`, from the host/GPU breakdown)
     verdict: str
     instances: tuple[InstanceResult, ...]
     top_kernels: tuple[KernelShare, ...]
@@ -105,11 +101,11 @@ class StageResult:
     bytes_moved: float | None = None
     n_graph_ops: int = 0
     graph_sum_ns: int = 0
-    # host/GPU breakdown (hostview): summed over instances, the median decode step, the label
-    # it gives, and the MFU if only the launch calls were left of the host's time
+    advice: str = NO_BREAKDOWN.advice
+    # host/GPU breakdown (hostview): summed over instances, the median decode step, and the MFU
+    # if only the launch calls were left of the host's time
     host: HostGpuView | None = None
     per_step: HostGpuView | None = None
-    host_bound: str | None = None
     mfu_launch_only: float | None = None
 
 
@@ -191,18 +187,6 @@ class MfuReport:
 
 def _ratio(num: float, den: float) -> float | None:
     return num / den if den > 0 else None
-
-
-def _verdict(idle: float | None, mean_kernel_ns: float | None, mfu: float | None,
-             mbu: float | None) -> str:  # fmt: skip
-    """Classify a stage (rule in docs/mfu-math.md)."""
-    if idle is None or mean_kernel_ns is None:
-        return "n/a"
-    if idle > IDLE_FRACTION_BOUND:
-        return "launch-bound" if mean_kernel_ns < SHORT_KERNEL_NS else "host-bound"
-    if mbu is not None and mfu is not None and mbu > mfu:
-        return "memory-bound"
-    return "compute-bound"
 
 
 def plan_ops(
@@ -392,12 +376,16 @@ def _with_host_views(
             out[name] = s
             continue
         floor_ns = max(view.busy_ns, view.launch_ns)
+        per_step = views.median(steps) if name == "decode" and steps else None
+        counts = UnitCounts.of(view, per_step, len(s.instances))
+        verdict = classify(view, counts, s.mfu_trace, s.mbu_trace)
         out[name] = replace(
             s,
             instances=tuple(replace(r, host=views.window(r.range_id)) for r in s.instances),
             host=view,
-            per_step=views.median(steps) if name == "decode" and steps else None,
-            host_bound=host_bound(view),
+            per_step=per_step,
+            verdict=verdict.label,
+            advice=verdict.advice,
             mfu_launch_only=_ratio(s.flops, peak_flops * floor_ns * 1e-9),
         )
     return out
@@ -523,11 +511,8 @@ def _aggregate(
     n_kernels = sum(r.n_kernels for r in rows)
     sources = {r.wall_source for r in rows}
     mean_kernel = _ratio(kernel_sum, n_kernels)
-    # the verdict asks how long each launch keeps the GPU busy: a graph traced whole is one launch
     n_graph = sum(r.n_graph_ops for r in rows)
     graph_sum = sum(r.graph_sum_ns for r in rows)
-    mean_launch = _ratio(kernel_sum + graph_sum, n_kernels + n_graph)
-    idle = _idle(busy, wall)
     mfu_trace = _ratio(flops, peak.peak_flops * busy * 1e-9)
     moved = [r.bytes_moved for r in rows if r.bytes_moved is not None]
     result = StageResult(
@@ -545,9 +530,9 @@ def _aggregate(
         wall_source=sources.pop() if len(sources) == 1 else "mixed",
         mfu_trace=mfu_trace,
         mfu_wall=_ratio(flops, peak.peak_flops * wall * 1e-9),
-        idle_fraction=idle,
+        idle_fraction=_idle(busy, wall),
         mean_kernel_ns=mean_kernel,
-        verdict=_verdict(idle, mean_launch, mfu_trace, None),
+        verdict=NO_BREAKDOWN.label,
         instances=tuple(rows),
         top_kernels=ops.top_kernels(stage, [r.range_id for r in rows], kernel_names, top_k),
         bytes_moved=sum(moved) if len(moved) == len(rows) else None,
@@ -569,5 +554,4 @@ def _aggregate(
         bytes_per_step=_ratio(n_bytes, n_steps) if n_bytes is not None else None,
         mbu_trace=mbu_trace,
         mbu_wall=_ratio(n_bytes, bw * wall * 1e-9) if bw and n_bytes is not None else None,
-        verdict=_verdict(idle, mean_launch, mfu_trace, mbu_trace),
     )

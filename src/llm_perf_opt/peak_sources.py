@@ -13,15 +13,12 @@ from dataclasses import dataclass, replace
 from typing import Final
 
 from llm_perf_opt.calibration import Calibration
-from llm_perf_opt.peaks import PeakChoice, UnknownGpuError, choose_peak
+from llm_perf_opt.errors import PeakSourceError, UnknownGpuError
+from llm_perf_opt.peaks import PeakChoice, choose_peak
 from llm_perf_opt.vocab import PEAK_DTYPE_OF, PeakDtype
 
 PEAK_SOURCES: Final = ("table", "measured")
 _TERA: Final = 1e12
-
-
-class PeakSourceError(UnknownGpuError):
-    """`--peak-source` is malformed, conflicts with `--peak-tflops`, or names a missing peak."""
 
 
 @dataclass(frozen=True)

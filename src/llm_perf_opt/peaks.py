@@ -11,14 +11,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llm_perf_opt.errors import LlmPerfOptError
+from llm_perf_opt.errors import UnknownGpuError
 from llm_perf_opt.vocab import PeakDtype
 
 _TERA = 1e12
-
-
-class UnknownGpuError(LlmPerfOptError):
-    """No peak is known for this GPU name and dtype; the user must pass one."""
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,7 @@ def plot_host_breakdown(stage: StageResult, path: Path) -> Path:
         ax.invert_yaxis()
         ax.set_title(title, fontsize=9, loc="left")
         ax.set_xlabel("ms")
-    fig.suptitle(f"Where the {stage.stage} wall time goes ({stage.host_bound or 'n/a'})")
+    fig.suptitle(f"Where the {stage.stage} wall time goes ({stage.verdict})")
     fig.legend(loc="lower center", ncol=4, fontsize=7, frameon=False, bbox_to_anchor=(0.5, -0.1))
     fig.tight_layout()
     return _save(fig, path)

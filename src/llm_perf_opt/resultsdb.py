@@ -26,7 +26,7 @@ import polars as pl
 
 from llm_perf_opt import __version__
 from llm_perf_opt.analysis import AnalyzeOptions
-from llm_perf_opt.errors import LlmPerfOptError
+from llm_perf_opt.errors import ResultsDbError
 from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import DB, Field, Level
@@ -114,10 +114,6 @@ VOLATILE_COLUMNS: Final = frozenset({"analyzed_at", "analysis_s"})
 _POLARS: Final = {str: pl.String, int: pl.Int64, float: pl.Float64}
 
 
-class ResultsDbError(LlmPerfOptError):
-    """The results database cannot be used as asked."""
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, RangeRef):
         return [value.name, value.domain]
@@ -182,6 +178,19 @@ class RunRecord:
     @property
     def run_id(self) -> str:
         return run_id_of(self.content_hash, self.options)
+
+
+def record_of(
+    path: str | Path, options: AnalyzeOptions, meta: RunMeta | None, analysis_s: float
+) -> RunRecord:
+    """The record of a trace just analyzed: its content hash, options and metadata facts."""
+    return RunRecord(
+        trace_path=str(path),
+        content_hash=file_hash(path),
+        options=options_json(options),
+        meta=meta_facts(meta),
+        analysis_s=analysis_s,
+    )
 
 
 def meta_facts(meta: RunMeta | None) -> dict[str, Any]:

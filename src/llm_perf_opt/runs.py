@@ -29,17 +29,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.errors import LlmPerfOptError, SelectionError
+from llm_perf_opt.errors import DaskError, LlmPerfOptError, NoTracesError, SelectionError
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import format_pct, md_table, rich_table, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
     ResultsDb,
     RunRecord,
     RunRows,
-    file_hash,
     frame_of,
-    meta_facts,
-    options_json,
+    record_of,
     rows_from_report,
 )
 from llm_perf_opt.trace import table_dir_format
@@ -68,14 +66,6 @@ ERROR_WIDTH: Final = 60
 DASK_CONNECT_TIMEOUT_S: Final = 20
 
 Echo = Callable[[str], None]
-
-
-class NoTracesError(SelectionError):
-    """A directory or glob given on the command line matched no trace file."""
-
-
-class DaskError(LlmPerfOptError):
-    """The Dask scheduler cannot be used (not installed or not reachable)."""
 
 
 def has_glob(spec: str) -> bool:
@@ -147,13 +137,7 @@ def analyze_one(path: str | Path, options: AnalyzeOptions) -> RunResult:
     try:
         analysis = analyze_trace(path, options)
         assert analysis.report is not None  # require_mfu=True raises instead
-        record = RunRecord(
-            trace_path=str(path),
-            content_hash=file_hash(path),
-            options=options_json(options),
-            meta=meta_facts(analysis.meta),
-            analysis_s=time.perf_counter() - started,
-        )
+        record = record_of(path, options, analysis.meta, time.perf_counter() - started)
     except LlmPerfOptError as exc:
         return RunResult(str(path), error=str(exc))
     except Exception as exc:  # a bug must not sink a sweep of hundreds of traces either

@@ -21,10 +21,11 @@ import polars as pl
 from llm_perf_opt import facts
 from llm_perf_opt.engines import STEP_COUNTS, StepNames, phase_expr
 from llm_perf_opt.flops.steps import StepCosts, request_work, step_work
-from llm_perf_opt.hostview import WINDOWS_SCHEMA, HostGpuView, breakdown, host_bound
+from llm_perf_opt.hostview import WINDOWS_SCHEMA, HostGpuView, breakdown
 from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.opfacts import OpFacts
 from llm_perf_opt.peaks import PeakChoice
+from llm_perf_opt.verdict import UnitCounts, classify
 from llm_perf_opt.vocab import STEP_PHASES, WARMUP_PREFIX
 
 # Step-time percentiles of a phase (nearest rank of the sorted step busy times).
@@ -101,7 +102,7 @@ class EnginePhase:
     step_busy_p99_ns: float
     # the host/GPU breakdown summed over the phase's steps, and the label it gives
     host: HostGpuView | None = None
-    host_bound: str | None = None
+    verdict: str | None = None
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,12 @@ def _step(row: Mapping[str, Any], peak: PeakChoice) -> EngineStep:
 def _with_view(phase: EnginePhase, view: HostGpuView | None) -> EnginePhase:
     if view is None:
         return phase
-    return replace(phase, host=view, host_bound=host_bound(view))
+    steps = phase.n_steps or 1
+    per_step = UnitCounts(
+        "step", view.n_syncs / steps, view.n_memcpy / steps, view.n_launches / steps
+    )
+    verdict = classify(view, per_step, phase.mfu_trace, phase.mbu_trace)
+    return replace(phase, host=view, verdict=verdict.label)
 
 
 def _sum_known(values: Sequence[float | int | None]) -> float | None:

@@ -86,7 +86,7 @@ class SliceLevel:
 def _stage_facts(report: MfuReport, row: Mapping[str, Any]) -> Mapping[str, Any]:
     """What an instance slice adds from its stage: the verdict and the host label."""
     s = report.stages[row["stage"]]
-    return {"verdict": s.verdict, "host_bound": s.host_bound}
+    return {"verdict": s.verdict, "advice": s.advice}
 
 
 # The levels whose ranges are slices; a new level of ranges joins with one entry here.

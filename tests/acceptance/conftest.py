@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from llm_perf_opt.attribution import Attribution, RangeSelection, attribute
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import REPO
 
-REPO: Final = Path(__file__).resolve().parents[2]
 TRACES: Final = REPO / "traces"
 NAMES: Final = ("dsocr_v1_base", "dsocr_v1_gundam", "dsocr2_base")
 STAGES: Final = ("vision", "prefill", "decode")

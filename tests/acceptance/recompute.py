@@ -29,9 +29,6 @@ PEAK_BF16_FLOPS: Final = 989.4e12
 PEAK_BANDWIDTH_BPS: Final = 3.35e12
 WINDOW: Final = 8192  # DeepSeek-OCR decoder max_position_embeddings
 TOP_KERNELS: Final = 10
-# The verdict rule of docs/mfu-math.md.
-IDLE_BOUND: Final = 0.5
-SHORT_KERNEL_NS: Final = 20_000
 REL: Final = 1e-9
 
 
@@ -116,12 +113,6 @@ def _top_kernels(attr: Attribution, kernel_names: pl.DataFrame, range_ids: list[
         }
         for row in grouped.iter_rows(named=True)
     ]
-
-
-def _verdict(idle: float, mean_kernel_ns: float, mfu: float, mbu: float | None) -> str:
-    if idle > IDLE_BOUND:
-        return "launch-bound" if mean_kernel_ns < SHORT_KERNEL_NS else "host-bound"
-    return "memory-bound" if mbu is not None and mbu > mfu else "compute-bound"
 
 
 def expected_report(
@@ -321,7 +312,6 @@ def _stage(
         "graph_ops": total("graph_ops"),
         "graph_s": total("graph_s"),
         "mean_kernel_us": mean_kernel_ns / 1e3,
-        "verdict": _verdict(_idle(busy_s, wall_s), mean_kernel_ns, mfu_trace, None),
         "top_kernels": _top_kernels(attr, kernel_names, [r["range_id"] for r in rows]),
         "instances": rows,
         "bytes_moved": bytes_moved,
@@ -351,7 +341,6 @@ def _stage(
             "bytes_per_step": n_bytes / steps,
             "mbu_trace": mbu_trace,
             "mbu_wall": n_bytes / (PEAK_BANDWIDTH_BPS * wall_s),
-            "verdict": _verdict(_idle(busy_s, wall_s), mean_kernel_ns, mfu_trace, mbu_trace),
         }
         out["by_peak"]["table"] |= {
             "mbu_trace": mbu_trace,

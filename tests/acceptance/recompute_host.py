@@ -21,6 +21,11 @@ import polars as pl
 LAUNCH: Final = ("cudaLaunchKernel", "cuLaunchKernel", "cudaGraphLaunch", "cuGraphLaunch")
 SYNC: Final = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize",
                "cuStreamSynchronize", "cuCtxSynchronize", "cuEventSynchronize")  # fmt: skip
+# The verdict rule of docs/mfu-math.md: GPU-side at half the window busy; syncs first at 10 per
+# step (instance) on 5 % of the launches.
+GPU_BOUND_SHARE: Final = 0.5
+MIN_SYNCS: Final = 10
+SYNCS_PER_LAUNCH: Final = 0.05
 
 
 def _kind(name: str, has_sync_row: bool) -> str:
@@ -208,3 +213,28 @@ def with_host(
             doc["per_step"] = step_median(steps)
             for out, view in zip(steps_out, steps, strict=True):
                 out["n_syncs"] = view["host"]["n_syncs"]
+        doc["verdict"] = _verdict(doc, len(instances))
+
+
+def _verdict(doc: Mapping[str, Any], n_instances: int) -> str:
+    """The verdict rule of docs/mfu-math.md over the recomputed breakdown (in seconds)."""
+    host, gpu = doc["host"], doc["gpu_idle"]
+    if gpu["busy_s"] >= GPU_BOUND_SHARE * gpu["window_s"]:
+        mbu = doc.get("mbu_trace")
+        return "memory-bound" if mbu is not None and mbu > doc["mfu_trace"] else "compute-bound"
+    unit = (
+        doc["per_step"]["host"]
+        if "per_step" in doc
+        else {k: host[k] / n_instances for k in ("n_syncs", "n_launches")}
+    )
+    if unit["n_syncs"] >= MIN_SYNCS and unit["n_syncs"] >= SYNCS_PER_LAUNCH * unit["n_launches"]:
+        return "sync-bound"
+    if gpu["starved_s"] < gpu["queued_s"] + gpu["edge_s"]:
+        return "queue-bound"
+    parts = [
+        ("sync-bound", host["sync_s"]),
+        ("launch-bound", host["launch_s"]),
+        ("framework-bound", host["outside_api_s"]),
+        ("api-bound", host["other_api_s"]),
+    ]
+    return max(parts, key=lambda p: p[1])[0]

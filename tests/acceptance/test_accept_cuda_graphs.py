@@ -19,8 +19,8 @@ from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import attribute_frames
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import TRACES
 
-TRACES: Final = Path(__file__).resolve().parents[2] / "traces"
 NODE, GRAPH = "dsocr_v1_base_cg_node", "dsocr_v1_base_cg_graph"
 DECODE_STEPS: Final = 3 * 7  # 3 pages, 8 new tokens: prefill gives the first, 7 steps follow
 

@@ -13,8 +13,7 @@ import pytest
 
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import builtin_config
-
-from .conftest import REPO
+from tests.helpers.paths import REPO
 
 DATA = REPO / "docs" / "data"
 

@@ -19,7 +19,7 @@ from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.trace import open_trace
-from tests.report.test_report_outputs import RANGES_HEADER, STATIC, _png_size
+from tests.helpers.reports import RANGES_HEADER, STATIC, png_size
 
 from .synth import meta_dict
 
@@ -123,7 +123,7 @@ def test_outputs_csv_markdown_plots(probe_trace: Path, tmp_path: Path) -> None:
     assert (tmp_path / "r.csv").read_text().startswith("level,stage,instance,")
     assert (tmp_path / "ranges.csv").read_text().splitlines()[0] == RANGES_HEADER
     for png in ("stage_time_split.png", "mfu_trace_vs_wall.png", "decode_step_time.png"):
-        assert min(_png_size(tmp_path / "figs" / png)) > 100
+        assert min(png_size(tmp_path / "figs" / png)) > 100
 
 
 def test_ranges_out_alone_needs_no_stage_facts(probe_trace: Path, tmp_path: Path) -> None:

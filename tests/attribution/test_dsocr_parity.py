@@ -8,18 +8,16 @@ CI does not rerun it: the live oracle runs on the small probes in test_attributi
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import TRACES
 
 from .oracle import kernel_sums, outside_kernel_time, projection_mismatches
 
-TRACES = Path(__file__).resolve().parents[2] / "traces"
 ORACLES = [
     ("dsocr_v1_base", "nsys2025_nvtx_gpu_proj_trace", "nsys2025_nvtx_kern_sum"),
     ("dsocr_v1_base", "nsys2022_nvtxgpuproj", "nsys2022_nvtxkernsum"),

@@ -21,10 +21,10 @@ from polars.testing import assert_frame_equal
 from llm_perf_opt.attribution import attribute
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import TRACES
 
 from .oracle import kernel_sums, projection_mismatches
 
-TRACES: Final = Path(__file__).resolve().parents[2] / "traces"
 TRACE: Final = TRACES / "llama_1b_shape.sqlite.xz"
 CONFIG: Final = TRACES / "meta" / "llama_1b_shape.config.json"
 LP: Final = 512

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[2] / "src"
+from tests.helpers.paths import SRC
 
 
 def test_analysis_modules_do_not_import_torch(probe_trace: Path) -> None:

@@ -11,7 +11,6 @@ from benchmarks.gen_trace import Summary, generate
 
 from .trace_facts import Op, Range, connect, ops, ranges
 
-REPO = Path(__file__).resolve().parents[2]
 TINY_KERNELS = 2_000
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from llm_perf_opt.attribution import attribute
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import REPO
 
-from .conftest import REPO, Tiny
+from .conftest import Tiny
 
 GET_NSYS = REPO / "scripts" / "get-nsys-stats.sh"
 

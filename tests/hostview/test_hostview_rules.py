@@ -15,10 +15,10 @@ from llm_perf_opt.hostview import (
     HostGpuView,
     breakdown,
     gpu_view,
-    host_bound,
     host_view,
     stage_windows,
 )
+from llm_perf_opt.verdict import NO_BREAKDOWN, UnitCounts, Verdict, classify
 from tests.attribution.frames import gpid, gtid, ops_and_calls, ranges
 
 MAIN, WORKER = gtid(1), gtid(2)
@@ -223,19 +223,51 @@ def test_multi_thread_launches_count_in_the_gpu_view_and_only_own_calls_on_the_h
     assert typical is not None and typical.n_gpu_ops == 1.5
 
 
+FEW_SYNCS = UnitCounts("step", syncs=9, copies=0, launches=100)
+
+
 @pytest.mark.parametrize(
-    ("parts", "label"),
+    ("parts", "counts", "mbu", "label"),
     [
-        ({"busy_ns": 600, "starved_ns": 300, "queued_ns": 100}, "gpu-bound"),
-        ({"busy_ns": 100, "starved_ns": 300, "queued_ns": 600}, "queue-bound"),
-        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "sync_ns": 500}, "sync-bound"),
-        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "launch_ns": 500}, "launch-bound"),
-        (
-            {"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "outside_api_ns": 500},
-            "framework-bound",
-        ),
+        # the GPU busy half its window: its own limit, told apart by MBU against MFU (0.1)
+        ({"busy_ns": 600, "starved_ns": 300, "queued_ns": 100}, FEW_SYNCS, 0.2, "memory-bound"),
+        ({"busy_ns": 500, "starved_ns": 400, "queued_ns": 100}, FEW_SYNCS, 0.05, "compute-bound"),
+        ({"busy_ns": 600, "starved_ns": 400, "sync_ns": 900},
+         UnitCounts("step", syncs=500, copies=0, launches=500), None, "compute-bound"),
+        # the host late: its largest part, or the syncs first when there are many
+        ({"busy_ns": 100, "starved_ns": 300, "queued_ns": 600}, FEW_SYNCS, None, "queue-bound"),
+        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "sync_ns": 500}, FEW_SYNCS, None,
+         "sync-bound"),
+        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "launch_ns": 500}, FEW_SYNCS, None,
+         "launch-bound"),
+        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "outside_api_ns": 500},
+         FEW_SYNCS, None, "framework-bound"),
+        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "other_api_ns": 500},
+         FEW_SYNCS, None, "api-bound"),
+        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "outside_api_ns": 500},
+         UnitCounts("step", syncs=10, copies=10, launches=200), None, "sync-bound"),
+        ({"busy_ns": 100, "starved_ns": 800, "queued_ns": 100, "outside_api_ns": 500},
+         UnitCounts("instance", syncs=10, copies=10, launches=201), None, "framework-bound"),
+        ({"busy_ns": 100, "starved_ns": 100, "queued_ns": 800, "outside_api_ns": 500},
+         UnitCounts("instance", syncs=10, copies=10, launches=200), None, "sync-bound"),
     ],
-)
-def test_bound_label_follows_the_largest_part(parts: dict[str, float], label: str) -> None:
+)  # fmt: skip
+def test_verdict_follows_the_breakdown(
+    parts: dict[str, float], counts: UnitCounts, mbu: float | None, label: str
+) -> None:
     base = dict.fromkeys(HostGpuView.__dataclass_fields__, 0.0) | {"gpu_window_ns": 1000.0}
-    assert host_bound(HostGpuView(**(base | parts))) == label  # type: ignore[arg-type]
+    view = HostGpuView(**(base | parts))  # type: ignore[arg-type]
+    assert classify(view, counts, 0.1, mbu) == Verdict.of(label)
+
+
+def test_no_breakdown_no_verdict() -> None:
+    assert classify(None, None, 0.5, 0.9) == NO_BREAKDOWN
+    assert NO_BREAKDOWN.label == "n/a"
+
+
+def test_unit_counts_are_per_step_in_decode_and_per_instance_elsewhere() -> None:
+    base = dict.fromkeys(HostGpuView.__dataclass_fields__, 0.0)
+    total = HostGpuView(**(base | {"n_syncs": 30.0, "n_memcpy": 33.0, "n_launches": 300.0}))  # type: ignore[arg-type]
+    step = HostGpuView(**(base | {"n_syncs": 2.0, "n_memcpy": 3.0, "n_launches": 20.0}))  # type: ignore[arg-type]
+    assert UnitCounts.of(total, None, 3) == UnitCounts("instance", 10.0, 11.0, 100.0)
+    assert UnitCounts.of(total, step, 3) == UnitCounts("step", 2.0, 3.0, 20.0)

@@ -15,8 +15,8 @@ from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import to_json, to_markdown
+from tests.helpers.paths import REPO
 
-REPO: Final = Path(__file__).resolve().parents[2]
 # Host syncs per decode step: the eager per-expert loop syncs after every routing `nonzero`
 # (hundreds a step); grouped_mm experts (the H200 `gmm` capture) only a few.
 SYNCS_PER_STEP: Final = {
@@ -111,7 +111,8 @@ def test_decode_has_a_median_step_and_a_verdict(analyzed: tuple[MfuReport, Path,
     assert step.span_ns < decode.host.span_ns / n_steps * 1.5
     low, high = SYNCS_PER_STEP[name]
     assert low <= step.n_syncs <= high and step.n_memcpy >= step.n_syncs
-    assert decode.host_bound in {"framework-bound", "sync-bound", "launch-bound"}
+    # eager decode on these traces: hundreds of syncs a step, or the host's own time, limit it
+    assert decode.verdict in {"framework-bound", "sync-bound", "launch-bound"}
     assert decode.mfu_launch_only is not None and decode.mfu_trace is not None
     assert decode.mfu_wall is not None
     assert decode.mfu_wall < decode.mfu_launch_only <= decode.mfu_trace
@@ -126,7 +127,9 @@ def test_json_markdown_and_plots_carry_the_breakdown(
         assert set(stage["host"]) >= HOST_KEYS
         assert set(stage["gpu_idle"]) >= {"busy_s", "starved_s", "queued_s", "edge_s"}
         assert stage["gpu_idle"]["busy_s"] == stage["gpu_busy_s"]
-        assert stage["host_verdict"].startswith(f"{name} ({stage['host_bound']}): ")
+        assert stage["host_verdict"].startswith(f"{name} ({stage['verdict']}): ")
+        assert stage["host_verdict"].endswith(f": {stage['advice']}")
+        assert stage["host_bound"] == stage["verdict"]  # the deprecated name, for one release
         assert isinstance(stage["instances"][0]["host"]["n_launches"], int)
     per_step = doc["stages"]["decode"]["per_step"]
     assert per_step["host"]["n_syncs"] == report.stages["decode"].per_step.n_syncs  # type: ignore[union-attr]

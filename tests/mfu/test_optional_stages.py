@@ -23,8 +23,8 @@ from llm_perf_opt.mfu import compute_mfu
 from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.stages import default_refs
 from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, SynthTrace
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO / "tests" / "data" / "hf_configs" / "llama-3.2-1b.json"
 SCHEMA = REPO / "benchmarks" / "nsys_schema_3_20_3.sql"
 LP = 512

@@ -9,8 +9,7 @@ import pytest
 from llm_perf_opt.calibration import parse_calibration
 from llm_perf_opt.peak_sources import PeakSourceError, parse_peak_source, resolve_peaks
 from llm_perf_opt.peaks import UnknownGpuError
-
-from .test_calibration import CALIBRATION
+from tests.helpers.calibration import CALIBRATION
 
 H100 = "NVIDIA H100 80GB HBM3"
 

@@ -28,11 +28,11 @@ from llm_perf_opt.onepass import (
 )
 from llm_perf_opt.trace import Trace, open_trace
 from tests.attribution.frames import gpid, gtid
+from tests.helpers.paths import REPO
 from tests.reliability.helpers import mutated
 
 from .compare import batches, groups_and_windows
 
-REPO: Final = Path(__file__).resolve().parents[2]
 DATA: Final = REPO / "tests" / "data"
 # Every committed SQLite trace (all have a CUDA API table).
 TRACES: Final = sorted((REPO / "traces").glob("*.sqlite.xz")) + sorted(DATA.rglob("*.sqlite*"))

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from llm_perf_opt.attribution import RangeSelection
 from tests.attribution.frames import gpid, gtid, ranges
-from tests.attribution.test_attribution_properties import nested_ranges
+from tests.helpers.strategies import nested_ranges
 
 from .compare import assert_same
 

@@ -10,10 +10,10 @@ from benchmarks.gen_trace import generate
 
 from llm_perf_opt.onepass import StreamBudget
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import REPO
 
 from .compare import assert_same, stage_selection
 
-REPO = Path(__file__).resolve().parents[2]
 COMMITTED = sorted((REPO / "traces").glob("*.sqlite.xz"))
 SMALL = [
     REPO / "tests" / "data" / "h100_probe_toy" / "h100_probe_nsys2025.sqlite",

@@ -22,8 +22,8 @@ from click.testing import CliRunner, Result
 from llm_perf_opt.cli._common import MAX_ERROR_CHARS
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.flops import cli as flops_cli
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 PROBE = REPO / "tests" / "data" / "h100_probes" / "probe_threads.sqlite"
 V1_XZ = REPO / "traces" / "dsocr_v1_base.sqlite.xz"
 V1_META = REPO / "traces" / "meta" / "dsocr_v1_base.run.meta.json"

@@ -160,12 +160,9 @@ def test_graph_launch_without_a_call_is_unattributed_not_lost() -> None:
     assert (free["reason"], free["n_gpu_ops"], free["duration_sum_ns"]) == ("no_launch_call", 1, 10)
 
 
-def test_verdict_counts_a_graph_execution_as_one_launch() -> None:
-    """Decode of graph replays alone: no kernel rows, yet the GPU was busy and has a verdict."""
+def test_graph_executions_alone_still_give_gpu_time() -> None:
+    """Decode of graph replays alone: no kernel rows, yet the GPU was busy."""
     decode = report_of("graph", sampling=False).stages["decode"]
     assert (decode.n_kernels, decode.kernel_sum_ns, decode.mean_kernel_ns) == (0, 0, None)
     assert decode.gpu_busy_ns == decode.graph_sum_ns == 6 * 3 * KERNEL_NS
     assert decode.idle_fraction is not None and decode.idle_fraction > 0.5
-    assert decode.verdict == "host-bound"  # 30 µs per launch: not tiny launches
-    node = report_of("node", sampling=False).stages["decode"]
-    assert node.verdict == "launch-bound"  # the same GPU work seen as 10 µs kernels

@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from pathlib import Path
 
 import polars as pl
 import pytest
@@ -19,8 +18,7 @@ from llm_perf_opt.report.fields import Field, Level, union
 from llm_perf_opt.report.sections import stage_section
 from llm_perf_opt.resultsdb import RunRecord, rows_from_report
 from llm_perf_opt.runs import analyze_one
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 @pytest.fixture(scope="module")

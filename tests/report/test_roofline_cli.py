@@ -18,11 +18,10 @@ from matplotlib.image import imread
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.flops import analytic, traffic
 from llm_perf_opt.flops.configs import builtin_config
-from tests.mfu.test_calibration import CALIBRATION, calibrated_meta
+from tests.helpers.calibration import CALIBRATION, calibrated_meta
+from tests.helpers.paths import REPO
+from tests.helpers.reports import STATIC
 
-from .test_report_outputs import STATIC
-
-REPO = Path(__file__).resolve().parents[2]
 TRACE = REPO / "traces" / "dsocr_v1_base.sqlite.xz"
 H100_SXM = (989.4e12, 3.35e12)  # dense bf16 FLOP/s, bytes/s (NVIDIA's datasheet)
 MEASURED = (CALIBRATION["peak_tflops"] * 1e12, CALIBRATION["peak_bandwidth_TBps"] * 1e12)

@@ -27,9 +27,9 @@ from llm_perf_opt.runner import calibrate as cal
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.runner.model import build_model
 from llm_perf_opt.schemas import check_run_meta
+from tests.helpers.paths import TRACES
 
 torch.set_num_threads(1)
-TRACES = Path(__file__).resolve().parents[2] / "traces"
 SMALL = cal.CalibrationSizes(square=16, copy_bytes=4096, repeats=20, shape_repeats=21)
 H200_DENSE_BF16_TFLOPS = 989.4
 H200_HBM_TBPS = 4.8

@@ -23,9 +23,9 @@ from PIL import Image
 from llm_perf_opt.runner import pipeline, stages
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.schemas import load_schema, validate
+from tests.helpers.paths import REPO
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "llm_perf_opt"
 
 

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import statistics
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llm_perf_opt.trace import Trace, open_trace
+from tests.helpers.paths import TRACES
 
-TRACES = Path(__file__).resolve().parents[2] / "traces"
 KERNELS_PER_REPLAY = 937  # the captured decode step of v1 with grouped_mm experts
 
 

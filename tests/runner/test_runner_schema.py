@@ -7,7 +7,6 @@ import copy
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,9 +24,9 @@ from llm_perf_opt.schemas import (
     load_schema,
     validate,
 )
+from tests.helpers.paths import REPO
 
 torch.set_num_threads(1)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ pytest.importorskip("transformers", reason="needs the runner extra: pip install 
 import torch
 
 from llm_perf_opt.runner.cli import main
+from tests.helpers.paths import TRACES
 
 torch.set_num_threads(1)
-TRACES = Path(__file__).resolve().parents[2] / "traces"
 
 
 def test_the_report_describes_the_run(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 
 

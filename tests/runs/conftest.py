@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from benchmarks.gen_trace import generate
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 SMALL_KERNELS = 2_000
 SEEDS = (1, 2, 3)

@@ -27,8 +27,7 @@ from llm_perf_opt.resultsdb import (
     run_id_of,
 )
 from llm_perf_opt.runs import analyze_one
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import REPO
 
 
 def analyze_into(db: Path, *args: str | Path) -> None:

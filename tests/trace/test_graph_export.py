@@ -15,8 +15,7 @@ import pytest
 
 from llm_perf_opt.attribution import attribute
 from llm_perf_opt.trace import open_trace
-
-from .test_handbuilt_export import GPID, MAIN, SCHEMA, insert, kernel
+from tests.helpers.export import GPID, MAIN, SCHEMA, insert, kernel
 
 GRAPH_TRACE_SQL = SCHEMA.with_name("nsys_schema_3_20_3_graph_trace.sql")
 

@@ -26,8 +26,8 @@ from llm_perf_opt.errors import (
 from llm_perf_opt.runs import expand_paths, is_batch
 from llm_perf_opt.trace import SqliteTrace, TableTrace, open_trace
 from tests.attribution.oracle import kernel_sums, projection_mismatches
+from tests.helpers.paths import REPO
 
-REPO: Final = Path(__file__).resolve().parents[2]
 LLAMA_SQLITE: Final = REPO / "traces" / "llama_1b_shape.sqlite.xz"
 LLAMA_PARQUET: Final = REPO / "tests" / "data" / "llama_parquet"
 CONFIG: Final = REPO / "traces" / "meta" / "llama_1b_shape.config.json"

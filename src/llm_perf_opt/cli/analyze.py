@@ -13,8 +13,9 @@ from typing import Any, Final
 import click
 from rich.console import Console
 
+import llm_perf_opt
 from llm_perf_opt import runs, vocab
-from llm_perf_opt.analysis import Analysis, AnalyzeOptions, Progress, analyze_trace
+from llm_perf_opt.analysis import Analysis, AnalyzeOptions, Progress
 from llm_perf_opt.cli._common import (
     MAX_TOKENS,
     ByteSize,
@@ -101,16 +102,17 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
 
 
 def _run(trace: Path, kw: dict[str, Any]) -> None:
-    """Analyze, then write every requested output."""
+    """Analyze (the Python API's `analyze`), then write every requested output."""
     wants_mfu = kw["ranges_out"] is None or any(kw[k] is not None for k in REPORT_OUTPUTS)
     timeline = None if kw["perfetto"] is None else _timeline(kw["perfetto"], kw)
     with _progress(trace) as progress:
-        analysis = analyze_trace(
+        analyzed = llm_perf_opt.analyze(
             trace, _options(kw), require_mfu=wants_mfu, progress=progress, then=timeline
         )
     if kw["ranges_out"] is not None:
         with output_file(kw["ranges_out"], "wb") as handle:
-            write_ranges_csv(analysis.ranges, handle)
+            write_ranges_csv(analyzed.ranges, handle)
+    analysis = analyzed.runs[0].result
     report = analysis.report
     if report is None:
         for warning in analysis.trace_warnings:

@@ -9,26 +9,14 @@ from typing import Any
 import click
 from rich.console import Console
 
+import llm_perf_opt
 from llm_perf_opt import compare_report, runs
-from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli._common import guarded, output_file
-from llm_perf_opt.compare import (
-    DEFAULT_MIN_EFFECT_PCT,
-    Comparison,
-    Regressions,
-    compare_runs,
-    regressions,
-)
-from llm_perf_opt.errors import SelectionError
-from llm_perf_opt.resultsdb import ResultsDb, RunRows
+from llm_perf_opt.compare import DEFAULT_MIN_EFFECT_PCT, Comparison, Regressions, regressions
 
 # Width of the table when stdout is not a terminal.
 WIDE = 160
 EXIT_REGRESSION = 1
-
-
-class RunSpecError(SelectionError):
-    """A run given on the command line is neither a trace nor a stored run."""
 
 
 class _SplitAtDashes(click.Command):
@@ -61,37 +49,6 @@ class _SplitAtDashes(click.Command):
                 i += 1
         ctx.meta["new_side"] = tuple(new)
         return super().parse_args(ctx, head)
-
-
-def _load_side(
-    specs: tuple[str, ...], db_path: Path | None, options: AnalyzeOptions, jobs: int | None,
-    dask: str | None, what: str,
-) -> list[RunRows]:  # fmt: skip
-    """Runs of one side: traces (files, directories, globs) analyzed now, or stored run ids."""
-    if not specs:
-        raise RunSpecError(f"no {what} runs given; write mfu-compare BASE... -- NEW...")
-    traces = [s for s in specs if runs.has_glob(s) or Path(s).exists()]
-    ids = [s for s in specs if s not in traces]
-    rows: list[RunRows] = []
-    if ids:
-        if db_path is None:
-            raise RunSpecError(
-                f"{ids[0]!r} is not a trace file; to compare stored runs by id pass --db FILE"
-            )
-        db = ResultsDb(db_path, readonly=True)
-        try:
-            rows += [db.load(db.resolve(token)) for token in ids]
-        finally:
-            db.close()
-    if traces:
-        results = runs.analyze_many(
-            runs.expand_paths(traces), options, jobs=jobs, dask_address=dask
-        )
-        for result in results:
-            if not result.ok:
-                raise RunSpecError(f"{what} trace {result.trace}: {result.error}")
-            rows.append(result.rows())
-    return rows
 
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -153,13 +110,15 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
     """
     new_side = ctx.meta["new_side"]
     with guarded(inputs=[*base, *new_side, kw["db"]], outputs=[kw["html"]]):
-        options = AnalyzeOptions(include_warmup=kw["include_warmup"])
-        dask = runs.dask_address_from(kw["dask"])
-        sides = [
-            _load_side(specs, kw["db"], options, kw["jobs"], dask, what)
-            for specs, what in ((base, "BASE"), (new_side, "NEW"))
-        ]
-        comparison = compare_runs(sides[0], sides[1], min_effect_pct=kw["min_effect"])
+        comparison = llm_perf_opt.compare(
+            list(base),
+            list(new_side),
+            db=kw["db"],
+            min_effect_pct=kw["min_effect"],
+            jobs=kw["jobs"],
+            dask=runs.dask_address_from(kw["dask"]),
+            include_warmup=kw["include_warmup"],
+        ).comparison
         gate = kw["fail_on_regression"]
         failing = regressions(comparison, gate) if gate is not None else []
         if kw["html"] is not None:

@@ -8,18 +8,13 @@ from typing import Any
 
 import click
 
+import llm_perf_opt
 from llm_perf_opt import vocab
 from llm_perf_opt.cli._common import MAX_TOKENS, echo_stdout, guarded, prefill_logits_option
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.configs import ModelConfig, builtin_config, load_config_json
-from llm_perf_opt.flops.estimate import estimate_run, parse_crops
 from llm_perf_opt.flops.hf import HfModel
-from llm_perf_opt.flops.hf_model import (
-    estimate_hf_run,
-    parse_image_size,
-    read_hf_config,
-    supported_note,
-)
+from llm_perf_opt.flops.hf_model import read_hf_config, supported_note
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -118,30 +113,22 @@ def cli(
     """
     with guarded(inputs=[config_path]):
         model = _model(model_name, config_path, tiny)
-        if isinstance(model, HfModel):
-            hf = estimate_hf_run(
-                model,
-                prefill_len=prefill_len,
-                decode_steps=decode_tokens,
-                ctx_mode=ctx_mode,
-                ctx_len=ctx_len,
-                dtype=dtype,
-                image_hw=parse_image_size(image_size) if image_size else None,
-                images=images,
-                lm_head_positions="all" if prefill_logits == "all" else "last",
-            )
-            click.echo(json.dumps(hf, indent=2) if fmt == "json" else render_hf_table(hf))
-            return
-        result = estimate_run(
+        result = llm_perf_opt.flops(
             model,
             mode=mode,
-            crops=parse_crops(crops) if crops is not None else None,
+            crops=crops,
             prefill_len=prefill_len,
-            decode_steps=decode_tokens,
+            decode_tokens=decode_tokens,
             ctx_mode=ctx_mode,
             ctx_len=ctx_len,
             dtype=dtype,
+            image_size=image_size,
+            images=images,
+            prefill_logits="all" if prefill_logits == "all" else "last",
         )
+        if isinstance(model, HfModel):
+            click.echo(json.dumps(result, indent=2) if fmt == "json" else render_hf_table(result))
+            return
         text = (
             json.dumps(result, indent=2, allow_nan=False) if fmt == "json" else render_table(result)
         )

@@ -156,7 +156,7 @@ def host_rows(stages: Iterable[StageResult]) -> list[HostRow]:
     rows = []
     for s in stages:
         if s.host is not None:
-            rows.append(HostRow(s.stage, s.host, s.host_bound or ""))
+            rows.append(HostRow(s.stage, s.host, s.verdict))
         if s.per_step is not None:
             rows.append(HostRow(f"{s.stage}/step", s.per_step, "(median)"))
     return rows
@@ -242,5 +242,5 @@ ENGINE_STEP_TABLE: Final = (
 
 def phase_host_rows(phases: Iterable[EnginePhase]) -> list[HostRow]:
     """The host table's rows of the engine phases (summed over each phase's steps)."""
-    return [HostRow(f"{p.phase} steps", p.host, p.host_bound or "") for p in phases
+    return [HostRow(f"{p.phase} steps", p.host, p.verdict or "") for p in phases
             if p.host is not None]  # fmt: skip

@@ -37,8 +37,9 @@ from llm_perf_opt.palette import (
 from llm_perf_opt.report import sections
 from llm_perf_opt.report.columns import host_rows
 from llm_perf_opt.report.levels import decode_step_frame, stage_frame
-from llm_perf_opt.report.text import WALL_SOURCES, verdict_rule
+from llm_perf_opt.report.text import WALL_SOURCES
 from llm_perf_opt.roofline import ridge_point, roofline_points, roofs
+from llm_perf_opt.verdict import RULE
 
 T = TypeVar("T")
 Figures = Callable[[T], Sequence[LayoutDOM]]
@@ -380,7 +381,7 @@ def _stage_notes(report: MfuReport) -> list[str]:
     first = next(iter(report.stages.values()))
     return [
         f"Wall time: {WALL_SOURCES.get(first.wall_source, first.wall_source)}.",
-        f"Verdict rule: {verdict_rule()}.",
+        f"Verdict rule: {RULE}.",
     ]
 
 

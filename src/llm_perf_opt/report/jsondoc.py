@@ -48,8 +48,9 @@ from llm_perf_opt.report.levels import (
     run_frame,
     stage_frame,
 )
-from llm_perf_opt.report.text import WALL_SOURCES, verdict_rule
+from llm_perf_opt.report.text import WALL_SOURCES
 from llm_perf_opt.roofline import utilization_by_peak
+from llm_perf_opt.verdict import RULE
 
 JSON_SCHEMA_ID: Final = "llm_perf_opt.mfu_report/1"
 
@@ -165,7 +166,7 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         },
         **pick(run, RUN_INPUTS),
         "wall_sources": dict(WALL_SOURCES),
-        "verdict_rule": verdict_rule(),
+        "verdict_rule": RULE,
         "stages": _stages_json(report, by_peak),
         "model": model_doc,
         "mbu": {"decode": mbu},

@@ -14,7 +14,7 @@ from typing import Any, Final
 import polars as pl
 
 from llm_perf_opt.mfu import InstanceResult, MfuReport
-from llm_perf_opt.report.fields import CSV, DB, EVERYWHERE, JSON, Field, Level, Output
+from llm_perf_opt.report.fields import CSV, DB, EVERYWHERE, JSON, NOWHERE, Field, Level, Output
 from llm_perf_opt.report.text import host_verdict
 from llm_perf_opt.roofline import ridge_point, roofline_points
 
@@ -136,7 +136,9 @@ STAGE_DECODE: Final = (
     MBU_WALL,
 )
 STAGE_HOST: Final = (
-    Field("host_bound", STR, outputs=JSON_ONLY),
+    Field("advice", STR, outputs=JSON_ONLY),
+    # deprecated: the verdict under its former name, kept for one release (docs/json-output.md)
+    Field("host_bound", STR, attr="verdict", outputs=JSON_ONLY),
     Field("host_verdict", STR, get=host_verdict, outputs=JSON_ONLY),
     Field("mfu_launch_only", F64, outputs=JSON_ONLY),
 )
@@ -233,6 +235,10 @@ GPU_WINDOW: Final = (
     _seconds("launch_latency_median_s", "launch_latency_median_ns"),
 )
 HOST_VIEW: Final = Level("host_view", HOST_SPAN + GPU_WINDOW)
+# A stage's view summed over its instances (`scope` stage) or decode's median step (`step`).
+HOST: Final = Level(
+    "host", (STAGE_NAME.only(), Field("scope", STR, outputs=NOWHERE), *HOST_VIEW.fields)
+)
 
 PREFILL_LEN: Final = Field("prefill_len", INT)
 CTX_SOURCE: Final = Field("source", STR)
@@ -324,7 +330,7 @@ ENGINE_PHASE_SUMS: Final = (
     STEP_BUSY_P50,
     STEP_BUSY_P90,
     STEP_BUSY_P99,
-    Field("host_bound", STR, outputs=JSON_DB),
+    Field("verdict", STR, outputs=JSON_DB),
 )
 ENGINE_PHASE: Final = Level("engine_phase", ENGINE_PHASE_SUMS)
 
@@ -365,6 +371,13 @@ def kernel_frame(report: MfuReport) -> pl.DataFrame:
             ),
         ]
     )
+
+
+def host_frame(report: MfuReport) -> pl.DataFrame:
+    """Each stage's host/GPU breakdown summed over its instances, then decode's median step."""
+    rows = [(s.stage, "stage", s.host) for s in report.stages.values() if s.host is not None]
+    rows += [(s.stage, "step", s.per_step) for s in report.stages.values() if s.per_step]
+    return HOST.frame([v for *_, v in rows], stage=[r[0] for r in rows], scope=[r[1] for r in rows])
 
 
 def context_frame(report: MfuReport) -> pl.DataFrame:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import sections
 from llm_perf_opt.report.tables import md_table
-from llm_perf_opt.report.text import WALL_SOURCES, verdict_rule
+from llm_perf_opt.report.text import WALL_SOURCES
+from llm_perf_opt.verdict import RULE
 
 
 def _section(s: sections.Section) -> list[str]:
@@ -22,7 +23,7 @@ def to_markdown(report: MfuReport) -> str:
         out += _section(sections.stage_section(report))
         out += [
             f"Wall time: {WALL_SOURCES.get(next(iter(report.stages.values())).wall_source, '')}. "
-            f"Verdict rule: {verdict_rule()}.",
+            f"Verdict rule: {RULE}.",
             "",
         ]
         out += _section(sections.instance_section(report))

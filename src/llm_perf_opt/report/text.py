@@ -1,4 +1,4 @@
-"""Numbers as a person reads them (ms, µs, GFLOP, percentages) and the host verdict sentence.
+"""Numbers as a person reads them (ms, µs, GFLOP, percentages) and the verdict sentence.
 
 Times come in ns and are shown in the unit of the column; JSON and CSV keep seconds.
 """
@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from llm_perf_opt.hostview import ADVICE, HostGpuView, many_syncs
-from llm_perf_opt.mfu import IDLE_FRACTION_BOUND, SHORT_KERNEL_NS, StageResult
+from llm_perf_opt import verdict
+from llm_perf_opt.mfu import StageResult
 
 # Percentages below this (in %) get two significant digits instead of one decimal.
 SMALL_PCT: Final = 1.0
@@ -58,33 +58,24 @@ def short(name: str, width: int = 90) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def _counts(v: HostGpuView) -> tuple[float, float, float]:
-    return v.n_syncs, v.n_memcpy, v.n_launches
-
-
 def host_verdict(s: StageResult) -> str | None:
     """One sentence from the stage's breakdown: where the host span goes, the host syncs per
     decode step (per instance for the other stages), how idle the GPU is, the MFU now, with a
-    perfect host (wall = GPU busy: the trace MFU) and with only the launch calls left, and the
-    advice of its `host_bound` label."""
-    v, label = s.host, s.host_bound
-    if v is None or label is None:
+    perfect host (wall = GPU busy: the trace MFU) and with only the launch calls left, then the
+    stage's verdict and its advice (`verdict.classify`)."""
+    v = s.host
+    if v is None:
         return None
-    n = len(s.instances) or 1
-    if s.per_step is not None:
-        unit, syncs, copies, launches = "step", *_counts(s.per_step)
-    else:
-        unit, syncs, copies, launches = "instance", *(x / n for x in _counts(v))
+    c = verdict.UnitCounts.of(v, s.per_step, len(s.instances))
     span, window = v.span_ns or 1.0, v.gpu_window_ns or 1.0
-    advice = ADVICE["sync-bound" if many_syncs(syncs, launches) and label != "gpu-bound" else label]
     return (
-        f"{s.stage} ({label}): {format_pct(v.outside_api_ns / span)} of the host span outside CUDA "
-        f"calls, {format_pct(v.launch_ns / span)} in launch calls, "
-        f"{format_pct(v.sync_ns / span)} in syncs; {syncs:,.0f} host syncs and {copies:,.0f} "
-        f"memcpys per {unit}; GPU busy {format_pct(v.busy_ns / window)} (starved "
+        f"{s.stage} ({s.verdict}): {format_pct(v.outside_api_ns / span)} of the host span outside "
+        f"CUDA calls, {format_pct(v.launch_ns / span)} in launch calls, "
+        f"{format_pct(v.sync_ns / span)} in syncs; {c.syncs:,.0f} host syncs and {c.copies:,.0f} "
+        f"memcpys per {c.unit}; GPU busy {format_pct(v.busy_ns / window)} (starved "
         f"{format_pct(v.starved_ns / window)}, queued {format_pct(v.queued_ns / window)}); MFU "
         f"{format_pct(s.mfu_wall)} now, {format_pct(s.mfu_trace)} with a perfect host, "
-        f"{format_pct(s.mfu_launch_only)} with launch calls alone: {advice}"
+        f"{format_pct(s.mfu_launch_only)} with launch calls alone: {s.advice}"
     )
 
 
@@ -93,11 +84,3 @@ WALL_SOURCES: Final = {
     "range": "range CPU start → later of CPU end and last GPU op end",
     "mixed": "runner where the metadata has it, else range span",
 }
-
-
-def verdict_rule() -> str:
-    return (
-        f"idle fraction > {IDLE_FRACTION_BOUND} and mean kernel < {SHORT_KERNEL_NS / 1e3:g} µs: "
-        f"launch-bound; idle > {IDLE_FRACTION_BOUND} otherwise: host-bound; else memory-bound "
-        "when trace MBU > trace MFU, compute-bound otherwise"
-    )

@@ -1,0 +1,1 @@
+"""What several test modules share (paths, hand-made inputs); no test module imports another."""
