@@ -397,13 +397,18 @@ def _report(
 
 
 def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:
-    """`--static-compute FILE`, else the first report found of: beside the `--meta` file,
-    `NAME.static_compute.json` next to `NAME.run.meta.json` (the layout of traces/meta/), then
-    `static_compute.json` (the runner's `--out` folder); beside the trace `T.sqlite[.xz]`,
-    `meta/T.static_compute.json` (the repository's traces/), `T.static_compute.json` or
-    `static_compute.json`."""
+    found = static_compute_source(options, trace_path)
+    return None if found is None else load_static_compute(found)
+
+
+def static_compute_source(options: AnalyzeOptions, trace_path: str | Path) -> Path | None:
+    """The static compute report the analysis of `trace_path` reads: `--static-compute FILE`,
+    else the first found of: beside the `--meta` file, `NAME.static_compute.json` next to
+    `NAME.run.meta.json` (the layout of traces/meta/), then `static_compute.json` (the runner's
+    `--out` folder); beside the trace `T.sqlite[.xz]`, `meta/T.static_compute.json` (the
+    repository's traces/), `T.static_compute.json` or `static_compute.json`."""
     if options.static_compute_path is not None:
-        return load_static_compute(options.static_compute_path)
+        return Path(options.static_compute_path)
     candidates = []
     if options.meta_path is not None:
         meta = Path(options.meta_path)
@@ -415,5 +420,4 @@ def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[
     candidates += [trace.parent / "meta" / f"{name}.static_compute.json",
                    trace.with_name(f"{name}.static_compute.json"),
                    trace.with_name("static_compute.json")]  # fmt: skip
-    found = next((c for c in candidates if c.is_file()), None)
-    return None if found is None else load_static_compute(found)
+    return next((c for c in candidates if c.is_file()), None)

@@ -196,9 +196,10 @@ def plot_host_breakdown(stage: StageResult, path: Path) -> Path:
 
 
 def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
-    """Write the PNGs into `directory` (created); the decode series only when steps exist."""
+    """Write the PNGs into `directory` (created when its parent exists); the decode series only
+    when steps exist."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
     paths = [
         plot_time_split(report, out / "stage_time_split.png"),
         plot_mfu(report, out / "mfu_trace_vs_wall.png"),

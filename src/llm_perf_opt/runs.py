@@ -10,17 +10,24 @@ database and the outputs (docs/many-runs.md).
 
 from __future__ import annotations
 
-import glob
+import errno
+import io
 import json
 import multiprocessing
 import os
+import signal
+import socket
+import sqlite3
+import struct
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,8 +35,8 @@ import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.errors import LlmPerfOptError, SelectionError
+from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace, static_compute_source
+from llm_perf_opt.errors import LlmPerfOptError, OutputError, SelectionError
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import format_pct, md_table, rich_table, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
@@ -40,9 +47,12 @@ from llm_perf_opt.resultsdb import (
     frame_of,
     meta_facts,
     options_json,
+    results_db_schema,
     rows_from_report,
 )
-from llm_perf_opt.trace import table_dir_format
+from llm_perf_opt.stopping import on_stop, stop, stop_on_signals
+from llm_perf_opt.trace import remove_scratch_of, table_dir_format
+from llm_perf_opt.userfiles import RunFiles, output_error, output_file, writing
 
 # Trace files; a folder of a parquetdir or arrowdir export is one trace too (`is_trace_file`).
 TRACE_SUFFIXES: Final = (".sqlite", ".sqlite.xz", ".sqlite.gz", ".arrows", ".arrow")
@@ -55,8 +65,17 @@ EXIT_SOME_FAILED: Final = 2
 SUMMARY_WIDTH: Final = 200
 # Characters of a failed trace's error shown in the summary table (stderr has all of it).
 ERROR_WIDTH: Final = 60
-# Seconds to wait for a Dask scheduler before giving up.
+# Seconds to wait for a Dask scheduler (connection and handshake) before giving up.
 DASK_CONNECT_TIMEOUT_S: Final = 20
+# A scheduler's handshake is a few dozen bytes; a longer frame is another protocol's bytes.
+MAX_HANDSHAKE_BYTES: Final = 1 << 16
+# Seconds between checks that a Dask scheduler still has workers, and how long it may have
+# none before the traces left are failed (a cluster whose workers all died never finishes).
+DASK_POLL_S: Final = 1.0
+DASK_NO_WORKER_S: Final = 30.0
+# Seconds a worker process is given to exit (and a worker its parent is polled every).
+WORKER_EXIT_S: Final = 3.0
+PARENT_POLL_S: Final = 0.5
 
 Echo = Callable[[str], None]
 
@@ -73,6 +92,11 @@ def has_glob(spec: str) -> bool:
     return any(c in GLOB_CHARS for c in spec)
 
 
+def is_results_db(path: Path) -> bool:
+    """A results database of this tool (of any schema version), which is never a trace."""
+    return path.name.endswith(".sqlite") and path.is_file() and results_db_schema(path) is not None
+
+
 def is_trace_file(path: Path) -> bool:
     """An nsys export: a file with a trace suffix, or a folder of a parquetdir or arrowdir
     export (one trace; the .arrow table files inside it are not traces of their own)."""
@@ -85,32 +109,109 @@ def is_trace_file(path: Path) -> bool:
     )
 
 
-def expand_paths(specs: Sequence[str]) -> list[Path]:
+@dataclass(frozen=True)
+class Expansion:
+    """The traces the paths, folders and globs named, and the results databases among them
+    (left out: a results database is never a trace)."""
+
+    paths: tuple[Path, ...]
+    results_dbs: tuple[Path, ...] = ()
+
+    def note(self) -> str | None:
+        """The one line that says which results databases were left out, if any."""
+        if not self.results_dbs:
+            return None
+        names = ", ".join(str(p) for p in self.results_dbs[:3])
+        more = f" and {len(self.results_dbs) - 3} more" if len(self.results_dbs) > 3 else ""
+        return (
+            f"note: left out {len(self.results_dbs)} results database(s), not traces: {names}{more}"
+        )
+
+
+def _glob(spec: str) -> list[Path]:
+    """Matches of a glob, `**` included, without following symbolic links to folders (a link
+    cycle would otherwise repeat every file below it to the depth the OS allows)."""
+    parts = Path(spec).parts
+    cut = next(i for i, part in enumerate(parts) if has_glob(part))
+    root = Path(*parts[:cut]) if cut else Path()
+    try:
+        return sorted(root.glob(str(Path(*parts[cut:]))))
+    except (OSError, ValueError):  # an unreadable folder, or a pattern pathlib refuses
+        return []
+
+
+def _file_key(path: Path) -> tuple[int, int] | Path:
+    """What makes two paths the same file: device and inode, else the resolved path."""
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return path.resolve()
+    return info.st_dev, info.st_ino
+
+
+def expand_traces(specs: Sequence[str]) -> Expansion:
     """Trace paths from files, directories (their `*.sqlite[.xz|.gz]`, `*.arrow[s]` and table
-    export folders, recursively; a table export folder itself is one trace) and globs, in the
-    order given, each once. A plain path is kept even when missing: its analysis then
-    fails with the reader's error, next to the others.
+    export folders, recursively, never through a link to a folder; a table export folder
+    itself is one trace) and globs, in the order given, each file once however many paths name
+    it (links and `a/../a` included). A plain path is kept even when missing: its analysis then
+    fails with the reader's error, next to the others. Results databases are left out.
 
     Raises:
-        NoTracesError: a directory or glob matched no trace.
+        NoTracesError: an empty path, or a directory or glob that matched no trace.
     """
-    found: dict[Path, None] = {}
+    found: dict[tuple[int, int] | Path, Path] = {}
+    dbs: dict[tuple[int, int] | Path, Path] = {}
     for spec in specs:
+        if not spec.strip():
+            raise NoTracesError("an empty path was given; name a trace file, folder or glob")
         path = Path(spec)
         if has_glob(spec):
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
-            hits = [p for p in matches if is_trace_file(p)]
+            hits = [p for p in _glob(spec) if is_trace_file(p)]
         elif path.is_dir() and not is_trace_file(path):
             hits = sorted(p for p in path.rglob("*") if is_trace_file(p))
         else:
             hits = [path]
-        if not hits:
+        traces = [p for p in hits if not is_results_db(p)]
+        dbs.update((_file_key(p), p) for p in hits if p not in traces)
+        if not traces and not (hits and not has_glob(spec) and not path.is_dir()):
             raise NoTracesError(
                 f"{spec!r} matched no trace (*{', *'.join(TRACE_SUFFIXES)}); give trace files, "
                 "directories holding them or a glob such as 'runs/*.sqlite.xz'"
             )
-        found.update(dict.fromkeys(hits))
-    return list(found)
+        for p in traces:
+            found.setdefault(_file_key(p), p)
+    if not found:
+        raise NoTracesError(
+            f"{specs[0]!r} is a results database, not a trace; compare its runs with "
+            "`mfu-compare --db FILE ID... -- ID...`"
+        )
+    return Expansion(tuple(found.values()), tuple(dbs.values()))
+
+
+def expand_paths(specs: Sequence[str]) -> list[Path]:
+    """The traces of `expand_traces`, without the note on left-out results databases."""
+    return list(expand_traces(specs).paths)
+
+
+def declare_traces(
+    specs: Sequence[str], options: AnalyzeOptions, files: RunFiles, echo_err: Echo
+) -> list[Path]:
+    """Expand the trace arguments, declare every file the analysis of each will read (the
+    trace, a table export's files, the static compute report found beside it) as inputs of
+    `files`, and check the outputs against them before any work.
+
+    Raises:
+        NoTracesError: see `expand_traces`.
+        OutputError: an output is one of those inputs (or lies inside a table export).
+    """
+    expansion = expand_traces(specs)
+    note = expansion.note()
+    if note is not None:
+        echo_err(note)
+    for path in expansion.paths:
+        files.reads(path, static_compute_source(options, path))
+    files.check()
+    return list(expansion.paths)
 
 
 @dataclass(frozen=True)
@@ -152,8 +253,27 @@ def analyze_one(path: str | Path, options: AnalyzeOptions) -> RunResult:
     return RunResult(str(path), record, analysis.report)
 
 
-def default_jobs() -> int:
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+def default_jobs() -> int:
+    return cpu_count()
+
+
+def worker_count(jobs: int | None, n_traces: int) -> tuple[int, str | None]:
+    """Local worker processes for `n_traces`: `jobs` (default: the CPUs), capped at the traces
+    and the CPUs, with a note when a `-j` given was lowered."""
+    cap = min(cpu_count(), max(n_traces, 1))
+    if jobs is None:
+        return cap, None
+    if jobs <= cap:
+        return jobs, None
+    why = "the traces" if n_traces < cpu_count() else "the CPUs"
+    return cap, f"note: -j {jobs} lowered to {cap}, the number of {why}"
 
 
 def iter_results(
@@ -164,8 +284,8 @@ def iter_results(
     dask_address: str | None = None,
 ) -> Iterator[tuple[int, RunResult]]:
     """(index in `paths`, result) of every trace as it completes: in this process (`jobs` 1),
-    in `jobs` local processes (default: the CPU cores), or on the Dask scheduler at
-    `dask_address`.
+    in `jobs` local processes (default and cap: the CPUs and the traces), or on the Dask
+    scheduler at `dask_address`. A worker that dies fails its trace; the others go on.
 
     Raises:
         DaskError: dask.distributed is missing or the scheduler does not answer.
@@ -173,17 +293,141 @@ def iter_results(
     if dask_address is not None:
         yield from _dask_results(paths, options, dask_address)
         return
-    n_jobs = min(jobs or default_jobs(), len(paths))
+    n_jobs, _ = worker_count(jobs, len(paths))
     if n_jobs <= 1:
         for i, path in enumerate(paths):
             yield i, analyze_one(path, options)
         return
-    # spawn, not fork: polars' thread pool must not be forked mid-flight
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
-        futures = {pool.submit(analyze_one, p, options): i for i, p in enumerate(paths)}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+    with _Workers(n_jobs, options) as workers:
+        yield from workers.run(paths)
+
+
+def _worker_main(conn: Connection, options: AnalyzeOptions, parent: int) -> None:
+    """A worker process: analyze the traces the parent sends, one at a time, until it sends
+    None or goes away; a signal (or the parent's death) removes this process's temporaries."""
+    with stop_on_signals(loud=False):
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+        while True:
+            try:
+                task = conn.recv()
+            except (EOFError, OSError):
+                return
+            if task is None:
+                return
+            i, path = task
+            conn.send((i, analyze_one(path, options)))
+
+
+def _watch_parent(parent: int) -> None:
+    """Stop this worker when its parent is gone (killed without a chance to end it)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    stop(signal.SIGTERM)
+
+
+@dataclass
+class _Worker:
+    process: BaseProcess
+    conn: Connection
+    task: tuple[int, str | Path] | None = None
+
+
+class _Workers:
+    """Spawned worker processes (spawn, not fork: polars' thread pool must not be forked
+    mid-flight), one trace each at a time, sent over a pipe. Unlike a process pool, a worker
+    that dies (killed, out of memory) fails only its own trace and is replaced; a signal that
+    stops the command ends every worker first (`stopping.on_stop`), and leaving the block
+    ends them too."""
+
+    def __init__(self, n: int, options: AnalyzeOptions) -> None:
+        self.n = n
+        self.options = options
+        self.context = multiprocessing.get_context("spawn")
+        self.workers: list[_Worker] = []
+        self._stop_hook = on_stop(self.close)
+
+    def __enter__(self) -> _Workers:
+        self._stop_hook.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.close()
+        finally:
+            self._stop_hook.__exit__(None, None, None)
+
+    def _start(self) -> _Worker:
+        ours, theirs = self.context.Pipe()
+        process = self.context.Process(
+            target=_worker_main, args=(theirs, self.options, os.getpid()), daemon=True
+        )
+        process.start()
+        theirs.close()
+        worker = _Worker(process, ours)
+        self.workers.append(worker)
+        return worker
+
+    def run(self, paths: Sequence[str | Path]) -> Iterator[tuple[int, RunResult]]:
+        pending = list(enumerate(paths))[::-1]
+        for _ in range(min(self.n, len(paths))):
+            self._start()
+        while pending or any(w.task is not None for w in self.workers):
+            for worker in self.workers:
+                if worker.task is None and pending:
+                    worker.task = pending.pop()
+                    worker.conn.send(worker.task)
+            busy = [w for w in self.workers if w.task is not None]
+            ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
+            for worker in busy:
+                if worker.conn in ready:
+                    try:
+                        i, result = worker.conn.recv()
+                    except (EOFError, OSError):
+                        pass  # died while sending: handled as a death below
+                    else:
+                        worker.task = None
+                        yield i, result
+                        continue
+                if worker.process.sentinel in ready or not worker.process.is_alive():
+                    yield self._dead(worker, bool(pending))
+
+    def _dead(self, worker: _Worker, more: bool) -> tuple[int, RunResult]:
+        """The failed result of a dead worker's trace; its temporaries removed, and a new
+        worker started when traces remain."""
+        assert worker.task is not None
+        worker.process.join(timeout=1)
+        code = worker.process.exitcode
+        remove_scratch_of(worker.process.pid or 0)
+        self.workers.remove(worker)
+        worker.conn.close()
+        if more:
+            self._start()
+        i, path = worker.task
+        how = f"killed by {signal.Signals(-code).name}" if code and code < 0 else f"exit {code}"
+        return i, RunResult(
+            str(path),
+            error=f"the worker process analyzing it died ({how}: killed, or out of memory); "
+            "the other traces went on",
+        )
+
+    def close(self) -> None:
+        """End every worker: ask it to stop, then SIGTERM (it removes its temporaries), then
+        SIGKILL; remove what a killed one left."""
+        for worker in self.workers:
+            with suppress(OSError, ValueError):
+                worker.conn.send(None)
+        deadline = time.monotonic() + WORKER_EXIT_S
+        for worker in self.workers:
+            if worker.task is not None:
+                worker.process.terminate()
+        for worker in self.workers:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join(timeout=WORKER_EXIT_S)
+            remove_scratch_of(worker.process.pid or 0)
+            worker.conn.close()
+        self.workers.clear()
 
 
 def analyze_many(
@@ -198,14 +442,89 @@ def analyze_many(
     return [done[i] for i in range(len(paths))]
 
 
+def _scheduler_host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a tcp:// scheduler address (also without scheme), None for another
+    protocol (tls://, inproc://: not probed).
+
+    Raises:
+        DaskError: the address cannot be a scheduler's.
+    """
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    bad = DaskError(
+        f"{address!r} is not a Dask scheduler address; write tcp://HOST:PORT (--dask or {DASK_ENV})"
+    )
+    try:
+        scheme, location = parse_address(address)
+    except (ValueError, TypeError):
+        raise bad from None
+    if scheme != "tcp":
+        return None
+    try:
+        host, port = parse_host_port(location)
+    except (ValueError, TypeError):
+        raise bad from None
+    if not host or not 0 < int(port) < 1 << 16:
+        raise bad
+    return host, int(port)
+
+
+def probe_scheduler(address: str, timeout_s: float = DASK_CONNECT_TIMEOUT_S) -> None:
+    """Connect to a tcp:// scheduler and read the handshake it sends first, within
+    `timeout_s` in all: a plain TCP listener, an HTTP server or a dead port is an error here
+    instead of a hang (or of a frame length read from another protocol's bytes).
+
+    Raises:
+        DaskError: no connection, no handshake in time, or not a Dask handshake.
+    """
+    where = _scheduler_host_port(address)
+    if where is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    fix = f"start one (`dask scheduler`) or fix --dask / {DASK_ENV}"
+    try:
+        with socket.create_connection(where, timeout=timeout_s) as conn:
+            head = _recv_exactly(conn, 8, deadline)
+            (length,) = struct.unpack("<Q", head)
+            if not 16 <= length <= MAX_HANDSHAKE_BYTES:
+                raise DaskError(f"{address!r} answers but is not a Dask scheduler; {fix}")
+            body = _recv_exactly(conn, length, deadline)
+    except TimeoutError:
+        raise DaskError(
+            f"{address!r} sent no Dask handshake within {timeout_s:g} s (not a Dask scheduler, "
+            f"or not answering); {fix}"
+        ) from None
+    except OSError as exc:
+        raise DaskError(
+            f"no Dask scheduler answers at {address!r} ({exc.strerror or exc}); {fix}"
+        ) from None
+    if b"pickle-protocol" not in body:
+        raise DaskError(f"{address!r} answers but is not a Dask scheduler; {fix}")
+
+
+def _recv_exactly(conn: socket.socket, size: int, deadline: float) -> bytes:
+    data = b""
+    while len(data) < size:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        conn.settimeout(left)
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionResetError(errno.ECONNRESET, "the connection was closed")
+        data += chunk
+    return data
+
+
 def _dask_results(
     paths: Sequence[str | Path], options: AnalyzeOptions, address: str
 ) -> Iterator[tuple[int, RunResult]]:
     try:
         from distributed import Client
-        from distributed import as_completed as dask_completed
+        from distributed import wait as dask_wait
     except ImportError as exc:
         raise DaskError("--dask needs dask.distributed: pip install 'llm-perf-opt[dask]'") from exc
+    probe_scheduler(address)
     try:
         client = Client(  # type: ignore[no-untyped-call]
             address, timeout=DASK_CONNECT_TIMEOUT_S
@@ -215,26 +534,58 @@ def _dask_results(
             f"no Dask scheduler answers at {address!r} ({exc}); start one (`dask scheduler`) "
             f"or fix --dask / {DASK_ENV}"
         ) from exc
-    with client:
+    with client, on_stop(lambda: client.close(timeout=WORKER_EXIT_S)):  # type: ignore[no-untyped-call]
         # absolute paths: the workers may run in other directories (shared filesystem)
         futures = client.map(
             analyze_one, [str(Path(p).resolve()) for p in paths], options=options, pure=False
         )
         index = {f.key: i for i, f in enumerate(futures)}
-        for future in dask_completed(futures):  # type: ignore[no-untyped-call]
-            result: RunResult = future.result()
-            i = index[future.key]
-            # report the path as given, as a local run does
-            given = str(paths[i])
-            yield (
-                i,
-                RunResult(
-                    given,
-                    None if result.record is None else replace(result.record, trace_path=given),
-                    None if result.report is None else replace(result.report, trace_path=given),
-                    result.error,
-                ),
-            )
+        pending = set(futures)
+        idle_since: float | None = None
+        while pending:
+            try:
+                done, pending = dask_wait(  # type: ignore[no-untyped-call]
+                    list(pending), timeout=DASK_POLL_S, return_when="FIRST_COMPLETED"
+                )
+            except TimeoutError:
+                done = set()
+            for future in done:
+                i = index[future.key]
+                yield i, _as_given(paths[i], future)
+            if done or client.nthreads():  # type: ignore[no-untyped-call]
+                idle_since = None
+                continue
+            idle_since = idle_since or time.monotonic()
+            if time.monotonic() - idle_since < DASK_NO_WORKER_S:
+                continue
+            client.cancel(list(pending))  # type: ignore[no-untyped-call]
+            for future in pending:
+                i = index[future.key]
+                yield (
+                    i,
+                    RunResult(
+                        str(paths[i]),
+                        error=f"no Dask worker was left to analyze it for {DASK_NO_WORKER_S:g} s "
+                        f"(the scheduler at {address} has none); start workers and run again",
+                    ),
+                )
+            return
+
+
+def _as_given(given_path: str | Path, future: Any) -> RunResult:
+    """A future's result with the trace path as given (as a local run reports it); a task
+    that failed on the cluster (a worker killed under it) is that trace's error."""
+    given = str(given_path)
+    try:
+        result: RunResult = future.result()
+    except Exception as exc:  # KilledWorker, CancelledError, a worker's own failure
+        return RunResult(given, error=f"the Dask task failed ({type(exc).__name__}: {exc})")
+    return RunResult(
+        given,
+        None if result.record is None else replace(result.record, trace_path=given),
+        None if result.report is None else replace(result.report, trace_path=given),
+        result.error,
+    )
 
 
 # --- the batch command ---------------------------------------------------------------------------
@@ -337,41 +688,81 @@ def _stem(name: str) -> str:
 
 class _Outdir:
     """Per-trace reports: `DIR/NAME.json` and `.md`, NAME the trace's file name without its
-    suffix, the content hash appended when another trace of the batch has the same name."""
+    suffix, the content hash appended when another trace of the batch has the same name. Every
+    file name is known (and declared an output) before any analysis."""
 
-    def __init__(self, root: Path, paths: Sequence[Path]) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+    SUFFIXES: Final = (".json", ".md")
+
+    def __init__(self, root: Path, paths: Sequence[Path], files: RunFiles) -> None:
         self.root = root
-        self.shared = {s for s, n in Counter(_stem(p.name) for p in paths).items() if n > 1}
+        shared = {s for s, n in Counter(_stem(p.name) for p in paths).items() if n > 1}
+        self.stems = {
+            str(p): f"{_stem(p.name)}-{file_hash(p)[:8]}" if _stem(p.name) in shared
+            else _stem(p.name)
+            for p in paths if p.exists()
+        }  # fmt: skip
+        for stem in self.stems.values():
+            for suffix in self.SUFFIXES:
+                files.writes("--outdir", root / f"{stem}{suffix}")
+
+    def make(self) -> None:
+        with writing(self.root):
+            self.root.mkdir(exist_ok=True)
 
     def write(self, result: RunResult) -> None:
+        """Write one trace's reports.
+
+        Raises:
+            OutputError: a file cannot be written (a half-written one is removed).
+        """
         assert result.record is not None and result.report is not None
-        stem = _stem(Path(result.trace).name)
-        if stem in self.shared:
-            stem = f"{stem}-{result.record.content_hash[:8]}"
-        report = result.report
-        (self.root / f"{stem}.json").write_text(to_json_text(report), encoding="utf-8")
-        (self.root / f"{stem}.md").write_text(to_markdown(report), encoding="utf-8")
+        stem = self.stems[result.trace]
+        for suffix, text in zip(
+            self.SUFFIXES, (to_json_text(result.report), to_markdown(result.report)), strict=True
+        ):
+            with output_file(self.root / f"{stem}{suffix}") as handle:
+                handle.write(text)
 
 
-def run_batch(request: BatchRequest, echo_err: Echo) -> int:
+def _open_db(path: Path | None) -> ResultsDb | None:
+    return None if path is None else ResultsDb(path)
+
+
+def run_batch(request: BatchRequest, echo_err: Echo, files: RunFiles | None = None) -> int:
     """Analyze the traces; as each arrives write its database rows and --outdir reports (only
-    here, in the client) and keep its summary rows; then print the summary.
+    here, in the client) and keep its summary rows; then print the summary. Every trace and
+    every file written is declared in `files` and checked before any analysis.
 
-    Returns 0 when every trace was analyzed, `EXIT_SOME_FAILED` when any failed.
+    A trace that fails, a run the database could not store (locked, read-only, full: the
+    first such failure stops the writing) and reports that could not be written are said on
+    stderr; the others are still printed.
+
+    Returns 0 when every trace was analyzed and stored, `EXIT_SOME_FAILED` otherwise.
 
     Raises:
-        LlmPerfOptError: no trace matched, the database or the scheduler is unusable.
+        LlmPerfOptError: no trace matched, an output is an input, the database or the
+            scheduler is unusable.
     """
-    paths = expand_paths(request.specs)
-    db = ResultsDb(request.db_path) if request.db_path is not None else None
-    outdir = _Outdir(request.outdir, paths) if request.outdir is not None else None
+    files = files if files is not None else RunFiles()
+    if request.db_path is not None:
+        files.writes("--db", request.db_path)
+    paths = declare_traces(request.specs, request.options, files, echo_err)
+    outdir = _Outdir(request.outdir, paths, files) if request.outdir is not None else None
+    files.check()
+    n_jobs, note = worker_count(request.jobs, len(paths))
+    if note is not None and request.dask_address is None:
+        echo_err(note)
+    if outdir is not None:
+        outdir.make()
+    db = _open_db(request.db_path)
     entries: dict[int, BatchEntry] = {}
+    not_stored: list[str] = []
+    db_error: str | None = None
     started = time.perf_counter()
     try:
         with _progress_bar(len(paths)) as advance:
             for i, result in iter_results(
-                paths, request.options, jobs=request.jobs, dask_address=request.dask_address
+                paths, request.options, jobs=n_jobs, dask_address=request.dask_address
             ):
                 advance(Path(result.trace).name)
                 if not result.ok:
@@ -381,23 +772,45 @@ def run_batch(request: BatchRequest, echo_err: Echo) -> int:
                     entries[i] = BatchEntry(result.trace, error)
                     continue
                 rows = result.rows()
-                if db is not None:
-                    db.write(rows)
+                if db is not None and db_error is None:
+                    try:
+                        db.write(rows)
+                    except sqlite3.Error as exc:
+                        db_error = str(exc)
+                        echo_err(
+                            f"error: cannot store runs in {request.db_path} ({exc}); the "
+                            "analyses go on and are printed, but are not stored"
+                        )
+                if db is not None and db_error is not None:
+                    not_stored.append(result.trace)
                 if outdir is not None:
-                    outdir.write(result)
+                    try:
+                        outdir.write(result)
+                    except OutputError as exc:
+                        echo_err(f"error: {result.trace}: report not written: {exc}")
+                        not_stored.append(result.trace)
                 entries[i] = BatchEntry(result.trace, None, rows.run, tuple(rows.tables["stages"]))
     finally:
         if db is not None:
-            db.close()
+            with suppress(sqlite3.Error):
+                db.close()
     ordered = [entries[i] for i in range(len(paths))]
-    _emit_summary(ordered, request.fmt, request.output)
     failed = sum(not e.ok for e in ordered)
+    if not_stored:
+        names = list(dict.fromkeys(not_stored))
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        echo_err(f"not stored or not written ({len(names)} run(s)): {', '.join(names[:10])}{more}")
     echo_err(
         f"{len(ordered)} trace(s): {len(ordered) - failed} analyzed, {failed} failed "
         f"in {time.perf_counter() - started:.1f} s"
-        + (f"; results in {request.db_path}" if request.db_path is not None else "")
+        + (
+            f"; results in {request.db_path}"
+            if request.db_path is not None and db_error is None
+            else ""
+        )
     )
-    return EXIT_SOME_FAILED if failed else 0
+    _emit_summary(ordered, request.fmt, request.output)
+    return EXIT_SOME_FAILED if failed or not_stored else 0
 
 
 # --- summary: one row per trace x stage ----------------------------------------------------------
@@ -487,17 +900,23 @@ def render_summary(entries: Sequence[BatchEntry], fmt: str) -> str:
 
 
 def _emit_summary(entries: Sequence[BatchEntry], fmt: str, output: Path | None) -> None:
-    if fmt != "table":
+    """The summary on stdout or into `output`; a failure to write it is one OutputError."""
+    if fmt == "table":
+        table = rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
+        if output is None and Console().is_terminal:
+            Console().print(table)
+            return
+        buffer = io.StringIO()
+        Console(file=buffer, width=SUMMARY_WIDTH).print(table)
+        text = buffer.getvalue()
+    else:
         text = render_summary(entries, fmt)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            output.write_text(text, encoding="utf-8")
-        return
-    table = rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
     if output is None:
-        console = Console()
-        (console if console.is_terminal else Console(width=SUMMARY_WIDTH)).print(table)
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except OSError as exc:
+            raise output_error(Path("<stdout>"), exc) from None
         return
-    with output.open("w", encoding="utf-8") as handle:
-        Console(file=handle, width=SUMMARY_WIDTH).print(table)
+    with output_file(output) as handle:
+        handle.write(text)

@@ -178,8 +178,9 @@ def test_readonly_open_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ResultsDbError, match="not a results database"):
         ResultsDb(other, readonly=True)
     (tmp_path / "junk.sqlite").write_text("not sqlite at all " * 100)
-    with pytest.raises(ResultsDbError, match="not a usable SQLite database"):
+    with pytest.raises(ResultsDbError, match="not a results database.*not touched"):
         ResultsDb(tmp_path / "junk.sqlite")
+    assert (tmp_path / "junk.sqlite").read_text() == "not sqlite at all " * 100
 
 
 def test_a_table_export_folder_hashes_its_files(tmp_path: Path) -> None:

@@ -4,12 +4,19 @@ from its config.json (no torch, no GPU)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
 from llm_perf_opt import vocab
-from llm_perf_opt.cli._common import MAX_TOKENS, echo_stdout, guarded, prefill_logits_option
+from llm_perf_opt.cli._common import (
+    MAX_TOKENS,
+    echo_stdout,
+    guarded,
+    input_option,
+    prefill_logits_option,
+)
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.configs import ModelConfig, builtin_config, load_config_json
 from llm_perf_opt.flops.estimate import estimate_run, parse_crops
@@ -26,10 +33,9 @@ from llm_perf_opt.flops.hf_model import (
 @click.option(
     "--model", "model_name", type=click.Choice(vocab.FAMILIES), help="Built-in architecture."
 )
-@click.option(
+@input_option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False),
     help="Model config JSON: a Hugging Face config.json ("
     + supported_note()
     + "), a DeepSeek-OCR(-2) config.json or our to_dict form.",
@@ -91,7 +97,7 @@ from llm_perf_opt.flops.hf_model import (
 @prefill_logits_option
 def cli(
     model_name: str | None,
-    config_path: str | None,
+    config_path: Path | None,
     tiny: bool,
     mode: str,
     crops: str | None,
@@ -116,7 +122,7 @@ def cli(
         mfu-flops --model deepseek-ocr --mode base --prefill-len 273 \\
             --decode-tokens 1 --ctx-mode fixed --ctx-len 1024 --format json
     """
-    with guarded(inputs=[config_path]):
+    with guarded():
         model = _model(model_name, config_path, tiny)
         if isinstance(model, HfModel):
             hf = estimate_hf_run(
@@ -148,7 +154,7 @@ def cli(
         echo_stdout(text + "\n")
 
 
-def _model(model_name: str | None, config_path: str | None, tiny: bool) -> ModelConfig | HfModel:
+def _model(model_name: str | None, config_path: Path | None, tiny: bool) -> ModelConfig | HfModel:
     """The built-in model or the config file; both given must agree on the family."""
     if config_path is None:
         if model_name is None:

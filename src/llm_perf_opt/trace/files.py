@@ -106,6 +106,18 @@ def remove_scratch_dir(scratch: Path | None) -> None:
         _SCRATCH_DIRS.discard(scratch)
 
 
+def scratch_prefix(pid: int | None = None) -> str:
+    """Name start of the decompressed copies' folders of process `pid` (this one by default):
+    a batch removes those of a worker process that died before it could."""
+    return f"{SCRATCH_PREFIX}{os.getpid() if pid is None else pid}-"
+
+
+def remove_scratch_of(pid: int) -> None:
+    """Remove the decompressed copies a (dead) process `pid` left in the temporary folder."""
+    for scratch in Path(tempfile.gettempdir()).glob(f"{scratch_prefix(pid)}*"):
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def scratch_dirs() -> frozenset[Path]:
     """The folders of this process's live decompressed copies."""
     return frozenset(_SCRATCH_DIRS)
@@ -156,7 +168,7 @@ def decompressed(path: Path) -> tuple[Path, Path | None]:
     if declared is not None and declared > cap:
         raise TraceTooLargeError(_over_cap_message(path, cap))
     # Registered before it exists, so a signal arriving in between still finds it.
-    scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
+    scratch = Path(tempfile.gettempdir()) / f"{scratch_prefix()}{secrets.token_hex(8)}"
     _SCRATCH_DIRS.add(scratch)
     try:
         scratch.mkdir(mode=0o700)
