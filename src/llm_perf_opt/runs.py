@@ -116,16 +116,24 @@ class Expansion:
 
     paths: tuple[Path, ...]
     results_dbs: tuple[Path, ...] = ()
+    repeats: int = 0
 
-    def note(self) -> str | None:
-        """The one line that says which results databases were left out, if any."""
-        if not self.results_dbs:
-            return None
-        names = ", ".join(str(p) for p in self.results_dbs[:3])
-        more = f" and {len(self.results_dbs) - 3} more" if len(self.results_dbs) > 3 else ""
-        return (
-            f"note: left out {len(self.results_dbs)} results database(s), not traces: {names}{more}"
-        )
+    def notes(self) -> list[str]:
+        """The lines that say which results databases were left out and how many paths named
+        a file already given."""
+        out = []
+        if self.results_dbs:
+            names = ", ".join(str(p) for p in self.results_dbs[:3])
+            more = f" and {len(self.results_dbs) - 3} more" if len(self.results_dbs) > 3 else ""
+            out.append(
+                f"note: left out {len(self.results_dbs)} results database(s), not traces: "
+                f"{names}{more}"
+            )
+        if self.repeats:
+            out.append(
+                f"note: {self.repeats} path(s) named a trace already given; each is analyzed once"
+            )
+        return out
 
 
 def _glob(spec: str) -> list[Path]:
@@ -161,6 +169,7 @@ def expand_traces(specs: Sequence[str]) -> Expansion:
     """
     found: dict[tuple[int, int] | Path, Path] = {}
     dbs: dict[tuple[int, int] | Path, Path] = {}
+    repeats = 0
     for spec in specs:
         if not spec.strip():
             raise NoTracesError("an empty path was given; name a trace file, folder or glob")
@@ -179,13 +188,14 @@ def expand_traces(specs: Sequence[str]) -> Expansion:
                 "directories holding them or a glob such as 'runs/*.sqlite.xz'"
             )
         for p in traces:
+            repeats += _file_key(p) in found
             found.setdefault(_file_key(p), p)
     if not found:
         raise NoTracesError(
             f"{specs[0]!r} is a results database, not a trace; compare its runs with "
             "`mfu-compare --db FILE ID... -- ID...`"
         )
-    return Expansion(tuple(found.values()), tuple(dbs.values()))
+    return Expansion(tuple(found.values()), tuple(dbs.values()), repeats)
 
 
 def expand_paths(specs: Sequence[str]) -> list[Path]:
@@ -205,8 +215,7 @@ def declare_traces(
         OutputError: an output is one of those inputs (or lies inside a table export).
     """
     expansion = expand_traces(specs)
-    note = expansion.note()
-    if note is not None:
+    for note in expansion.notes():
         echo_err(note)
     for path in expansion.paths:
         files.reads(path, static_compute_source(options, path))
@@ -469,7 +478,7 @@ def _scheduler_host_port(address: str) -> tuple[str, int] | None:
     return host, int(port)
 
 
-def probe_scheduler(address: str, timeout_s: float = DASK_CONNECT_TIMEOUT_S) -> None:
+def probe_scheduler(address: str, timeout_s: float | None = None) -> None:
     """Connect to a tcp:// scheduler and read the handshake it sends first, within
     `timeout_s` in all: a plain TCP listener, an HTTP server or a dead port is an error here
     instead of a hang (or of a frame length read from another protocol's bytes).
@@ -480,6 +489,7 @@ def probe_scheduler(address: str, timeout_s: float = DASK_CONNECT_TIMEOUT_S) -> 
     where = _scheduler_host_port(address)
     if where is None:
         return
+    timeout_s = DASK_CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     deadline = time.monotonic() + timeout_s
     fix = f"start one (`dask scheduler`) or fix --dask / {DASK_ENV}"
     try:
