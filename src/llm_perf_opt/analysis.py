@@ -26,7 +26,12 @@ import polars as pl
 
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.calibration import calibration_of
-from llm_perf_opt.errors import LlmPerfOptError, SelectionError, UnorderedTableError
+from llm_perf_opt.errors import (
+    LlmPerfOptError,
+    NoGpuOpsError,
+    SelectionError,
+    UnorderedTableError,
+)
 from llm_perf_opt.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
@@ -54,6 +59,7 @@ from llm_perf_opt.stages import (
     stage_selection_refs,
 )
 from llm_perf_opt.trace import Trace, open_trace
+from llm_perf_opt.trace.columns import COMPUTE_OP_KINDS, GPU_OP_TABLES
 from llm_perf_opt.vocab import STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]
@@ -132,6 +138,14 @@ def analyze_trace(
     say = progress or (lambda _msg: None)
     say(f"reading {path}")
     trace = open_trace(path)
+    if require_mfu and not any(
+        trace.present_columns(GPU_OP_TABLES[kind]) for kind in COMPUTE_OP_KINDS
+    ):
+        raise NoGpuOpsError(
+            f"{path}: the export has no kernel table ({GPU_OP_TABLES['kernel']}), only copies "
+            "and memsets, so no MFU can be computed from it; capture with `nsys profile -t "
+            "cuda,nvtx ...` (kernels are traced with cuda), or ask only --ranges-out"
+        )
     budget = StreamBudget.of(options.memory_budget_bytes)
     streamed = trace.gpu_op_rows() * IN_MEMORY_BYTES_PER_OP > options.memory_budget_bytes
     # the big tables load (or their first batches) while the NVTX events are read

@@ -781,6 +781,9 @@ def run_batch(request: BatchRequest, echo_err: Echo, files: RunFiles | None = No
                     echo_err(f"error: {named}")
                     entries[i] = BatchEntry(result.trace, error)
                     continue
+                assert result.report is not None
+                for warning in result.report.warnings:
+                    echo_err(f"warning: {result.trace}: {warning}")
                 rows = result.rows()
                 if db is not None and db_error is None:
                     try:

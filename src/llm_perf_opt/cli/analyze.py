@@ -106,6 +106,8 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"note: MFU not computed ({one_line(analysis.skipped_reason or '')})", err=True)
         return
+    for warning in report.warnings:  # also in the report; stderr so they are never missed
+        click.echo(f"warning: {warning}", err=True)
     _emit(report, kw["format"] or "table", kw["output"])
     for option, fmt in (("csv", "csv"), ("markdown", "md")):
         if kw[option]:

@@ -28,6 +28,9 @@ from llm_perf_opt.flops.hf_model import (
     supported_note,
 )
 
+# Images per request beyond this are a typo (a request holds a handful).
+MAX_IMAGES = 10_000
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
@@ -57,7 +60,7 @@ from llm_perf_opt.flops.hf_model import (
 )
 @click.option(
     "--decode-tokens",
-    type=click.IntRange(max=MAX_TOKENS),
+    type=click.IntRange(0, MAX_TOKENS),
     default=1,
     show_default=True,
     help="T, decode forward passes after prefill (generated tokens - 1).",
@@ -92,7 +95,11 @@ from llm_perf_opt.flops.hf_model import (
     "448x448 for Qwen-VL]",
 )
 @click.option(
-    "--images", type=int, default=1, show_default=True, help="Images per request (HF VLMs)."
+    "--images",
+    type=click.IntRange(1, MAX_IMAGES),
+    default=1,
+    show_default=True,
+    help="Images per request (HF VLMs).",
 )
 @prefill_logits_option
 def cli(
