@@ -201,18 +201,18 @@ class RunFiles:
         resolved = out.resolve()
         identity = _identity(out)
         for source in self.inputs:
-            same = resolved == source.resolved or (
-                identity is not None and identity == source.identity
-            )
-            if same and not (folder and source.folder and not _is_export(source)):
-                raise OutputError(
-                    f"{option} {out}: is the input {source.path} of this run; refusing to "
-                    "overwrite it. Choose another output path"
-                )
-            if source.folder and _is_export(source) and resolved.is_relative_to(source.resolved):
+            if _is_export(source) and resolved.is_relative_to(source.resolved):
                 raise OutputError(
                     f"{option} {out}: lies inside the table export {source.path}, an input of "
                     "this run; writing there changes that trace. Choose another folder"
+                )
+            same = resolved == source.resolved or (
+                identity is not None and identity == source.identity
+            )
+            if same and not (folder and source.folder):
+                raise OutputError(
+                    f"{option} {out}: is the input {source.path} of this run; refusing to "
+                    "overwrite it. Choose another output path"
                 )
         if in_scratch(out):
             raise OutputError(
