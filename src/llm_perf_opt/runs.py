@@ -281,8 +281,7 @@ def worker_count(jobs: int | None, n_traces: int) -> tuple[int, str | None]:
         return cap, None
     if jobs <= cap:
         return jobs, None
-    why = "the traces" if n_traces < cpu_count() else "the CPUs"
-    return cap, f"note: -j {jobs} lowered to {cap}, the number of {why}"
+    return cap, f"note: -j {jobs} lowered to {cap} ({n_traces} trace(s), {cpu_count()} CPU(s))"
 
 
 def iter_results(
