@@ -389,3 +389,15 @@ def test_no_kernel_table_gives_no_mfu(v1_plain: Path, tmp_path: Path) -> None:
     trace = mutated(v1_plain, tmp_path / "nok.sqlite", "DROP TABLE CUPTI_ACTIVITY_KIND_KERNEL")
     assert_error(analyze(trace, "--format", "json"), "no kernel table", "no MFU")
     assert_ok(analyze(trace, "--ranges-out", tmp_path / "r.csv"))
+
+
+# --- 7. the memory budget floor ------------------------------------------------------------------
+
+
+def test_a_memory_budget_below_the_floor_is_raised_with_a_note() -> None:
+    low = analyze(PROBE, *PROBE_STAGES, "--memory-budget", "1M", "--format", "json")
+    assert_ok(low)
+    assert "raised to 16M" in low.stderr
+    default = analyze(PROBE, *PROBE_STAGES, "--format", "json")
+    assert low.stdout == default.stdout and "raised" not in default.stderr
+    assert_error(analyze(PROBE, *PROBE_STAGES, "--memory-budget", "0"), "--memory-budget")

@@ -32,7 +32,7 @@ from llm_perf_opt.cli._common import (
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import MfuReport
-from llm_perf_opt.onepass import DEFAULT_MEMORY_BUDGET_BYTES, MIN_MEMORY_BUDGET_BYTES
+from llm_perf_opt.onepass import DEFAULT_MEMORY_BUDGET_BYTES, MEMORY_BUDGET_FLOOR_BYTES
 from llm_perf_opt.peak_sources import parse_peak_source
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
 from llm_perf_opt.stages import parse_stage_option
@@ -88,6 +88,19 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
         memory_budget_bytes=kw["memory_budget"],
         every_range=kw["ranges_out"] is not None,
     )
+
+
+def _budget_floor(value: int) -> int:
+    """--memory-budget raised to the floor below which batches are too small to be fast."""
+    if value >= MEMORY_BUDGET_FLOOR_BYTES:
+        return value
+    floor = MEMORY_BUDGET_FLOOR_BYTES >> 20
+    click.echo(
+        f"note: --memory-budget {value:,} bytes raised to {floor}M (smaller batches only cost "
+        "time, not memory worth saving)",
+        err=True,
+    )
+    return MEMORY_BUDGET_FLOOR_BYTES
 
 
 def _run(trace: Path, kw: dict[str, Any]) -> None:
@@ -257,13 +270,15 @@ def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
 )
 @click.option(
     "--memory-budget",
-    type=ByteSize(MIN_MEMORY_BUDGET_BYTES),
+    type=ByteSize(1),
     default=f"{DEFAULT_MEMORY_BUDGET_BYTES >> 20}M",
     show_default=True,
     metavar="SIZE",
+    callback=lambda _ctx, _param, value: _budget_floor(value),
     help="Memory for the trace's rows, e.g. 512M or 4G (per trace of a batch). A trace whose "
     "GPU ops fit it is read whole (fastest); a larger one in one pass over batches, so peak "
-    "memory stays near this plus the NVTX ranges, whatever the trace's length (docs/inputs.md).",
+    "memory stays near this plus the NVTX ranges, whatever the trace's length (docs/inputs.md). "
+    f"Below {MEMORY_BUDGET_FLOOR_BYTES >> 20}M it is raised to that, with a note.",
 )
 @output_option(
     "--db",
