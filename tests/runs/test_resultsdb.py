@@ -178,7 +178,7 @@ def test_readonly_open_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ResultsDbError, match="not a results database"):
         ResultsDb(other, readonly=True)
     (tmp_path / "junk.sqlite").write_text("not sqlite at all " * 100)
-    with pytest.raises(ResultsDbError, match="not a results database.*not touched"):
+    with pytest.raises(ResultsDbError, match=r"not a results database.*not touched"):
         ResultsDb(tmp_path / "junk.sqlite")
     assert (tmp_path / "junk.sqlite").read_text() == "not sqlite at all " * 100
 
