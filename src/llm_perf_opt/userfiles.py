@@ -290,4 +290,6 @@ def output_error(path: Path, exc: OSError) -> OutputError:
         errno.EPIPE: "the pipe was closed",
     }
     reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
+    if exc.errno == errno.ENOENT and path.parent.is_dir():  # e.g. a new file in /proc
+        reason = f"{path.parent} does not take new files"
     return OutputError(f"cannot write {path}: {reason}")

@@ -401,3 +401,13 @@ def test_a_memory_budget_below_the_floor_is_raised_with_a_note() -> None:
     default = analyze(PROBE, *PROBE_STAGES, "--format", "json")
     assert low.stdout == default.stdout and "raised" not in default.stderr
     assert_error(analyze(PROBE, *PROBE_STAGES, "--memory-budget", "0"), "--memory-budget")
+
+
+def test_batch_output_failures_are_one_error_line(gen: list[Path], tmp_path: Path) -> None:
+    db = tmp_path / "r.sqlite"
+    result = analyze(*gen[:2], "-j", "1", "--db", db, "-o", "/dev/full", "--format", "json")
+    assert_error(result, "no space left")
+    assert len(ResultsDb(db, readonly=True).run_ids()) == 2  # the analyses were stored first
+    assert_error(analyze(*gen[:2], "-j", "1", "--outdir", "/proc/figs"), "/proc does not take")
+    assert_error(analyze(*gen[:2], "-j", "1", "--outdir", tmp_path / "a" / "b"), "does not exist")
+    assert not (tmp_path / "a").exists()
