@@ -380,10 +380,13 @@ class _Workers:
         for _ in range(min(self.n, len(paths))):
             self._start()
         while pending or any(w.task is not None for w in self.workers):
-            for worker in self.workers:
+            for worker in list(self.workers):
                 if worker.task is None and pending:
                     worker.task = pending.pop()
-                    worker.conn.send(worker.task)
+                    try:
+                        worker.conn.send(worker.task)
+                    except (OSError, ValueError):  # it died idle: the trace fails, not the rest
+                        yield self._dead(worker, bool(pending))
             busy = [w for w in self.workers if w.task is not None]
             ready = set(wait([w.conn for w in busy] + [w.process.sentinel for w in busy]))
             for worker in busy:
