@@ -411,3 +411,16 @@ def test_batch_output_failures_are_one_error_line(gen: list[Path], tmp_path: Pat
     assert_error(analyze(*gen[:2], "-j", "1", "--outdir", "/proc/figs"), "/proc does not take")
     assert_error(analyze(*gen[:2], "-j", "1", "--outdir", tmp_path / "a" / "b"), "does not exist")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("bandwidth", [-1, 1 << 62])
+def test_an_impossible_trace_bandwidth_gives_no_mbu(tmp_path: Path, bandwidth: int) -> None:
+    trace = mutated(
+        PROBE, tmp_path / "bw.sqlite",
+        "UPDATE TARGET_INFO_GPU SET memoryBandwidth = ?, name = 'Unlisted GPU'",
+        params=[bandwidth],
+    )  # fmt: skip
+    result = analyze(trace, *PROBE_STAGES, "--peak-tflops", "100", "--format", "json")
+    assert_ok(result)
+    doc = json.loads(result.stdout)
+    assert doc["peak_bandwidth_Bps"] is None and doc["bandwidth_source"] is None
