@@ -424,3 +424,21 @@ def test_an_impossible_trace_bandwidth_gives_no_mbu(tmp_path: Path, bandwidth: i
     assert_ok(result)
     doc = json.loads(result.stdout)
     assert doc["peak_bandwidth_Bps"] is None and doc["bandwidth_source"] is None
+
+
+def test_a_database_locked_before_the_batch_is_one_error_line(
+    gen: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "busy.sqlite"
+    assert_ok(analyze(gen[0], "--db", db))
+    monkeypatch.setattr(resultsdb, "BUSY_TIMEOUT_S", 0.3)
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        started = time.monotonic()
+        assert_error(analyze(gen[1], "--db", db), "cannot write results database", "locked")
+        assert time.monotonic() - started < 30
+    finally:
+        holder.rollback()
+        holder.close()
+    assert len(ResultsDb(db, readonly=True).run_ids()) == 1

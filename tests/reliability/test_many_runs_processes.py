@@ -303,3 +303,29 @@ def test_a_scheduler_whose_only_worker_died_fails_the_traces_instead_of_waiting(
     doc = json.loads(result.stdout)
     assert doc["n_failed"] == 2
     assert all("no Dask worker was left" in t["error"] for t in doc["traces"])
+
+
+def test_a_signal_forgets_the_dask_futures(traces: Path, tmpdir_env: Path) -> None:
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        paths = [str(p) for p in sorted(traces.iterdir())]
+        proc = start([*paths, "--dask", cluster.scheduler_address], tmpdir_env)
+        try:
+
+            def tasks() -> int:
+                return int(
+                    client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+                )
+
+            assert wait_for(lambda: tasks() > 0, 60), "the batch sent no task"
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+        assert wait_for(lambda: tasks() == 0, 30), "the scheduler kept the futures"
