@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import llm_perf_opt.fanout as fanout
 import llm_perf_opt.runs as runs
 
 from .helpers import REPO, analyze, assert_error
@@ -172,12 +173,15 @@ def test_a_killed_worker_fails_its_trace_and_the_batch_goes_on(
 
 def test_jobs_are_capped_at_the_traces_and_said(traces: Path) -> None:
     two = [traces / "h0.sqlite.xz", traces / "h1.sqlite.xz"]
-    cpus = runs.cpu_count()
+    cpus = fanout.cpu_count()
     if cpus < 2:
         pytest.skip("needs 2 CPUs")
-    assert runs.worker_count(64, 2) == (2, f"note: -j 64 lowered to 2 (2 trace(s), {cpus} CPU(s))")
-    assert runs.worker_count(None, 500)[0] == runs.cpu_count()
-    assert runs.worker_count(1, 500) == (1, None)
+    assert fanout.worker_count(64, 2) == (
+        2,
+        f"note: -j 64 lowered to 2 (2 trace(s), {cpus} CPU(s))",
+    )
+    assert fanout.worker_count(None, 500)[0] == fanout.cpu_count()
+    assert fanout.worker_count(1, 500) == (1, None)
     result = analyze(*two, "-j", "64", "--format", "json")
     assert result.exit_code == 0, result.stderr
     assert "-j 64 lowered to 2" in result.stderr
@@ -188,9 +192,9 @@ def test_jobs_are_capped_at_the_traces_and_said(traces: Path) -> None:
 
 @pytest.fixture
 def quick_dask(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runs, "DASK_CONNECT_TIMEOUT_S", 2.0)
-    monkeypatch.setattr(runs, "DASK_NO_WORKER_S", 2.0)
-    monkeypatch.setattr(runs, "DASK_POLL_S", 0.2)
+    monkeypatch.setattr(fanout, "DASK_CONNECT_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(fanout, "DASK_NO_WORKER_S", 2.0)
+    monkeypatch.setattr(fanout, "DASK_POLL_S", 0.2)
 
 
 @pytest.fixture
@@ -262,9 +266,11 @@ def scheduler_without_workers(tmp_path: Path) -> Iterator[str]:
         pytest.skip("the dask command is not installed")
     info = tmp_path / "scheduler.json"
     common = ["--scheduler-file", str(info)]
+    env = {**os.environ, "PYTHONPATH": SRC}  # the scheduler unpickles the tasks' functions
     procs = [
         subprocess.Popen(
             [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", *common],
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -274,6 +280,7 @@ def scheduler_without_workers(tmp_path: Path) -> Iterator[str]:
         procs.append(
             subprocess.Popen(
                 [dask, "worker", "--no-nanny", "--nthreads", "1", "--no-dashboard", *common],
+                env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -302,7 +309,7 @@ def test_a_scheduler_whose_only_worker_died_fails_the_traces_instead_of_waiting(
     assert result.exit_code == runs.EXIT_SOME_FAILED, result.output
     doc = json.loads(result.stdout)
     assert doc["n_failed"] == 2
-    assert all("no Dask worker was left" in t["error"] for t in doc["traces"])
+    assert all("no Dask worker was left" in t["error"] for t in doc["traces"]), doc
 
 
 def test_a_signal_forgets_the_dask_futures(traces: Path, tmpdir_env: Path) -> None:

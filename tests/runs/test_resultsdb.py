@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli.analyze import main
+from llm_perf_opt.fanout import analyze_one
 from llm_perf_opt.resultsdb import (
     TABLES,
     ResultsDb,
@@ -26,7 +27,6 @@ from llm_perf_opt.resultsdb import (
     options_json,
     run_id_of,
 )
-from llm_perf_opt.runs import analyze_one
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -108,7 +108,7 @@ KILLED_WRITER = textwrap.dedent(
     from dataclasses import replace
     from llm_perf_opt.analysis import AnalyzeOptions
     from llm_perf_opt.resultsdb import ResultsDb
-    from llm_perf_opt.runs import analyze_one
+    from llm_perf_opt.fanout import analyze_one
 
     result = analyze_one(sys.argv[2], AnalyzeOptions())
     step = result.report.decode_steps[0]

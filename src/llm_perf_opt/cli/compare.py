@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.console import Console
 
-from llm_perf_opt import compare_report, runs
+from llm_perf_opt import compare_report, fanout, runs
 from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli._common import (
     FiniteFloat,
@@ -109,7 +109,7 @@ def _load_side(
         finally:
             db.close()
     if traces:
-        results = runs.analyze_many(traces, options, jobs=jobs, dask_address=dask)
+        results = fanout.analyze_many(traces, options, jobs=jobs, dask_address=dask)
         for result in results:
             if not result.ok:
                 raise RunSpecError(f"{what} trace {result.trace}: {result.error}")
@@ -175,7 +175,7 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
         named = [(specs, what) for specs, what in ((base, "BASE"), (ctx.meta["new_side"], "NEW"))]
         traces = [_side_traces(specs, options, files, what) for specs, what in named]
         n_traces = sum(map(len, traces))
-        note = runs.worker_count(kw["jobs"], n_traces)[1] if n_traces else None
+        note = fanout.worker_count(kw["jobs"], n_traces)[1] if n_traces else None
         if note is not None and dask is None:
             click.echo(note, err=True)
         sides = [
