@@ -128,6 +128,10 @@ class _Input:
     resolved: Path
     identity: tuple[int, int] | None
     folder: bool
+    export: bool  # a folder that is one trace (a table export), not a folder of traces
+
+    def same(self, resolved: Path, identity: tuple[int, int] | None) -> bool:
+        return resolved == self.resolved or (identity is not None and identity == self.identity)
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -139,7 +143,9 @@ def _identity(path: Path) -> tuple[int, int] | None:
 
 
 def _input(path: Path) -> _Input:
-    return _Input(path, path.resolve(), _identity(path), path.is_dir())
+    folder = path.is_dir()
+    export = folder and table_dir_format(path) is not None
+    return _Input(path, path.resolve(), _identity(path), folder, export)
 
 
 @dataclass
@@ -182,34 +188,31 @@ class RunFiles:
 
     def check(self) -> None:
         """Raise OutputError for the first output that breaks the contract (see the class)."""
-        seen: dict[tuple[Path, tuple[int, int] | None], str] = {}
         for option, folder in self.folders:
             self._check_place(option, folder, folder=True)
+        written: list[tuple[str, _Input]] = []
         for option, out in self.outputs:
             self._check_place(option, out, folder=False)
-            key = (out.resolve(), _identity(out))
-            other = seen.get(key) or next(
-                (o for (p, i), o in seen.items() if i is not None and i == key[1]), None
-            )
+            if out.exists() and not out.is_file():
+                continue  # a device such as /dev/null may take several outputs
+            mine = _input(out)
+            other = next((o for o, w in written if w.same(mine.resolved, mine.identity)), None)
             if other is not None and other != option:
                 raise OutputError(
                     f"{option} {out}: is also the {other} output; give each output its own path"
                 )
-            seen[key] = option
+            written.append((option, mine))
 
     def _check_place(self, option: str, out: Path, *, folder: bool) -> None:
         resolved = out.resolve()
         identity = _identity(out)
         for source in self.inputs:
-            if _is_export(source) and resolved.is_relative_to(source.resolved):
+            if source.export and resolved.is_relative_to(source.resolved):
                 raise OutputError(
                     f"{option} {out}: lies inside the table export {source.path}, an input of "
                     "this run; writing there changes that trace. Choose another folder"
                 )
-            same = resolved == source.resolved or (
-                identity is not None and identity == source.identity
-            )
-            if same and not (folder and source.folder):
+            if source.same(resolved, identity) and not (folder and source.folder):
                 raise OutputError(
                     f"{option} {out}: is the input {source.path} of this run; refusing to "
                     "overwrite it. Choose another output path"
@@ -231,11 +234,6 @@ class RunFiles:
             raise OutputError(f"{option} {out}: cannot write there, {parent} is not a folder")
         if not parent.is_dir() and not (not folder and parent.resolve() in made):
             raise OutputError(f"{option} {out}: folder {parent} does not exist; create it first")
-
-
-def _is_export(source: _Input) -> bool:
-    """A folder input that is one trace (a table export), not a folder of traces."""
-    return source.folder and table_dir_format(source.path) is not None
 
 
 # --- writing outputs -----------------------------------------------------------------------------
