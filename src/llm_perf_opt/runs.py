@@ -44,7 +44,7 @@ from llm_perf_opt.resultsdb import (
     results_db_schema,
 )
 from llm_perf_opt.trace import table_dir_format
-from llm_perf_opt.userfiles import RunFiles, output_error, output_file, writing
+from llm_perf_opt.userfiles import RunFiles, echo_stdout, output_file, writing
 
 # Trace files; a folder of a parquetdir or arrowdir export is one trace too (`is_trace_file`).
 TRACE_SUFFIXES: Final = (".sqlite", ".sqlite.xz", ".sqlite.gz", ".arrows", ".arrow")
@@ -526,11 +526,7 @@ def _emit_summary(entries: Sequence[BatchEntry], fmt: str, output: Path | None) 
     else:
         text = render_summary(entries, fmt)
     if output is None:
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except OSError as exc:
-            raise output_error(Path("<stdout>"), exc) from None
+        echo_stdout(text)
         return
     with output_file(output) as handle:
         handle.write(text)

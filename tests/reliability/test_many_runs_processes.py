@@ -336,3 +336,23 @@ def test_a_signal_forgets_the_dask_futures(traces: Path, tmpdir_env: Path) -> No
             proc.kill()
         assert proc.returncode == 128 + signal.SIGTERM, err.decode()
         assert wait_for(lambda: tasks() == 0, 30), "the scheduler kept the futures"
+
+
+@pytest.mark.parametrize("command", ["analyze", "compare"])
+def test_a_closed_stdout_is_one_error_line(traces: Path, tmpdir_env: Path, command: str) -> None:
+    two = [str(traces / "h0.sqlite.xz"), str(traces / "h1.sqlite.xz")]
+    args = [two[0], "--", two[1]] if command == "compare" else two
+    read, write = os.pipe()
+    os.close(read)  # nobody reads: the first write fails with EPIPE
+    env = {**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmpdir_env)}
+    done = subprocess.run(
+        [sys.executable, "-m", f"llm_perf_opt.cli.{command}", *args, "-j", "1", "--format", "json"],
+        env=env, stdout=write, stderr=subprocess.PIPE, timeout=300, check=False,
+    )  # fmt: skip
+    os.close(write)
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert "Traceback" not in err and "Exception ignored" not in err
+    assert [x for x in err.splitlines() if x.startswith("Error: ")] == [
+        "Error: cannot write to standard output: the pipe was closed"
+    ]

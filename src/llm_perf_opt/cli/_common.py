@@ -9,8 +9,6 @@ number, after ending its workers and removing decompressed temporaries and half-
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,11 +17,13 @@ from typing import Any, Final, Literal
 import click
 
 from llm_perf_opt import vocab
-from llm_perf_opt.errors import LlmPerfOptError, OutputError
+from llm_perf_opt.errors import LlmPerfOptError
 from llm_perf_opt.stopping import stop_on_signals
 from llm_perf_opt.trace import remove_scratch, scratch_dirs
-from llm_perf_opt.userfiles import RunFiles, output_error
+from llm_perf_opt.userfiles import RunFiles
+from llm_perf_opt.userfiles import echo_stdout as echo_stdout
 from llm_perf_opt.userfiles import output_file as output_file  # the CLIs' output helpers
+from llm_perf_opt.userfiles import stdout_errors as stdout_errors
 from llm_perf_opt.userfiles import writing as writing  # live with RunFiles
 
 # An error line longer than this is cut (a 1 MB NVTX name is not echoed whole).
@@ -170,34 +170,3 @@ def guarded() -> Iterator[RunFiles]:
             raise CliError(f"a number in the inputs is too large to compute with ({exc})") from None
         finally:
             remove_scratch(keep=earlier)
-
-
-def echo_stdout(text: str) -> None:
-    """Write `text` to stdout; a closed pipe or full disk is one error line, not a traceback."""
-    with stdout_errors():
-        click.echo(text, nl=False)
-        sys.stdout.flush()
-
-
-@contextmanager
-def stdout_errors() -> Iterator[None]:
-    """Failures writing stdout (a closed pipe, /dev/full) as one OutputError; stdout is then
-    pointed at /dev/null so the interpreter's final flush does not fail a second time."""
-    try:
-        yield
-    except OSError as exc:
-        _silence_stdout()
-        if isinstance(exc, BrokenPipeError):
-            raise OutputError("cannot write to standard output: the pipe was closed") from None
-        raise output_error(Path("<stdout>"), exc) from None
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
