@@ -17,12 +17,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import click
 import pytest
 import sqlite_utils
 from benchmarks.gen_trace import generate
 from click.testing import Result
 
 import llm_perf_opt.resultsdb as resultsdb
+from llm_perf_opt.cli._common import DeclaredPath, FiniteFloat
+from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
 from llm_perf_opt.cli.flops import cli as flops_cli
 from llm_perf_opt.compare import compare_runs, regressions, unique_runs
@@ -442,3 +445,14 @@ def test_a_database_locked_before_the_batch_is_one_error_line(
         holder.rollback()
         holder.close()
     assert len(ResultsDb(db, readonly=True).run_ids()) == 1
+
+
+def test_every_file_option_is_declared_and_every_float_bounded() -> None:
+    """A path option that is not declared would escape the output-versus-input check, a plain
+    float option would take NaN: each option of each CLI must use the shared types."""
+    for command in (analyze_cli, compare_cli, flops_cli):
+        for param in command.params:
+            if isinstance(param.type, click.Path):
+                assert isinstance(param.type, DeclaredPath), (command.name, param.name)
+            if isinstance(param.type, click.FloatRange) or param.type.name == "float":
+                assert isinstance(param.type, FiniteFloat), (command.name, param.name)
