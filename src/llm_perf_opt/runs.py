@@ -299,19 +299,23 @@ def _stem(name: str) -> str:
 
 class _Outdir:
     """Per-trace reports: `DIR/NAME.json` and `.md`, NAME the trace's file name without its
-    suffix, the content hash appended when another trace of the batch has the same name. Every
-    file name is known (and declared an output) before any analysis."""
+    suffix, the content hash appended when another trace of the batch has the same name (and a
+    count when that is the same too: copies of one file in two folders). Every file name is
+    known (and declared an output) before any analysis."""
 
     SUFFIXES: Final = (".json", ".md")
 
     def __init__(self, root: Path, paths: Sequence[Path], files: RunFiles) -> None:
         self.root = root
-        shared = {s for s, n in Counter(_stem(p.name) for p in paths).items() if n > 1}
-        self.stems = {
-            str(p): f"{_stem(p.name)}-{file_hash(p)[:8]}" if _stem(p.name) in shared
-            else _stem(p.name)
-            for p in paths if p.exists()
-        }  # fmt: skip
+        present = [p for p in paths if p.exists()]
+        shared = {s for s, n in Counter(_stem(p.name) for p in present).items() if n > 1}
+        taken: Counter[str] = Counter()
+        self.stems: dict[str, str] = {}
+        for p in present:
+            stem = _stem(p.name)
+            stem = f"{stem}-{file_hash(p)[:8]}" if stem in shared else stem
+            taken[stem] += 1
+            self.stems[str(p)] = stem if taken[stem] == 1 else f"{stem}-{taken[stem]}"
         for stem in self.stems.values():
             for suffix in self.SUFFIXES:
                 files.writes("--outdir", root / f"{stem}{suffix}")

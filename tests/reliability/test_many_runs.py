@@ -456,3 +456,13 @@ def test_every_file_option_is_declared_and_every_float_bounded() -> None:
                 assert isinstance(param.type, DeclaredPath), (command.name, param.name)
             if isinstance(param.type, click.FloatRange) or param.type.name == "float":
                 assert isinstance(param.type, FiniteFloat), (command.name, param.name)
+
+
+def test_outdir_keeps_one_report_per_trace_even_for_copies(gen: list[Path], tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        shutil.copyfile(gen[0], tmp_path / name / "g.sqlite")  # same name, same bytes
+    out = tmp_path / "out"
+    assert_ok(analyze(tmp_path / "a", tmp_path / "b", "-j", "1", "--outdir", out))
+    names = sorted(p.name for p in out.iterdir())
+    assert len(names) == 4 and len({n.split(".")[0] for n in names}) == 2, names
