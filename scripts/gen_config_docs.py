@@ -31,6 +31,7 @@ from pathlib import Path
 import click
 
 from llm_perf_opt.cli import analyze, compare, flops
+from llm_perf_opt.cli._common import FiniteFloat
 from llm_perf_opt.runner.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,8 +65,15 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
+def _number(x: float) -> str:
+    return f"{int(x):,}" if x == int(x) else f"{x:g}"
+
+
 def _range_note(option: click.Option, metavar: str) -> str:
     kind = option.type
+    if isinstance(kind, FiniteFloat):
+        low = f"{_number(kind.low)} {'≤' if kind.closed else '<'} "
+        return f" ({low}{metavar} ≤ {_number(kind.high)}, finite)"
     if not isinstance(kind, click.IntRange | click.FloatRange):
         return ""
     low = "" if kind.min is None else f"{kind.min:,} {'<' if kind.min_open else '≤'} "

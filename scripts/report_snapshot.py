@@ -10,7 +10,7 @@ root so that the trace paths inside the reports are the same:
     python scripts/report_snapshot.py snapshot /tmp/after
     python scripts/report_snapshot.py diff /tmp/before /tmp/after
 
-`--extra` adds arguments to every run: `--extra=--memory-budget=1M` snapshots the one-pass
+`--extra` adds arguments to every run: `--extra=--memory-budget=16M` snapshots the one-pass
 attribution, which must give the same files as the in-memory one.
 """
 

@@ -27,7 +27,12 @@ import polars as pl
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.calibration import calibration_of
 from llm_perf_opt.engines import StepFormat, StepNames, formats_for, name_filter, step_names
-from llm_perf_opt.errors import LlmPerfOptError, SelectionError, UnorderedTableError
+from llm_perf_opt.errors import (
+    LlmPerfOptError,
+    NoGpuOpsError,
+    SelectionError,
+    UnorderedTableError,
+)
 from llm_perf_opt.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
 from llm_perf_opt.flops.hf import HfModel, hf_model_from_dict
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
@@ -60,6 +65,7 @@ from llm_perf_opt.stages import (
     stage_selection_refs,
 )
 from llm_perf_opt.trace import Trace, open_trace
+from llm_perf_opt.trace.columns import COMPUTE_OP_KINDS, GPU_OP_TABLES
 from llm_perf_opt.vocab import HF_DECODER_FAMILY, STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]
@@ -145,6 +151,14 @@ def analyze_trace(
     formats = formats_for(options.engine, options.step_pattern)
     say(f"reading {path}")
     trace = open_trace(path)
+    if require_mfu and not any(
+        trace.present_columns(GPU_OP_TABLES[kind]) for kind in COMPUTE_OP_KINDS
+    ):
+        raise NoGpuOpsError(
+            f"{path}: the export has no kernel table ({GPU_OP_TABLES['kernel']}), only copies "
+            "and memsets, so no MFU can be computed from it; capture with `nsys profile -t "
+            "cuda,nvtx ...` (kernels are traced with cuda), or ask only --ranges-out"
+        )
     budget = StreamBudget.of(options.memory_budget_bytes)
     streamed = trace.gpu_op_rows() * IN_MEMORY_BYTES_PER_OP > options.memory_budget_bytes
     # the big tables load (or their first batches) while the NVTX events are read
@@ -512,13 +526,18 @@ def _vision_per_request(
 
 
 def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[str, Any] | None:
-    """`--static-compute FILE`, else the first report found of: beside the `--meta` file,
-    `NAME.static_compute.json` next to `NAME.run.meta.json` (the layout of traces/meta/), then
-    `static_compute.json` (the runner's `--out` folder); beside the trace `T.sqlite[.xz]`,
-    `meta/T.static_compute.json` (the repository's traces/), `T.static_compute.json` or
-    `static_compute.json`."""
+    found = static_compute_source(options, trace_path)
+    return None if found is None else load_static_compute(found)
+
+
+def static_compute_source(options: AnalyzeOptions, trace_path: str | Path) -> Path | None:
+    """The static compute report the analysis of `trace_path` reads: `--static-compute FILE`,
+    else the first found of: beside the `--meta` file, `NAME.static_compute.json` next to
+    `NAME.run.meta.json` (the layout of traces/meta/), then `static_compute.json` (the runner's
+    `--out` folder); beside the trace `T.sqlite[.xz]`, `meta/T.static_compute.json` (the
+    repository's traces/), `T.static_compute.json` or `static_compute.json`."""
     if options.static_compute_path is not None:
-        return load_static_compute(options.static_compute_path)
+        return Path(options.static_compute_path)
     candidates = []
     if options.meta_path is not None:
         meta = Path(options.meta_path)
@@ -530,5 +549,4 @@ def _static_compute(options: AnalyzeOptions, trace_path: str | Path) -> Mapping[
     candidates += [trace.parent / "meta" / f"{name}.static_compute.json",
                    trace.with_name(f"{name}.static_compute.json"),
                    trace.with_name("static_compute.json")]  # fmt: skip
-    found = next((c for c in candidates if c.is_file()), None)
-    return None if found is None else load_static_compute(found)
+    return next((c for c in candidates if c.is_file()), None)

@@ -23,7 +23,7 @@ from typing import Any, Final, overload
 
 import polars as pl
 
-from llm_perf_opt import analysis, runs
+from llm_perf_opt import analysis, fanout, runs
 from llm_perf_opt.analysis import AnalyzeOptions, Progress
 from llm_perf_opt.compare import (
     DEFAULT_MIN_EFFECT_PCT,
@@ -351,7 +351,7 @@ def load_runs(
         finally:
             db.close()
     if traces:
-        results = runs.analyze_many(
+        results = fanout.analyze_many(
             runs.expand_paths(traces), options, jobs=jobs, dask_address=dask
         )
         for result in results:

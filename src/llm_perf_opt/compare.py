@@ -24,9 +24,10 @@ import polars as pl
 
 from llm_perf_opt.resultsdb import RunRows, frame_of
 
-Verdict = Literal["improved", "regressed", "within_noise"]
-# (stage, metric, delta %) of the time metrics over the `--fail-on-regression` threshold.
-Regressions = list[tuple[str, str, float]]
+Verdict = Literal["improved", "regressed", "within_noise", "missing"]
+# (stage, metric, delta %) of the time metrics over the `--fail-on-regression` threshold; the
+# delta is None for a stage one side lacks (verdict `missing`, which always fails the gate).
+Regressions = list[tuple[str, str, float | None]]
 FloatArray = npt.NDArray[np.float64]
 
 DEFAULT_MIN_EFFECT_PCT: Final = 3.0
@@ -111,13 +112,15 @@ PHASE_METRICS: Final = (
 
 @dataclass(frozen=True)
 class MetricDelta:
-    """One metric of one stage: both sides, the change and its noise band, the verdict."""
+    """One metric of one stage: both sides, the change and its noise band, the verdict. A
+    stage only one side has is one `busy_s` row with verdict `missing`: the other side's value,
+    the change and the band are None."""
 
-    base: float
-    new: float
-    delta_pct: float
-    ci_low_pct: float
-    ci_high_pct: float
+    base: float | None
+    new: float | None
+    delta_pct: float | None
+    ci_low_pct: float | None
+    ci_high_pct: float | None
     verdict: Verdict
     n_base: int
     n_new: int
@@ -307,6 +310,41 @@ def _flags(base: Sequence[RunInfo], new: Sequence[RunInfo]) -> list[str]:
     return flags
 
 
+def unique_runs(side: Sequence[RunRows], what: str) -> tuple[list[RunRows], str | None]:
+    """The side's runs, each once (by run id: the same trace bytes analyzed with the same
+    options, under any path), and a flag naming the runs given more than once."""
+    seen: dict[str, RunRows] = {}
+    repeated: dict[str, int] = {}
+    for rows in side:
+        if rows.run_id in seen:
+            repeated[rows.run_id] = repeated.get(rows.run_id, 1) + 1
+        else:
+            seen[rows.run_id] = rows
+    if not repeated:
+        return list(seen.values()), None
+    named = ", ".join(
+        f"{seen[rid].run['trace_name']} ({rid[:8]}) {n}×" for rid, n in repeated.items()
+    )
+    return list(seen.values()), f"{what}: the same run given several times, counted once: {named}"
+
+
+def _missing(stage: str, frame: pl.DataFrame, on_base: bool) -> MetricDelta:
+    """The `missing` row of a stage only one side (base when `on_base`) has."""
+    value = float(frame["gpu_busy_s"].sum()) / max(frame.height, 1)
+    return MetricDelta(
+        base=value if on_base else None,
+        new=None if on_base else value,
+        delta_pct=None,
+        ci_low_pct=None,
+        ci_high_pct=None,
+        verdict="missing",
+        n_base=frame.height if on_base else 0,
+        n_new=0 if on_base else frame.height,
+        unit="instance",
+        lower_is_better=True,
+    )
+
+
 def compare_runs(
     base: Sequence[RunRows],
     new: Sequence[RunRows],
@@ -314,9 +352,12 @@ def compare_runs(
     min_effect_pct: float = DEFAULT_MIN_EFFECT_PCT,
     seed: int = SEED,
 ) -> Comparison:
-    """Compare the stages both sides have, metric by metric (see the module docstring)."""
+    """Compare the stages both sides have, metric by metric (see the module docstring); a
+    stage one side lacks is a `missing` row. Each run counts once per side (`unique_runs`)."""
     if not base or not new:
         raise ValueError("each side needs at least one run")
+    base, base_flag = unique_runs(base, "base")
+    new, new_flag = unique_runs(new, "new")
     rng = np.random.default_rng(seed)
     instances = _units(base, "instances"), _units(new, "instances")
     steps = _units(base, "decode_steps"), _units(new, "decode_steps")
@@ -338,6 +379,12 @@ def compare_runs(
             if delta is not None:
                 deltas[metric.name] = delta
         stages[stage] = deltas
+    for on_base, (mine, other) in ((True, instances), (False, instances[::-1])):
+        lacking = set(other["stage"].to_list())
+        for stage in mine["stage"].unique(maintain_order=True).to_list():
+            if stage not in lacking:
+                frame = mine.filter(pl.col("stage") == stage)
+                stages[stage] = {"busy_s": _missing(stage, frame, on_base)}
     stages |= _phases(_units(base, "engine_steps"), _units(new, "engine_steps"), rng,
                       min_effect_pct)  # fmt: skip
     base_info = tuple(_run_info(r) for r in base)
@@ -346,7 +393,7 @@ def compare_runs(
         base=base_info,
         new=new_info,
         stages=stages,
-        flags=tuple(_flags(base_info, new_info)),
+        flags=(*(f for f in (base_flag, new_flag) if f), *_flags(base_info, new_info)),
         min_effect_pct=min_effect_pct,
         seed=seed,
     )
@@ -372,10 +419,17 @@ def _phases(
 
 def regressions(comparison: Comparison, threshold_pct: float) -> Regressions:
     """(stage, metric, delta %) of every time metric that regressed beyond noise by more than
-    `threshold_pct` (the `--fail-on-regression` gate)."""
+    `threshold_pct`, and every `missing` stage (the `--fail-on-regression` gate: a stage that
+    vanished or appeared is never a pass)."""
     return [
         (stage, name, d.delta_pct)
         for stage, deltas in comparison.stages.items()
         for name, d in deltas.items()
-        if name in TIME_METRICS and d.verdict == "regressed" and d.delta_pct > threshold_pct
+        if d.verdict == "missing"
+        or (
+            name in TIME_METRICS
+            and d.verdict == "regressed"
+            and d.delta_pct is not None
+            and d.delta_pct > threshold_pct
+        )
     ]

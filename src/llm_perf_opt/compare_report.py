@@ -79,10 +79,21 @@ def label(name: str) -> str:
     return _SHOW[name][0]
 
 
-def shown(name: str, x: float) -> str:
-    """A metric's value as a person reads it (ms, µs, %)."""
+def shown(name: str, x: float | None) -> str:
+    """A metric's value as a person reads it (ms, µs, %; – where a side has none)."""
     _, scale, spec = _SHOW[name]
+    if x is None:
+        return "–"
     return format_pct(x) if scale is None else format(x * scale, spec)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.1f}%"
+
+
+def regression_line(stage: str, metric: str, pct: float | None) -> str:
+    """One regression as a person reads it (a missing stage has no change to show)."""
+    return f"{stage} missing on one side" if pct is None else f"{stage} {metric} {pct:+.1f}%"
 
 
 def rows(c: Comparison) -> list[tuple[str, ...]]:
@@ -92,8 +103,8 @@ def rows(c: Comparison) -> list[tuple[str, ...]]:
             _SHOW[name][0],
             shown(name, d.base),
             shown(name, d.new),
-            f"{d.delta_pct:+.1f}%",
-            f"[{d.ci_low_pct:+.1f}%, {d.ci_high_pct:+.1f}%]",
+            _pct(d.delta_pct),
+            "–" if d.ci_low_pct is None else f"[{_pct(d.ci_low_pct)}, {_pct(d.ci_high_pct)}]",
             f"{d.n_base}/{d.n_new} {'images' if d.unit == 'instance' else 'steps'}",
             d.verdict.replace("_", " "),
         )
@@ -124,7 +135,7 @@ def render_table(c: Comparison, console: Console, regressions: Regressions) -> N
     parts: list[Any] = [Text("\n".join(header(c)))]
     parts.append(rich_table("Base vs new per stage", HEAD, rows(c), 2))
     notes = [f"flag: {f}" for f in c.flags] + [
-        f"regression: {s} {m} {p:+.1f}%" for s, m, p in regressions
+        f"regression: {regression_line(s, m, p)}" for s, m, p in regressions
     ]
     if notes:
         parts.append(Text("\n".join(notes), style="yellow"))
@@ -137,8 +148,18 @@ def to_markdown(c: Comparison, regressions: Regressions) -> str:
     if c.flags:
         out += ["## Flags", "", *(f"- {f}" for f in c.flags), ""]
     if regressions:
-        out += ["## Regressions", "", *(f"- {s} {m} {p:+.1f}%" for s, m, p in regressions), ""]
+        out += [
+            "## Regressions",
+            "",
+            *(f"- {regression_line(s, m, p)}" for s, m, p in regressions),
+            "",
+        ]
     return "\n".join(out)
+
+
+def _bar(d: MetricDelta | None, side: str) -> float:
+    value = None if d is None else getattr(d, side)
+    return 0.0 if value is None else float(value)
 
 
 def write_png(c: Comparison, path: str | Path) -> Path:
@@ -156,13 +177,13 @@ def write_png(c: Comparison, path: str | Path) -> Path:
     width = 0.38
     for ax, (name, label, scale) in zip(axes, panels, strict=True):
         xs = range(len(stages))
-        base = [c.stages[s][name].base * scale if name in c.stages[s] else 0.0 for s in stages]
-        new = [c.stages[s][name].new * scale if name in c.stages[s] else 0.0 for s in stages]
+        base = [_bar(c.stages[s].get(name), "base") * scale for s in stages]
+        new = [_bar(c.stages[s].get(name), "new") * scale for s in stages]
         ax.bar([x - width / 2 for x in xs], base, width, label="base", color="#8a8a8a")
         ax.bar([x + width / 2 for x in xs], new, width, label="new", color="#2b6cb0")
         for x, s, n in zip(xs, stages, new, strict=True):
             d = c.stages[s].get(name)
-            if d is not None:
+            if d is not None and d.delta_pct is not None:
                 ax.annotate(f"{d.delta_pct:+.0f}%", (x + width / 2, n), ha="center",
                             va="bottom", fontsize=8)  # fmt: skip
         ax.set_xticks(list(xs), stages)

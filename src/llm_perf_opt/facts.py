@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import polars as pl
 
@@ -32,6 +32,9 @@ from llm_perf_opt.vocab import (
     STORAGE_DTYPES,
     PeakDtype,
 )
+
+# GPU memory bandwidth a trace may report: HBM3e parts reach 8 TB/s; far above is a damaged row.
+MAX_TRACE_BANDWIDTH_BPS: Final = 100e12
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,10 @@ def gpu_of(
         row = info.filter(pl.col("device_id").is_in(used.to_list()))
         pick = (row if not row.is_empty() else info).row(0, named=True)
         bw = pick.get("memory_bandwidth_Bps")
-        return pick["name"], float(bw) if bw else None
+        # a bandwidth no memory has (≤ 0, or beyond 100 TB/s) is a damaged row: no MBU from it
+        if bw is None or not 0 < bw <= MAX_TRACE_BANDWIDTH_BPS:
+            return pick["name"], None
+        return pick["name"], float(bw)
     if meta is not None and meta.device_name and meta.device_name != "cpu":
         return meta.device_name, None
     return None, None

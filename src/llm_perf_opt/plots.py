@@ -225,10 +225,10 @@ def _step_gap_ms(steps: Sequence[EngineStep]) -> float:
 
 
 def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
-    """Write the PNGs into `directory` (created); the decode series only when steps exist, the
-    engine steps' only for a trace of a serving engine's steps."""
+    """Write the PNGs into `directory` (created when its parent exists); the decode series only
+    when steps exist, the engine steps' only for a trace of a serving engine's steps."""
     out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(exist_ok=True)
     paths = []
     if report.stages:
         paths += [

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, is_dataclass
@@ -55,6 +56,13 @@ from llm_perf_opt.stages import RangeRef
 
 # Seconds a writer waits for another writer's transaction before giving up.
 BUSY_TIMEOUT_S: Final = 60.0
+# The table that marks a file as a results database of this tool, and its one row's values.
+SCHEMA_TABLE: Final = "llm_perf_opt_schema"
+SCHEMA_ID: Final = "llm_perf_opt.results_db"
+SCHEMA_VERSION: Final = 1
+# Version a database written before the schema table existed is taken to have.
+UNVERSIONED: Final = 0
+SQLITE_MAGIC: Final = b"SQLite format 3\x00"
 
 
 _SQLITE: Final[dict[Any, type]] = {pl.Float64: float, pl.Int64: int, pl.Boolean: int}
@@ -271,8 +279,84 @@ def rows_from_report(
     return RunRows(tables)
 
 
+def _schema_of(path: Path, *, immutable: bool) -> tuple[set[str], int | None] | None:
+    """(table names, schema version) of an SQLite file, None when it is not one. Immutable:
+    nothing beside the file is created, but changes still in a `-wal` file are not seen."""
+    try:
+        with path.open("rb") as handle:
+            if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
+                return None
+        flags = "mode=ro&immutable=1" if immutable else "mode=ro"
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?{flags}", uri=True)
+    except (OSError, sqlite3.Error):
+        return None
+    try:
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if SCHEMA_TABLE in names:
+            row = conn.execute(f"SELECT id, version FROM [{SCHEMA_TABLE}]").fetchone()
+            ours = row is not None and row[0] == SCHEMA_ID and isinstance(row[1], int)
+            return names, int(row[1]) if ours else None
+        return names, UNVERSIONED if set(TABLES) <= names else None
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+
+
+def _schema(path: Path) -> tuple[set[str], int | None] | None:
+    """`_schema_of`, read through the `-wal` file when one holds changes (then it exists)."""
+    wal = path.with_name(f"{path.name}-wal")
+    return _schema_of(path, immutable=not (wal.is_file() and wal.stat().st_size > 0))
+
+
+def results_db_schema(path: Path) -> int | None:
+    """The schema version of the results database at `path` (`UNVERSIONED` for one written
+    before versions were recorded), or None when it is not one. Only reads the file."""
+    found = _schema(path)
+    return None if found is None else found[1]
+
+
+def _check_ours(path: Path) -> bool:
+    """Whether `path` is to be created (missing, empty, or an SQLite file without tables: a
+    writer beside us is creating it); raise ResultsDbError unless it is a results database of
+    this schema. Only reads the file."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        raise ResultsDbError(
+            f"results database {str(path)!r} cannot be read ({exc.strerror})"
+        ) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ResultsDbError(
+            f"results database {str(path)!r} is not a regular file (a folder, FIFO or device); "
+            "give a .sqlite file path"
+        )
+    if info.st_size == 0:
+        return True
+    found = _schema(path)
+    if found is not None and not found[0]:
+        return True
+    if found is None or found[1] is None:
+        raise ResultsDbError(
+            f"{str(path)!r} is not a results database of mfu-analyze (another program's file, "
+            "or a trace); it was not touched. Give a new file or one `--db` wrote"
+        )
+    if found[1] != SCHEMA_VERSION:
+        raise ResultsDbError(
+            f"{str(path)!r} is a results database of schema version {found[1]}, this tool "
+            f"writes version {SCHEMA_VERSION}; it was not touched. Give a new --db file "
+            "(and analyze the traces again into it)"
+        )
+    return False
+
+
 class ResultsDb:
-    """The results database file; `readonly=True` opens an existing one without writing."""
+    """The results database file; `readonly=True` opens an existing one without writing.
+
+    An existing file is first checked read-only to be a results database of this schema
+    (`_check_ours`); anything else is refused untouched."""
 
     def __init__(self, path: str | Path, *, readonly: bool = False) -> None:
         import sqlite_utils  # 0.3 s of imports: only when a database is used
@@ -284,10 +368,16 @@ class ResultsDb:
                     f"results database {str(self.path)!r} does not exist; make one with "
                     "`mfu-analyze TRACES... --db FILE`"
                 )
+            if _check_ours(self.path):
+                raise ResultsDbError(
+                    f"{str(self.path)!r} is empty, not a results database; give the file "
+                    "`mfu-analyze --db` wrote"
+                )
             conn = sqlite3.connect(
-                f"file:{self.path.resolve()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S
+                f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S
             )
         else:
+            _check_ours(self.path)
             try:
                 conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
             except sqlite3.OperationalError as exc:
@@ -295,20 +385,15 @@ class ResultsDb:
                     f"cannot open results database {str(self.path)!r} ({exc}); check the path"
                 ) from exc
         self.db = sqlite_utils.Database(conn)
+        if readonly:
+            return
         try:
-            if readonly:
-                missing = [t for t in TABLES if t not in LATER_TABLES and not self.db[t].exists()]
-                if missing:
-                    raise ResultsDbError(
-                        f"{str(self.path)!r} is not a results database (no table "
-                        f"{missing[0]!r}); give the file `mfu-analyze --db` wrote"
-                    )
-            else:
-                self._create()
+            self._create()
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise ResultsDbError(
-                f"{str(self.path)!r} is not a usable SQLite database ({exc}); give another --db"
+                f"cannot write results database {str(self.path)!r} ({exc}); give a writable "
+                "--db path, or wait for the other writer"
             ) from exc
 
     def _create(self) -> None:
@@ -333,6 +418,9 @@ class ResultsDb:
                 self.db.table(name).create(columns, pk=key, if_not_exists=True)
             self.db.table("runs").create_index(["content_hash"], if_not_exists=True)
             self.db.table("runs").create_index(["trace_name"], if_not_exists=True)
+            schema = self.db.table(SCHEMA_TABLE)
+            schema.create({"id": str, "version": int}, pk="id", if_not_exists=True)
+            schema.upsert({"id": SCHEMA_ID, "version": SCHEMA_VERSION}, pk="id")
 
     def close(self) -> None:
         self.db.close()

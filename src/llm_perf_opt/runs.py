@@ -1,26 +1,26 @@
-"""Many traces in one call: expand paths, analyze each trace on its own, fan out, summarize.
+"""Many traces in one call: expand paths, declare them as inputs, analyze, store, summarize.
 
-Each trace is analyzed independently by `analyze_one`, which never raises for a bad trace: it
-returns a `RunResult` holding the report (plain dataclasses, no frames: ~20 kB pickled for the
-committed traces, growing with the decode steps) or the error line. The traces fan out over
-local processes (`-j N`) or a `dask.distributed` scheduler (`--dask ADDRESS`); workers open
-traces by path and send back results, and only this (client) process writes the results
-database and the outputs (docs/many-runs.md).
+Paths, folders and globs expand to traces (each file once, results databases left out), which
+are declared as inputs of the run (`declare_traces`) so that no output can be one of them. Each
+trace is analyzed independently (`fanout.analyze_one`: a report, ~20 kB pickled for the committed
+traces, or the error line) in this process, local worker processes (`-j N`) or on a
+`dask.distributed` scheduler (`--dask ADDRESS`); workers open traces by path and send back
+results, and only this (client) process writes the results database and the outputs
+(docs/many-runs.md).
 """
 
 from __future__ import annotations
 
-import glob
+import io
 import json
-import multiprocessing
 import os
+import sqlite3
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -28,19 +28,23 @@ import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.errors import DaskError, LlmPerfOptError, NoTracesError, SelectionError
-from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.analysis import AnalyzeOptions, static_compute_source
+from llm_perf_opt.errors import NoTracesError, OutputError, SelectionError
+from llm_perf_opt.fanout import (
+    DASK_ENV,
+    RunResult,
+    iter_results,
+    worker_count,
+)
 from llm_perf_opt.report import format_pct, md_table, rich_table, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
     ResultsDb,
-    RunRecord,
-    RunRows,
+    file_hash,
     frame_of,
-    record_of,
-    rows_from_report,
+    results_db_schema,
 )
 from llm_perf_opt.trace import table_dir_format
+from llm_perf_opt.userfiles import RunFiles, echo_stdout, output_file, writing
 
 # Trace files; a folder of a parquetdir or arrowdir export is one trace too (`is_trace_file`).
 # `.pt.trace.json[.gz]`: the PyTorch profiler's names (any other name is read when given itself)
@@ -54,7 +58,6 @@ TRACE_SUFFIXES: Final = (
     ".pt.trace.json.gz",
 )
 GLOB_CHARS: Final = frozenset("*?[")
-DASK_ENV: Final = "DASK_SCHEDULER_ADDRESS"
 SUMMARY_SCHEMA_ID: Final = "llm_perf_opt.mfu_summary/1"
 # Exit code of a batch in which at least one trace failed (the others are still reported).
 EXIT_SOME_FAILED: Final = 2
@@ -62,14 +65,17 @@ EXIT_SOME_FAILED: Final = 2
 SUMMARY_WIDTH: Final = 200
 # Characters of a failed trace's error shown in the summary table (stderr has all of it).
 ERROR_WIDTH: Final = 60
-# Seconds to wait for a Dask scheduler before giving up.
-DASK_CONNECT_TIMEOUT_S: Final = 20
 
 Echo = Callable[[str], None]
 
 
 def has_glob(spec: str) -> bool:
     return any(c in GLOB_CHARS for c in spec)
+
+
+def is_results_db(path: Path) -> bool:
+    """A results database of this tool (of any schema version), which is never a trace."""
+    return path.name.endswith(".sqlite") and path.is_file() and results_db_schema(path) is not None
 
 
 def is_trace_file(path: Path) -> bool:
@@ -84,150 +90,119 @@ def is_trace_file(path: Path) -> bool:
     )
 
 
-def expand_paths(specs: Sequence[str]) -> list[Path]:
+@dataclass(frozen=True)
+class Expansion:
+    """The traces the paths, folders and globs named, and the results databases among them
+    (left out: a results database is never a trace)."""
+
+    paths: tuple[Path, ...]
+    results_dbs: tuple[Path, ...] = ()
+    repeats: int = 0
+
+    def notes(self) -> list[str]:
+        """The lines that say which results databases were left out and how many paths named
+        a file already given."""
+        out = []
+        if self.results_dbs:
+            names = ", ".join(str(p) for p in self.results_dbs[:3])
+            more = f" and {len(self.results_dbs) - 3} more" if len(self.results_dbs) > 3 else ""
+            out.append(
+                f"note: left out {len(self.results_dbs)} results database(s), not traces: "
+                f"{names}{more}"
+            )
+        if self.repeats:
+            out.append(
+                f"note: {self.repeats} path(s) named a trace already given; each is analyzed once"
+            )
+        return out
+
+
+def _glob(spec: str) -> list[Path]:
+    """Matches of a glob, `**` included, without following symbolic links to folders (a link
+    cycle would otherwise repeat every file below it to the depth the OS allows)."""
+    parts = Path(spec).parts
+    cut = next(i for i, part in enumerate(parts) if has_glob(part))
+    root = Path(*parts[:cut]) if cut else Path()
+    try:
+        return sorted(root.glob(str(Path(*parts[cut:]))))
+    except (OSError, ValueError):  # an unreadable folder, or a pattern pathlib refuses
+        return []
+
+
+def _file_key(path: Path) -> tuple[int, int] | Path:
+    """What makes two paths the same file: device and inode, else the resolved path."""
+    try:
+        info = path.stat()
+    except (OSError, ValueError):
+        return path.resolve()
+    return info.st_dev, info.st_ino
+
+
+def expand_traces(specs: Sequence[str]) -> Expansion:
     """Trace paths from files, directories (their `*.sqlite[.xz|.gz]`, `*.arrow[s]`,
-    `*.pt.trace.json[.gz]` and table export folders, recursively; a table export folder itself
-    is one trace) and globs, in the order given, each once. A plain path is kept even when
-    missing: its analysis then fails with the reader's error, next to the others.
+    `*.pt.trace.json[.gz]` and table export folders, recursively, never through a link to a
+    folder; a table export folder itself is one trace) and globs, in the order given, each
+    file once however many paths name it (links and `a/../a` included). A plain path is kept
+    even when missing: its analysis then fails with the reader's error, next to the others.
+    Results databases are left out.
 
     Raises:
-        NoTracesError: a directory or glob matched no trace.
+        NoTracesError: an empty path, or a directory or glob that matched no trace.
     """
-    found: dict[Path, None] = {}
+    found: dict[tuple[int, int] | Path, Path] = {}
+    dbs: dict[tuple[int, int] | Path, Path] = {}
+    repeats = 0
     for spec in specs:
+        if not spec.strip():
+            raise NoTracesError("an empty path was given; name a trace file, folder or glob")
         path = Path(spec)
         if has_glob(spec):
-            matches = sorted(Path(p) for p in glob.glob(spec, recursive=True))
-            hits = [p for p in matches if is_trace_file(p)]
+            hits = [p for p in _glob(spec) if is_trace_file(p)]
         elif path.is_dir() and not is_trace_file(path):
             hits = sorted(p for p in path.rglob("*") if is_trace_file(p))
         else:
             hits = [path]
-        if not hits:
+        traces = [p for p in hits if not is_results_db(p)]
+        dbs.update((_file_key(p), p) for p in hits if p not in traces)
+        if not traces and not (hits and not has_glob(spec) and not path.is_dir()):
             raise NoTracesError(
                 f"{spec!r} matched no trace (*{', *'.join(TRACE_SUFFIXES)}); give trace files, "
                 "directories holding them or a glob such as 'runs/*.sqlite.xz'"
             )
-        found.update(dict.fromkeys(hits))
-    return list(found)
+        for p in traces:
+            repeats += _file_key(p) in found
+            found.setdefault(_file_key(p), p)
+    if not found:
+        raise NoTracesError(
+            f"{specs[0]!r} is a results database, not a trace; compare its runs with "
+            "`mfu-compare --db FILE ID... -- ID...`"
+        )
+    return Expansion(tuple(found.values()), tuple(dbs.values()), repeats)
 
 
-@dataclass(frozen=True)
-class RunResult:
-    """One trace's outcome: its record and report, or the error that stopped it."""
-
-    trace: str
-    record: RunRecord | None = None
-    report: MfuReport | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def rows(self) -> RunRows:
-        assert self.record is not None and self.report is not None, "rows of a failed run"
-        return rows_from_report(self.record, self.report)
+def expand_paths(specs: Sequence[str]) -> list[Path]:
+    """The traces of `expand_traces`, without the note on left-out results databases."""
+    return list(expand_traces(specs).paths)
 
 
-def analyze_one(path: str | Path, options: AnalyzeOptions) -> RunResult:
-    """Analyze one trace; every failure becomes the result's error line (never raised), so one
-    bad trace in a sweep does not stop the others."""
-    started = time.perf_counter()
-    try:
-        analysis = analyze_trace(path, options)
-        assert analysis.report is not None  # require_mfu=True raises instead
-        record = record_of(path, options, analysis.meta, time.perf_counter() - started)
-    except LlmPerfOptError as exc:
-        return RunResult(str(path), error=str(exc))
-    except Exception as exc:  # a bug must not sink a sweep of hundreds of traces either
-        return RunResult(str(path), error=f"internal error {type(exc).__name__}: {exc}")
-    return RunResult(str(path), record, analysis.report)
-
-
-def default_jobs() -> int:
-    return os.cpu_count() or 1
-
-
-def iter_results(
-    paths: Sequence[str | Path],
-    options: AnalyzeOptions,
-    *,
-    jobs: int | None = None,
-    dask_address: str | None = None,
-) -> Iterator[tuple[int, RunResult]]:
-    """(index in `paths`, result) of every trace as it completes: in this process (`jobs` 1),
-    in `jobs` local processes (default: the CPU cores), or on the Dask scheduler at
-    `dask_address`.
+def declare_traces(
+    specs: Sequence[str], options: AnalyzeOptions, files: RunFiles, echo_err: Echo
+) -> list[Path]:
+    """Expand the trace arguments, declare every file the analysis of each will read (the
+    trace, a table export's files, the static compute report found beside it) as inputs of
+    `files`, and check the outputs against them before any work.
 
     Raises:
-        DaskError: dask.distributed is missing or the scheduler does not answer.
+        NoTracesError: see `expand_traces`.
+        OutputError: an output is one of those inputs (or lies inside a table export).
     """
-    if dask_address is not None:
-        yield from _dask_results(paths, options, dask_address)
-        return
-    n_jobs = min(jobs or default_jobs(), len(paths))
-    if n_jobs <= 1:
-        for i, path in enumerate(paths):
-            yield i, analyze_one(path, options)
-        return
-    # spawn, not fork: polars' thread pool must not be forked mid-flight
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=n_jobs, mp_context=context) as pool:
-        futures = {pool.submit(analyze_one, p, options): i for i, p in enumerate(paths)}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
-
-
-def analyze_many(
-    paths: Sequence[str | Path],
-    options: AnalyzeOptions,
-    *,
-    jobs: int | None = None,
-    dask_address: str | None = None,
-) -> list[RunResult]:
-    """`iter_results` collected in the order of `paths`."""
-    done = dict(iter_results(paths, options, jobs=jobs, dask_address=dask_address))
-    return [done[i] for i in range(len(paths))]
-
-
-def _dask_results(
-    paths: Sequence[str | Path], options: AnalyzeOptions, address: str
-) -> Iterator[tuple[int, RunResult]]:
-    try:
-        from distributed import Client
-        from distributed import as_completed as dask_completed
-    except ImportError as exc:
-        raise DaskError("--dask needs dask.distributed: pip install 'llm-perf-opt[dask]'") from exc
-    try:
-        client = Client(  # type: ignore[no-untyped-call]
-            address, timeout=DASK_CONNECT_TIMEOUT_S
-        )
-    except (OSError, TimeoutError) as exc:
-        raise DaskError(
-            f"no Dask scheduler answers at {address!r} ({exc}); start one (`dask scheduler`) "
-            f"or fix --dask / {DASK_ENV}"
-        ) from exc
-    with client:
-        # absolute paths: the workers may run in other directories (shared filesystem)
-        futures = client.map(
-            analyze_one, [str(Path(p).resolve()) for p in paths], options=options, pure=False
-        )
-        index = {f.key: i for i, f in enumerate(futures)}
-        for future in dask_completed(futures):  # type: ignore[no-untyped-call]
-            result: RunResult = future.result()
-            i = index[future.key]
-            # report the path as given, as a local run does
-            given = str(paths[i])
-            yield (
-                i,
-                RunResult(
-                    given,
-                    None if result.record is None else replace(result.record, trace_path=given),
-                    None if result.report is None else replace(result.report, trace_path=given),
-                    result.error,
-                ),
-            )
+    expansion = expand_traces(specs)
+    for note in expansion.notes():
+        echo_err(note)
+    for path in expansion.paths:
+        files.reads(path, static_compute_source(options, path))
+    files.check()
+    return list(expansion.paths)
 
 
 # --- the batch command ---------------------------------------------------------------------------
@@ -330,41 +305,85 @@ def _stem(name: str) -> str:
 
 class _Outdir:
     """Per-trace reports: `DIR/NAME.json` and `.md`, NAME the trace's file name without its
-    suffix, the content hash appended when another trace of the batch has the same name."""
+    suffix, the content hash appended when another trace of the batch has the same name (and a
+    count when that is the same too: copies of one file in two folders). Every file name is
+    known (and declared an output) before any analysis."""
 
-    def __init__(self, root: Path, paths: Sequence[Path]) -> None:
-        root.mkdir(parents=True, exist_ok=True)
+    SUFFIXES: Final = (".json", ".md")
+
+    def __init__(self, root: Path, paths: Sequence[Path], files: RunFiles) -> None:
         self.root = root
-        self.shared = {s for s, n in Counter(_stem(p.name) for p in paths).items() if n > 1}
+        present = [p for p in paths if p.exists()]
+        shared = {s for s, n in Counter(_stem(p.name) for p in present).items() if n > 1}
+        taken: Counter[str] = Counter()
+        self.stems: dict[str, str] = {}
+        for p in present:
+            stem = _stem(p.name)
+            stem = f"{stem}-{file_hash(p)[:8]}" if stem in shared else stem
+            taken[stem] += 1
+            self.stems[str(p)] = stem if taken[stem] == 1 else f"{stem}-{taken[stem]}"
+        for stem in self.stems.values():
+            for suffix in self.SUFFIXES:
+                files.writes("--outdir", root / f"{stem}{suffix}")
+
+    def make(self) -> None:
+        with writing(self.root):
+            self.root.mkdir(exist_ok=True)
 
     def write(self, result: RunResult) -> None:
+        """Write one trace's reports.
+
+        Raises:
+            OutputError: a file cannot be written (a half-written one is removed).
+        """
         assert result.record is not None and result.report is not None
-        stem = _stem(Path(result.trace).name)
-        if stem in self.shared:
-            stem = f"{stem}-{result.record.content_hash[:8]}"
-        report = result.report
-        (self.root / f"{stem}.json").write_text(to_json_text(report), encoding="utf-8")
-        (self.root / f"{stem}.md").write_text(to_markdown(report), encoding="utf-8")
+        stem = self.stems[result.trace]
+        for suffix, text in zip(
+            self.SUFFIXES, (to_json_text(result.report), to_markdown(result.report)), strict=True
+        ):
+            with output_file(self.root / f"{stem}{suffix}") as handle:
+                handle.write(text)
 
 
-def run_batch(request: BatchRequest, echo_err: Echo) -> int:
+def _open_db(path: Path | None) -> ResultsDb | None:
+    return None if path is None else ResultsDb(path)
+
+
+def run_batch(request: BatchRequest, echo_err: Echo, files: RunFiles | None = None) -> int:
     """Analyze the traces; as each arrives write its database rows and --outdir reports (only
-    here, in the client) and keep its summary rows; then print the summary.
+    here, in the client) and keep its summary rows; then print the summary. Every trace and
+    every file written is declared in `files` and checked before any analysis.
 
-    Returns 0 when every trace was analyzed, `EXIT_SOME_FAILED` when any failed.
+    A trace that fails, a run the database could not store (locked, read-only, full: the
+    first such failure stops the writing) and reports that could not be written are said on
+    stderr; the others are still printed.
+
+    Returns 0 when every trace was analyzed and stored, `EXIT_SOME_FAILED` otherwise.
 
     Raises:
-        LlmPerfOptError: no trace matched, the database or the scheduler is unusable.
+        LlmPerfOptError: no trace matched, an output is an input, the database or the
+            scheduler is unusable.
     """
-    paths = expand_paths(request.specs)
-    db = ResultsDb(request.db_path) if request.db_path is not None else None
-    outdir = _Outdir(request.outdir, paths) if request.outdir is not None else None
+    files = files if files is not None else RunFiles()
+    if request.db_path is not None:
+        files.writes("--db", request.db_path)
+    paths = declare_traces(request.specs, request.options, files, echo_err)
+    outdir = _Outdir(request.outdir, paths, files) if request.outdir is not None else None
+    files.check()
+    n_jobs, note = worker_count(request.jobs, len(paths))
+    if note is not None and request.dask_address is None:
+        echo_err(note)
+    if outdir is not None:
+        outdir.make()
+    db = _open_db(request.db_path)
     entries: dict[int, BatchEntry] = {}
+    not_stored: list[str] = []
+    db_error: str | None = None
     started = time.perf_counter()
     try:
         with _progress_bar(len(paths)) as advance:
             for i, result in iter_results(
-                paths, request.options, jobs=request.jobs, dask_address=request.dask_address
+                paths, request.options, jobs=n_jobs, dask_address=request.dask_address
             ):
                 advance(Path(result.trace).name)
                 if not result.ok:
@@ -373,24 +392,49 @@ def run_batch(request: BatchRequest, echo_err: Echo) -> int:
                     echo_err(f"error: {named}")
                     entries[i] = BatchEntry(result.trace, error)
                     continue
+                assert result.report is not None
+                for warning in result.report.warnings:
+                    echo_err(f"warning: {result.trace}: {warning}")
                 rows = result.rows()
-                if db is not None:
-                    db.write(rows)
+                if db is not None and db_error is None:
+                    try:
+                        db.write(rows)
+                    except sqlite3.Error as exc:
+                        db_error = str(exc)
+                        echo_err(
+                            f"error: cannot store runs in {request.db_path} ({exc}); the "
+                            "analyses go on and are printed, but are not stored"
+                        )
+                if db is not None and db_error is not None:
+                    not_stored.append(result.trace)
                 if outdir is not None:
-                    outdir.write(result)
+                    try:
+                        outdir.write(result)
+                    except OutputError as exc:
+                        echo_err(f"error: {result.trace}: report not written: {exc}")
+                        not_stored.append(result.trace)
                 entries[i] = BatchEntry(result.trace, None, rows.run, tuple(rows.tables["stages"]))
     finally:
         if db is not None:
-            db.close()
+            with suppress(sqlite3.Error):
+                db.close()
     ordered = [entries[i] for i in range(len(paths))]
-    _emit_summary(ordered, request.fmt, request.output)
     failed = sum(not e.ok for e in ordered)
+    if not_stored:
+        names = list(dict.fromkeys(not_stored))
+        more = f" and {len(names) - 10} more" if len(names) > 10 else ""
+        echo_err(f"not stored or not written ({len(names)} run(s)): {', '.join(names[:10])}{more}")
     echo_err(
         f"{len(ordered)} trace(s): {len(ordered) - failed} analyzed, {failed} failed "
         f"in {time.perf_counter() - started:.1f} s"
-        + (f"; results in {request.db_path}" if request.db_path is not None else "")
+        + (
+            f"; results in {request.db_path}"
+            if request.db_path is not None and db_error is None
+            else ""
+        )
     )
-    return EXIT_SOME_FAILED if failed else 0
+    _emit_summary(ordered, request.fmt, request.output)
+    return EXIT_SOME_FAILED if failed or not_stored else 0
 
 
 # --- summary: one row per trace x stage ----------------------------------------------------------
@@ -480,17 +524,19 @@ def render_summary(entries: Sequence[BatchEntry], fmt: str) -> str:
 
 
 def _emit_summary(entries: Sequence[BatchEntry], fmt: str, output: Path | None) -> None:
-    if fmt != "table":
+    """The summary on stdout or into `output`; a failure to write it is one OutputError."""
+    if fmt == "table":
+        table = rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
+        if output is None and Console().is_terminal:
+            Console().print(table)
+            return
+        buffer = io.StringIO()
+        Console(file=buffer, width=SUMMARY_WIDTH).print(table)
+        text = buffer.getvalue()
+    else:
         text = render_summary(entries, fmt)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            output.write_text(text, encoding="utf-8")
-        return
-    table = rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
     if output is None:
-        console = Console()
-        (console if console.is_terminal else Console(width=SUMMARY_WIDTH)).print(table)
+        echo_stdout(text)
         return
-    with output.open("w", encoding="utf-8") as handle:
-        Console(file=handle, width=SUMMARY_WIDTH).print(table)
+    with output_file(output) as handle:
+        handle.write(text)

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from llm_perf_opt.cli.analyze import main
-from llm_perf_opt.runs import EXIT_SOME_FAILED, NoTracesError, expand_paths, is_batch
+from llm_perf_opt.errors import NoTracesError
+from llm_perf_opt.runs import EXIT_SOME_FAILED, expand_paths, is_batch
 
 
 def invoke(*args: str | Path) -> Result:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from llm_perf_opt import runs
+from llm_perf_opt import fanout
 from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli.analyze import main
+from llm_perf_opt.fanout import DaskError, analyze_many
 from llm_perf_opt.resultsdb import VOLATILE_COLUMNS, ResultsDb
-from llm_perf_opt.runs import DaskError, analyze_many
 
 distributed = pytest.importorskip("distributed")
 
@@ -20,7 +20,7 @@ distributed = pytest.importorskip("distributed")
 @pytest.fixture(scope="module")
 def scheduler() -> Iterator[str]:
     with distributed.LocalCluster(
-        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     ) as cluster:
         yield cluster.scheduler_address
 
@@ -60,6 +60,6 @@ def test_cli_on_dask_writes_the_same_database(sweep: Path, scheduler: str, tmp_p
 def test_unreachable_scheduler_is_a_dask_error(
     good_traces: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runs, "DASK_CONNECT_TIMEOUT_S", 2)
+    monkeypatch.setattr(fanout, "DASK_CONNECT_TIMEOUT_S", 2)
     with pytest.raises(DaskError, match="no Dask scheduler answers"):
         analyze_many(good_traces, AnalyzeOptions(), dask_address="tcp://127.0.0.1:9")

@@ -18,6 +18,7 @@ from click.testing import CliRunner
 
 from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli.analyze import main
+from llm_perf_opt.fanout import analyze_one
 from llm_perf_opt.resultsdb import (
     TABLES,
     ResultsDb,
@@ -26,7 +27,6 @@ from llm_perf_opt.resultsdb import (
     options_json,
     run_id_of,
 )
-from llm_perf_opt.runs import analyze_one
 from tests.helpers.paths import REPO
 
 
@@ -107,7 +107,7 @@ KILLED_WRITER = textwrap.dedent(
     from dataclasses import replace
     from llm_perf_opt.analysis import AnalyzeOptions
     from llm_perf_opt.resultsdb import ResultsDb
-    from llm_perf_opt.runs import analyze_one
+    from llm_perf_opt.fanout import analyze_one
 
     result = analyze_one(sys.argv[2], AnalyzeOptions())
     step = result.report.decode_steps[0]
@@ -177,8 +177,9 @@ def test_readonly_open_names_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ResultsDbError, match="not a results database"):
         ResultsDb(other, readonly=True)
     (tmp_path / "junk.sqlite").write_text("not sqlite at all " * 100)
-    with pytest.raises(ResultsDbError, match="not a usable SQLite database"):
+    with pytest.raises(ResultsDbError, match=r"not a results database.*not touched"):
         ResultsDb(tmp_path / "junk.sqlite")
+    assert (tmp_path / "junk.sqlite").read_text() == "not sqlite at all " * 100
 
 
 def test_a_table_export_folder_hashes_its_files(tmp_path: Path) -> None:

@@ -1,40 +1,35 @@
-"""What both CLIs share: the one-line error contract, safe output files and signal handling.
+"""What the CLIs share: the one-line error contract, declared file options, safe outputs.
 
 Contract: a command exits 0, or exits 2 with exactly one `Error: …` line on stderr (capped in
 length, no traceback); a signal (Ctrl-C, SIGTERM, SIGHUP) stops it at once with 128 + the signal
-number, after removing decompressed temporaries and half-written outputs. An output never
-replaces an input of the run.
+number, after ending its workers and removing decompressed temporaries and half-written outputs
+(`stopping`). An output never replaces an input of the run: every path option is declared with
+`input_option` / `output_option` and checked by `userfiles.RunFiles`.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import signal
-import sys
-import threading
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from types import FrameType
-from typing import IO, Any, Final
+from typing import Any, Final, Literal
 
 import click
 
 from llm_perf_opt import vocab
-from llm_perf_opt.errors import LlmPerfOptError, OutputError
-from llm_perf_opt.trace import in_scratch, remove_scratch, scratch_dirs
+from llm_perf_opt.errors import LlmPerfOptError
+from llm_perf_opt.stopping import stop_on_signals
+from llm_perf_opt.trace import remove_scratch, scratch_dirs
+from llm_perf_opt.userfiles import RunFiles
+from llm_perf_opt.userfiles import echo_stdout as echo_stdout
+from llm_perf_opt.userfiles import output_file as output_file  # the CLIs' output helpers
+from llm_perf_opt.userfiles import stdout_errors as stdout_errors
+from llm_perf_opt.userfiles import writing as writing  # live with RunFiles
 
 # An error line longer than this is cut (a 1 MB NVTX name is not echoed whole).
 MAX_ERROR_CHARS: Final = 600
 # Token counts beyond this are typos, not requests (every model window is far smaller).
 MAX_TOKENS: Final = 10_000_000
-STOP_SIGNALS: Final = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
-)
-# Outputs being written now: removed when a signal stops the run half-way.
-_PARTIAL_OUTPUTS: set[Path] = set()
-_STOP_LOCK = threading.Lock()
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -55,21 +50,25 @@ class CliError(click.ClickException):
 
 
 class FiniteFloat(click.ParamType):  # type: ignore[type-arg]  # generic only from click 8.3
-    """A float option in `(low, high]`: NaN, ±Inf and absurd magnitudes are usage errors."""
+    """The one float option type: a finite number in `(low, high]` (`[low, high]` with
+    `closed=True`); NaN, ±Inf, negatives below `low` and absurd magnitudes are usage errors."""
 
     name = "float"
 
-    def __init__(self, low: float, high: float) -> None:
+    def __init__(self, low: float, high: float, *, closed: bool = False) -> None:
         self.low = low
         self.high = high
+        self.closed = closed
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         try:
             number = float(value)
         except (TypeError, ValueError):
             self.fail(f"{value!r} is not a number", param, ctx)
-        if not self.low < number <= self.high:  # also false for NaN
-            self.fail(f"{value!r} is not in ({self.low:g}, {self.high:g}]", param, ctx)
+        above = number >= self.low if self.closed else number > self.low
+        if not (above and number <= self.high):  # also false for NaN
+            bracket = "[" if self.closed else "("
+            self.fail(f"{value!r} is not in {bracket}{self.low:g}, {self.high:g}]", param, ctx)
         return number
 
 
@@ -109,17 +108,60 @@ prefill_logits_option = click.option(
 )
 
 
+class DeclaredPath(click.Path):
+    """A path option declared as read (`reads`), written (`writes`) or a folder written into
+    (`writes_folder`): `guarded` collects every such option of the command into its `RunFiles`,
+    so a new file option joins the output-versus-input contract by its declaration alone."""
+
+    def __init__(self, role: Literal["reads", "writes", "writes_folder"], **kw: Any) -> None:
+        super().__init__(path_type=Path, **kw)
+        self.role = role
+
+
+def input_option(*decls: str, **kw: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A file option the run reads (never written over)."""
+    return click.option(*decls, type=DeclaredPath("reads", dir_okay=False), **kw)
+
+
+def output_option(
+    *decls: str, folder: bool = False, **kw: Any
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A file (or, `folder`, a folder) option the run writes, checked against every input."""
+    kind = (
+        DeclaredPath("writes_folder", file_okay=False)
+        if folder
+        else DeclaredPath("writes", dir_okay=False)
+    )
+    return click.option(*decls, type=kind, **kw)
+
+
+def declared_files(ctx: click.Context | None) -> RunFiles:
+    """The `RunFiles` of the command's declared path options and their values."""
+    files = RunFiles()
+    if ctx is None:
+        return files
+    for param in ctx.command.params:
+        if isinstance(param.type, DeclaredPath) and param.name is not None:
+            value = ctx.params.get(param.name)
+            option = max(param.opts, key=len)
+            if param.type.role == "reads":
+                files.reads(value)
+            else:
+                getattr(files, param.type.role)(option, value)
+    return files
+
+
 @contextmanager
-def guarded(
-    *, inputs: Iterable[Path | str | None] = (), outputs: Iterable[Path | None] = ()
-) -> Iterator[None]:
-    """Run a command body under the contract: outputs are checked against the inputs before any
-    work, user errors become one `Error:` line, signals stop the run cleanly, temporaries go."""
+def guarded() -> Iterator[RunFiles]:
+    """Run a command body under the contract: the declared outputs are checked against the
+    declared inputs before any work (the body declares the traces it expands and checks again),
+    user errors become one `Error:` line, signals stop the run cleanly, temporaries go."""
     earlier = scratch_dirs()
-    with _stop_on_signals():
+    with stop_on_signals():
         try:
-            refuse_input_overwrite(outputs, inputs)
-            yield
+            files = declared_files(click.get_current_context(silent=True))
+            files.check()
+            yield files
         except LlmPerfOptError as exc:
             raise CliError(str(exc)) from None
         except RecursionError:
@@ -128,169 +170,3 @@ def guarded(
             raise CliError(f"a number in the inputs is too large to compute with ({exc})") from None
         finally:
             remove_scratch(keep=earlier)
-
-
-def refuse_input_overwrite(
-    outputs: Iterable[Path | None], inputs: Iterable[Path | str | None]
-) -> None:
-    """Raise OutputError when an output path names an input (also through a link) or a
-    decompressed copy of one, or lies in a folder that does not exist."""
-    sources = [Path(p) for p in inputs if p is not None]
-    for out in (Path(p) for p in outputs if p is not None):
-        for source in sources:
-            if _same_file(out, source):
-                raise OutputError(
-                    f"{out}: is the input {source} of this run; refusing to overwrite it. "
-                    "Choose another output path"
-                )
-        if in_scratch(out):
-            raise OutputError(f"{out}: is a decompressed copy of the input; choose another path")
-        parent = out.parent
-        if not parent.is_dir():
-            raise OutputError(f"{out}: folder {parent} does not exist; create it first")
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
-
-
-@contextmanager
-def output_file(path: Path, mode: str = "w") -> Iterator[IO[Any]]:
-    """`path` opened for writing (text UTF-8 or binary), with every OS failure (missing folder,
-    permission, read-only disk, /dev/full) one OutputError; a file this call created is removed
-    when writing it fails or a signal stops the run."""
-    if in_scratch(path):
-        raise OutputError(f"{path}: is a decompressed copy of the input; choose another path")
-    created = not path.exists()
-    try:
-        handle = path.open(mode, encoding="utf-8") if "b" not in mode else path.open(mode)
-    except OSError as exc:
-        raise _output_error(path, exc) from None
-    if created:
-        _PARTIAL_OUTPUTS.add(path)
-    try:
-        with handle:
-            yield handle
-    except OSError as exc:
-        if created:
-            path.unlink(missing_ok=True)
-        raise _output_error(path, exc) from None
-    finally:
-        _PARTIAL_OUTPUTS.discard(path)
-
-
-@contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """OS failures while a library call writes `path` (a file or folder) as one OutputError."""
-    try:
-        yield
-    except OSError as exc:
-        raise _output_error(path, exc) from None
-
-
-def _output_error(path: Path, exc: OSError) -> OutputError:
-    reasons = {
-        errno.ENOENT: "its folder does not exist",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EROFS: "the file system is read-only",
-        errno.ENOSPC: "no space left on the device",
-        errno.EISDIR: "it is a folder",
-        errno.ENOTDIR: "a part of the path is not a folder",
-        errno.EPIPE: "the pipe was closed",
-    }
-    reason = reasons.get(exc.errno or 0, exc.strerror or str(exc))
-    return OutputError(f"cannot write {path}: {reason}")
-
-
-def echo_stdout(text: str) -> None:
-    """Write `text` to stdout; a closed pipe or full disk is one error line, not a traceback."""
-    with stdout_errors():
-        click.echo(text, nl=False)
-        sys.stdout.flush()
-
-
-@contextmanager
-def stdout_errors() -> Iterator[None]:
-    """Failures writing stdout (a closed pipe, /dev/full) as one OutputError; stdout is then
-    pointed at /dev/null so the interpreter's final flush does not fail a second time."""
-    try:
-        yield
-    except OSError as exc:
-        _silence_stdout()
-        if isinstance(exc, BrokenPipeError):
-            raise OutputError("cannot write to standard output: the pipe was closed") from None
-        raise _output_error(Path("<stdout>"), exc) from None
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-
-
-# --- signals -------------------------------------------------------------------------------------
-
-
-def _stop(signum: int) -> None:
-    """Remove temporaries and half-written outputs, say why, and exit at once (worker threads
-    reading SQLite are not waited for)."""
-    with _STOP_LOCK:
-        remove_scratch()
-        for path in list(_PARTIAL_OUTPUTS):
-            path.unlink(missing_ok=True)
-        name = signal.Signals(signum).name
-        with suppress(OSError):
-            os.write(2, f"Error: stopped by {name}; unfinished outputs removed\n".encode())
-        os._exit(128 + signum)
-
-
-def _handler(signum: int, _frame: FrameType | None) -> None:
-    _stop(signum)
-
-
-@contextmanager
-def _stop_on_signals() -> Iterator[None]:
-    """Ctrl-C, SIGTERM and SIGHUP stop the run within a second, whatever phase it is in: the
-    Python handler runs between bytecodes, and a watcher thread woken through the wakeup fd acts
-    when the main thread is inside a long native call that released the interpreter."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
-    read_fd, write_fd = os.pipe()
-    os.set_blocking(write_fd, False)
-    for signum in STOP_SIGNALS:
-        previous[signum] = signal.signal(signum, _handler)
-    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
-    watcher = threading.Thread(target=_watch, args=(read_fd,), daemon=True, name="stop-watch")
-    watcher.start()
-    try:
-        yield
-    finally:
-        signal.set_wakeup_fd(old_wakeup)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        os.close(write_fd)  # ends the watcher's read
-        watcher.join(timeout=1)
-        os.close(read_fd)
-
-
-def _watch(read_fd: int) -> None:
-    while True:
-        try:
-            data = os.read(read_fd, 1)
-        except OSError:
-            return
-        if not data:
-            return
-        if data[0] in STOP_SIGNALS:
-            _stop(data[0])

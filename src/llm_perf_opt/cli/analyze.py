@@ -22,8 +22,10 @@ from llm_perf_opt.cli._common import (
     FiniteFloat,
     echo_stdout,
     guarded,
+    input_option,
     one_line,
     output_file,
+    output_option,
     prefill_logits_option,
     stdout_errors,
     writing,
@@ -33,7 +35,7 @@ from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.onepass import (
     DEFAULT_MEMORY_BUDGET_BYTES,
-    MIN_MEMORY_BUDGET_BYTES,
+    MEMORY_BUDGET_FLOOR_BYTES,
     StreamBudget,
 )
 from llm_perf_opt.peak_sources import parse_peak_source
@@ -49,9 +51,6 @@ WIDE: Final = 160
 MIN_PEAK_TFLOPS: Final = 1e-3
 MAX_PEAK_TFLOPS: Final = 1e6
 MAX_TOP_KERNELS: Final = 10_000
-# Options naming files the run reads (never written over) and files it writes.
-INPUT_OPTIONS: Final = ("meta", "static_compute", "config")
-OUTPUT_OPTIONS: Final = ("output", "csv", "markdown", "ranges_out", "perfetto", "html")
 # Options whose output is the MFU report (without one, --ranges-out alone needs no MFU facts).
 REPORT_OUTPUTS: Final = ("format", "output", "csv", "markdown", "plots", "perfetto", "html")
 
@@ -101,6 +100,19 @@ def _options(kw: dict[str, Any]) -> AnalyzeOptions:
     )
 
 
+def _budget_floor(value: int) -> int:
+    """--memory-budget raised to the floor below which batches are too small to be fast."""
+    if value >= MEMORY_BUDGET_FLOOR_BYTES:
+        return value
+    floor = MEMORY_BUDGET_FLOOR_BYTES >> 20
+    click.echo(
+        f"note: --memory-budget {value:,} bytes raised to {floor}M (smaller batches only cost "
+        "time, not memory worth saving)",
+        err=True,
+    )
+    return MEMORY_BUDGET_FLOOR_BYTES
+
+
 def _run(trace: Path, kw: dict[str, Any]) -> None:
     """Analyze (the Python API's `analyze`), then write every requested output."""
     wants_mfu = kw["ranges_out"] is None or any(kw[k] is not None for k in REPORT_OUTPUTS)
@@ -119,6 +131,8 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
             click.echo(f"warning: {warning}", err=True)
         click.echo(f"note: MFU not computed ({one_line(analysis.skipped_reason or '')})", err=True)
         return
+    for warning in report.warnings:  # also in the report; stderr so they are never missed
+        click.echo(f"warning: {warning}", err=True)
     _emit(report, kw["format"] or "table", kw["output"])
     for option, fmt in (("csv", "csv"), ("markdown", "md")):
         if kw[option]:
@@ -177,9 +191,6 @@ def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
         render_table(report, Console(file=handle, width=WIDE))
 
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("traces", nargs=-1, required=True, metavar="TRACE...")
 @click.option(
@@ -222,9 +233,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     type=click.Choice(vocab.FAMILIES),
     help="Built-in architecture for FLOPs. [default: the run metadata's model]",
 )
-@click.option(
+@input_option(
     "--config",
-    type=_FILE,
     help="Model config JSON for FLOPs: a Hugging Face config.json (llama, qwen, gemma, mixtral, "
     "deepseek_v2/v3, Qwen-VL, ...), a DeepSeek-OCR one or ours (see docs/flops.md).",
 )
@@ -252,10 +262,9 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Image size in px for a Hugging Face VLM's vision FLOPs. [default: the tower's own "
     "square; 448x448 for Qwen-VL]",
 )
-@click.option("--meta", type=_FILE, help="run.meta.json to use instead of the trace's mark.")
-@click.option(
+@input_option("--meta", help="run.meta.json to use instead of the trace's mark.")
+@input_option(
     "--static-compute",
-    type=_FILE,
     help="The runner's static_compute.json, shown in the reports. [default: NAME.static_compute."
     "json or static_compute.json beside --meta, else meta/T.static_compute.json beside the trace]",
 )
@@ -283,23 +292,21 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     type=click.Choice(["table", "json", "csv", "md"]),
     help="Output on stdout (or --output). [default: table]",
 )
-@click.option("--output", "-o", type=_FILE, help="Write the --format output to this file.")
-@click.option("--csv", type=_FILE, help="Also write the CSV report here.")
-@click.option("--markdown", type=_FILE, help="Also write the Markdown report here.")
-@click.option(
+@output_option("--output", "-o", help="Write the --format output to this file.")
+@output_option("--csv", help="Also write the CSV report here.")
+@output_option("--markdown", help="Also write the Markdown report here.")
+@output_option(
     "--plots",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Also write PNG plots into this directory.",
+    folder=True,
+    help="Also write PNG plots into this directory (made when its parent exists).",
 )
-@click.option(
+@output_option(
     "--html",
-    type=_FILE,
     help="Also write the report as one self-contained HTML page (tables, verdicts, interactive "
     "plots; opens offline, no network request).",
 )
-@click.option(
+@output_option(
     "--perfetto",
-    type=_FILE,
     help="Also write a Perfetto trace (open it in ui.perfetto.dev): the report's ranges with "
     "FLOPs, MFU and verdict per slice, the GPU ops per stream, and per-decode-step counters.",
 )
@@ -311,9 +318,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="GPU ops in --perfetto: every op; only those overlapping the GPU span of a stage "
     "instance or decode step (smaller files for long traces); or none.",
 )
-@click.option(
+@output_option(
     "--ranges-out",
-    type=_FILE,
     help="Write one CSV row per NVTX range instance (attribution columns). Alone, on a trace "
     "without stage facts, only this is done.",
 )
@@ -331,17 +337,18 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
 )
 @click.option(
     "--memory-budget",
-    type=ByteSize(MIN_MEMORY_BUDGET_BYTES),
+    type=ByteSize(1),
     default=f"{DEFAULT_MEMORY_BUDGET_BYTES >> 20}M",
     show_default=True,
     metavar="SIZE",
+    callback=lambda _ctx, _param, value: _budget_floor(value),
     help="Memory for the trace's rows, e.g. 512M or 4G (per trace of a batch). A trace whose "
     "GPU ops fit it is read whole (fastest); a larger one in one pass over batches, so peak "
-    "memory stays near this plus the NVTX ranges, whatever the trace's length (docs/inputs.md).",
+    "memory stays near this plus the NVTX ranges, whatever the trace's length (docs/inputs.md). "
+    f"Below {MEMORY_BUDGET_FLOOR_BYTES >> 20}M it is raised to that, with a note.",
 )
-@click.option(
+@output_option(
     "--db",
-    type=_FILE,
     help="Batch: store every run in this results database (sqlite; docs/many-runs.md).",
 )
 @click.option(
@@ -356,10 +363,11 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Batch: run on this dask.distributed scheduler (workers read the traces by path). "
     "[default: $DASK_SCHEDULER_ADDRESS, else local processes]",
 )
-@click.option(
+@output_option(
     "--outdir",
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Batch: write each trace's JSON and Markdown report into this directory.",
+    folder=True,
+    help="Batch: write each trace's JSON and Markdown report into this directory (made when "
+    "its parent exists).",
 )
 def main(traces: tuple[str, ...], **kw: Any) -> None:
     """Per-stage MFU (vision, prefill, decode: any of them) of an inference run from an nsys
@@ -394,12 +402,17 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
       mfu-analyze any.sqlite --ranges-out ranges.csv
       mfu-analyze runs/ 'sweep/*.sqlite.xz' --db results.sqlite -j 2   # batch, docs/many-runs.md
     """
-    inputs = [*map(Path, traces), *(kw[k] for k in INPUT_OPTIONS)]
-    with guarded(inputs=inputs, outputs=[kw[k] for k in (*OUTPUT_OPTIONS, "db")]):
+    with guarded() as files:
+        echo_err = _echo_err
         if runs.is_batch(traces, kw):
             request = runs.batch_request(traces, _options(kw), kw)
-            sys.exit(runs.run_batch(request, lambda line: click.echo(line, err=True)))
-        _run(Path(traces[0]), kw)
+            sys.exit(runs.run_batch(request, echo_err, files))
+        (trace,) = runs.declare_traces(traces, _options(kw), files, echo_err)
+        _run(trace, kw)
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
 
 
 if __name__ == "__main__":

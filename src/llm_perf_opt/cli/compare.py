@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import sys
 from pathlib import Path
 from typing import Any
@@ -9,14 +10,34 @@ from typing import Any
 import click
 from rich.console import Console
 
-import llm_perf_opt
-from llm_perf_opt import compare_report, runs
-from llm_perf_opt.cli._common import guarded, output_file
-from llm_perf_opt.compare import DEFAULT_MIN_EFFECT_PCT, Comparison, Regressions, regressions
+from llm_perf_opt import compare_report, fanout, runs
+from llm_perf_opt.analysis import AnalyzeOptions
+from llm_perf_opt.cli._common import (
+    FiniteFloat,
+    echo_stdout,
+    guarded,
+    input_option,
+    output_file,
+    output_option,
+    stdout_errors,
+    writing,
+)
+from llm_perf_opt.compare import (
+    DEFAULT_MIN_EFFECT_PCT,
+    Comparison,
+    Regressions,
+    compare_runs,
+    regressions,
+)
+from llm_perf_opt.errors import RunSpecError
+from llm_perf_opt.resultsdb import ResultsDb, RunRows
+from llm_perf_opt.userfiles import RunFiles
 
 # Width of the table when stdout is not a terminal.
 WIDE = 160
 EXIT_REGRESSION = 1
+# A change in percent beyond this is a typo, not a threshold.
+MAX_PCT = 1e6
 
 
 class _SplitAtDashes(click.Command):
@@ -51,7 +72,45 @@ class _SplitAtDashes(click.Command):
         return super().parse_args(ctx, head)
 
 
-_FILE = click.Path(dir_okay=False, path_type=Path)
+def _side_traces(
+    specs: tuple[str, ...], options: AnalyzeOptions, files: RunFiles, what: str
+) -> list[Path]:
+    """The traces one side names (declared as inputs of the run); the rest are run ids."""
+    if not specs:
+        raise RunSpecError(f"no {what} runs given; write mfu-compare BASE... -- NEW...")
+    traces = [s for s in specs if runs.has_glob(s) or Path(s).exists() or not s.strip()]
+    return runs.declare_traces(traces, options, files, _echo_err) if traces else []
+
+
+def _echo_err(line: str) -> None:
+    click.echo(line, err=True)
+
+
+def _load_side(
+    specs: tuple[str, ...], traces: list[Path], db_path: Path | None, options: AnalyzeOptions,
+    jobs: int | None, dask: str | None, what: str,
+) -> list[RunRows]:  # fmt: skip
+    """Runs of one side: traces (files, directories, globs) analyzed now, or stored run ids."""
+    given = {s for s in specs if runs.has_glob(s) or Path(s).exists() or not s.strip()}
+    ids = [s for s in specs if s not in given]
+    rows: list[RunRows] = []
+    if ids:
+        if db_path is None:
+            raise RunSpecError(
+                f"{ids[0]!r} is not a trace file; to compare stored runs by id pass --db FILE"
+            )
+        db = ResultsDb(db_path, readonly=True)
+        try:
+            rows += [db.load(db.resolve(token)) for token in ids]
+        finally:
+            db.close()
+    if traces:
+        results = fanout.analyze_many(traces, options, jobs=jobs, dask_address=dask)
+        for result in results:
+            if not result.ok:
+                raise RunSpecError(f"{what} trace {result.trace}: {result.error}")
+            rows.append(result.rows())
+    return rows
 
 
 @click.command(
@@ -59,19 +118,20 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.argument("base", nargs=-1, metavar="BASE... -- NEW...")
-@click.option("--db", type=_FILE, help="Results database holding the runs given by id.")
+@input_option("--db", help="Results database holding the runs given by id.")
 @click.option(
     "--min-effect",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(0, MAX_PCT, closed=True),
     default=DEFAULT_MIN_EFFECT_PCT,
     show_default=True,
     help="Smallest change in % that counts as improved/regressed (beyond the noise band).",
 )
 @click.option(
     "--fail-on-regression",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(0, MAX_PCT, closed=True),
     metavar="PCT",
-    help="Exit 1 when a stage's busy, wall or step time regressed beyond noise by more than PCT %.",
+    help="Exit 1 when a stage's busy, wall or step time regressed beyond noise by more than "
+    "PCT %, or a stage is missing on one side.",
 )
 @click.option(
     "--format",
@@ -81,11 +141,14 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     show_default=True,
     help="Output on stdout (or --output).",
 )
-@click.option("--output", "-o", type=_FILE, help="Write the output to this file.")
-@click.option("--plot", type=_FILE, help="Also write a PNG with both sides per stage.")
-@click.option(
+@output_option("--output", "-o", help="Write the output to this file.")
+@output_option(
+    "--plot",
+    callback=lambda _ctx, _param, value: _png(value),
+    help="Also write a PNG (FILE.png) with both sides per stage.",
+)
+@output_option(
     "--html",
-    type=_FILE,
     help="Also write one self-contained HTML page: the deltas with their noise bands as a table "
     "and an interactive plot (opens offline, no network request).",
 )
@@ -108,33 +171,45 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
       mfu-compare base/*.sqlite -- new/*.sqlite --fail-on-regression 5 --plot cmp.png
       mfu-compare eager.sqlite -- grouped_mm.sqlite --html compare.html
     """
-    new_side = ctx.meta["new_side"]
-    with guarded(inputs=[*base, *new_side, kw["db"]], outputs=[kw["html"]]):
-        comparison = llm_perf_opt.compare(
-            list(base),
-            list(new_side),
-            db=kw["db"],
-            min_effect_pct=kw["min_effect"],
-            jobs=kw["jobs"],
-            dask=runs.dask_address_from(kw["dask"]),
-            include_warmup=kw["include_warmup"],
-        ).comparison
+    with guarded() as files:
+        options = AnalyzeOptions(include_warmup=kw["include_warmup"])
+        dask = runs.dask_address_from(kw["dask"])
+        named = [(specs, what) for specs, what in ((base, "BASE"), (ctx.meta["new_side"], "NEW"))]
+        traces = [_side_traces(specs, options, files, what) for specs, what in named]
+        n_traces = sum(map(len, traces))
+        note = fanout.worker_count(kw["jobs"], n_traces)[1] if n_traces else None
+        if note is not None and dask is None:
+            click.echo(note, err=True)
+        sides = [
+            _load_side(specs, found, kw["db"], options, kw["jobs"], dask, what)
+            for (specs, what), found in zip(named, traces, strict=True)
+        ]
+        comparison = compare_runs(sides[0], sides[1], min_effect_pct=kw["min_effect"])
         gate = kw["fail_on_regression"]
         failing = regressions(comparison, gate) if gate is not None else []
+        for flag in comparison.flags:
+            click.echo(f"warning: {flag}", err=True)
+        _emit(comparison, failing, kw["fmt"], kw["output"])
+        if kw["plot"] is not None:
+            with writing(kw["plot"]):
+                click.echo(f"wrote {compare_report.write_png(comparison, kw['plot'])}", err=True)
         if kw["html"] is not None:
             from llm_perf_opt.compare_html import compare_html  # bokeh: only when asked
 
             with output_file(kw["html"]) as handle:
                 handle.write(compare_html(comparison, failing))
-    _emit(comparison, failing, kw["fmt"], kw["output"])
-    if kw["plot"] is not None:
-        click.echo(f"wrote {compare_report.write_png(comparison, kw['plot'])}", err=True)
-    for flag in comparison.flags:
-        click.echo(f"warning: {flag}", err=True)
     if failing:
         for stage, metric, pct in failing:
-            click.echo(f"regression: {stage} {metric} {pct:+.1f}% (> {gate:g}%)", err=True)
+            line = compare_report.regression_line(stage, metric, pct)
+            click.echo(f"regression: {line}{'' if pct is None else f' (> {gate:g}%)'}", err=True)
         sys.exit(EXIT_REGRESSION)
+
+
+def _png(value: Path | None) -> Path | None:
+    """--plot writes PNG only: another suffix is a usage error, not a traceback later."""
+    if value is not None and value.suffix.lower() != ".png":
+        raise click.BadParameter(f"{value}: the plot is a PNG; name it FILE.png")
+    return value
 
 
 def _emit(comparison: Comparison, failing: Regressions, fmt: str,
@@ -142,10 +217,15 @@ def _emit(comparison: Comparison, failing: Regressions, fmt: str,
     if fmt == "table":
         if output is None:
             console = Console()
-            console = console if console.is_terminal else Console(width=WIDE)
-            compare_report.render_table(comparison, console, failing)
+            if console.is_terminal:
+                with stdout_errors():
+                    compare_report.render_table(comparison, console, failing)
+                return
+            buffer = io.StringIO()
+            compare_report.render_table(comparison, Console(file=buffer, width=WIDE), failing)
+            echo_stdout(buffer.getvalue())
         else:
-            with output.open("w", encoding="utf-8") as handle:
+            with output_file(output) as handle:
                 compare_report.render_table(comparison, Console(file=handle, width=WIDE), failing)
         return
     text = (
@@ -154,9 +234,10 @@ def _emit(comparison: Comparison, failing: Regressions, fmt: str,
         else compare_report.to_markdown(comparison, failing)
     )
     if output is None:
-        click.echo(text, nl=False)
+        echo_stdout(text)
     else:
-        output.write_text(text, encoding="utf-8")
+        with output_file(output) as handle:
+            handle.write(text)
 
 
 if __name__ == "__main__":

@@ -4,27 +4,36 @@ from its config.json (no torch, no GPU)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import click
 
 import llm_perf_opt
 from llm_perf_opt import vocab
-from llm_perf_opt.cli._common import MAX_TOKENS, echo_stdout, guarded, prefill_logits_option
+from llm_perf_opt.cli._common import (
+    MAX_TOKENS,
+    echo_stdout,
+    guarded,
+    input_option,
+    prefill_logits_option,
+)
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.configs import ModelConfig, builtin_config, load_config_json
 from llm_perf_opt.flops.hf import HfModel
 from llm_perf_opt.flops.hf_model import read_hf_config, supported_note
+
+# Images per request beyond this are a typo (a request holds a handful).
+MAX_IMAGES = 10_000
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option(
     "--model", "model_name", type=click.Choice(vocab.FAMILIES), help="Built-in architecture."
 )
-@click.option(
+@input_option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False),
     help="Model config JSON: a Hugging Face config.json ("
     + supported_note()
     + "), a DeepSeek-OCR(-2) config.json or our to_dict form.",
@@ -46,7 +55,7 @@ from llm_perf_opt.flops.hf_model import read_hf_config, supported_note
 )
 @click.option(
     "--decode-tokens",
-    type=click.IntRange(max=MAX_TOKENS),
+    type=click.IntRange(0, MAX_TOKENS),
     default=1,
     show_default=True,
     help="T, decode forward passes after prefill (generated tokens - 1).",
@@ -81,12 +90,16 @@ from llm_perf_opt.flops.hf_model import read_hf_config, supported_note
     "448x448 for Qwen-VL]",
 )
 @click.option(
-    "--images", type=int, default=1, show_default=True, help="Images per request (HF VLMs)."
+    "--images",
+    type=click.IntRange(1, MAX_IMAGES),
+    default=1,
+    show_default=True,
+    help="Images per request (HF VLMs).",
 )
 @prefill_logits_option
 def cli(
     model_name: str | None,
-    config_path: str | None,
+    config_path: Path | None,
     tiny: bool,
     mode: str,
     crops: str | None,
@@ -111,7 +124,7 @@ def cli(
         mfu-flops --model deepseek-ocr --mode base --prefill-len 273 \\
             --decode-tokens 1 --ctx-mode fixed --ctx-len 1024 --format json
     """
-    with guarded(inputs=[config_path]):
+    with guarded():
         model = _model(model_name, config_path, tiny)
         result = llm_perf_opt.flops(
             model,
@@ -135,7 +148,7 @@ def cli(
         echo_stdout(text + "\n")
 
 
-def _model(model_name: str | None, config_path: str | None, tiny: bool) -> ModelConfig | HfModel:
+def _model(model_name: str | None, config_path: Path | None, tiny: bool) -> ModelConfig | HfModel:
     """The built-in model or the config file; both given must agree on the family."""
     if config_path is None:
         if model_name is None:

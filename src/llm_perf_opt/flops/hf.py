@@ -47,6 +47,12 @@ _QWEN_MOE: Final = ("qwen2_moe", "qwen3_moe")
 _DEEPSEEK: Final = ("deepseek_v2", "deepseek_v3")
 
 
+# Bounds on config numbers, checked before anything per layer is built: the largest published
+# models have ~130 layers and dimensions, heads, experts and vocabularies far below 2^30.
+MAX_LAYERS: Final = 10_000
+MAX_CONFIG_INT: Final = 1 << 30
+
+
 @dataclass(frozen=True)
 class GqaAttention:
     """Grouped-query attention (MHA when kv heads = heads, MQA when 1)."""
@@ -54,6 +60,13 @@ class GqaAttention:
     num_heads: int
     num_kv_heads: int
     head_dim: int
+
+    def __post_init__(self) -> None:
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"num_key_value_heads ({self.num_kv_heads}) must divide num_attention_heads "
+                f"({self.num_heads}) (each kv head serves a group of query heads); fix the config"
+            )
 
 
 @dataclass(frozen=True)
@@ -92,6 +105,18 @@ class MoeMlp:
     expert_intermediate_size: int
     shared_intermediate_size: int = 0
     shared_gate: bool = False
+
+    def __post_init__(self) -> None:
+        if self.top_k > self.num_experts:
+            raise ConfigError(
+                f"num_experts_per_tok ({self.top_k}) exceeds the experts ({self.num_experts}); "
+                "a token cannot be routed to more experts than exist. Fix the config"
+            )
+        if self.shared_intermediate_size < 0:
+            raise ConfigError(
+                f"the shared experts' width ({self.shared_intermediate_size}) must be ≥ 0; "
+                "fix the config"
+            )
 
 
 @dataclass(frozen=True)
@@ -240,7 +265,7 @@ def decoder_spec(data: dict[str, Any], family: str, where: str) -> DecoderSpec:
         ConfigError: a required key is missing or a value is not a positive integer.
     """
     d = _int(data, "hidden_size", where)
-    layers = _int(data, "num_hidden_layers", where)
+    layers = _int(data, "num_hidden_layers", where, high=MAX_LAYERS)
     heads = _int(data, "num_attention_heads", where)
     attention: GqaAttention | MlaAttention
     if family in _DEEPSEEK:
@@ -291,10 +316,13 @@ def _windows(data: dict[str, Any], family: str, layers: int, where: str) -> list
     if family == "gemma2":
         return [window if i % 2 == 0 else None for i in range(layers)]
     if family == "gemma3_text":
-        pattern = int(data.get("sliding_window_pattern", data.get("_sliding_window_pattern", 6)))
+        pattern = _positive(
+            data.get("sliding_window_pattern", data.get("_sliding_window_pattern", 6)),
+            f"{where}.sliding_window_pattern",
+        )
         return [None if (i + 1) % pattern == 0 else window for i in range(layers)]
     if family.startswith("qwen") and data.get("use_sliding_window"):
-        first = int(data.get("max_window_layers", layers))
+        first = _count(data, "max_window_layers", where, layers)
         return [window if i >= first else None for i in range(layers)]
     return [None] * layers
 
@@ -314,13 +342,13 @@ def _mlps(data: dict[str, Any], family: str, layers: int, where: str) -> list[De
             num_experts=_positive(experts, f"{where}.num_experts"),
             top_k=_int(data, "num_experts_per_tok", where),
             expert_intermediate_size=_int(data, "moe_intermediate_size", where),
-            shared_intermediate_size=int(data.get("shared_expert_intermediate_size") or 0)
+            shared_intermediate_size=_count(data, "shared_expert_intermediate_size", where, 0)
             if family == "qwen2_moe"
             else 0,
             shared_gate=family == "qwen2_moe" and bool(data.get("shared_expert_intermediate_size")),
         )
         dense_only = set(data.get("mlp_only_layers") or [])
-        step = int(data.get("decoder_sparse_step", 1))
+        step = _int(data, "decoder_sparse_step", where, 1)
         is_moe = [i not in dense_only and (i + 1) % step == 0 for i in range(layers)]
         if all(is_moe):
             return [moe] * layers
@@ -333,10 +361,10 @@ def _mlps(data: dict[str, Any], family: str, layers: int, where: str) -> list[De
             num_experts=routed,
             top_k=_int(data, "num_experts_per_tok", where),
             expert_intermediate_size=moe_width,
-            shared_intermediate_size=int(data.get("n_shared_experts") or 0) * moe_width,
+            shared_intermediate_size=_count(data, "n_shared_experts", where, 0) * moe_width,
         )
-        first_dense = int(data.get("first_k_dense_replace", 0))
-        freq = int(data.get("moe_layer_freq", 1))
+        first_dense = _count(data, "first_k_dense_replace", where, 0)
+        freq = _int(data, "moe_layer_freq", where, 1)
         dense = DenseMlp(_int(data, "intermediate_size", where))
         return [moe if i >= first_dense and i % freq == 0 else dense for i in range(layers)]
     return [DenseMlp(_int(data, "intermediate_size", where))] * layers
@@ -357,7 +385,7 @@ def vision_spec(data: dict[str, Any], model_type: str, where: str) -> VisionSpec
             model_type=model_type,
             kind="vit",
             width=_int(data, "hidden_size", where, 768),
-            depth=_int(data, "num_hidden_layers", where, 12),
+            depth=_int(data, "num_hidden_layers", where, 12, high=MAX_LAYERS),
             num_heads=_int(data, "num_attention_heads", where, 12),
             intermediate_size=_int(data, "intermediate_size", where, 3072),
             gated_mlp=False,
@@ -406,16 +434,35 @@ def _section(data: dict[str, Any], key: str, where: str) -> dict[str, Any] | Non
     return cast(dict[str, Any], value)
 
 
-def _int(data: dict[str, Any], key: str, where: str, default: int | None = None) -> int:
+def _int(
+    data: dict[str, Any],
+    key: str,
+    where: str,
+    default: int | None = None,
+    high: int = MAX_CONFIG_INT,
+) -> int:
     value = data.get(key)
     if value is None:
         if default is None:
             raise ConfigError(f"{where} lacks required key '{key}'; add it to the config JSON")
         return default
+    return _positive(value, f"{where}.{key}", high)
+
+
+def _count(data: dict[str, Any], key: str, where: str, default: int) -> int:
+    """An optional int that may be 0 (null counts as 0), at most `MAX_CONFIG_INT`."""
+    value = data.get(key)
+    if value is None or value == 0:
+        return 0 if value == 0 else default
     return _positive(value, f"{where}.{key}")
 
 
-def _positive(value: Any, where: str) -> int:
+def _positive(value: Any, where: str, high: int = MAX_CONFIG_INT) -> int:
+    """A positive int at most `high`, checked before anything is built per layer or head."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{where} must be a positive integer, got {value!r}; fix the config")
+    if value > high:
+        raise ConfigError(
+            f"{where} is {value:,}, more than the {high:,} any real model has; fix the config"
+        )
     return value

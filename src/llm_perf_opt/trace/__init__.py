@@ -42,6 +42,7 @@ from llm_perf_opt.trace.files import (
     decompress_cap,
     in_scratch,
     remove_scratch,
+    remove_scratch_of,
     scratch_dirs,
     table_dir_format,
 )
@@ -82,6 +83,7 @@ __all__ = [
     "pid_of",
     "process_key",
     "remove_scratch",
+    "remove_scratch_of",
     "scratch_dirs",
     "table_dir_format",
     "tid_of",

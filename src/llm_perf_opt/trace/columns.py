@@ -53,6 +53,8 @@ GPU_OP_TABLES: Final = {
     # replay, its kernels in no other table.
     "graph": "CUPTI_ACTIVITY_KIND_GRAPH_TRACE",
 }
+# The op kinds that compute: without either table a trace's GPU time is copies only.
+COMPUTE_OP_KINDS: Final = ("kernel", "graph")
 RUNTIME_TABLE: Final = "CUPTI_ACTIVITY_KIND_RUNTIME"
 SYNC_TABLE: Final = "CUPTI_ACTIVITY_KIND_SYNCHRONIZATION"
 NVTX_TABLE: Final = "NVTX_EVENTS"

@@ -109,6 +109,18 @@ def remove_scratch_dir(scratch: Path | None) -> None:
         _SCRATCH_DIRS.discard(scratch)
 
 
+def scratch_prefix(pid: int | None = None) -> str:
+    """Name start of the decompressed copies' folders of process `pid` (this one by default):
+    a batch removes those of a worker process that died before it could."""
+    return f"{SCRATCH_PREFIX}{os.getpid() if pid is None else pid}-"
+
+
+def remove_scratch_of(pid: int) -> None:
+    """Remove the decompressed copies a (dead) process `pid` left in the temporary folder."""
+    for scratch in Path(tempfile.gettempdir()).glob(f"{scratch_prefix(pid)}*"):
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def scratch_dirs() -> frozenset[Path]:
     """The folders of this process's live decompressed copies."""
     return frozenset(_SCRATCH_DIRS)
@@ -153,7 +165,7 @@ def new_scratch_dir(path: Path, purpose: str) -> Path:
     Raises:
         TraceAccessError: no temporary folder can be made (`purpose` says what it was for).
     """
-    scratch = Path(tempfile.gettempdir()) / f"{SCRATCH_PREFIX}{secrets.token_hex(8)}"
+    scratch = Path(tempfile.gettempdir()) / f"{scratch_prefix()}{secrets.token_hex(8)}"
     _SCRATCH_DIRS.add(scratch)
     try:
         scratch.mkdir(mode=0o700)
