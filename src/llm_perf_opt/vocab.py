@@ -74,6 +74,9 @@ NVTX_DOMAIN: Final = "llm_perf_opt"
 VLLM_STEP_NAME: Final = (
     "execute_context_{ctx_reqs}({ctx_tokens})_generation_{gen_reqs}({gen_tokens})"
 )
+# A request's phase in an engine step: in its prompt (a chunk), or generating one token.
+ServePhase = Literal["context", "generation"]
+SERVE_PHASES: Final[tuple[ServePhase, ...]] = get_args(ServePhase)
 # vLLM's `VLLM_NVTX_SCOPES_FOR_PROFILING=1` scopes inside a step, in the order they run.
 SERVE_SCOPES: Final = (
     "gpu_model_runner: preprocess",

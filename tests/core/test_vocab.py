@@ -51,6 +51,12 @@ def test_the_run_metadata_schema_spells_the_vocabulary() -> None:
     assert static["properties"]["schema"]["const"] == vocab.STATIC_COMPUTE_SCHEMA_ID
 
 
+def test_the_serve_block_spells_the_vocabulary() -> None:
+    assert tuple(_prop(RUN_META, "serve", "images", "[]", "mode")["enum"]) == vocab.VISION_MODES
+    phases = _prop(RUN_META, "serve", "steps", "[]", "entries", "[]", "phase")["enum"]
+    assert tuple(phases) == vocab.SERVE_PHASES
+
+
 def test_dtype_spellings_map_onto_each_other() -> None:
     assert set(DTYPE_BYTES) == set(vocab.STORAGE_DTYPES)
     assert all(vocab.PEAK_DTYPE_OF[d] in vocab.PEAK_DTYPES for d in vocab.STORAGE_DTYPES)

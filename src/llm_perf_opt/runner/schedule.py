@@ -17,12 +17,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Literal
 
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.vocab import VLLM_STEP_NAME
-
-Phase = Literal["context", "generation"]
+from llm_perf_opt.vocab import VLLM_STEP_NAME, ServePhase
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class Entry:
     """
 
     request: int
-    phase: Phase
+    phase: ServePhase
     query_len: int
     context_len: int
     encoder_images: int = 0

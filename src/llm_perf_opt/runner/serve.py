@@ -109,28 +109,31 @@ def serve_attention(
         keys, values = seq.cache.data[0, layer], seq.cache.data[1, layer]
         keys[:, :, seq.context_len : end].copy_(key[:, :, lo:hi])
         values[:, :, seq.context_len : end].copy_(value[:, :, lo:hi])
-        q = query[:, :, lo:hi]
-        if seq.query_len > 1 and seq.context_len > 0:
-            mask: Any = causal_lower_right(seq.query_len, end)
-            out = F.scaled_dot_product_attention(
-                q,
-                keys[:, :, :end],
-                values[:, :, :end],
-                attn_mask=mask,
-                scale=scaling,
-                enable_gqa=gqa,
-            )
-        else:
-            out = F.scaled_dot_product_attention(
-                q,
-                keys[:, :, :end],
-                values[:, :, :end],
-                is_causal=seq.query_len > 1,
-                scale=scaling,
-                enable_gqa=gqa,
-            )
+        chunk_after_context = seq.query_len > 1 and seq.context_len > 0
+        out = F.scaled_dot_product_attention(
+            query[:, :, lo:hi],
+            keys[:, :, :end],
+            values[:, :, :end],
+            attn_mask=_lower_right(seq.query_len, end, query.device)
+            if chunk_after_context
+            else None,
+            is_causal=seq.query_len > 1 and not chunk_after_context,
+            scale=scaling,
+            enable_gqa=gqa,
+        )
         outs.append(out)
     return torch.cat(outs, dim=2).transpose(1, 2), None
+
+
+def _lower_right(queries: int, keys: int, device: torch.device) -> Any:
+    """The causal mask of a chunk after cached keys: query i sees the first keys - queries + i + 1.
+
+    On CUDA torch's `causal_lower_right` bias, which SDPA runs as a flash (GQA included) or
+    memory-efficient kernel without building the mask; elsewhere the boolean mask itself.
+    """
+    if device.type == "cuda":
+        return causal_lower_right(queries, keys)
+    return torch.ones(queries, keys, dtype=torch.bool, device=device).tril(keys - queries)
 
 
 AttentionInterface.register(SERVE_ATTENTION, serve_attention)
@@ -333,8 +336,15 @@ class BuiltDecoder:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def build_decoder(path: str, dtype: torch.dtype, device: torch.device, seed: int) -> BuiltDecoder:
-    """`AutoModelForCausalLM.from_config` of a decoder config.json, random weights from `seed`.
+def build_decoder(
+    path: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    seed: int,
+    experts_implementation: str = "eager",
+) -> BuiltDecoder:
+    """`AutoModelForCausalLM.from_config` of a decoder config.json, random weights from `seed`;
+    a mixture-of-experts decoder runs its experts with `experts_implementation`.
 
     Raises:
         ConfigError: unreadable config, or a model type the serving loop does not run.
@@ -362,6 +372,8 @@ def build_decoder(path: str, dtype: torch.dtype, device: torch.device, seed: int
     with torch.device(device), no_init_weights():
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)  # type: ignore[no-untyped-call]
     random_init(model, seed)
+    if model._can_set_experts_implementation():
+        model.set_experts_implementation(experts_implementation)
     model.tie_weights()
     model.eval()
     model.requires_grad_(False)

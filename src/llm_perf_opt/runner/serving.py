@@ -15,13 +15,15 @@ decoder built from that config.json with random weights. NVTX layout (domain `ll
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import torch
 
 from llm_perf_opt.errors import ConfigError
+from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.runner import pipeline
 from llm_perf_opt.runner.meta import RunFacts, assemble_run_meta, build_run_meta, emit
 from llm_perf_opt.runner.nvtx_marks import Annotator
@@ -39,10 +41,9 @@ from llm_perf_opt.runner.serve import (
 )
 from llm_perf_opt.runner.settings import RunSettings
 from llm_perf_opt.runner.stages import PreparedImage, prepare_image, with_random_pixels
-from llm_perf_opt.vocab import HF_DECODER_FAMILY
+from llm_perf_opt.vocab import FAMILIES, HF_DECODER_FAMILY
 
 BATCHING: Final = "packed_tokens_per_request_attention"
-HF_DECODER: Final = HF_DECODER_FAMILY
 
 
 def run_serve(settings: RunSettings, annotator: Annotator) -> pipeline.RunResult:
@@ -58,16 +59,16 @@ def run_serve(settings: RunSettings, annotator: Annotator) -> pipeline.RunResult
     if rounds is None:
         rounds = 1 if device.type == "cuda" else 0
     if settings.decoder_config is not None:
-        target, warm, requests, describe = _decoder_run(settings, dtype, device)
+        work = _decoder_run(settings, dtype, device)
     else:
-        target, warm, requests, describe = _ocr_run(settings, dtype, device)
+        work = _ocr_run(settings, dtype, device)
     if rounds:
-        short = [replace(r, max_new_tokens=settings.warmup_max_new_tokens) for r in requests]
+        short = [replace(r, max_new_tokens=settings.warmup_max_new_tokens) for r in work.requests]
         with annotator.range("warmup"):
             for _ in range(rounds):
-                run_schedule(Engine(warm, sync), _scheduler(settings, short), Annotator(False))
-    scheduler = _scheduler(settings, requests)
-    records = run_schedule(Engine(target, sync), scheduler, annotator)
+                run_schedule(Engine(work.warm, sync), _scheduler(settings, short), Annotator(False))
+    scheduler = _scheduler(settings, work.requests)
+    records = run_schedule(Engine(work.target, sync), scheduler, annotator)
     run_id = str(uuid.uuid4())
     facts = RunFacts(
         run_id=run_id,
@@ -82,10 +83,21 @@ def run_serve(settings: RunSettings, annotator: Annotator) -> pipeline.RunResult
         seed=settings.seed,
         sdpa_cudnn=settings.sdpa_cudnn,
     )
-    serve = serve_block(settings, scheduler, records, describe["images"])
-    meta = describe["meta"](facts, serve)
+    meta = work.meta(facts, serve_block(settings, scheduler, records, work.images))
     out_dir = Path(settings.out) if settings.out is not None else Path("runs") / run_id
     return pipeline.RunResult(meta, emit(meta, annotator, out_dir))
+
+
+@dataclass(frozen=True)
+class _Workload:
+    """What a run serves: the target (and its warmup twin), the requests, the pages' geometry
+    for `serve.images`, and how the metadata around the `serve` block is built."""
+
+    target: ServeTarget
+    warm: ServeTarget
+    requests: list[Request]
+    images: list[dict[str, Any]]
+    meta: Callable[[RunFacts, dict[str, Any]], dict[str, Any]]
 
 
 def _scheduler(settings: RunSettings, requests: list[Request]) -> Scheduler:
@@ -145,9 +157,9 @@ def _requests(settings: RunSettings, prompt_lens: list[int], images: bool) -> li
     ]
 
 
-def _ocr_run(
-    settings: RunSettings, dtype: torch.dtype, device: torch.device
-) -> tuple[ServeTarget, ServeTarget, list[Request], dict[str, Any]]:
+def _ocr_run(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> _Workload:
+    if settings.model in FAMILIES:  # fail on a bad mode before building a full-size model
+        builtin_config(settings.model, tiny=settings.tiny).mode(settings.mode)
     sources = pipeline.load_images(settings)
     built = pipeline.build(settings, dtype, device)
     pages = [
@@ -165,11 +177,12 @@ def _ocr_run(
     def meta(facts: RunFacts, serve: dict[str, Any]) -> dict[str, Any]:
         return build_run_meta(built, facts, [], pages[0].prompt_text_tokens, serve=serve)
 
-    return (
+    return _Workload(
         target,
         warm,
         requests,
-        {"images": [_page(i, p) for i, p in enumerate(pages)], "meta": meta},
+        [_page(i, p) for i, p in enumerate(pages)],
+        meta,
     )
 
 
@@ -189,11 +202,9 @@ def _page(index: int, page: PreparedImage) -> dict[str, Any]:
     }
 
 
-def _decoder_run(
-    settings: RunSettings, dtype: torch.dtype, device: torch.device
-) -> tuple[ServeTarget, ServeTarget, list[Request], dict[str, Any]]:
+def _decoder_run(settings: RunSettings, dtype: torch.dtype, device: torch.device) -> _Workload:
     path = str(settings.decoder_config)
-    built = build_decoder(path, dtype, device, settings.seed)
+    built = build_decoder(path, dtype, device, settings.seed, settings.experts_implementation)
     config = built.model.config
     window = int(config.max_position_embeddings)
     if settings.prompt_len + settings.max_new_tokens > window:
@@ -210,7 +221,7 @@ def _decoder_run(
     def meta(facts: RunFacts, serve: dict[str, Any]) -> dict[str, Any]:
         model = {
             "name": path,
-            "family": HF_DECODER,
+            "family": HF_DECODER_FAMILY,
             "tiny": False,
             "config": built.config_json,
             "hf_config": config.to_dict(),
@@ -222,4 +233,4 @@ def _decoder_run(
         }
         return assemble_run_meta(model, dtype, device, facts, [], settings.prompt_len, serve=serve)
 
-    return target, target, requests, {"images": [], "meta": meta}
+    return _Workload(target, target, requests, [], meta)

@@ -126,6 +126,13 @@ class RunSettings:
             raise ConfigError(
                 "decoder_config (--decoder-config) runs only in the serving loop; add --serve"
             )
+        if self.decoder_config is not None:
+            ocr = [name for name in _OCR_ONLY if getattr(self, name) != _FIELDS[name].default]
+            if ocr:
+                raise ConfigError(
+                    f"--decoder-config serves text prompts; {', '.join(ocr)} apply to DeepSeek-OCR "
+                    "pages: drop them (--num-requests and --prompt-len shape the text requests)"
+                )
         if self.serve:
             clash = [name for name in _NOT_SERVED if getattr(self, name)]
             if clash:
@@ -136,6 +143,8 @@ class RunSettings:
 
 
 _FIELDS: Final = {f.name: f for f in dataclasses.fields(RunSettings)}
+# Settings of DeepSeek-OCR pages, which a `decoder_config` run has no use for.
+_OCR_ONLY: Final = ("model", "tiny", "mode", "crops", "images")
 # Settings of the stage-by-stage run that the serving loop does not have.
 _NOT_SERVED: Final = ("cuda_graphs", "calibrate", "static_compute")
 _INT_FIELDS: Final = {

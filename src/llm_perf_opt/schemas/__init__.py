@@ -18,6 +18,7 @@ from importlib import resources
 from typing import Any, Final
 
 from llm_perf_opt.errors import MetaError
+from llm_perf_opt.vocab import HF_DECODER_FAMILY
 
 RUN_META_SCHEMA: Final = "run_meta.schema.json"
 STATIC_COMPUTE_SCHEMA: Final = "static_compute.schema.json"
@@ -142,7 +143,7 @@ def _run_meta_rules(meta: dict[str, Any]) -> list[str]:
         errors.append("`images` needs at least 1 item(s), has 0 (only a `serve` run has none)")
     model = meta["model"]
     if isinstance(model.get("config"), dict):
-        keys = _HF_CONFIG_KEYS if model.get("family") == "hf-decoder" else _OWN_CONFIG_KEYS
+        keys = _HF_CONFIG_KEYS if model.get("family") == HF_DECODER_FAMILY else _OWN_CONFIG_KEYS
         errors.extend(f"`model.config.{k}` is missing" for k in keys if k not in model["config"])
     for i, image in enumerate(meta["images"]):
         lens, steps = image["decode_context_lens"], image["decode_steps"]
