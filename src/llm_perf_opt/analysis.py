@@ -511,10 +511,11 @@ def _vision_per_request(
     meta: RunMeta | None, flops_model: AnalyticFlops | HfFlops
 ) -> dict[int, float]:
     """Vision-encoder FLOPs of each `--serve` request's page (its mode and crop grid in the
-    serve block's `images`), by request id; none for text requests or other runs."""
+    serve block's optional `images`), by request id; none for text requests, pages the block
+    does not describe, or other runs."""
     if meta is None or meta.serve is None:
         return {}
-    pages = {int(p["index"]): p for p in meta.raw["serve"]["images"]}
+    pages = {int(p["index"]): p for p in meta.raw["serve"].get("images") or []}
     out = {}
     for request in meta.serve.requests:
         page = pages.get(request.image_index) if request.image_index is not None else None
