@@ -119,10 +119,11 @@ def _stage_facts(report: MfuReport, row: Mapping[str, Any]) -> Mapping[str, Any]
 
 
 def _phase_facts(report: MfuReport, row: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What an engine step slice adds from its phase: the phase's verdict (steps have none of
-    their own)."""
+    """What an engine step slice adds: its range id (the level's JSON keys steps by index) and
+    its phase's verdict (steps have none of their own)."""
     phases = () if report.engine is None else report.engine.phases
-    return {"verdict": next((p.verdict for p in phases if p.phase == row["phase"]), None)}
+    verdict = next((p.verdict for p in phases if p.phase == row["phase"]), None)
+    return {"range_id": row["range_id"], "verdict": verdict}
 
 
 # The levels whose ranges are slices; a new level of ranges joins with one entry here.
