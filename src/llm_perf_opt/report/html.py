@@ -281,7 +281,7 @@ PHASE_TABLE: Final = (*ENGINE_PHASE_TABLE, Column("verdict", lambda p: p.verdict
 def engine_phases(report: MfuReport) -> list[sections.Section]:
     """Per engine phase (prefill, decode, mixed, idle): MFU trace vs wall and the verdict."""
     phases = () if report.engine is None else report.engine.phases
-    title = "MFU per engine phase (p50, p90, p99: GPU busy time of one step)"
+    title = sections.engine_phase_section(report).title
     return [sections.Section(title, head(PHASE_TABLE), cells(PHASE_TABLE, phases))]
 
 
