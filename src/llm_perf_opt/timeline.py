@@ -37,7 +37,14 @@ from perfetto.trace_builder.proto_builder import StreamingTraceProtoBuilder, Tra
 from llm_perf_opt.errors import UnorderedTableError
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import JSON, Level
-from llm_perf_opt.report.levels import DECODE_STEP, INSTANCE, decode_step_frame, instance_frame
+from llm_perf_opt.report.levels import (
+    DECODE_STEP,
+    ENGINE_STEP,
+    INSTANCE,
+    decode_step_frame,
+    engine_step_frame,
+    instance_frame,
+)
 from llm_perf_opt.trace import Trace
 from llm_perf_opt.vocab import PerfettoGpuOps
 
@@ -49,6 +56,14 @@ END: Final = TrackEvent.TYPE_SLICE_END
 COUNTER: Final = TrackEvent.TYPE_COUNTER
 NEEDS_STATE: Final = TracePacket.SEQ_NEEDS_INCREMENTAL_STATE
 CLEARED: Final = TracePacket.SEQ_INCREMENTAL_STATE_CLEARED
+
+
+def engine_steps(report: MfuReport) -> pl.DataFrame:
+    """The engine step level's frame with the `range_id` of each step (the level's JSON keys
+    steps by index; the timeline joins them to their ranges)."""
+    steps = () if report.engine is None else report.engine.steps
+    ids = pl.Series("range_id", [s.range_id for s in steps], dtype=pl.Int64)
+    return engine_step_frame(report).with_columns(ids)
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,20 @@ STEP_COUNTERS: Final = (
     StepCounter("GPU busy % per decode step", "%", pl.col("gpu_busy_s") / pl.col("wall_s") * 100),
     StepCounter("context tokens per decode step (C)", "tokens", pl.col("ctx_len")),
     StepCounter("host syncs per decode step", "syncs", pl.col("n_syncs")),
+    # engine steps carry no host-sync count (serving.EngineStep): no syncs track for them
+    StepCounter("MFU (trace) per engine step", "%", pl.col("mfu_trace") * 100, engine_steps),
+    StepCounter(
+        "tokens per engine step",
+        "tokens",
+        pl.col("ctx_tokens") + pl.col("gen_tokens"),
+        engine_steps,
+    ),
+    StepCounter(
+        "GPU busy % per engine step",
+        "%",
+        pl.col("gpu_busy_s") / pl.col("wall_s") * 100,
+        engine_steps,
+    ),
 )
 
 
@@ -89,10 +118,19 @@ def _stage_facts(report: MfuReport, row: Mapping[str, Any]) -> Mapping[str, Any]
     return {"verdict": s.verdict, "advice": s.advice}
 
 
+def _phase_facts(report: MfuReport, row: Mapping[str, Any]) -> Mapping[str, Any]:
+    """What an engine step slice adds: its range id (the level's JSON keys steps by index) and
+    its phase's verdict (steps have none of their own)."""
+    phases = () if report.engine is None else report.engine.phases
+    verdict = next((p.verdict for p in phases if p.phase == row["phase"]), None)
+    return {"range_id": row["range_id"], "verdict": verdict}
+
+
 # The levels whose ranges are slices; a new level of ranges joins with one entry here.
 SLICE_LEVELS: Final = (
     SliceLevel(INSTANCE, instance_frame, _stage_facts),
     SliceLevel(DECODE_STEP, decode_step_frame),
+    SliceLevel(ENGINE_STEP, engine_steps, _phase_facts),
 )
 
 

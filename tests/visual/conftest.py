@@ -1,6 +1,6 @@
-"""Every committed trace analyzed once for the session with `--format json`, `--html` and
-`--perfetto` written beside it (the outputs the visual tests read), and the headless browser
-that opens the pages."""
+"""Every committed trace (nsys exports and PyTorch-profiler traces) analyzed once for the
+session with `--format json`, `--html` and `--perfetto` written beside it (the outputs the
+visual tests read), and the headless browser that opens the pages."""
 
 from __future__ import annotations
 
@@ -23,27 +23,28 @@ LLAMA: Final = ("--config", str(TRACES / "meta" / "llama_1b_shape.config.json"),
                 "--prefill-len", "512")  # fmt: skip
 # The flags a committed trace needs besides its run metadata (traces/README.md says how each
 # was made): the Llama-shaped decoders carry no architecture of their own.
+# The serving loops (`*_serve*`) need none: their run metadata carries the model and schedule.
 FLAGS: Final = {"llama_1b_shape": LLAMA, "llama_1b_compile": LLAMA}
-# Committed traces mfu-analyze cannot analyze yet, and why.
-PENDING: Final = {
-    "dsocr_v1_serve": "a serving loop: its engine steps are not read yet",
-    "llama_1b_serve": "a serving loop: its engine steps are not read yet",
-}
-# Every other committed nsys export, with its flags.
+# The committed inputs by suffix: nsys exports (decompressed for the tests that read them with
+# sqlite3) and PyTorch-profiler traces (read as they are).
+SQLITE: Final = ".sqlite.xz"
+KINETO: Final = ".pt.trace.json.gz"
+# Every committed trace, by name, with its flags.
 CASES: Final = {
-    name: FLAGS.get(name, ())
-    for name in sorted(p.name.removesuffix(".sqlite.xz") for p in TRACES.glob("*.sqlite.xz"))
-    if name not in PENDING
+    p.name.removesuffix(suffix): FLAGS.get(p.name.removesuffix(suffix), ())
+    for suffix in (SQLITE, KINETO)
+    for p in sorted(TRACES.glob(f"*{suffix}"))
 }
 BROWSERS: Final = ("chromium", "chromium-browser")
 
 
 @dataclass(frozen=True)
 class Outputs:
-    """One trace's analysis: the decompressed export, the JSON report and both files."""
+    """One trace's analysis: the input analyzed (a decompressed nsys export or a PyTorch-profiler
+    trace), the JSON report and both files."""
 
     name: str
-    sqlite: Path
+    trace: Path
     doc: dict[str, Any]
     html: Path
     perfetto: Path
@@ -60,15 +61,17 @@ class Analyzed:
         if name not in self._done:
             out = self.scratch / name
             out.mkdir()
-            sqlite = out / f"{name}.sqlite"
-            with lzma.open(TRACES / f"{name}.sqlite.xz") as src, sqlite.open("wb") as dst:
-                shutil.copyfileobj(src, dst)
+            trace = TRACES / f"{name}{KINETO}"
+            if not trace.exists():
+                trace = out / f"{name}.sqlite"
+                with lzma.open(TRACES / f"{name}{SQLITE}") as src, trace.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
             html, perfetto = out / f"{name}.html", out / f"{name}.pftrace"
-            args = [str(sqlite), *CASES[name], "--format", "json", "--html", str(html),
+            args = [str(trace), *CASES[name], "--format", "json", "--html", str(html),
                     "--perfetto", str(perfetto)]  # fmt: skip
             result = CliRunner().invoke(main, args)
             assert result.exit_code == 0, result.output
-            self._done[name] = Outputs(name, sqlite, json.loads(result.stdout), html, perfetto)
+            self._done[name] = Outputs(name, trace, json.loads(result.stdout), html, perfetto)
         return self._done[name]
 
 

@@ -58,13 +58,22 @@ def test_report_page_in_a_browser(analyzed: Analyzed, browser: Any, name: str) -
         for stage, sdoc in out.doc["stages"].items():
             assert stage in text and sdoc["verdict"] in text
             assert format_pct(sdoc["mfu_trace"]) in text and format_pct(sdoc["mfu_wall"]) in text
-        assert format_pct(out.doc["model"]["mfu_trace"]) in text
-        assert f"Trace: {out.sqlite}" in text  # the run metadata
+        if out.doc["stages"]:
+            assert format_pct(out.doc["model"]["mfu_trace"]) in text
+        phases = _phase_rows(page)
+        for phase, pdoc in (out.doc["engine_phases"] or {}).items():  # the engine phase table
+            cells = (format_pct(pdoc["mfu_trace"]), format_pct(pdoc["mfu_wall"]), pdoc["verdict"])
+            assert cells == phases[phase], phase
+        assert len(phases) == len(out.doc["engine_phases"] or {})
+        assert f"Trace: {out.trace}" in text  # the run metadata
         assert page.evaluate("document.querySelectorAll('script[src], link[href]').length") == 0
         titles = page.evaluate("Bokeh.documents[0].roots().map(r => r.title.text)")
-        expected = ["Where each stage's wall time goes", "MFU trace vs wall"]
         stages = out.doc["stages"].values()
+        expected = ["Where each stage's wall time goes", "MFU trace vs wall"] if stages else []
         expected += ["Decode step time", "Decode step MFU"] if out.doc["decode_steps"] else []
+        if out.doc["engine_steps"]:
+            expected += ["Engine step time", "Engine step MFU", "Tokens per engine step"]
+            _check_step_series(page, out.doc["engine_steps"])
         if any("host" in s for s in stages):
             expected += ["Where the wall time goes: Host span", "Where the wall time goes: GPU"]
         expected += ["Roofline"] if any(s.get("bound") for s in stages) else []
@@ -76,10 +85,58 @@ def test_report_page_in_a_browser(analyzed: Analyzed, browser: Any, name: str) -
         page.close()
 
 
-def test_comparison_page_in_a_browser(browser: Any, tmp_path: Path) -> None:
-    """`mfu-compare --html`: the per-stage deltas and their noise bands in the page."""
+def _phase_rows(page: Any) -> dict[str, tuple[str, str, str]]:
+    """The engine phase table as the DOM holds it: per phase, its MFU trace, MFU wall and
+    verdict cells, read by the table's own header."""
+    rows: list[dict[str, str]] = page.evaluate(
+        """() => [...document.querySelectorAll('table')]
+            .filter(t => [...t.querySelectorAll('th')].some(h => h.textContent === 'verdict')
+                && [...t.querySelectorAll('th')].some(h => h.textContent === 'phase'))
+            .flatMap(t => {
+                const head = [...t.querySelectorAll('th')].map(h => h.textContent);
+                return [...t.querySelectorAll('tbody tr')].map(r => Object.fromEntries(
+                    [...r.querySelectorAll('td')].map((c, i) => [head[i], c.textContent])));
+            })"""
+    )
+    return {r["phase"]: (r["MFU trace"], r["MFU wall"], r["verdict"]) for r in rows}
+
+
+def _check_step_series(page: Any, steps: list[dict[str, Any]]) -> None:
+    """The per-step plots' data in the page's Bokeh document: a value per engine step, equal
+    to the JSON's (MFU in %, times in ms), and the hover tool that shows them."""
+    data = page.evaluate(
+        """() => { const doc = Bokeh.documents[0];
+            const fig = doc.roots().find(r => r.title.text.startsWith('Engine step MFU'));
+            const src = fig.renderers.map(r => r.data_source).find(s => s.data.mfu);
+            const hovers = fig.toolbar.tools.filter(t => t.type === 'HoverTool').length;
+            return {step: [...src.data.step], mfu: [...src.data.mfu],
+                    mfu_wall: [...src.data.mfu_wall], wall: [...src.data.wall],
+                    tokens: [...src.data.tokens], phase: [...src.data.phase], hovers}; }"""
+    )
+    assert data["hovers"] == 1
+    assert data["step"] == [s["step"] for s in steps]
+    assert data["phase"] == [s["phase"] for s in steps]
+    assert data["mfu"] == pytest.approx([100 * s["mfu_trace"] for s in steps], rel=1e-12)
+    assert data["mfu_wall"] == pytest.approx([100 * s["mfu_wall"] for s in steps], rel=1e-12)
+    assert data["wall"] == pytest.approx([1e3 * s["wall_s"] for s in steps], rel=1e-12)
+    assert data["tokens"] == [s["ctx_tokens"] + s["gen_tokens"] for s in steps]
+
+
+@pytest.mark.parametrize(
+    ("base_name", "new_name"),
+    [
+        ("dsocr_v1_base.sqlite.xz", "dsocr_v1_base_gmm.sqlite.xz"),
+        # two serving loops (nsys and PyTorch profiler): their engine phases are compared
+        ("llama_1b_serve.sqlite.xz", "llama_1b_serve_torch.pt.trace.json.gz"),
+    ],
+)
+def test_comparison_page_in_a_browser(
+    browser: Any, tmp_path: Path, base_name: str, new_name: str
+) -> None:
+    """`mfu-compare --html`: the per-stage (or per engine phase) deltas and their noise bands
+    in the page."""
     html, js = tmp_path / "compare.html", tmp_path / "compare.json"
-    base, new = TRACES / "dsocr_v1_base.sqlite.xz", TRACES / "dsocr_v1_base_gmm.sqlite.xz"
+    base, new = TRACES / base_name, TRACES / new_name
     args = [str(base), "--", str(new), "--html", str(html), "--format", "json", "-o", str(js)]
     result = CliRunner().invoke(compare_main, args)
     assert result.exit_code == 0, result.output
@@ -89,11 +146,12 @@ def test_comparison_page_in_a_browser(browser: Any, tmp_path: Path) -> None:
         assert problems == [] and requests == [html.as_uri()]
         text = page.inner_text("body")
         doc = json.loads(js.read_text())
+        assert doc["stages"]
         for stage, deltas in doc["stages"].items():
             for d in deltas.values():
                 assert f"{d['delta_pct']:+.1f}%" in text, stage
                 assert f"[{d['ci_low_pct']:+.1f}%, {d['ci_high_pct']:+.1f}%]" in text
-        assert "dsocr_v1_base.sqlite.xz" in text and "dsocr_v1_base_gmm.sqlite.xz" in text
+        assert base_name in text and new_name in text
         assert ink(shot) > MIN_INK
     finally:
         page.close()

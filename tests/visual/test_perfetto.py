@@ -1,13 +1,18 @@
-"""`--perfetto` on every committed trace, parsed back with the perfetto package's protos: the
-tracks, one slice per stage range at nsys's own timestamps carrying the report's figures, the
-counters equal to the JSON's decode steps, and every GPU op of the export on its stream."""
+"""`--perfetto` on every committed trace (nsys exports and PyTorch-profiler traces), parsed back
+with the perfetto package's protos: the tracks, one slice per stage range and per engine step at
+the input's own timestamps carrying the report's figures, the counters equal to the JSON's
+decode and engine steps, and every GPU op of the input on its stream."""
 
 from __future__ import annotations
 
+import gzip
 import io
+import json
 import sqlite3
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +30,7 @@ from llm_perf_opt.timeline import (
 )
 from llm_perf_opt.trace.columns import GPU_OP_TABLES
 
-from .conftest import CASES, Analyzed
+from .conftest import CASES, KINETO, Analyzed
 
 BEGIN, END, COUNTER = (
     TrackEvent.TYPE_SLICE_BEGIN,
@@ -92,40 +97,91 @@ def _arg(a: Any) -> Any:
     return None if a.string_value == "null" and kind == "string_value" else getattr(a, kind)
 
 
+@dataclass
+class Export:
+    """What the input holds, read without the tool: the times of its ranges (an nsys export's
+    NVTX rows by rowid, the tool's range id; a PyTorch-profiler trace's `user_annotation` spans
+    by name), each GPU op's start, the (device, stream) pairs, and the threads holding ranges."""
+
+    by_id: dict[int, tuple[int, int]]
+    by_name: dict[str, set[tuple[int, int]]]
+    ops: Counter[int]
+    streams: set[tuple[int, int]]
+    threads: Callable[[list[int], list[tuple[str, int, int]]], int]
+
+    def holds(self, range_id: int, name: str, span: tuple[int, int]) -> bool:
+        if self.by_id:
+            return self.by_id.get(range_id) == span
+        return span in self.by_name.get(name, set())
+
+
+def read_export(path: Path) -> Export:
+    if path.name.endswith(KINETO):
+        return _kineto(path)
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    nvtx = dict(
+        ((rowid, (start, end)) for rowid, start, end in con.execute(
+            "SELECT rowid, start, end FROM NVTX_EVENTS WHERE end IS NOT NULL"))
+    )  # fmt: skip
+    tables = [
+        t
+        for t in GPU_OP_TABLES.values()
+        if con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (t,)).fetchone()
+    ]
+    ops = Counter(s for t in tables for (s,) in con.execute(f"SELECT start FROM {t}"))
+    streams = {
+        row for t in tables for row in con.execute(f"SELECT DISTINCT deviceId, streamId FROM {t}")
+    }
+
+    def threads(ids: list[int], _spans: list[tuple[str, int, int]]) -> int:
+        marks = ",".join("?" * len(ids))
+        holders = f"SELECT DISTINCT globalTid FROM NVTX_EVENTS WHERE rowid IN ({marks})"
+        return len(con.execute(holders, ids).fetchall())
+
+    return Export(nvtx, {}, ops, streams, threads)
+
+
+def _kineto(path: Path) -> Export:
+    """Kineto writes µs with up to 3 decimals: exact as decimals, times 1000 ns."""
+    with gzip.open(path) as f:
+        events = json.load(f, parse_float=Decimal)["traceEvents"]
+
+    def ns(v: Any) -> int:
+        return int(Decimal(v) * 1000)
+
+    spans = [e for e in events if e.get("cat") == "user_annotation" and e.get("ph") == "X"]
+    by_name: dict[str, set[tuple[int, int]]] = defaultdict(set)
+    holder: dict[tuple[str, int, int], set[tuple[Any, Any]]] = defaultdict(set)
+    for e in spans:
+        begin, end = ns(e["ts"]), ns(e["ts"]) + ns(e["dur"])
+        by_name[e["name"]].add((begin, end))
+        holder[(e["name"], begin, end)].add((e["pid"], e["tid"]))
+    gpu = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")]
+    ops = Counter(ns(e["ts"]) for e in gpu)
+    streams = {(e["args"]["device"], e["args"]["stream"]) for e in gpu}
+
+    def threads(_ids: list[int], named: list[tuple[str, int, int]]) -> int:
+        return len(set().union(*(holder[n] for n in named)))
+
+    return Export({}, by_name, ops, streams, threads)
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_perfetto_parses_back_to_the_report(analyzed: Analyzed, name: str) -> None:
     out = analyzed(name)
     doc, parsed = out.doc, parse(out.perfetto.read_bytes())
+    export = read_export(out.trace)
     begins = [(ts, n, args, uuid) for uuid, evs in parsed.events.items() if uuid in parsed.threads
               for ts, kind, n, args in evs if kind == BEGIN]  # fmt: skip
     ends = sum(kind == END for uuid in parsed.threads for _, kind, _, _ in parsed.events[uuid])
     assert len(begins) == ends > 0
-    with sqlite3.connect(f"file:{out.sqlite}?mode=ro", uri=True) as con:
-        nvtx = dict(
-            ((rowid, (start, end)) for rowid, start, end in con.execute(
-                "SELECT rowid, start, end FROM NVTX_EVENTS WHERE end IS NOT NULL"))
-        )  # fmt: skip
-        tables = [
-            t
-            for t in GPU_OP_TABLES.values()
-            if con.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (t,)).fetchone()
-        ]
-        ops = Counter(s for t in tables for (s,) in con.execute(f"SELECT start FROM {t}"))
-        streams = {
-            row
-            for t in tables
-            for row in con.execute(f"SELECT DISTINCT deviceId, streamId FROM {t}")
-        }
-        ids = [i["range_id"] for s in doc["stages"].values() for i in s["instances"]]
-        marks = ",".join("?" * len(ids))
-        holders = f"SELECT DISTINCT globalTid FROM NVTX_EVENTS WHERE rowid IN ({marks})"
-        threads = {tid for (tid,) in con.execute(holders, ids)}
     end_of = {
         a["range_id"]: end
         for u in parsed.threads
         for _, end, _, a in paired(parsed.events[u])[0]
         if "range_id" in a
     }
+    held: list[tuple[int, str, int]] = []  # (range id, name, start) of each report range
     for u in parsed.streams:  # ops on a stream never overlap
         assert paired(parsed.events[u])[1] == 1
     for stage, sdoc in doc["stages"].items():
@@ -133,28 +189,59 @@ def test_perfetto_parses_back_to_the_report(analyzed: Analyzed, name: str) -> No
         assert len(slices) == sdoc["n_instances"] == len(sdoc["instances"]), stage
         for inst in sdoc["instances"]:
             (ts, args) = next(s for s in slices if s[1]["range_id"] == inst["range_id"])
-            assert (ts, end_of[inst["range_id"]]) == nvtx[inst["range_id"]]  # nsys's own times
+            span = (ts, end_of[inst["range_id"]])
+            assert export.holds(inst["range_id"], sdoc["range"], span)  # the input's own times
+            held.append((inst["range_id"], sdoc["range"], *span))
             for key in ("flops", "mfu_trace", "mfu_wall", "instance", "gpu_busy_s"):
                 assert args[key] == inst[key], (stage, key)
             assert args["verdict"] == sdoc["verdict"]
+    engine = doc["engine_steps"]
+    step_slices = sorted(
+        ((ts, n, a) for ts, n, a, _ in begins if "phase" in a and "step" in a),
+        key=lambda s: s[2]["step"],
+    )
+    assert len(step_slices) == len(engine)  # one slice per engine step
+    verdicts = {phase: p["verdict"] for phase, p in (doc["engine_phases"] or {}).items()}
+    for (ts, n, args), step in zip(step_slices, engine, strict=True):
+        span = (ts, end_of[args["range_id"]])
+        assert n == step["name"] and ts == round(step["start_s"] * 1e9)
+        assert export.holds(args["range_id"], n, span)
+        held.append((args["range_id"], n, *span))
+        for key, value in step.items():
+            assert args[key] == value, key  # every JSON field of the step
+        assert args["verdict"] == verdicts[step["phase"]]
     steps = doc["decode_steps"]
-    assert len(parsed.counters) == (len(STEP_COUNTERS) if steps else 0)
     by_name = {n: [e[3]["value"] for e in parsed.events[u]] for u, n in parsed.counters.items()}
+    expected: dict[str, list[Any]] = {}
     if steps:
-        expected = {
+        expected |= {
             "MFU (trace) per decode step": [100 * s["mfu_trace"] for s in steps],
             "GPU busy % per decode step": [100 * s["gpu_busy_s"] / s["wall_s"] for s in steps],
             "context tokens per decode step (C)": [s["ctx_len"] for s in steps],
             "host syncs per decode step": [s["n_syncs"] for s in steps],
         }
-        for counter, values in expected.items():
-            assert by_name[counter] == pytest.approx(values, rel=1e-12), counter
-        step_slices = [a for _, n, a, _ in begins if "step" in a and "ctx_len" in a]
-        assert sorted(a["range_id"] for a in step_slices) == sorted(s["range_id"] for s in steps)
+        decode_slices = [a for _, n, a, _ in begins if "step" in a and "ctx_len" in a]
+        ids = sorted(a["range_id"] for a in decode_slices)
+        assert ids == sorted(s["range_id"] for s in steps)
+    if engine:
+        expected |= {
+            "MFU (trace) per engine step": [100 * s["mfu_trace"] for s in engine],
+            "tokens per engine step": [s["ctx_tokens"] + s["gen_tokens"] for s in engine],
+            "GPU busy % per engine step": [100 * s["gpu_busy_s"] / s["wall_s"] for s in engine],
+        }
+        counter_ts = {n: [e[0] for e in parsed.events[u]] for u, n in parsed.counters.items()}
+        assert counter_ts["tokens per engine step"] == [s[0] for s in step_slices]
+    assert sorted(parsed.counters.values()) == sorted(expected)
+    assert set(expected) <= {c.name for c in STEP_COUNTERS}
+    for counter, values in expected.items():
+        assert by_name[counter] == pytest.approx(values, rel=1e-12), counter
     gpu = [ts for u in parsed.streams for ts, kind, _, _ in parsed.events[u] if kind == BEGIN]
-    assert Counter(gpu) == ops  # every kernel, copy and set of the export, at its start
-    assert len(parsed.threads) == len(threads)  # a track per thread holding the stages
-    assert sorted(parsed.streams.values()) == sorted(f"GPU {d} stream {s}" for d, s in streams)
+    assert Counter(gpu) == export.ops  # every kernel, copy and set of the input, at its start
+    holders = export.threads([r for r, *_ in held], [(n, b, e) for _, n, b, e in held])
+    assert len(parsed.threads) == holders  # a track per thread holding the report's ranges
+    assert sorted(parsed.streams.values()) == sorted(
+        f"GPU {d} stream {s}" for d, s in export.streams
+    )
 
 
 def test_gpu_ops_limited_to_the_report(analyzed: Analyzed, tmp_path: Path) -> None:
@@ -179,7 +266,7 @@ def test_gpu_ops_limited_to_the_report(analyzed: Analyzed, tmp_path: Path) -> No
                            batch_rows=rows)  # fmt: skip
             written[mode] = buffer.getvalue()
 
-    analyze_trace(out.sqlite, AnalyzeOptions(), then=timeline)
+    analyze_trace(out.trace, AnalyzeOptions(), then=timeline)
     full, small = parse(out.perfetto.read_bytes()), parse(written["all"])
     assert _events(full) == _events(small)  # batches of 997 ops: same slices, same names
     kept, none = parse(written["report"]), parse(written["none"])

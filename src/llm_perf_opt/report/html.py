@@ -31,12 +31,14 @@ from llm_perf_opt.palette import (
     GPU_SEGMENTS,
     HOST_SEGMENTS,
     IDLE_COLOR,
+    PHASE_COLORS,
     STAGE_COLORS,
     WALL_COLOR,
 )
 from llm_perf_opt.report import sections
-from llm_perf_opt.report.columns import host_rows
-from llm_perf_opt.report.levels import decode_step_frame, stage_frame
+from llm_perf_opt.report.columns import ENGINE_PHASE_TABLE, host_rows
+from llm_perf_opt.report.fields import Column, cells, head
+from llm_perf_opt.report.levels import decode_step_frame, engine_step_frame, stage_frame
 from llm_perf_opt.report.text import WALL_SOURCES
 from llm_perf_opt.roofline import ridge_point, roofline_points, roofs
 from llm_perf_opt.verdict import RULE
@@ -271,6 +273,73 @@ def step_series(report: MfuReport) -> list[LayoutDOM]:
     return [times, mfu]
 
 
+# The engine phase table of the terminal and Markdown reports, with each phase's verdict (which
+# they show in the host table).
+PHASE_TABLE: Final = (*ENGINE_PHASE_TABLE, Column("verdict", lambda p: p.verdict or ""))
+
+
+def engine_phases(report: MfuReport) -> list[sections.Section]:
+    """Per engine phase (prefill, decode, mixed, idle): MFU trace vs wall and the verdict."""
+    phases = () if report.engine is None else report.engine.phases
+    title = sections.engine_phase_section(report).title
+    return [sections.Section(title, head(PHASE_TABLE), cells(PHASE_TABLE, phases))]
+
+
+def engine_series(report: MfuReport) -> list[LayoutDOM]:
+    """Engine steps in time order: wall and GPU busy time, MFU (trace and wall) and tokens per
+    step against the step index, each step coloured by its phase (zoom together; hover for a
+    step's figures)."""
+    steps = engine_step_frame(report)
+    if steps.is_empty():
+        return []
+    data = steps.select(
+        "step",
+        "name",
+        "phase",
+        "n_gpu_ops",
+        ctx=pl.col("ctx_tokens"),
+        gen=pl.col("gen_tokens"),
+        tokens=pl.col("ctx_tokens") + pl.col("gen_tokens"),
+        busy=pl.col("gpu_busy_s") * 1e3,
+        wall=pl.col("wall_s") * 1e3,
+        mfu=pl.col("mfu_trace") * 100,
+        mfu_wall=pl.col("mfu_wall") * 100,
+        color=pl.col("phase").replace_strict(PHASE_COLORS, default="gray"),
+    )
+    tips = [
+        ("step", "@step (@phase)"),
+        ("range", "@name"),
+        ("tokens", "@tokens (context @ctx, generation @gen)"),
+        ("GPU busy ms", "@busy{0,0.000}"),
+        ("wall ms", "@wall{0,0.000}"),
+        ("MFU trace", "@mfu{0.000}%"),
+        ("MFU wall", "@mfu_wall{0.000}%"),
+        ("GPU ops", "@n_gpu_ops"),
+    ]
+    times = new_figure("Engine step time (ms, log)", y_axis_type="log")
+    mfu = new_figure("Engine step MFU (%, log; dots: trace, squares: wall)", height=260,
+                     x_range=times.x_range, y_axis_type="log")  # fmt: skip
+    tokens = new_figure("Tokens per engine step (context + generation)", height=240,
+                        x_range=times.x_range)  # fmt: skip
+    source = ColumnDataSource(data.to_dict(as_series=False))
+    for fig in (times, mfu, tokens):
+        fig.add_layout(Legend(), "right")
+    for col, color, label in (("wall", WALL_COLOR, "wall"), ("busy", BUSY_COLOR, "GPU busy")):
+        times.line("step", col, color=color, alpha=0.8, source=source, legend_label=label)
+    times.scatter("step", "busy", color="color", size=6, source=source)
+    times.scatter("step", "wall", color="color", size=6, marker="square", source=source)
+    mfu.line("step", "mfu", color=BUSY_COLOR, alpha=0.6, source=source)
+    mfu.scatter("step", "mfu", color="color", size=6, source=source, legend_field="phase")
+    mfu.scatter("step", "mfu_wall", color="color", size=5, marker="square", alpha=0.6,
+                source=source)  # fmt: skip
+    tokens.vbar(x="step", top="tokens", width=0.8, color="color", source=source,
+                legend_field="phase")  # fmt: skip
+    for fig in (times, mfu, tokens):
+        fig.add_tools(HoverTool(tooltips=tips, mode="vline"))
+        fig.xaxis.axis_label = "engine step (marker colour: its phase)"
+    return [times, mfu, tokens]
+
+
 def host_split(report: MfuReport) -> list[LayoutDOM]:
     """Where the wall time goes: each stage's host span split into launch / sync / other CUDA
     calls / outside them, and its GPU window into busy / starved / queued / edge, as shares."""
@@ -378,7 +447,9 @@ def roofline(report: MfuReport) -> list[LayoutDOM]:
 
 
 def _stage_notes(report: MfuReport) -> list[str]:
-    first = next(iter(report.stages.values()))
+    first = next(iter(report.stages.values()), None)
+    if first is None:  # a trace of engine steps only
+        return []
     return [
         f"Wall time: {WALL_SOURCES.get(first.wall_source, first.wall_source)}.",
         f"Verdict rule: {RULE}.",
@@ -401,12 +472,13 @@ def _peaks(report: MfuReport) -> list[sections.Section]:
 REPORT_PARTS: Final[tuple[Part[MfuReport], ...]] = (
     Part(
         "MFU per stage",
-        lambda r: [sections.stage_section(r)],
+        lambda r: [sections.stage_section(r)] if r.stages else [],
         _stage_notes,
-        lambda r: [*time_split(r), *mfu_bars(r)],
+        lambda r: [*time_split(r), *mfu_bars(r)] if r.stages else [],
     ),
     Part("Per image instance", lambda r: [sections.instance_section(r)]),
     Part("Decode", lines=sections.decode_lines, figures=step_series, bullets=True),
+    Part("Engine steps", engine_phases, sections.engine_lines, engine_series),
     Part(
         sections.HOST_TITLE,
         lambda r: [sections.host_section(r)],
