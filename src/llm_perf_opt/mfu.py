@@ -28,7 +28,7 @@ from llm_perf_opt.hostview import (
     breakdown,
     stage_windows,
 )
-from llm_perf_opt.kernels import KernelShare, LaunchKinds
+from llm_perf_opt.kernels import CategoryShare, KernelShare, LaunchKinds
 from llm_perf_opt.opfacts import OpFacts, OpsPlan
 from llm_perf_opt.peak_sources import PeakSources
 from llm_perf_opt.peaks import PeakChoice
@@ -107,6 +107,8 @@ class StageResult:
     host: HostGpuView | None = None
     per_step: HostGpuView | None = None
     mfu_launch_only: float | None = None
+    # kernel time per category (categories.RULES), summing to kernel_sum_ns + graph_sum_ns
+    categories: tuple[CategoryShare, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -535,6 +537,7 @@ def _aggregate(
         verdict=NO_BREAKDOWN.label,
         instances=tuple(rows),
         top_kernels=ops.top_kernels(stage, [r.range_id for r in rows], kernel_names, top_k),
+        categories=ops.categories(stage, [r.range_id for r in rows], kernel_names),
         bytes_moved=sum(moved) if len(moved) == len(rows) else None,
     )
     if stage != "decode":

@@ -207,10 +207,23 @@ KERNEL: Final = Level(
         Field("rank", INT, outputs=frozenset({DB})),
         KERNEL_NAME,
         Field("kind", STR, outputs=JSON_ONLY),
+        Field("category", STR),
         KERNEL_COUNT,
         KERNEL_TOTAL,
         KERNEL_MEAN,
         KERNEL_SHARE,
+    ),
+)
+# A stage's kernel time per category (`categories.RULES`); JSON keys them by stage and category.
+CATEGORY_NAME: Final = Field("category", STR, outputs=frozenset({CSV, DB}))
+CATEGORY: Final = Level(
+    "category",
+    (
+        STAGE_NAME.only(CSV, DB),
+        CATEGORY_NAME,
+        _seconds("time_s", "total_ns"),
+        Field("share", F64),
+        Field("n_kernels", INT),
     ),
 )
 # Host and GPU view of a window (docs/mfu-math.md): JSON writes the two parts as two objects.
@@ -369,6 +382,16 @@ def kernel_frame(report: MfuReport) -> pl.DataFrame:
                 KERNEL.frame(s.top_kernels, stage=name, rank=range(1, len(s.top_kernels) + 1))
                 for name, s in report.stages.items()
             ),
+        ]
+    )
+
+
+def category_frame(report: MfuReport) -> pl.DataFrame:
+    """Each stage's kernel time per category."""
+    return pl.concat(
+        [
+            CATEGORY.frame((), stage=()),
+            *(CATEGORY.frame(s.categories, stage=name) for name, s in report.stages.items()),
         ]
     )
 
