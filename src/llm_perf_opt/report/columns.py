@@ -12,6 +12,10 @@ from llm_perf_opt.report.fields import Column, Field, shown
 from llm_perf_opt.report.levels import (
     ACHIEVED,
     BOUND,
+    CATEGORY_COUNT,
+    CATEGORY_NAME,
+    CATEGORY_SHARE,
+    CATEGORY_TIME,
     CTX_FIRST,
     CTX_LAST,
     CTX_MEAN,
@@ -25,6 +29,7 @@ from llm_perf_opt.report.levels import (
     IMAGE_INDEX,
     INSTANCE_NO,
     INTENSITY,
+    KERNEL_CATEGORY,
     KERNEL_COUNT,
     KERNEL_MEAN,
     KERNEL_NAME,
@@ -118,10 +123,18 @@ INSTANCE_TABLE: Final = (
 )
 KERNEL_TABLE: Final = (
     shown("kernel", KERNEL_NAME, lambda name: short(name, 72)),
+    shown("category", KERNEL_CATEGORY, str),
     shown("count", KERNEL_COUNT, count),
     shown("total ms", KERNEL_TOTAL, ms),
     shown("mean µs", KERNEL_MEAN, us),
     shown("share", KERNEL_SHARE, format_pct),
+)
+# One stage's kernel time per category (the stage is the section's row label).
+CATEGORY_TABLE: Final = (
+    shown("category", CATEGORY_NAME, str),
+    shown("total ms", CATEGORY_TIME, ms),
+    shown("share", CATEGORY_SHARE, format_pct),
+    shown("kernels", CATEGORY_COUNT, count),
 )
 CONTEXT_TABLE: Final = (
     shown("inst", INSTANCE_NO, str),

@@ -200,6 +200,7 @@ KERNEL_COUNT: Final = Field("count", INT)
 KERNEL_TOTAL: Final = _seconds("total_s", "total_ns")
 KERNEL_MEAN: Final = Field("mean_us", F64, attr="mean_ns", per=1e3)
 KERNEL_SHARE: Final = Field("share", F64)
+KERNEL_CATEGORY: Final = Field("category", STR)
 KERNEL: Final = Level(
     "kernel",
     (
@@ -207,7 +208,7 @@ KERNEL: Final = Level(
         Field("rank", INT, outputs=frozenset({DB})),
         KERNEL_NAME,
         Field("kind", STR, outputs=JSON_ONLY),
-        Field("category", STR),
+        KERNEL_CATEGORY,
         KERNEL_COUNT,
         KERNEL_TOTAL,
         KERNEL_MEAN,
@@ -216,15 +217,12 @@ KERNEL: Final = Level(
 )
 # A stage's kernel time per category (`categories.RULES`); JSON keys them by stage and category.
 CATEGORY_NAME: Final = Field("category", STR, outputs=frozenset({CSV, DB}))
+CATEGORY_TIME: Final = _seconds("time_s", "total_ns")
+CATEGORY_SHARE: Final = Field("share", F64)
+CATEGORY_COUNT: Final = Field("n_kernels", INT)
 CATEGORY: Final = Level(
     "category",
-    (
-        STAGE_NAME.only(CSV, DB),
-        CATEGORY_NAME,
-        _seconds("time_s", "total_ns"),
-        Field("share", F64),
-        Field("n_kernels", INT),
-    ),
+    (STAGE_NAME.only(CSV, DB), CATEGORY_NAME, CATEGORY_TIME, CATEGORY_SHARE, CATEGORY_COUNT),
 )
 # Host and GPU view of a window (docs/mfu-math.md): JSON writes the two parts as two objects.
 HOST_SPAN: Final = (

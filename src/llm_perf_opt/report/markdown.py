@@ -45,6 +45,9 @@ def to_markdown(report: MfuReport) -> str:
     if roofline.rows:
         out += _section(roofline)
     for s in report.stages.values():
+        if s.categories:
+            out += _section(sections.category_section(s))
+    for s in report.stages.values():
         if s.top_kernels:
             kernels = sections.kernel_section(s)
             # names as code: demangled C++ (`<unnamed>`, `*`) would read as HTML or emphasis

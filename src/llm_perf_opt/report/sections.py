@@ -8,6 +8,7 @@ from typing import Any, Final, NamedTuple
 
 from llm_perf_opt.mfu import MfuReport, StageResult
 from llm_perf_opt.report.columns import (
+    CATEGORY_TABLE,
     CONTEXT_TABLE,
     ENGINE_PHASE_TABLE,
     ENGINE_STEP_TABLE,
@@ -203,6 +204,14 @@ def roofline_section(report: MfuReport) -> Section:
     at = "" if r is None else f"; ridge {r:,.1f} FLOP/byte at the peak in use"
     rows = cells(ROOFLINE_TABLE, roofline_points(report).values())
     return Section(f"Roofline (analytic bytes{at})", head(ROOFLINE_TABLE), rows)
+
+
+def category_section(s: StageResult) -> Section:
+    return Section(
+        f"Where the kernel time goes: {s.stage}",
+        head(CATEGORY_TABLE),
+        cells(CATEGORY_TABLE, s.categories),
+    )
 
 
 def kernel_section(s: StageResult) -> Section:

@@ -43,6 +43,7 @@ def render_table(report: MfuReport, console: Console) -> None:
     roofline = sections.roofline_section(report)
     if roofline.rows:
         parts.append(_table(roofline))
+    parts += [_table(sections.category_section(s)) for s in report.stages.values() if s.categories]
     parts += [_table(sections.kernel_section(s)) for s in report.stages.values() if s.top_kernels]
     if report.static_compute is not None:
         title = "Static compute (runner, fvcore): " + sections.static_note(report.static_compute)
