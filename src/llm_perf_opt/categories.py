@@ -92,7 +92,7 @@ RULES: Final[tuple[tuple[str, Category], ...]] = (
     (
         r"direct_copy|copy_kernel|copy_device|memcpy|memset|catarray|cat_array|concat|"
         r"index_elementwise|indexfunc|indexselect|index_select|index_put|write_indices|gather|"
-        r"scatter|embedding|fillfunctor|fill_kernel|take_along|strided_copy|transpose_kernel",
+        r"scatter|embedding|fillfunctor|fill_kernel|fill_reverse_indices|take_along|strided_copy|transpose_kernel",
         "memory",
     ),
     (r"reduc|cub::|device(reduce|scan|select|compact|segmented)|scan_|mean|cumsum", "reduction"),

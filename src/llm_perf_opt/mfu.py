@@ -34,6 +34,7 @@ from llm_perf_opt.peak_sources import PeakSources
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.serving import EngineReport
 from llm_perf_opt.stages import Instance, RangeRef, decode_steps, group_instances
+from llm_perf_opt.traceview import TraceView
 from llm_perf_opt.verdict import NO_BREAKDOWN, UnitCounts, classify
 from llm_perf_opt.vocab import CTX_MODES, STAGES
 
@@ -185,6 +186,8 @@ class MfuReport:
     peak_sources: PeakSources | None = None
     # the serving engine's steps and phases (serving.py), when the trace has step ranges
     engine: EngineReport | None = None
+    # every GPU op of the trace, attributed or not (traceview.py; set by the analysis)
+    trace_view: TraceView | None = None
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -250,6 +253,7 @@ def compute_mfu(
     stages: Sequence[str] = STAGES,
     host_views: pl.DataFrame | None = None,
     engine: EngineReport | None = None,
+    trace_only: bool = False,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -277,6 +281,8 @@ def compute_mfu(
         stages: the stages to analyze (a non-empty subset of STAGES, e.g. no vision for a
             text-only model); the model line sums them and names the others as absent.
         host_views: `read_host_views` of the trace: adds the host/GPU breakdown (hostview).
+        trace_only: with no stage and no engine, a report of the trace alone (the analysis adds
+            its whole-trace view) instead of a SelectionError.
         engine: the serving engine's view (serving.engine_report), carried in the report; with
             it, `stages` may be empty (a trace of engine steps only).
 
@@ -290,7 +296,7 @@ def compute_mfu(
         raise ConfigError(f"--ctx-mode must be one of {', '.join(CTX_MODES)}, got {ctx.mode!r}")
     warnings: list[str] = []
     stages = tuple(s for s in STAGES if s in stages)
-    if not stages and engine is None:
+    if not stages and engine is None and not trace_only:
         raise SelectionError(f"no stage to analyze; choose some of {', '.join(STAGES)}")
     instances = group_instances(ranges, refs, include_warmup, stages, warnings) if stages else []
     known = facts.instance_facts(instances, inputs, warnings, "vision" in stages) if stages else []

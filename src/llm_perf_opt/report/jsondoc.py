@@ -117,6 +117,26 @@ def _stages_json(report: MfuReport, by_peak: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _trace_json(report: MfuReport) -> dict[str, Any]:
+    """The `trace` and `trace_categories` keys: every GPU op of the trace (traceview.py)."""
+    v = report.trace_view
+    if v is None:
+        return {"trace": None, "trace_categories": None}
+    shares = CATEGORY.frame(v.categories, stage="")
+    kernels = KERNEL.frame(v.top_kernels, stage="", rank=range(1, len(v.top_kernels) + 1))
+    return {
+        "trace": {
+            "gpu_busy_s": v.gpu_busy_ns / 1e9,
+            "op_sum_s": v.op_sum_ns / 1e9,
+            "n_ops": v.n_ops,
+            "top_kernels": KERNEL.rows(kernels, JSON),
+        },
+        "trace_categories": dict(
+            zip(shares["category"].to_list(), CATEGORY.rows(shares, JSON), strict=True)
+        ),
+    }
+
+
 def _engine_json(report: MfuReport) -> dict[str, Any]:
     """The `engine`, `engine_steps` and `engine_phases` keys (docs/serving.md)."""
     engine = report.engine
@@ -178,6 +198,7 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         "mbu": {"decode": mbu},
         "decode_steps": DECODE_STEP.rows(decode_step_frame(report), JSON),
         **_engine_json(report),
+        **_trace_json(report),
         "static_compute": report.static_compute,
         **pick(run, RUN_WARNINGS),
     }

@@ -53,6 +53,11 @@ def to_markdown(report: MfuReport) -> str:
             # names as code: demangled C++ (`<unnamed>`, `*`) would read as HTML or emphasis
             rows = [(f"`{name}`", *rest) for name, *rest in kernels.rows]
             out += _section(kernels._replace(rows=rows))
+    whole = sections.trace_sections(report)
+    if whole:
+        cats, kernels = whole
+        out += _section(cats)
+        out += _section(kernels._replace(rows=[(f"`{n}`", *rest) for n, *rest in kernels.rows]))
     if report.engine is not None:
         out += _section(sections.engine_step_section(report))
     if report.static_compute is not None:
