@@ -237,8 +237,9 @@ SINGLE_TRACE_OUTPUTS: Final = ("csv", "markdown", "plots", "ranges_out", "perfet
 
 def is_batch(specs: Sequence[str], kw: Mapping[str, Any]) -> bool:
     """Batch mode: several traces, a directory (but a table export's folder: one trace), a glob,
-    --db or --dask. One plain path without them is the single-trace command, unchanged."""
-    if len(specs) != 1 or kw.get("db") is not None or kw.get("dask") is not None:
+    --db, --outdir or --dask. One plain path without them is the single-trace command,
+    unchanged."""
+    if len(specs) != 1 or any(kw.get(name) is not None for name in ("db", "outdir", "dask")):
         return True
     path = Path(specs[0])
     return has_glob(specs[0]) or (path.is_dir() and not is_trace_file(path))

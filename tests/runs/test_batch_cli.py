@@ -76,6 +76,18 @@ def test_outdir_holds_each_trace_report_as_the_single_command_writes_it(
         assert (outdir / f"{trace.stem}.md").read_text().startswith("# MFU report")
 
 
+def test_outdir_with_one_trace_writes_its_report_there(
+    good_traces: list[Path], tmp_path: Path
+) -> None:
+    outdir = tmp_path / "one"
+    assert is_batch([str(good_traces[0])], {"outdir": outdir})
+    result = invoke(good_traces[0], "--outdir", outdir, "-j", "1")
+    assert result.exit_code == 0, result.output
+    stem = good_traces[0].stem
+    assert json.loads((outdir / f"{stem}.json").read_text()) == single_json(good_traces[0])
+    assert sorted(p.name for p in outdir.iterdir()) == [f"{stem}.json", f"{stem}.md"]
+
+
 def test_glob_and_duplicates_expand_in_order(sweep: Path, good_traces: list[Path]) -> None:
     found = expand_paths([str(good_traces[1]), str(sweep / "g*.sqlite")])
     assert found == [good_traces[1], good_traces[0], good_traces[2]]
