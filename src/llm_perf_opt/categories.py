@@ -39,67 +39,83 @@ RULES: Final[tuple[tuple[str, Category], ...]] = (
     # collectives: NCCL/RCCL, vLLM/SGLang custom all-reduce, NVSHMEM and DeepEP all-to-all
     (
         r"nccl|rccl|cross_device_reduce|custom_?all_?reduce|allreduce|all_reduce|all_gather|"
-        r"allgather|reduce_scatter|reducescatter|all_?to_?all|nvshmem|deep_?ep|one_shot_|two_shot_",
+        r"allgather|reduce_scatter|reducescatter|all_?to_?all|nvshmem|deep_?ep|one_shot_|two_shot_|"
+        r"intranode::|internode|internode_ll::",
         "communication",
     ),
     # torch.compile (inductor) kernels say what they are in their prefix, whatever ops they fused
     (r"^triton_poi_", "elementwise"),
     (r"^triton_(red|per)_", "reduction"),
-    (r"^triton_tem_.*mm", "gemm"),
-    # our calibration sleep: no work, kept apart
-    (r"spin_kernel", "other"),
-    # the split-K reduction of a cuBLASLt GEMM belongs to its GEMM
-    (r"splitkreduce", "gemm"),
-    # grouped-GEMM set-up (pointer and shape arrays), not a GEMM
-    (r"prepare_grouped_gemm_data", "memory"),
-    # attention before GEMM: flash and fmha kernels are CUTLASS templates
+    (r"^triton_tem_.*attention", "attention"),
+    (r"^triton_tem_", "gemm"),
+    # no tensor work: our calibration sleep, launch set-up of a following kernel, a size assert
     (
-        r"flash_?attn|flash_fwd|flash_bwd|flashinfer|fmha|attention|sdpa|paged_?attn|"
-        r"(^|[^a-z])mla([^a-z]|$)|batchprefill|batchdecode|batch_prefill|batch_decode|"
-        r"merge_attn_states|merge_state|xformers|unified_attention|decode_attention|"
-        r"extend_attention|prefill_attention|flash_fwd_splitkv",
-        "attention",
+        r"spin_kernel|prepare_grouped_gemm_data|computestrides|computeoffsetskernel|"
+        r"prepare_varlen_num_blocks|masked_scatter_size_check",
+        "other",
     ),
-    # resampling is pointwise (before the sampling rule below)
-    (r"upsample|downsample|interpolat|grid_sample", "elementwise"),
-    # routing, sampling and sorting: before memory, since top-k kernels gather
+    # the split-K reduction of a cuBLASLt GEMM and its epilogue belong to the GEMM
+    (r"splitkreduce|epilogue::impl::globalkernel", "gemm"),
+    # normalizations (before attention and RoPE: FlashInfer's and TensorRT-LLM's norm kernels)
     (
-        r"topk|top_k|toppk|top_p|sampl|argmax|argmin|softmax|sort|radix|bitonic|histogram|"
-        r"moe_align|align_block_size|count_and_sort",
-        "reduction",
-    ),
-    # random numbers: `normal_and_transform` is not a normalization
-    (r"distribution_|normal_and_transform|uniform_and_transform|random_", "elementwise"),
-    # MoE permutes and KV-cache writes move data
-    (
-        r"reshape_and_cache|kv_?cache|store_kvcache|set_kv_buffer|moe_permute|moe_unpermute|"
-        r"permute_rows|expand_and_permute|finalize_moe|moe_sum",
-        "memory",
-    ),
-    # fused-MoE and other GEMMs, gemv (cuBLAS dot and its block reduce), convolutions
-    (
-        r"gemm|gemv|nvjet|cublas|cutlass|xmma|wgmma|hmma|cijk_|matmul|_mm_|bmm|fused_moe|"
-        r"moe_?gemm|grouped_mm|marlin|machete|dot_kernel|convolve|conv_?[123]d|fprop|dgrad|wgrad|"
-        r"winograd|_gemv|deep_gemm|fp8_gemm|scaled_mm",
-        "gemm",
-    ),
-    (
-        r"rms_?norm|layer_?norm|group_?norm|batch_?norm|instance_?norm|norm_kernel|fused_add_rms",
+        r"rms_?norm|layer_?norm|group_?norm|batch_?norm|instance_?norm|norm_kernel|::norm::|"
+        r"qknorm|rowwisemoments|batchnorm",
         "norm",
     ),
-    # casts are elementwise even when named copies
-    (r"bfloat16_copy|float16_copy|half_copy|float8_copy|_to_copy", "elementwise"),
+    # RoPE and activations of serving libraries (before attention and the KV-cache writes)
     (
-        r"direct_copy|copy_kernel|copy_device|memcpy|memset|catarray|cat_array|concat|"
-        r"index_elementwise|indexfunc|indexselect|index_select|index_put|write_indices|gather|"
-        r"scatter|embedding|fillfunctor|fill_kernel|fill_reverse_indices|take_along|strided_copy|transpose_kernel",
+        r"rotary|biasrope|_rope|rope_|::activation::|act_and_mul|gdn_gating|silu_and_mul",
+        "elementwise",
+    ),
+    # sampling, routing and sorting: before memory, since top-k kernels gather
+    (
+        r"topk|top_k|top_p|toppk|sampling|softmax|argmax|argmin|sort|radix|bitonic|histogram|"
+        r"moe_align|align_block_size|count_and_sort|routing|gating|expertmap|moe_sum|"
+        r"_pool|pooling",
+        "reduction",
+    ),
+    # resampling is pointwise
+    (r"upsample|downsample|interpolat|grid_sample", "elementwise"),
+    # fused attention and the kernels that merge its split-KV partial results
+    (
+        r"flash_?attn|flash_fwd|flash_bwd|fmha|attention|sdpa|paged_?attn|(^|[^a-z])mla([^a-z]|$)|"
+        r"batchprefill|batchdecode|singleprefill|singledecode|batch_prefill|batch_decode|"
+        r"mergestates|merge_states|merge_attn_states|xformers|(^|[^a-z])mha([^a-z]|$)|"
+        r"^reduce_segments|cudnn::fusion::lean_reduction",
+        "attention",
+    ),
+    # random numbers: `normal_and_transform` is not a normalization
+    (r"distribution_|normal_and_transform|uniform_and_transform|random_|dropout", "elementwise"),
+    # KV-cache writes and MoE permutes move data
+    (
+        r"reshape_and_cache|kv_?cache|store_kvcache|set_kv_buffer|moe_permute|moe_unpermute|"
+        r"permute_rows|expandinputrows|expand_and_permute|finalize_moe",
         "memory",
     ),
-    (r"reduc|cub::|device(reduce|scan|select|compact|segmented)|scan_|mean|cumsum", "reduction"),
+    # fused-MoE and other GEMMs, gemv (cuBLAS dot and its block reduce), convolutions (cuDNN's
+    # FFT convolution: transform, complex GEMM, inverse transform)
     (
-        r"elementwise|vectorized|unrolled|pointwise|functor|silu|gelu|relu|swiglu|act_and_mul|"
-        r"rotary|rope|activation|upsample|interpolat|masked_fill|dropout|where|clamp|sigmoid|"
-        r"tanh|exp|arange|quant",
+        r"gemm|gemv|nvjet|cublas|cutlass|xmma|wgmma|hmma|cijk_|matmul|_mm_|bmm|fused_moe|"
+        r"grouped_mm|marlin|machete|dot_kernel|convolve|conv_?[123]d|fprop|dgrad|wgrad|"
+        r"winograd|scaled_mm|scudnn|fft2d|gcgemm",
+        "gemm",
+    ),
+    # casts are elementwise even when named copies; fills and computed indices too
+    (
+        r"bfloat16_copy|float16_copy|half_copy|float8_copy|_to_copy|fillfunctor|fill_kernel|"
+        r"fill_reverse_indices|write_indices|masked_fill",
+        "elementwise",
+    ),
+    (
+        r"direct_copy|copy_kernel|copy_device|memcpy|memset|catarray|cat_array|concat|"
+        r"index_elementwise|indexfunc|indexselect|index_select|index_put|index_copy|gather|"
+        r"scatter|embedding|take_along|strided_copy|transpose|nchwtonhwc|nhwctonchw",
+        "memory",
+    ),
+    (r"reduc|cub::|device(reduce|scan|select|compact|segmented)|scan|mean|cumsum", "reduction"),
+    (
+        r"elementwise|vectorized|unrolled|pointwise|functor|silu|gelu|relu|swiglu|activation|"
+        r"where|clamp|sigmoid|tanh|exp|arange|quant",
         "elementwise",
     ),
 )
