@@ -38,6 +38,11 @@ class CategoryShare:
     total_ns: int
     n_kernels: int
     share: float
+    # GEMM and attention: the stage's FLOPs of that category, over its kernel time, and that
+    # rate as a fraction of the peak in use (None elsewhere, or without FLOPs)
+    flops: float | None = None
+    achieved_flops_per_s: float | None = None
+    peak_fraction: float | None = None
 
 
 @dataclass(frozen=True)

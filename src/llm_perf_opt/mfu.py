@@ -67,6 +67,8 @@ class InstanceResult:
     n_graph_ops: int = 0
     graph_sum_ns: int = 0
     host: HostGpuView | None = None
+    # the part of `flops` attention kernels do (the rest: GEMMs)
+    attention_flops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -453,7 +455,26 @@ def _instance_result(
         mbu_trace=_ratio(work.decode_bytes or 0.0, bw * busy * 1e-9) if bw else None,
         mbu_wall=_ratio(work.decode_bytes or 0.0, bw * wall_ns * 1e-9) if bw else None,
         bytes_moved=work.bytes_moved,
+        attention_flops=work.attention_flops,
     )
+
+
+def _with_flops(
+    shares: Sequence[CategoryShare], flops: float, attention: float, peak_flops: float
+) -> tuple[CategoryShare, ...]:
+    """The stage's FLOPs split between its GEMM and attention kernels (`StageWork`), each
+    over that category's own kernel time: how fast they run while they run."""
+    if flops <= 0:
+        return tuple(shares)
+    split = {"gemm": flops - attention, "attention": attention}
+    out = []
+    for c in shares:
+        part = split.get(c.category)
+        if part is not None and c.total_ns > 0:
+            rate = part / (c.total_ns * 1e-9)
+            c = replace(c, flops=part, achieved_flops_per_s=rate, peak_fraction=rate / peak_flops)
+        out.append(c)
+    return tuple(out)
 
 
 def _idle(busy_ns: float, wall_ns: float) -> float | None:
@@ -543,7 +564,12 @@ def _aggregate(
         verdict=NO_BREAKDOWN.label,
         instances=tuple(rows),
         top_kernels=ops.top_kernels(stage, [r.range_id for r in rows], kernel_names, top_k),
-        categories=ops.categories(stage, [r.range_id for r in rows], kernel_names),
+        categories=_with_flops(
+            ops.categories(stage, [r.range_id for r in rows], kernel_names),
+            flops,
+            sum(r.attention_flops for r in rows),
+            peak.peak_flops,
+        ),
         bytes_moved=sum(moved) if len(moved) == len(rows) else None,
     )
     if stage != "decode":

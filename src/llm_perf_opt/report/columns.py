@@ -14,6 +14,8 @@ from llm_perf_opt.report.levels import (
     BOUND,
     CATEGORY_COUNT,
     CATEGORY_NAME,
+    CATEGORY_PEAK,
+    CATEGORY_RATE,
     CATEGORY_SHARE,
     CATEGORY_TIME,
     CTX_FIRST,
@@ -135,6 +137,8 @@ CATEGORY_TABLE: Final = (
     shown("total ms", CATEGORY_TIME, ms),
     shown("share", CATEGORY_SHARE, format_pct),
     shown("kernels", CATEGORY_COUNT, count),
+    shown("TFLOP/s while running", CATEGORY_RATE, tflops),
+    shown("% of peak while running", CATEGORY_PEAK, format_pct),
 )
 CONTEXT_TABLE: Final = (
     shown("inst", INSTANCE_NO, str),

@@ -220,9 +220,21 @@ CATEGORY_NAME: Final = Field("category", STR, outputs=frozenset({CSV, DB}))
 CATEGORY_TIME: Final = _seconds("time_s", "total_ns")
 CATEGORY_SHARE: Final = Field("share", F64)
 CATEGORY_COUNT: Final = Field("n_kernels", INT)
+CATEGORY_FLOPS: Final = Field("flops", F64)
+CATEGORY_RATE: Final = Field("achieved_flops_per_s", F64)
+CATEGORY_PEAK: Final = Field("peak_fraction", F64)
 CATEGORY: Final = Level(
     "category",
-    (STAGE_NAME.only(CSV, DB), CATEGORY_NAME, CATEGORY_TIME, CATEGORY_SHARE, CATEGORY_COUNT),
+    (
+        STAGE_NAME.only(CSV, DB),
+        CATEGORY_NAME,
+        CATEGORY_TIME,
+        CATEGORY_SHARE,
+        CATEGORY_COUNT,
+        CATEGORY_FLOPS,
+        CATEGORY_RATE,
+        CATEGORY_PEAK,
+    ),
 )
 # Host and GPU view of a window (docs/mfu-math.md): JSON writes the two parts as two objects.
 HOST_SPAN: Final = (
