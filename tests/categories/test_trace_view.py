@@ -32,12 +32,12 @@ def test_a_trace_without_stage_ranges_gets_the_whole_trace_view(
     result = runner.invoke(analyze_cli, [str(probe), "--format", "json", "-o", str(out)])
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
-    assert doc["stages"] == {}
+    assert doc["stages"] == {} and doc["trace"] == str(probe)
     cats = doc["trace_categories"]
-    assert cats and sum(c["n_kernels"] for c in cats.values()) == doc["trace"]["n_ops"]
-    assert 0 < doc["trace"]["gpu_busy_s"] <= doc["trace"]["op_sum_s"]
+    assert cats and sum(c["n_kernels"] for c in cats.values()) == doc["trace_view"]["n_ops"]
+    assert 0 < doc["trace_view"]["gpu_busy_s"] <= doc["trace_view"]["op_sum_s"]
     ops = open_trace(probe).gpu_ops()
-    assert doc["trace"]["n_ops"] == ops.height
+    assert doc["trace_view"]["n_ops"] == ops.height
     copies = ops.filter(pl.col("kind").is_in(["memcpy", "memset"]))
     assert cats["memory"]["n_kernels"] >= copies.height
 

@@ -118,14 +118,14 @@ def _stages_json(report: MfuReport, by_peak: dict[str, Any]) -> dict[str, Any]:
 
 
 def _trace_json(report: MfuReport) -> dict[str, Any]:
-    """The `trace` and `trace_categories` keys: every GPU op of the trace (traceview.py)."""
+    """The `trace_view` and `trace_categories` keys: every GPU op of the trace (traceview.py)."""
     v = report.trace_view
     if v is None:
-        return {"trace": None, "trace_categories": None}
+        return {"trace_view": None, "trace_categories": None}
     shares = CATEGORY.frame(v.categories, stage="")
     kernels = KERNEL.frame(v.top_kernels, stage="", rank=range(1, len(v.top_kernels) + 1))
     return {
-        "trace": {
+        "trace_view": {
             "gpu_busy_s": v.gpu_busy_ns / 1e9,
             "op_sum_s": v.op_sum_ns / 1e9,
             "n_ops": v.n_ops,
