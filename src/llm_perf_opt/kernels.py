@@ -15,6 +15,7 @@ from typing import Any
 import polars as pl
 
 from llm_perf_opt.categories import with_category
+from llm_perf_opt.kernelnames import short_names
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class KernelShare:
     share: float
     kind: str = "kernel"
     category: str = "other"
+    # the short, distinct name a table shows (kernelnames.short_names over one table)
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ def kernel_shares(
         grouped = grouped.join(names, on="name_id", how="left", maintain_order="left")
     else:
         grouped = grouped.with_columns(name=pl.lit(None, pl.String))
+    rows = grouped.to_dicts()
+    labels = short_names([_entry_name(row) for row in rows])
     return tuple(
         KernelShare(
             name=_entry_name(row),
@@ -153,8 +158,9 @@ def kernel_shares(
             share=row["total_ns"] / total if total else 0.0,
             kind=str(row["kind"]),
             category=str(row["category"]),
+            label=label,
         )
-        for row in grouped.iter_rows(named=True)
+        for row, label in zip(rows, labels, strict=True)
     )
 
 

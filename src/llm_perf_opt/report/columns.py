@@ -33,8 +33,8 @@ from llm_perf_opt.report.levels import (
     INTENSITY,
     KERNEL_CATEGORY,
     KERNEL_COUNT,
+    KERNEL_LABEL,
     KERNEL_MEAN,
-    KERNEL_NAME,
     KERNEL_SHARE,
     KERNEL_SUM,
     KERNEL_TOTAL,
@@ -55,7 +55,7 @@ from llm_perf_opt.report.levels import (
     WALL,
     WALL_SOURCE,
 )
-from llm_perf_opt.report.text import count, format_pct, gflop, ms, num, short, tflops, us
+from llm_perf_opt.report.text import count, format_pct, gflop, ms, num, tflops, us
 from llm_perf_opt.serving import EnginePhase
 
 
@@ -124,7 +124,7 @@ INSTANCE_TABLE: Final = (
     _IDLE,
 )
 KERNEL_TABLE: Final = (
-    shown("kernel", KERNEL_NAME, lambda name: short(name, 72)),
+    shown("kernel", KERNEL_LABEL, str),
     shown("category", KERNEL_CATEGORY, str),
     shown("count", KERNEL_COUNT, count),
     shown("total ms", KERNEL_TOTAL, ms),

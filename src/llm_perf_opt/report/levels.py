@@ -201,12 +201,14 @@ KERNEL_TOTAL: Final = _seconds("total_s", "total_ns")
 KERNEL_MEAN: Final = Field("mean_us", F64, attr="mean_ns", per=1e3)
 KERNEL_SHARE: Final = Field("share", F64)
 KERNEL_CATEGORY: Final = Field("category", STR)
+KERNEL_LABEL: Final = Field("label", STR, outputs=NOWHERE)  # the tables' short name
 KERNEL: Final = Level(
     "kernel",
     (
         STAGE_NAME.only(DB),  # given: a kernel share holds neither its stage nor its rank
         Field("rank", INT, outputs=frozenset({DB})),
         KERNEL_NAME,
+        KERNEL_LABEL,
         Field("kind", STR, outputs=JSON_ONLY),
         KERNEL_CATEGORY,
         KERNEL_COUNT,
