@@ -188,8 +188,14 @@ def analyze_trace(
     missing = [s for s in STAGES if s not in present and (s in options.stages or alone)]
     selection = None
     reason = None
-    if whole_only:
-        pass  # every range selected: the report reads none of them
+    notes: list[str] = []
+    if whole_only:  # every range selected: the report reads none of them
+        notes = [
+            "no stage or engine-step range: the whole-trace view alone ("
+            + missing_stage_message(STAGES[0], refs[STAGES[0]], trace.nvtx_ranges())
+            + "; or, for a served model's step ranges, --engine auto or --step-pattern REGEX, "
+            "docs/serving.md)"
+        ]
     elif missing:
         stage = missing[0]
         # the message lists every range name of the trace
@@ -211,7 +217,6 @@ def analyze_trace(
     # the steps' host view only where they own their ops (no stage ranges)
     windows = host_windows(raw, refs, None if present else steps) if reason is None else None
     host_views: Callable[[], pl.DataFrame] | None = None
-    notes: list[str] = []
     attributed = None
     if batches is not None:
         mib = options.memory_budget_bytes / 2**20

@@ -222,9 +222,10 @@ CATEGORY_NAME: Final = Field("category", STR, outputs=frozenset({CSV, DB}))
 CATEGORY_TIME: Final = _seconds("time_s", "total_ns")
 CATEGORY_SHARE: Final = Field("share", F64)
 CATEGORY_COUNT: Final = Field("n_kernels", INT)
-CATEGORY_FLOPS: Final = Field("flops", F64)
-CATEGORY_RATE: Final = Field("achieved_flops_per_s", F64)
-CATEGORY_PEAK: Final = Field("peak_fraction", F64)
+# not in the CSV, whose `flops` and `achieved_flops_per_s` columns are the stage's
+CATEGORY_FLOPS: Final = Field("flops", F64, outputs=JSON_DB)
+CATEGORY_RATE: Final = Field("achieved_flops_per_s", F64, outputs=JSON_DB)
+CATEGORY_PEAK: Final = Field("peak_fraction", F64, outputs=JSON_DB)
 CATEGORY: Final = Level(
     "category",
     (
