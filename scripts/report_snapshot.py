@@ -35,9 +35,8 @@ OPTION_SETS: dict[str, tuple[str, ...]] = {
     "fp16_top3": ("--dtype", "fp16", "--top-kernels", "3"),
 }
 FORMATS = ("json", "csv", "md", "table")
-EXTRA_ARGS = {
-    "llama_1b_shape": ("--config", "traces/meta/llama_1b_shape.config.json", "--prefill-len", "512")
-}
+_LLAMA_1B = ("--config", "traces/meta/llama_1b_shape.config.json", "--prefill-len", "512")
+EXTRA_ARGS = {"llama_1b_shape": _LLAMA_1B, "llama_1b_compile": _LLAMA_1B}
 
 
 def _jobs(out: Path, more: list[str]) -> list[tuple[list[str], Path]]:

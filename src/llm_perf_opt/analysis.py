@@ -66,7 +66,8 @@ from llm_perf_opt.stages import (
 )
 from llm_perf_opt.trace import Trace, open_trace
 from llm_perf_opt.trace.columns import COMPUTE_OP_KINDS, GPU_OP_TABLES
-from llm_perf_opt.vocab import HF_DECODER_FAMILY, STAGES, LmHeadPositions
+from llm_perf_opt.traceview import trace_view
+from llm_perf_opt.vocab import FAMILIES, HF_DECODER_FAMILY, STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]
 
@@ -182,10 +183,20 @@ def analyze_trace(
     # A stage named with --stage must exist; a default-named one may be absent (no vision), and
     # all of them in a trace of engine steps.
     alone = not present and steps.names.is_empty()
+    # no stage or step range at all, none named: the whole-trace view alone
+    whole_only = alone and not options.stages
     missing = [s for s in STAGES if s not in present and (s in options.stages or alone)]
     selection = None
     reason = None
-    if missing:
+    notes: list[str] = []
+    if whole_only:  # every range selected: the report reads none of them
+        notes = [
+            "no stage or engine-step range: the whole-trace view alone ("
+            + missing_stage_message(STAGES[0], refs[STAGES[0]], trace.nvtx_ranges())
+            + "; or, for a served model's step ranges, --engine auto or --step-pattern REGEX, "
+            "docs/serving.md)"
+        ]
+    elif missing:
         stage = missing[0]
         # the message lists every range name of the trace
         reason = missing_stage_message(stage, refs[stage], trace.nvtx_ranges())
@@ -206,7 +217,6 @@ def analyze_trace(
     # the steps' host view only where they own their ops (no stage ranges)
     windows = host_windows(raw, refs, None if present else steps) if reason is None else None
     host_views: Callable[[], pl.DataFrame] | None = None
-    notes: list[str] = []
     attributed = None
     if batches is not None:
         mib = options.memory_budget_bytes / 2**20
@@ -244,7 +254,9 @@ def analyze_trace(
         if require_mfu:
             raise
         return Analysis(ranges, None, str(exc), read_warnings, meta, engine)
-    report = replace(report, warnings=(*read_warnings, *report.warnings))
+    say("summing the whole trace")
+    view = trace_view(trace, budget.op_batch_rows, trace.kernel_names(), options.top_kernels)
+    report = replace(report, warnings=(*read_warnings, *report.warnings), trace_view=view)
     analysis = Analysis(ranges, report, None, read_warnings, meta, engine)
     if then is not None:
         then(trace, analysis)
@@ -401,7 +413,12 @@ def _report(
     if hf_model is None and options.config_path is None and options.model is None:
         hf_model = _meta_hf_model(meta)
         given = "run metadata model.config"
-    if hf_model is None:
+    # no stage and no engine step: no FLOPs are counted, any architecture will do
+    counted = bool(stages) or not steps.names.is_empty()
+    if hf_model is None and not counted and options.model is None and meta is None:
+        config, _ = resolve_config(model=FAMILIES[0], config_path=None, meta=None, warnings=[])
+        flops_source = "none (no stage or engine-step ranges: the whole-trace view alone)"
+    elif hf_model is None:
         config, flops_source = resolve_config(
             model=options.model, config_path=options.config_path, meta=meta, warnings=warnings
         )
@@ -460,6 +477,7 @@ def _report(
         stages=stages,
         host_views=host_views,
         engine=engine,
+        trace_only=not counted,
     )
     return replace(report, warnings=(*warnings, *report.warnings), peak_sources=peak_sources)
 

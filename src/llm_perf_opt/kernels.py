@@ -14,6 +14,9 @@ from typing import Any
 
 import polars as pl
 
+from llm_perf_opt.categories import with_category
+from llm_perf_opt.kernelnames import short_names
+
 
 @dataclass(frozen=True)
 class KernelShare:
@@ -25,6 +28,24 @@ class KernelShare:
     mean_ns: float
     share: float
     kind: str = "kernel"
+    category: str = "other"
+    # the short, distinct name a table shows (kernelnames.short_names over one table)
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class CategoryShare:
+    """One category's part of a stage's kernel time (kernels and graph executions)."""
+
+    category: str
+    total_ns: int
+    n_kernels: int
+    share: float
+    # GEMM and attention: the stage's FLOPs of that category, over its kernel time, and that
+    # rate as a fraction of the peak in use (None elsewhere, or without FLOPs)
+    flops: float | None = None
+    achieved_flops_per_s: float | None = None
+    peak_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,13 +94,41 @@ def top_kernels(
     executions of one CUDA graph traced whole count as one entry, `CUDA graph <graphId>`."""
     if k <= 0:
         return ()
+    return kernel_shares(kernel_entries(ops, range_ids), names, k)
+
+
+def kernel_entries(ops: pl.DataFrame, range_ids: Sequence[int]) -> pl.DataFrame:
+    """`kind, name_id, graph_key, count, total_ns` per kernel name (or graph traced whole) of
+    the ops attributed to `range_ids`: what top kernels and categories are drawn from."""
     kernels = ops.filter(
         pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
     ).with_columns(graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")))
-    entries = kernels.group_by("kind", "name_id", "graph_key").agg(
+    return kernels.group_by("kind", "name_id", "graph_key").agg(
         count=pl.len(), total_ns=(pl.col("end_ns") - pl.col("start_ns")).sum()
     )
-    return kernel_shares(entries, names, k)
+
+
+def category_shares(entries: pl.DataFrame, names: pl.DataFrame | None) -> tuple[CategoryShare, ...]:
+    """Time, share and count per category of the entries (`kernel_entries`), in the order of
+    `categories.CATEGORIES`; the times are integer sums, so they add up to the entries' time."""
+    if entries.is_empty():
+        return ()
+    total = int(entries["total_ns"].sum())
+    per = (
+        with_category(entries, names)
+        .group_by("category")
+        .agg(total_ns=pl.col("total_ns").sum(), n=pl.col("count").sum())
+        .sort("category")  # an Enum: in the order of `CATEGORIES`
+    )
+    return tuple(
+        CategoryShare(
+            category=str(r["category"]),
+            total_ns=int(r["total_ns"]),
+            n_kernels=int(r["n"]),
+            share=r["total_ns"] / total if total else 0.0,
+        )
+        for r in per.iter_rows(named=True)
+    )
 
 
 def kernel_shares(
@@ -93,10 +142,13 @@ def kernel_shares(
     grouped = entries.sort(
         "total_ns", "name_id", "graph_key", descending=[True, False, False]
     ).head(k)
+    grouped = with_category(grouped, names)
     if names is not None:
         grouped = grouped.join(names, on="name_id", how="left", maintain_order="left")
     else:
         grouped = grouped.with_columns(name=pl.lit(None, pl.String))
+    rows = grouped.to_dicts()
+    labels = short_names([_entry_name(row) for row in rows])
     return tuple(
         KernelShare(
             name=_entry_name(row),
@@ -105,8 +157,10 @@ def kernel_shares(
             mean_ns=row["total_ns"] / row["count"],
             share=row["total_ns"] / total if total else 0.0,
             kind=str(row["kind"]),
+            category=str(row["category"]),
+            label=label,
         )
-        for row in grouped.iter_rows(named=True)
+        for row, label in zip(rows, labels, strict=True)
     )
 
 

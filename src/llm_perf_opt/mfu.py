@@ -28,12 +28,13 @@ from llm_perf_opt.hostview import (
     breakdown,
     stage_windows,
 )
-from llm_perf_opt.kernels import KernelShare, LaunchKinds
+from llm_perf_opt.kernels import CategoryShare, KernelShare, LaunchKinds
 from llm_perf_opt.opfacts import OpFacts, OpsPlan
 from llm_perf_opt.peak_sources import PeakSources
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.serving import EngineReport
 from llm_perf_opt.stages import Instance, RangeRef, decode_steps, group_instances
+from llm_perf_opt.traceview import TraceView
 from llm_perf_opt.verdict import NO_BREAKDOWN, UnitCounts, classify
 from llm_perf_opt.vocab import CTX_MODES, STAGES
 
@@ -66,6 +67,8 @@ class InstanceResult:
     n_graph_ops: int = 0
     graph_sum_ns: int = 0
     host: HostGpuView | None = None
+    # the part of `flops` attention kernels do (the rest: GEMMs)
+    attention_flops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,8 @@ class StageResult:
     host: HostGpuView | None = None
     per_step: HostGpuView | None = None
     mfu_launch_only: float | None = None
+    # kernel time per category (categories.RULES), summing to kernel_sum_ns + graph_sum_ns
+    categories: tuple[CategoryShare, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -183,6 +188,8 @@ class MfuReport:
     peak_sources: PeakSources | None = None
     # the serving engine's steps and phases (serving.py), when the trace has step ranges
     engine: EngineReport | None = None
+    # every GPU op of the trace, attributed or not (traceview.py; set by the analysis)
+    trace_view: TraceView | None = None
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -248,6 +255,7 @@ def compute_mfu(
     stages: Sequence[str] = STAGES,
     host_views: pl.DataFrame | None = None,
     engine: EngineReport | None = None,
+    trace_only: bool = False,
 ) -> MfuReport:
     """Per-stage, per-instance and model-level MFU (and decode MBU) of an attributed trace.
 
@@ -275,6 +283,8 @@ def compute_mfu(
         stages: the stages to analyze (a non-empty subset of STAGES, e.g. no vision for a
             text-only model); the model line sums them and names the others as absent.
         host_views: `read_host_views` of the trace: adds the host/GPU breakdown (hostview).
+        trace_only: with no stage and no engine, a report of the trace alone (the analysis adds
+            its whole-trace view) instead of a SelectionError.
         engine: the serving engine's view (serving.engine_report), carried in the report; with
             it, `stages` may be empty (a trace of engine steps only).
 
@@ -288,7 +298,7 @@ def compute_mfu(
         raise ConfigError(f"--ctx-mode must be one of {', '.join(CTX_MODES)}, got {ctx.mode!r}")
     warnings: list[str] = []
     stages = tuple(s for s in STAGES if s in stages)
-    if not stages and engine is None:
+    if not stages and engine is None and not trace_only:
         raise SelectionError(f"no stage to analyze; choose some of {', '.join(STAGES)}")
     instances = group_instances(ranges, refs, include_warmup, stages, warnings) if stages else []
     known = facts.instance_facts(instances, inputs, warnings, "vision" in stages) if stages else []
@@ -445,7 +455,26 @@ def _instance_result(
         mbu_trace=_ratio(work.decode_bytes or 0.0, bw * busy * 1e-9) if bw else None,
         mbu_wall=_ratio(work.decode_bytes or 0.0, bw * wall_ns * 1e-9) if bw else None,
         bytes_moved=work.bytes_moved,
+        attention_flops=work.attention_flops,
     )
+
+
+def _with_flops(
+    shares: Sequence[CategoryShare], flops: float, attention: float, peak_flops: float
+) -> tuple[CategoryShare, ...]:
+    """The stage's FLOPs split between its GEMM and attention kernels (`StageWork`), each
+    over that category's own kernel time: how fast they run while they run."""
+    if flops <= 0:
+        return tuple(shares)
+    split = {"gemm": flops - attention, "attention": attention}
+    out = []
+    for c in shares:
+        part = split.get(c.category)
+        if part is not None and c.total_ns > 0:
+            rate = part / (c.total_ns * 1e-9)
+            c = replace(c, flops=part, achieved_flops_per_s=rate, peak_fraction=rate / peak_flops)
+        out.append(c)
+    return tuple(out)
 
 
 def _idle(busy_ns: float, wall_ns: float) -> float | None:
@@ -535,6 +564,12 @@ def _aggregate(
         verdict=NO_BREAKDOWN.label,
         instances=tuple(rows),
         top_kernels=ops.top_kernels(stage, [r.range_id for r in rows], kernel_names, top_k),
+        categories=_with_flops(
+            ops.categories(stage, [r.range_id for r in rows], kernel_names),
+            flops,
+            sum(r.attention_flops for r in rows),
+            peak.peak_flops,
+        ),
         bytes_moved=sum(moved) if len(moved) == len(rows) else None,
     )
     if stage != "decode":

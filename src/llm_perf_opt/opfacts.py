@@ -19,8 +19,11 @@ import polars as pl
 
 from llm_perf_opt.hostview import GpuView, gpu_view
 from llm_perf_opt.kernels import (
+    CategoryShare,
     KernelShare,
     LaunchKinds,
+    category_shares,
+    kernel_entries,
     kernel_shares,
     launch_kinds,
     launch_kinds_of,
@@ -52,6 +55,12 @@ class OpFacts(Protocol):
         ranges of `group`)."""
         ...
 
+    def categories(
+        self, group: str, range_ids: Sequence[int], names: pl.DataFrame | None
+    ) -> tuple[CategoryShare, ...]:
+        """Kernel time per category (`categories.RULES`) of the same ops as `top_kernels`."""
+        ...
+
     def gpu_view(self, windows: pl.DataFrame) -> GpuView:
         """`hostview.gpu_view` of the windows."""
         ...
@@ -78,6 +87,11 @@ class MemoryOps:
         self, group: str, range_ids: Sequence[int], names: pl.DataFrame | None, k: int
     ) -> tuple[KernelShare, ...]:
         return top_kernels(self.ops, range_ids, names, k)
+
+    def categories(
+        self, group: str, range_ids: Sequence[int], names: pl.DataFrame | None
+    ) -> tuple[CategoryShare, ...]:
+        return category_shares(kernel_entries(self.ops, range_ids), names)
 
     def gpu_view(self, windows: pl.DataFrame) -> GpuView:
         return gpu_view(windows, self.ops)
@@ -109,6 +123,15 @@ class StreamedOps:
     def top_kernels(
         self, group: str, range_ids: Sequence[int], names: pl.DataFrame | None, k: int
     ) -> tuple[KernelShare, ...]:
+        return kernel_shares(self._entries(group, range_ids), names, k)
+
+    def categories(
+        self, group: str, range_ids: Sequence[int], names: pl.DataFrame | None
+    ) -> tuple[CategoryShare, ...]:
+        return category_shares(self._entries(group, range_ids), names)
+
+    def _entries(self, group: str, range_ids: Sequence[int]) -> pl.DataFrame:
+        """The pass's kernel entries of `group`, which must have been planned for `range_ids`."""
         planned = (
             []
             if self.plan is None
@@ -118,8 +141,7 @@ class StreamedOps:
             raise ValueError(
                 f"the top kernels of group {group!r} were not planned for these ranges"
             )
-        entries = self.result.top_kernels.filter(pl.col("group") == group).drop("group")
-        return kernel_shares(entries, names, k)
+        return self.result.top_kernels.filter(pl.col("group") == group).drop("group")
 
     def gpu_view(self, windows: pl.DataFrame) -> GpuView:
         gpu, groups = self.result.gpu_windows, self.result.gpu_groups

@@ -29,3 +29,15 @@ GPU_SEGMENTS: Final = (
     ("queued_ns", "GPU queued (launch latency)", "#a6cee3"),
     ("edge_ns", "GPU idle at the edges", IDLE_COLOR),
 )
+# Kernel categories (categories.CATEGORIES), in their order.
+CATEGORY_COLORS: Final = {
+    "gemm": "#1f78b4",
+    "attention": "#6a3d9a",
+    "norm": "#b2df8a",
+    "elementwise": "#fdbf6f",
+    "reduction": "#e31a1c",
+    "memory": "#a6cee3",
+    "communication": "#33a02c",
+    "other": "#999999",
+    "graph": "#555555",
+}

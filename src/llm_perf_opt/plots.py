@@ -19,6 +19,7 @@ from llm_perf_opt.hostview import HostGpuView
 from llm_perf_opt.mfu import MfuReport, StageResult
 from llm_perf_opt.palette import (
     BUSY_COLOR,
+    CATEGORY_COLORS,
     GPU_SEGMENTS,
     HOST_SEGMENTS,
     IDLE_COLOR,
@@ -62,6 +63,26 @@ def plot_time_split(report: MfuReport, path: Path) -> Path:
     ax.set_title("Where each stage's wall time goes")
     ax.margins(x=0.35)
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, fontsize=8, frameon=False)
+    return _save(fig, path)
+
+
+def plot_categories(report: MfuReport, path: Path) -> Path:
+    """Per stage: one bar of its kernel time stacked by kernel category (docs/categories.md)."""
+    stages = [s for s in report.stages.values() if s.categories]
+    fig = Figure(figsize=(7, 0.9 + 0.7 * len(stages)))
+    ax = fig.add_subplot()
+    names = [s.stage for s in stages]
+    left = [0.0] * len(stages)
+    for category, color in CATEGORY_COLORS.items():
+        ms = [sum(c.total_ns for c in s.categories if c.category == category) / 1e6
+              for s in stages]  # fmt: skip
+        if any(ms):
+            ax.barh(names, ms, left=left, color=color, label=category)
+            left = [a + b for a, b in zip(left, ms, strict=True)]
+    ax.invert_yaxis()
+    ax.set_xlabel("kernel time (ms, summed over instances)")
+    ax.set_title("Where each stage's kernel time goes, by kernel category")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=5, fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -235,6 +256,8 @@ def write_plots(report: MfuReport, directory: str | Path) -> list[Path]:
             plot_time_split(report, out / "stage_time_split.png"),
             plot_mfu(report, out / "mfu_trace_vs_wall.png"),
         ]
+    if any(s.categories for s in report.stages.values()):
+        paths.append(plot_categories(report, out / "kernel_categories.png"))
     if report.engine is not None and report.engine.steps:
         paths.append(plot_engine_steps(report, out / "engine_steps.png"))
     if report.decode_steps:

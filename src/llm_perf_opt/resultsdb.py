@@ -1,4 +1,4 @@
-"""The results database: every analyzed run as rows of seven sqlite tables (docs/many-runs.md).
+"""The results database: every analyzed run as rows of eight sqlite tables (docs/many-runs.md).
 
 A run is keyed by its `run_id`, a hash of (trace content hash, analysis options): analyzing the
 same file with the same options again replaces its rows, in one transaction, so a killed writer
@@ -32,6 +32,7 @@ from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import DB, Field, Level
 from llm_perf_opt.report.levels import (
+    CATEGORY,
     DECODE_STEP,
     ENGINE_PHASE,
     ENGINE_STEP,
@@ -44,6 +45,7 @@ from llm_perf_opt.report.levels import (
     RUN_SOURCE,
     RUN_WARNINGS,
     STAGE,
+    category_frame,
     decode_step_frame,
     engine_phase_frame,
     engine_step_frame,
@@ -59,7 +61,8 @@ BUSY_TIMEOUT_S: Final = 60.0
 # The table that marks a file as a results database of this tool, and its one row's values.
 SCHEMA_TABLE: Final = "llm_perf_opt_schema"
 SCHEMA_ID: Final = "llm_perf_opt.results_db"
-SCHEMA_VERSION: Final = 1
+# 2: the `categories` table and the top kernels' `category` (a version-1 file is refused).
+SCHEMA_VERSION: Final = 2
 # Version a database written before the schema table existed is taken to have.
 UNVERSIONED: Final = 0
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
@@ -103,6 +106,7 @@ LEVEL_TABLES: Final[dict[str, tuple[Level, Flatten, tuple[str, ...]]]] = {
     "instances": (INSTANCE, instance_frame, ("stage", "instance")),
     "decode_steps": (DECODE_STEP, decode_step_frame, ("instance", "step")),
     "top_kernels": (KERNEL, kernel_frame, ("stage", "rank")),
+    "categories": (CATEGORY, category_frame, ("stage", "category")),
     "engine_phases": (ENGINE_PHASE, engine_phase_frame, ("phase",)),
     "engine_steps": (ENGINE_STEP, engine_step_frame, ("step",)),
 }

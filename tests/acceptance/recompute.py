@@ -14,9 +14,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+import numpy as np
 import polars as pl
 
 from llm_perf_opt.attribution import Attribution
+from llm_perf_opt.categories import CATEGORIES, classify_names
 from llm_perf_opt.flops import analytic, traffic
 from llm_perf_opt.flops.configs import ModelConfig
 
@@ -92,10 +94,18 @@ def _idle(busy_s: float, wall_s: float) -> float:
     return min(1.0, max(0.0, 1.0 - busy_s / wall_s))
 
 
-def _top_kernels(attr: Attribution, kernel_names: pl.DataFrame, range_ids: list[int]) -> list[Any]:
-    kernels = attr.ops.filter(pl.col("kind") == "kernel", pl.col("range_id").is_in(range_ids))
+def _top_kernels(
+    attr: Attribution,
+    kernel_names: pl.DataFrame,
+    range_ids: list[int] | None,
+    total_ns: int | None = None,
+) -> list[Any]:
+    """The top kernels of `range_ids` (None: of the whole trace, shares of `total_ns`)."""
+    kernels = attr.ops.filter(pl.col("kind") == "kernel")
+    if range_ids is not None:
+        kernels = kernels.filter(pl.col("range_id").is_in(range_ids))
     kernels = kernels.with_columns(ns=pl.col("end_ns") - pl.col("start_ns"))
-    total_ns = int(kernels["ns"].sum())
+    total_ns = int(kernels["ns"].sum()) if total_ns is None else total_ns
     grouped = (
         kernels.group_by("name_id")
         .agg(count=pl.len(), total_ns=pl.col("ns").sum())
@@ -146,6 +156,7 @@ def expected_report(
     graphs_of = {rid: (n, ns) for rid, n, ns in graph_rows.iter_rows()}
     per_stage: dict[str, list[dict[str, Any]]] = {s: [] for s in STAGES}
     moved = dict.fromkeys(STAGES, 0.0)
+    attention = dict.fromkeys(STAGES, 0)
     contexts, steps_out = [], []
     for pos, (inst, img) in enumerate(zip(instances, images, strict=True)):
         layout = image_layout(cfg, img)
@@ -158,6 +169,11 @@ def expected_report(
             "prefill": analytic.prefill_flops(text, lp).total_flops,
             "decode": sum(analytic.decode_flops_per_token(text, c).total_flops for c in lens),
         }
+        attention["vision"] += _attention(analytic.vision_flops(cfg, layout))
+        attention["prefill"] += _attention(analytic.prefill_flops(text, lp))
+        attention["decode"] += sum(
+            _attention(analytic.decode_flops_per_token(text, c)) for c in lens
+        )
         decode_bytes = float(
             sum(sum(analytic.decode_bytes_per_step(text, c, meta["dtype"]).values()) for c in lens)
         )
@@ -228,7 +244,7 @@ def expected_report(
                 }
             per_stage[stage].append(out)
     stages = {
-        stage: _stage(stage, rows, attr, kernel_names, moved[stage])
+        stage: _stage(stage, rows, attr, kernel_names, moved[stage], attention[stage])
         for stage, rows in per_stage.items()
     }
     if host is not None:
@@ -273,8 +289,54 @@ def expected_report(
             }
         },
         "decode_steps": steps_out,
+        **trace_expected(attr, kernel_names),
         "static_compute": None,
         "warnings": [],
+    }
+
+
+def _attention(flops: analytic.Flops) -> int:
+    """The attention score and context matmuls of a FLOP count (docs/flops.md)."""
+    return sum(v for k, v in flops.blocks.items() if k.endswith(".attn_scores"))
+
+
+def _categories(ops: pl.DataFrame, kernel_names: pl.DataFrame) -> dict[str, dict[str, Any]]:
+    """Time, share and count per category of `ops` (kernels by name, copies and memsets as
+    memory), summed in integer ns."""
+    classes = classify_names(kernel_names).with_columns(pl.col("category").cast(pl.String))
+    named = ops.join(classes, on="name_id", how="left").with_columns(
+        category=pl.when(pl.col("kind").cast(pl.String).is_in(["memcpy", "memset"]))
+        .then(pl.lit("memory"))
+        .otherwise(pl.col("category")),
+        ns=pl.col("end_ns") - pl.col("start_ns"),
+    )
+    total = int(named["ns"].sum())
+    sums = named.group_by("category").agg(ns=pl.col("ns").sum(), n=pl.len())
+    by = {r["category"]: r for r in sums.iter_rows(named=True)}
+    return {
+        c: {"time_s": by[c]["ns"] / 1e9, "share": by[c]["ns"] / total, "n_kernels": by[c]["n"]}
+        for c in CATEGORIES
+        if c in by
+    }
+
+
+def trace_expected(attr: Attribution, kernel_names: pl.DataFrame) -> dict[str, Any]:
+    """`trace_view` and `trace_categories`: every op of the trace, attributed or not."""
+    ops = attr.ops.with_columns(ns=pl.col("end_ns") - pl.col("start_ns"))
+    busy = 0  # per device: the span less the gaps between the running latest end and a start
+    for _, part in ops.sort("start_ns", "end_ns").group_by("device_id"):
+        start, end = part["start_ns"].to_numpy(), part["end_ns"].to_numpy()
+        reach = np.maximum.accumulate(end)
+        busy += int(reach[-1] - start[0] - np.maximum(start[1:] - reach[:-1], 0).sum())
+    kernels = ops.filter(pl.col("kind") == "kernel")
+    return {
+        "trace_view": {
+            "gpu_busy_s": busy / 1e9,
+            "op_sum_s": int(ops["ns"].sum()) / 1e9,
+            "n_ops": ops.height,
+            "top_kernels": _top_kernels(attr, kernel_names, None, int(kernels["ns"].sum())),
+        },
+        "trace_categories": _categories(attr.ops, kernel_names),
     }
 
 
@@ -284,6 +346,7 @@ def _stage(
     attr: Attribution,
     kernel_names: pl.DataFrame,
     bytes_moved: float,
+    attention: int,
 ) -> dict[str, Any]:
     """Sums over instances, then ratios of the sums; `bytes_moved` is the stage's traffic."""
 
@@ -294,6 +357,17 @@ def _stage(
     kernel_s, n_kernels = total("kernel_sum_s"), total("n_kernels")
     mean_kernel_ns = kernel_s * 1e9 / n_kernels
     mfu_trace = flops / (PEAK_BF16_FLOPS * busy_s)
+    ids = [r["range_id"] for r in rows]
+    ops = attr.ops.filter(pl.col("kind") == "kernel", pl.col("range_id").is_in(ids))
+    categories = _categories(ops, kernel_names)
+    for name, part in (("gemm", flops - attention), ("attention", attention)):
+        if name in categories:
+            rate = part / categories[name]["time_s"]
+            categories[name] |= {
+                "flops": part,
+                "achieved_flops_per_s": rate,
+                "peak_fraction": rate / PEAK_BF16_FLOPS,
+            }
     out: dict[str, Any] = {
         "range": stage,
         "domain": "llm_perf_opt",
@@ -313,6 +387,7 @@ def _stage(
         "graph_s": total("graph_s"),
         "mean_kernel_us": mean_kernel_ns / 1e3,
         "top_kernels": _top_kernels(attr, kernel_names, [r["range_id"] for r in rows]),
+        "categories": categories,
         "instances": rows,
         "bytes_moved": bytes_moved,
         "arithmetic_intensity": flops / bytes_moved,

@@ -248,3 +248,13 @@ class LinearFlops:
 
     def decode_bytes(self, ctx_lens: Sequence[int]) -> float | None:
         return sum(self.bytes_base + self.bytes_per_key * c for c in ctx_lens)
+
+    def attention_flops(
+        self,
+        stage: str,
+        mode: str,
+        crop_grid: tuple[int, int] | None,
+        prefill_len: int | None,
+        ctx_lens: Sequence[int],
+    ) -> float:
+        return sum(self.decode_per_key * c for c in ctx_lens)

@@ -235,6 +235,7 @@ def test_progress_goes_to_stderr_for_large_traces(
         f"reading {probe_trace}",
         "attributing GPU ops to NVTX ranges",
         "computing MFU",
+        "summing the whole trace",
     ]
 
 

@@ -94,6 +94,7 @@ def test_every_output_renders_without_a_vision_stage(tmp_path: Path) -> None:
         "decode_step_time.png",
         "host_gpu_decode.png",
         "host_gpu_prefill.png",
+        "kernel_categories.png",
         "mfu_trace_vs_wall.png",
         "stage_time_split.png",
     ]

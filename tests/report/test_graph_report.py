@@ -140,9 +140,10 @@ def test_json_and_csv_carry_graph_ops_and_graph_s(node: MfuReport, graph: MfuRep
     assert decode["kernel_sum_s"] == pytest.approx(6 * 5_000 / 1e9)
     assert decode["instances"][0]["graph_ops"] == STEPS
     assert decode["top_kernels"][0] | {"total_s": None, "mean_us": None, "share": None} == {
-        "name": "CUDA graph 7", "kind": "graph", "count": 6, "total_s": None, "mean_us": None,
-        "share": None,
+        "name": "CUDA graph 7", "kind": "graph", "category": "graph", "count": 6, "total_s": None,
+        "mean_us": None, "share": None,
     }  # fmt: skip
+    assert decode["categories"]["graph"]["n_kernels"] == 6
     assert json.loads(to_json_text(node))["stages"]["decode"]["graph_ops"] == 0
     rows = list(csv.DictReader(io.StringIO(to_csv(graph))))
     stage = next(r for r in rows if r["level"] == "stage" and r["stage"] == "decode")

@@ -140,6 +140,7 @@ def test_plots_are_valid_non_empty_pngs(report: MfuReport, tmp_path: Path) -> No
     assert [p.name for p in paths] == [
         "stage_time_split.png",
         "mfu_trace_vs_wall.png",
+        "kernel_categories.png",
         "decode_step_time.png",
     ]
     for path in paths:

@@ -55,6 +55,12 @@ class Flops:
             merged[name] = merged.get(name, 0) + value
         return Flops(merged)
 
+    @property
+    def attention_flops(self) -> int:
+        """The attention score and context matmuls (`*.attn_scores` blocks): the FLOPs fused
+        attention kernels do; every other block is done by GEMMs (docs/flops.md)."""
+        return sum(v for k, v in self.blocks.items() if k.endswith(".attn_scores"))
+
     def times(self, factor: int) -> Flops:
         """These FLOPs repeated `factor` times."""
         return Flops({name: value * factor for name, value in self.blocks.items()})

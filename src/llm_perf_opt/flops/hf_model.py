@@ -118,6 +118,25 @@ class HfFlops:
     def decode_flops(self, ctx_lens: Sequence[int]) -> float:
         return float(decoders.decode_flops_total(_text(self.model), ctx_lens).total_flops)
 
+    def attention_flops(
+        self,
+        stage: str,
+        mode: str,
+        crop_grid: tuple[int, int] | None,
+        prefill_len: int | None,
+        ctx_lens: Sequence[int],
+    ) -> float:
+        if stage == "vision":
+            tower = _vision(self.model)
+            hw = self.image_hw or vision_towers.default_image_size(tower)
+            return float(vision_towers.vision_flops(tower, hw).attention_flops)
+        spec = _text(self.model)
+        if stage == "prefill":
+            assert prefill_len is not None
+            blocks = decoders.prefill_flops(spec, prefill_len, "causal", self.lm_head_positions)
+            return float(blocks.attention_flops)
+        return float(decoders.decode_flops_total(spec, ctx_lens).attention_flops)
+
     def decode_bytes(self, ctx_lens: Sequence[int]) -> float | None:
         if self.bytes_dtype is None:
             return None

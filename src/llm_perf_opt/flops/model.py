@@ -47,6 +47,18 @@ class FlopsModel(Protocol):
         """Bytes the same decode steps read (weights + KV cache); None when unknown."""
         ...
 
+    def attention_flops(
+        self,
+        stage: str,
+        mode: str,
+        crop_grid: tuple[int, int] | None,
+        prefill_len: int | None,
+        ctx_lens: Sequence[int],
+    ) -> float:
+        """The part of the stage's FLOPs done by attention (score and context matmuls); the
+        rest is done by GEMMs (docs/flops.md, "FLOPs by kernel category")."""
+        ...
+
 
 class TrafficModel(Protocol):
     """Bytes each stage moves (flops/traffic.py), the roofline's denominator; None: unknown."""
@@ -89,6 +101,29 @@ class AnalyticFlops:
         return float(
             sum(
                 n * analytic.decode_flops_per_token(text, c).total_flops
+                for c, n in Counter(ctx_lens).items()
+            )
+        )
+
+    def attention_flops(
+        self,
+        stage: str,
+        mode: str,
+        crop_grid: tuple[int, int] | None,
+        prefill_len: int | None,
+        ctx_lens: Sequence[int],
+    ) -> float:
+        text = self.config.text
+        if stage == "vision":
+            layout = analytic.image_layout(self.config, mode, crop_grid)
+            return float(analytic.vision_flops(self.config, layout).attention_flops)
+        if stage == "prefill":
+            assert prefill_len is not None
+            blocks = analytic.prefill_flops(text, prefill_len, "causal", self.lm_head_positions)
+            return float(blocks.attention_flops)
+        return float(
+            sum(
+                n * analytic.decode_flops_per_token(text, c).attention_flops
                 for c, n in Counter(ctx_lens).items()
             )
         )
@@ -138,6 +173,8 @@ class StageWork:
     decode_bytes: float | None = None
     decode_steps: int | None = None
     bytes_moved: float | None = None
+    # the part of `flops` attention kernels do (the rest: GEMMs)
+    attention_flops: float = 0.0
 
 
 def stage_work(
@@ -161,11 +198,15 @@ def stage_work(
             flops_model.decode_bytes(ctx_lens) if ctx_lens else 0.0,
             len(ctx_lens),
             traffic_model.decode_bytes_moved(ctx_lens) if traffic_model and ctx_lens else None,
+            flops_model.attention_flops(stage, mode, crop_grid, None, ctx_lens)
+            if ctx_lens
+            else 0.0,
         )
     if stage == "vision":
         flops = flops_model.vision_flops(mode, crop_grid)
         moved = traffic_model.vision_bytes_moved(mode, crop_grid) if traffic_model else None
-        return StageWork(flops, bytes_moved=moved)
+        attention = flops_model.attention_flops(stage, mode, crop_grid, None, ())
+        return StageWork(flops, bytes_moved=moved, attention_flops=attention)
     if prefill_len is None:
         raise MissingInputError(
             "prefill FLOPs need the prefill length Lp (image positions + text tokens): "
@@ -173,7 +214,8 @@ def stage_work(
         )
     flops = flops_model.prefill_flops(prefill_len)
     moved = traffic_model.prefill_bytes_moved(prefill_len) if traffic_model else None
-    return StageWork(flops, bytes_moved=moved)
+    attention = flops_model.attention_flops(stage, mode, crop_grid, prefill_len, ())
+    return StageWork(flops, bytes_moved=moved, attention_flops=attention)
 
 
 def resolve_config(

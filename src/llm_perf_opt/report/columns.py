@@ -12,6 +12,12 @@ from llm_perf_opt.report.fields import Column, Field, shown
 from llm_perf_opt.report.levels import (
     ACHIEVED,
     BOUND,
+    CATEGORY_COUNT,
+    CATEGORY_NAME,
+    CATEGORY_PEAK,
+    CATEGORY_RATE,
+    CATEGORY_SHARE,
+    CATEGORY_TIME,
     CTX_FIRST,
     CTX_LAST,
     CTX_MEAN,
@@ -25,9 +31,10 @@ from llm_perf_opt.report.levels import (
     IMAGE_INDEX,
     INSTANCE_NO,
     INTENSITY,
+    KERNEL_CATEGORY,
     KERNEL_COUNT,
+    KERNEL_LABEL,
     KERNEL_MEAN,
-    KERNEL_NAME,
     KERNEL_SHARE,
     KERNEL_SUM,
     KERNEL_TOTAL,
@@ -48,7 +55,7 @@ from llm_perf_opt.report.levels import (
     WALL,
     WALL_SOURCE,
 )
-from llm_perf_opt.report.text import count, format_pct, gflop, ms, num, short, tflops, us
+from llm_perf_opt.report.text import count, format_pct, gflop, ms, num, tflops, us
 from llm_perf_opt.serving import EnginePhase
 
 
@@ -117,11 +124,21 @@ INSTANCE_TABLE: Final = (
     _IDLE,
 )
 KERNEL_TABLE: Final = (
-    shown("kernel", KERNEL_NAME, lambda name: short(name, 72)),
+    shown("kernel", KERNEL_LABEL, str),
+    shown("category", KERNEL_CATEGORY, str),
     shown("count", KERNEL_COUNT, count),
     shown("total ms", KERNEL_TOTAL, ms),
     shown("mean µs", KERNEL_MEAN, us),
     shown("share", KERNEL_SHARE, format_pct),
+)
+# One stage's kernel time per category (the stage is the section's row label).
+CATEGORY_TABLE: Final = (
+    shown("category", CATEGORY_NAME, str),
+    shown("total ms", CATEGORY_TIME, ms),
+    shown("share", CATEGORY_SHARE, format_pct),
+    shown("kernels", CATEGORY_COUNT, count),
+    shown("TFLOP/s while running", CATEGORY_RATE, tflops),
+    shown("% of peak while running", CATEGORY_PEAK, format_pct),
 )
 CONTEXT_TABLE: Final = (
     shown("inst", INSTANCE_NO, str),

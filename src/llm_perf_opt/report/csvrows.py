@@ -13,12 +13,14 @@ from llm_perf_opt.attribution import RANGES_OUT_COLUMNS
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import CSV, union
 from llm_perf_opt.report.levels import (
+    CATEGORY,
     ENGINE_PHASE,
     ENGINE_STEP,
     INSTANCE,
     MODEL,
     RUN,
     STAGE,
+    category_frame,
     engine_phase_frame,
     engine_step_frame,
     instance_frame,
@@ -27,7 +29,12 @@ from llm_perf_opt.report.levels import (
     stage_frame,
 )
 
-_STAGE_COLUMNS: Final = union(INSTANCE.names(CSV), STAGE.names(CSV), MODEL.names(CSV))
+_LEVEL_COLUMNS: Final = union(INSTANCE.names(CSV), STAGE.names(CSV), MODEL.names(CSV))
+# the category rows' own columns after the stages'
+_STAGE_COLUMNS: Final = (
+    *_LEVEL_COLUMNS,
+    *(name for name in CATEGORY.names(CSV) if name not in _LEVEL_COLUMNS),
+)
 # One row per instance, stage and the model, then per engine phase and step, each with the run's
 # columns; the engine levels' own columns follow the stages'.
 CSV_COLUMNS: Final = (
@@ -43,22 +50,24 @@ CSV_COLUMNS: Final = (
 
 
 def to_csv(report: MfuReport) -> str:
-    """One row per stage instance, per stage (`level=stage`) and for the model (`level=model`):
-    each stage's instances, then the stage, then the model; then one row per engine phase
+    """One row per stage instance, per stage (`level=stage`), per category of a stage's kernel
+    time (`level=category`) and for the model (`level=model`): each stage's instances, the
+    stage and its categories, then the model; then one row per engine phase
     (`level=engine_phase`) and per engine step (`level=engine_step`) when the trace has them."""
     levels = [
         frame.select(level.names(CSV)).with_columns(level=pl.lit(level.name))
         for level, frame in (
             (INSTANCE, instance_frame(report)),
             (STAGE, stage_frame(report)),
+            (CATEGORY, category_frame(report)),
             (MODEL, model_frame(report)),
         )
     ]
-    instances, stages, model = levels
+    instances, stages, categories, model = levels
     parts = [
         part.filter(pl.col("stage") == name)
         for name in report.stages
-        for part in (instances, stages)
+        for part in (instances, stages, categories)
     ]
     run = run_frame(report).select(RUN.names(CSV)).row(0, named=True)
     engine = [

@@ -14,6 +14,7 @@ from llm_perf_opt.hostview import HostGpuView
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import JSON, pick
 from llm_perf_opt.report.levels import (
+    CATEGORY,
     CONTEXT,
     DECODE_STEP,
     ENGINE_PHASE_SUMS,
@@ -36,6 +37,7 @@ from llm_perf_opt.report.levels import (
     STAGE_HOST,
     STAGE_SUMS,
     STAGE_TRAFFIC,
+    category_frame,
     context_frame,
     decode_step_frame,
     engine_phase_frame,
@@ -91,6 +93,9 @@ def _stages_json(report: MfuReport, by_peak: dict[str, Any]) -> dict[str, Any]:
     kernels = kernel_frame(report)
     top = _by_stage(kernels["stage"].to_list(), KERNEL.rows(kernels, JSON))
     members = _instances_json(report)
+    shares = category_frame(report)
+    cats = _by_stage(shares["stage"].to_list(), CATEGORY.rows(shares, JSON))
+    names = _by_stage(shares["stage"].to_list(), shares["category"].to_list())
     rows = stage_frame(report).join(
         roofline_frame(report), on="stage", how="left", maintain_order="left"
     )
@@ -100,6 +105,7 @@ def _stages_json(report: MfuReport, by_peak: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for s, row, view, step in zip(stages, rows.to_dicts(), views, steps, strict=True):
         doc = pick(row, STAGE_SUMS) | {"top_kernels": top[s.stage], "instances": members[s.stage]}
+        doc["categories"] = dict(zip(names[s.stage], cats[s.stage], strict=True))
         doc |= pick(row, STAGE_TRAFFIC) | pick(row, ROOFLINE.fields) | {"by_peak": by_peak[s.stage]}
         if s.stage == "decode":
             doc |= pick(row, STAGE_DECODE)
@@ -109,6 +115,26 @@ def _stages_json(report: MfuReport, by_peak: dict[str, Any]) -> dict[str, Any]:
                 doc["per_step"] = step
         out[s.stage] = doc
     return out
+
+
+def _trace_json(report: MfuReport) -> dict[str, Any]:
+    """The `trace_view` and `trace_categories` keys: every GPU op of the trace (traceview.py)."""
+    v = report.trace_view
+    if v is None:
+        return {"trace_view": None, "trace_categories": None}
+    shares = CATEGORY.frame(v.categories, stage="")
+    kernels = KERNEL.frame(v.top_kernels, stage="", rank=range(1, len(v.top_kernels) + 1))
+    return {
+        "trace_view": {
+            "gpu_busy_s": v.gpu_busy_ns / 1e9,
+            "op_sum_s": v.op_sum_ns / 1e9,
+            "n_ops": v.n_ops,
+            "top_kernels": KERNEL.rows(kernels, JSON),
+        },
+        "trace_categories": dict(
+            zip(shares["category"].to_list(), CATEGORY.rows(shares, JSON), strict=True)
+        ),
+    }
 
 
 def _engine_json(report: MfuReport) -> dict[str, Any]:
@@ -172,6 +198,7 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         "mbu": {"decode": mbu},
         "decode_steps": DECODE_STEP.rows(decode_step_frame(report), JSON),
         **_engine_json(report),
+        **_trace_json(report),
         "static_compute": report.static_compute,
         **pick(run, RUN_WARNINGS),
     }

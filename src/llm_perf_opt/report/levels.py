@@ -200,17 +200,43 @@ KERNEL_COUNT: Final = Field("count", INT)
 KERNEL_TOTAL: Final = _seconds("total_s", "total_ns")
 KERNEL_MEAN: Final = Field("mean_us", F64, attr="mean_ns", per=1e3)
 KERNEL_SHARE: Final = Field("share", F64)
+KERNEL_CATEGORY: Final = Field("category", STR)
+KERNEL_LABEL: Final = Field("label", STR, outputs=NOWHERE)  # the tables' short name
 KERNEL: Final = Level(
     "kernel",
     (
         STAGE_NAME.only(DB),  # given: a kernel share holds neither its stage nor its rank
         Field("rank", INT, outputs=frozenset({DB})),
         KERNEL_NAME,
+        KERNEL_LABEL,
         Field("kind", STR, outputs=JSON_ONLY),
+        KERNEL_CATEGORY,
         KERNEL_COUNT,
         KERNEL_TOTAL,
         KERNEL_MEAN,
         KERNEL_SHARE,
+    ),
+)
+# A stage's kernel time per category (`categories.RULES`); JSON keys them by stage and category.
+CATEGORY_NAME: Final = Field("category", STR, outputs=frozenset({CSV, DB}))
+CATEGORY_TIME: Final = _seconds("time_s", "total_ns")
+CATEGORY_SHARE: Final = Field("share", F64)
+CATEGORY_COUNT: Final = Field("n_kernels", INT)
+# not in the CSV, whose `flops` and `achieved_flops_per_s` columns are the stage's
+CATEGORY_FLOPS: Final = Field("flops", F64, outputs=JSON_DB)
+CATEGORY_RATE: Final = Field("achieved_flops_per_s", F64, outputs=JSON_DB)
+CATEGORY_PEAK: Final = Field("peak_fraction", F64, outputs=JSON_DB)
+CATEGORY: Final = Level(
+    "category",
+    (
+        STAGE_NAME.only(CSV, DB),
+        CATEGORY_NAME,
+        CATEGORY_TIME,
+        CATEGORY_SHARE,
+        CATEGORY_COUNT,
+        CATEGORY_FLOPS,
+        CATEGORY_RATE,
+        CATEGORY_PEAK,
     ),
 )
 # Host and GPU view of a window (docs/mfu-math.md): JSON writes the two parts as two objects.
@@ -369,6 +395,16 @@ def kernel_frame(report: MfuReport) -> pl.DataFrame:
                 KERNEL.frame(s.top_kernels, stage=name, rank=range(1, len(s.top_kernels) + 1))
                 for name, s in report.stages.items()
             ),
+        ]
+    )
+
+
+def category_frame(report: MfuReport) -> pl.DataFrame:
+    """Each stage's kernel time per category."""
+    return pl.concat(
+        [
+            CATEGORY.frame((), stage=()),
+            *(CATEGORY.frame(s.categories, stage=name) for name, s in report.stages.items()),
         ]
     )
 

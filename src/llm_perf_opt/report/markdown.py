@@ -45,11 +45,19 @@ def to_markdown(report: MfuReport) -> str:
     if roofline.rows:
         out += _section(roofline)
     for s in report.stages.values():
+        if s.categories:
+            out += _section(sections.category_section(s))
+    for s in report.stages.values():
         if s.top_kernels:
             kernels = sections.kernel_section(s)
             # names as code: demangled C++ (`<unnamed>`, `*`) would read as HTML or emphasis
             rows = [(f"`{name}`", *rest) for name, *rest in kernels.rows]
             out += _section(kernels._replace(rows=rows))
+    whole = sections.trace_sections(report)
+    if whole:
+        cats, kernels = whole
+        out += _section(cats)
+        out += _section(kernels._replace(rows=[(f"`{n}`", *rest) for n, *rest in kernels.rows]))
     if report.engine is not None:
         out += _section(sections.engine_step_section(report))
     if report.static_compute is not None:

@@ -8,6 +8,7 @@ from typing import Any, Final, NamedTuple
 
 from llm_perf_opt.mfu import MfuReport, StageResult
 from llm_perf_opt.report.columns import (
+    CATEGORY_TABLE,
     CONTEXT_TABLE,
     ENGINE_PHASE_TABLE,
     ENGINE_STEP_TABLE,
@@ -22,7 +23,7 @@ from llm_perf_opt.report.columns import (
 )
 from llm_perf_opt.report.fields import cells, head
 from llm_perf_opt.report.levels import instances, ridge
-from llm_perf_opt.report.text import format_pct, host_verdict, num, tflops, us
+from llm_perf_opt.report.text import count, format_pct, host_verdict, ms, num, tflops, us
 from llm_perf_opt.roofline import roofline_points, utilization_by_peak
 
 HOST_TITLE: Final = (
@@ -205,9 +206,34 @@ def roofline_section(report: MfuReport) -> Section:
     return Section(f"Roofline (analytic bytes{at})", head(ROOFLINE_TABLE), rows)
 
 
+def category_section(s: StageResult) -> Section:
+    return Section(
+        f"Where the kernel time goes: {s.stage}",
+        head(CATEGORY_TABLE),
+        cells(CATEGORY_TABLE, s.categories),
+    )
+
+
+def trace_sections(report: MfuReport) -> list[Section]:
+    """The whole trace (every GPU op, attributed or not): its categories and top kernels."""
+    v = report.trace_view
+    if v is None or not v.n_ops:
+        return []
+    what = (
+        f"Whole trace: GPU busy {ms(v.gpu_busy_ns)} ms, {count(v.n_ops)} GPU ops summing "
+        f"{ms(v.op_sum_ns)} ms (kernels, graphs, copies, memsets)"
+    )
+    return [
+        Section(what, head(CATEGORY_TABLE), cells(CATEGORY_TABLE, v.categories)),
+        Section(
+            "Top kernels: whole trace", head(KERNEL_TABLE), cells(KERNEL_TABLE, v.top_kernels), 2
+        ),
+    ]
+
+
 def kernel_section(s: StageResult) -> Section:
     return Section(
-        f"Top kernels: {s.stage}", head(KERNEL_TABLE), cells(KERNEL_TABLE, s.top_kernels)
+        f"Top kernels: {s.stage}", head(KERNEL_TABLE), cells(KERNEL_TABLE, s.top_kernels), 2
     )
 
 

@@ -43,7 +43,9 @@ def render_table(report: MfuReport, console: Console) -> None:
     roofline = sections.roofline_section(report)
     if roofline.rows:
         parts.append(_table(roofline))
+    parts += [_table(sections.category_section(s)) for s in report.stages.values() if s.categories]
     parts += [_table(sections.kernel_section(s)) for s in report.stages.values() if s.top_kernels]
+    parts += [_table(s) for s in sections.trace_sections(report)]
     if report.static_compute is not None:
         title = "Static compute (runner, fvcore): " + sections.static_note(report.static_compute)
         parts.append(_table(sections.static_section(report.static_compute, title)))
