@@ -113,9 +113,11 @@ class SliceLevel:
 
 
 def _stage_facts(report: MfuReport, row: Mapping[str, Any]) -> Mapping[str, Any]:
-    """What an instance slice adds from its stage: the verdict and the host label."""
+    """What an instance slice adds from its stage: the verdict, the host label and the share of
+    the stage's kernel time each kernel category takes (`share.<category>`)."""
     s = report.stages[row["stage"]]
-    return {"verdict": s.verdict, "advice": s.advice}
+    shares = {f"share.{c.category}": c.share for c in s.categories}
+    return {"verdict": s.verdict, "advice": s.advice, **shares}
 
 
 def _phase_facts(report: MfuReport, row: Mapping[str, Any]) -> Mapping[str, Any]:

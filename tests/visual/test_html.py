@@ -77,12 +77,33 @@ def test_report_page_in_a_browser(analyzed: Analyzed, browser: Any, name: str) -
         if any("host" in s for s in stages):
             expected += ["Where the wall time goes: Host span", "Where the wall time goes: GPU"]
         expected += ["Roofline"] if any(s.get("bound") for s in stages) else []
+        if any(s["categories"] for s in stages) or out.doc["trace_categories"]:
+            expected += ["Where the kernel time goes, by category"]
+            _check_category_bars(page, out.doc)
         assert [t for t in titles if not any(t.startswith(e) for e in expected)] == []
         assert len(titles) == len(expected)
         assert page.locator("canvas").count() >= len(titles)
         assert ink(shot) > MIN_INK
     finally:
         page.close()
+
+
+def _check_category_bars(page: Any, doc: dict[str, Any]) -> None:
+    """The category plot's bars: per range and category, the JSON's share (in %) and time."""
+    bars = page.evaluate(
+        """() => { const doc = Bokeh.documents[0];
+            const fig = doc.roots().find(r => r.title.text.startsWith('Where the kernel time'));
+            return fig.renderers.flatMap(r => { const d = r.data_source.data;
+                return [...d.range].map((g, i) => [g, d.category[i], d.share[i], d.ms[i]]); }); }"""
+    )
+    expected = {
+        (s, c): v for s, sdoc in doc["stages"].items() for c, v in sdoc["categories"].items()
+    }
+    expected |= {("whole trace", c): v for c, v in (doc["trace_categories"] or {}).items()}
+    assert {(g, c) for g, c, _, _ in bars} == set(expected)
+    for g, c, share, ms in bars:
+        assert share == pytest.approx(100 * expected[g, c]["share"], rel=1e-12)
+        assert ms == pytest.approx(1e3 * expected[g, c]["time_s"], rel=1e-9)
 
 
 def _phase_rows(page: Any) -> dict[str, tuple[str, str, str]]:

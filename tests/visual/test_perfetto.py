@@ -195,6 +195,8 @@ def test_perfetto_parses_back_to_the_report(analyzed: Analyzed, name: str) -> No
             for key in ("flops", "mfu_trace", "mfu_wall", "instance", "gpu_busy_s"):
                 assert args[key] == inst[key], (stage, key)
             assert args["verdict"] == sdoc["verdict"]
+            shares = {k.removeprefix("share."): v for k, v in args.items() if "share." in k}
+            assert shares == {c: v["share"] for c, v in sdoc["categories"].items()}, stage
     engine = doc["engine_steps"]
     step_slices = sorted(
         ((ts, n, a) for ts, n, a, _ in begins if "phase" in a and "step" in a),

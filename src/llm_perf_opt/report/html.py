@@ -25,9 +25,11 @@ from bokeh.models.annotations import Legend
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
+from llm_perf_opt.categories import CATEGORIES
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.palette import (
     BUSY_COLOR,
+    CATEGORY_COLORS,
     GPU_SEGMENTS,
     HOST_SEGMENTS,
     IDLE_COLOR,
@@ -446,6 +448,91 @@ def roofline(report: MfuReport) -> list[LayoutDOM]:
     return [fig]
 
 
+def category_bars(report: MfuReport) -> list[LayoutDOM]:
+    """Per stage (and the whole trace): kernel time stacked by category, as % of that range's
+    kernel time, with each category's ms, kernel count and GEMM/attention rate on hover."""
+    ranges = [(s.stage, s.categories) for s in report.stages.values() if s.categories]
+    if report.trace_view is not None and report.trace_view.categories:
+        ranges.append(("whole trace", report.trace_view.categories))
+    if not ranges:
+        return []
+    present = [
+        c for c in CATEGORIES if any(x.category == c for _, shares in ranges for x in shares)
+    ]
+    rows = pl.DataFrame(
+        [
+            {
+                "range": name,
+                "category": x.category,
+                "share": x.share * 100,
+                "ms": x.total_ns / 1e6,
+                "n_kernels": x.n_kernels,
+                "tflops": (x.achieved_flops_per_s or float("nan")) / 1e12,
+                "peak_pct": (x.peak_fraction or float("nan")) * 100,
+            }
+            for name, shares in ranges
+            for x in shares
+        ],
+        schema={
+            "range": pl.String,
+            "category": pl.String,
+            "share": pl.Float64,
+            "ms": pl.Float64,
+            "n_kernels": pl.Int64,
+            "tflops": pl.Float64,
+            "peak_pct": pl.Float64,
+        },
+    )
+    names = [name for name, _ in ranges]
+    fig = new_figure(
+        "Where the kernel time goes, by category (% of each range's kernel time)",
+        height=110 + 45 * len(names),
+        y_range=names[::-1],
+        x_range=Range1d(start=0, end=100),
+    )
+    for category in present:
+        part = rows.filter(pl.col("category") == category)
+        # each category's bar starts where the categories before it (in CATEGORIES order) end
+        before = (
+            rows.filter(pl.col("category").is_in(present[: present.index(category)]))
+            .group_by("range")
+            .agg(left=pl.col("share").sum())
+        )
+        part = part.join(before, on="range", how="left").with_columns(
+            pl.col("left").fill_null(0.0), right=pl.col("left").fill_null(0.0) + pl.col("share")
+        )
+        fig.hbar(
+            y="range",
+            left="left",
+            right="right",
+            height=0.6,
+            color=CATEGORY_COLORS[category],
+            source=ColumnDataSource(part.to_dict(as_series=False)),
+            legend_label=category,
+        )
+    fig.add_tools(
+        HoverTool(
+            tooltips=[
+                ("", "@range: @category"),
+                ("share", "@share{0.0}%"),
+                ("kernel ms", "@ms{0,0.000}"),
+                ("kernels", "@n_kernels{0,0}"),
+                ("TFLOP/s while running", "@tflops{0,0.0}"),
+                ("% of peak while running", "@peak_pct{0.0}"),
+            ]
+        )
+    )
+    fig.legend.orientation = "horizontal"
+    fig.add_layout(fig.legend[0], "below")
+    fig.xaxis.axis_label = "% of kernel time"
+    return [fig]
+
+
+def _category_tables(report: MfuReport) -> list[sections.Section]:
+    stages = [sections.category_section(s) for s in report.stages.values() if s.categories]
+    return [*stages, *sections.trace_sections(report)[:1]]
+
+
 def _stage_notes(report: MfuReport) -> list[str]:
     first = next(iter(report.stages.values()), None)
     if first is None:  # a trace of engine steps only
@@ -489,9 +576,13 @@ REPORT_PARTS: Final[tuple[Part[MfuReport], ...]] = (
     Part(None, lambda r: [sections.context_section(r)]),
     Part("MFU and MBU by denominator", _peaks),
     Part(None, lambda r: [sections.roofline_section(r)], figures=roofline),
+    Part("Kernel categories", _category_tables, figures=category_bars),
     Part(
         "Top kernels",
-        lambda r: [sections.kernel_section(s) for s in r.stages.values() if s.top_kernels],
+        lambda r: [
+            *(sections.kernel_section(s) for s in r.stages.values() if s.top_kernels),
+            *sections.trace_sections(r)[1:],
+        ],
     ),
     Part("Static compute", _static),
     Part("Warnings", lines=lambda r: list(r.warnings), bullets=True),
