@@ -61,8 +61,11 @@ BUSY_TIMEOUT_S: Final = 60.0
 # The table that marks a file as a results database of this tool, and its one row's values.
 SCHEMA_TABLE: Final = "llm_perf_opt_schema"
 SCHEMA_ID: Final = "llm_perf_opt.results_db"
-# 2: the `categories` table and the top kernels' `category` (a version-1 file is refused).
+# 2: the `categories` table and the top kernels' `category`. A file of an older version from
+# OLDEST_UPGRADED on is upgraded when written (missing tables and columns added; its earlier
+# runs keep no categories) and read as it is; any other version is refused untouched.
 SCHEMA_VERSION: Final = 2
+OLDEST_UPGRADED: Final = 1
 # Version a database written before the schema table existed is taken to have.
 UNVERSIONED: Final = 0
 SQLITE_MAGIC: Final = b"SQLite format 3\x00"
@@ -112,7 +115,7 @@ LEVEL_TABLES: Final[dict[str, tuple[Level, Flatten, tuple[str, ...]]]] = {
 }
 # Tables added after the first five: a database written before lacks them until written again
 # (read as empty).
-LATER_TABLES: Final = frozenset({"engine_phases", "engine_steps"})
+LATER_TABLES: Final = frozenset({"engine_phases", "engine_steps", "categories"})
 # table → (columns, primary key); children are deleted before their run is written again.
 TABLES: Final[dict[str, tuple[dict[str, type], tuple[str, ...]]]] = {
     "runs": (RUNS, ("run_id",)),
@@ -300,7 +303,7 @@ def _schema_of(path: Path, *, immutable: bool) -> tuple[set[str], int | None] | 
             row = conn.execute(f"SELECT id, version FROM [{SCHEMA_TABLE}]").fetchone()
             ours = row is not None and row[0] == SCHEMA_ID and isinstance(row[1], int)
             return names, int(row[1]) if ours else None
-        return names, UNVERSIONED if set(TABLES) <= names else None
+        return names, UNVERSIONED if set(TABLES) - LATER_TABLES <= names else None
     except sqlite3.Error:
         return None
     finally:
@@ -347,10 +350,16 @@ def _check_ours(path: Path) -> bool:
             f"{str(path)!r} is not a results database of mfu-analyze (another program's file, "
             "or a trace); it was not touched. Give a new file or one `--db` wrote"
         )
-    if found[1] != SCHEMA_VERSION:
+    if found[1] > SCHEMA_VERSION:
         raise ResultsDbError(
-            f"{str(path)!r} is a results database of schema version {found[1]}, this tool "
-            f"writes version {SCHEMA_VERSION}; it was not touched. Give a new --db file "
+            f"{str(path)!r} is a results database of schema version {found[1]}, written by a "
+            f"newer llm-perf-opt (this one knows up to {SCHEMA_VERSION}); it was not touched. "
+            "Upgrade llm-perf-opt, or give a new --db file"
+        )
+    if found[1] < OLDEST_UPGRADED:
+        raise ResultsDbError(
+            f"{str(path)!r} is a results database of schema version {found[1]}, too old to "
+            f"upgrade to version {SCHEMA_VERSION}; it was not touched. Give a new --db file "
             "(and analyze the traces again into it)"
         )
     return False
@@ -419,7 +428,12 @@ class ResultsDb:
         with self.db.atomic():
             for name, (columns, pk) in TABLES.items():
                 key = pk if len(pk) > 1 else pk[0]
-                self.db.table(name).create(columns, pk=key, if_not_exists=True)
+                table = self.db.table(name)
+                table.create(columns, pk=key, if_not_exists=True)
+                have = table.columns_dict  # an older schema's table: add what it lacks
+                for column, kind in columns.items():
+                    if column not in have:
+                        table.add_column(column, kind)
             self.db.table("runs").create_index(["content_hash"], if_not_exists=True)
             self.db.table("runs").create_index(["trace_name"], if_not_exists=True)
             schema = self.db.table(SCHEMA_TABLE)

@@ -1,5 +1,5 @@
 """Categories through the outputs: the JSON keys, the CSV rows, the results database's table
-(and the refusal of a database of the schema before it)."""
+(and an older database's upgrade)."""
 
 from __future__ import annotations
 
@@ -45,13 +45,43 @@ def test_json_csv_and_db_agree_on_categories(tmp_path: Path) -> None:
     assert kernels and all(k["category"] for k in kernels)
 
 
-def test_a_database_of_the_schema_before_categories_is_refused(tmp_path: Path) -> None:
+def test_a_database_of_the_schema_before_categories_is_upgraded_when_written(
+    tmp_path: Path,
+) -> None:
+    old = tmp_path / "old.sqlite"
+    runner = CliRunner()
+    result = runner.invoke(analyze_cli, [str(TRACE), "--db", str(old), "-j", "1"])
+    assert result.exit_code == 0, result.output
+    with ResultsDb(old) as made:  # back to version 1: no categories table, no kernel category
+        made.db.execute("DROP TABLE categories")
+        made.db.execute("ALTER TABLE top_kernels DROP COLUMN category")
+        made.db.execute(f"UPDATE [{SCHEMA_TABLE}] SET version = ?", [SCHEMA_VERSION - 1])
+    with ResultsDb(old, readonly=True) as results:  # read as it is
+        (first,) = results.run_ids()
+        assert results.load(first).tables["categories"] == []
+    gmm = TRACES / "dsocr_v1_base_gmm.sqlite.xz"
+    result = runner.invoke(analyze_cli, [str(gmm), "--db", str(old), "-j", "1"])
+    assert result.exit_code == 0, result.output
+    with ResultsDb(old, readonly=True) as results:
+        version = results.db.execute(f"SELECT version FROM [{SCHEMA_TABLE}]").fetchone()[0]
+        assert version == SCHEMA_VERSION
+        (second,) = set(results.run_ids()) - {first}
+        kept, added = results.load(first), results.load(second)
+    assert kept.tables["stages"] and kept.tables["categories"] == []
+    assert all(k["category"] is None for k in kept.tables["top_kernels"])
+    assert added.tables["categories"] and all(k["category"] for k in added.tables["top_kernels"])
+
+
+@pytest.mark.parametrize(("version", "why"), [(0, "too old"), (SCHEMA_VERSION + 1, "newer")])
+def test_a_database_of_a_schema_it_cannot_write_is_refused_untouched(
+    tmp_path: Path, version: int, why: str
+) -> None:
     old = tmp_path / "old.sqlite"
     with ResultsDb(old) as made:
-        made.db.execute(f"UPDATE [{SCHEMA_TABLE}] SET version = ?", [SCHEMA_VERSION - 1])
+        made.db.execute(f"UPDATE [{SCHEMA_TABLE}] SET version = ?", [version])
     before = old.read_bytes()
     result = CliRunner().invoke(analyze_cli, [str(TRACE), "--db", str(old), "-j", "1"])
     assert result.exit_code == 2
     line = result.output.strip().splitlines()[-1]
-    assert line.startswith("Error:") and f"schema version {SCHEMA_VERSION - 1}" in line
+    assert line.startswith("Error:") and f"schema version {version}" in line and why in line
     assert old.read_bytes() == before
