@@ -159,3 +159,32 @@ def test_d10_free_space_is_checked_before_decompressing(
     gz.write_bytes(gzip.compress(raw))
     assert_error(analyze(gz), "bytes but")
     assert scratch_left(scratch_tmp) == []
+
+
+def test_d10_ctrl_c_during_a_query_reaches_the_process_handler(v1_plain: Path) -> None:
+    """The ADBC driver manager holds SIGINT while a query runs and turns it into a failed
+    cancel (NOT_IMPLEMENTED from a KeyboardInterrupt): the reader hands the signal back to the
+    process's handler instead of calling the trace damaged."""
+    import threading
+
+    import polars as pl
+
+    from llm_perf_opt.trace.sqlite import SqliteTrace
+
+    trace = open_trace(v1_plain)
+    assert isinstance(trace, SqliteTrace)
+    slow = (
+        "WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 20000000) "
+        "SELECT count(*) AS n FROM r"
+    )
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        timer.start()
+        with pytest.raises(Exception, match="NOT_IMPLEMENTED"):
+            trace._frame(slow, {"n": pl.Int64()})
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert received == [signal.SIGINT]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import re
+import signal
 import sqlite3
 import urllib.parse
 import weakref
@@ -288,8 +289,25 @@ def _table_of(query: str) -> str:
     return match[1] if match else "?"
 
 
+def _interrupted(exc: BaseException | None) -> bool:
+    """Whether `exc` was raised because of a Ctrl-C: while a query runs, the ADBC driver
+    manager holds SIGINT with a native handler that only asks the driver to cancel, and the
+    SQLite driver's refusal (NOT_IMPLEMENTED) is raised from a KeyboardInterrupt."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _read_error(path: Path, exc: Exception, table: str = "?") -> TraceError:
-    """The error a failed SQLite read means, said plainly."""
+    """The error a failed SQLite read means, said plainly. A read stopped by Ctrl-C is no
+    error of the trace: the signal the driver took is delivered again to the process's own
+    handler (the command stops with 130; a notebook gets KeyboardInterrupt)."""
+    if _interrupted(exc):
+        signal.raise_signal(signal.SIGINT)
     text = str(exc)
     lower = text.lower()
     if "locked" in lower or "busy" in lower:
