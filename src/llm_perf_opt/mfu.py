@@ -160,6 +160,18 @@ class ContextInstance:
 
 
 @dataclass(frozen=True)
+class StepCategories:
+    """The median decode step (the lower median by GPU busy time over every instance's steps,
+    ties in instance and step order) and its kernel time per category."""
+
+    instance: int
+    step: int
+    range_id: int
+    gpu_busy_ns: int
+    categories: tuple[CategoryShare, ...]
+
+
+@dataclass(frozen=True)
 class ContextReport:
     """The context-length section: mode, the single C of fixed/max, per-instance C values."""
 
@@ -190,6 +202,8 @@ class MfuReport:
     engine: EngineReport | None = None
     # every GPU op of the trace, attributed or not (traceview.py; set by the analysis)
     trace_view: TraceView | None = None
+    # the median decode step's kernel categories (None without decode steps)
+    step_categories: StepCategories | None = None
 
 
 def _ratio(num: float, den: float) -> float | None:
@@ -331,8 +345,9 @@ def compute_mfu(
         stage: _aggregate(stage, refs[stage], rows, ops, kernel_names, top_kernels, peak)
         for stage, rows in per_stage.items()
     }
-    if host_views is not None and stages:
-        plan = _plan(ranges, instances, steps_of, stages)
+    plan = _plan(ranges, instances, steps_of, stages) if stages else None
+    median_step = _median_step(steps_out, plan, ops, kernel_names)
+    if host_views is not None and plan is not None:
         views = breakdown(plan.windows, host_views, ops.gpu_view(plan.windows))
         step_ids = plan.windows.filter(pl.col("group") == STEP_GROUP)["window_id"].to_list()
         results = _with_host_views(results, views, step_ids, peak.peak_flops)
@@ -369,7 +384,24 @@ def compute_mfu(
         warnings=tuple(warnings),
         static_compute=static_compute,
         engine=engine,
+        step_categories=median_step,
     )
+
+
+def _median_step(
+    steps: Sequence[DecodeStep],
+    plan: OpsPlan | None,
+    ops: OpFacts,
+    kernel_names: pl.DataFrame | None,
+) -> StepCategories | None:
+    """The lower median step by GPU busy time, with the categories of its window's ops."""
+    if not steps or plan is None:
+        return None
+    ranked = sorted(steps, key=lambda d: (d.gpu_busy_ns, d.instance, d.step))
+    d = ranked[(len(ranked) - 1) // 2]
+    window = plan.windows.filter(pl.col("window_id") == d.range_id)
+    cats = ops.step_categories(window, kernel_names)
+    return StepCategories(d.instance, d.step, d.range_id, d.gpu_busy_ns, cats)
 
 
 def _with_host_views(

@@ -1,12 +1,12 @@
 """What the MFU report needs of the attributed GPU ops, from either attribution engine.
 
-`mfu.compute_mfu` asks four things of the ops: kernel and graph counts per range, the kernels
-with the most time per stage, the GPU view of the stage and decode-step windows, and which
-device ran most of the work (and how many CUDA graphs were traced whole). `MemoryOps` answers
-from `Attribution.ops` (every op in memory); `StreamedOps` from the aggregates of a one-pass
-attribution (`onepass.attribute_stream`), which sums only what `OpsPlan` asked for before the
-pass. Both give the same answers; `tests/analyze/test_engines.py` holds them equal on every
-committed trace.
+`mfu.compute_mfu` asks five things of the ops: kernel and graph counts per range, the kernels
+with the most time per stage, the kernel time per category of each stage and of one decode step,
+the GPU view of the stage and decode-step windows, and which device ran most of the work (and how
+many CUDA graphs were traced whole). `MemoryOps` answers from `Attribution.ops` (every op in
+memory); `StreamedOps` from the aggregates of a one-pass attribution (`onepass.attribute_stream`),
+which sums only what `OpsPlan` asked for before the pass. Both give the same answers;
+`tests/analyze/test_engines.py` holds them equal on every committed trace.
 """
 
 from __future__ import annotations
@@ -61,6 +61,13 @@ class OpFacts(Protocol):
         """Kernel time per category (`categories.RULES`) of the same ops as `top_kernels`."""
         ...
 
+    def step_categories(
+        self, window: pl.DataFrame, names: pl.DataFrame | None
+    ) -> tuple[CategoryShare, ...]:
+        """Kernel time per category of the ops in one decode-step window (a `WINDOWS_SCHEMA`
+        row: its owner's ops launched inside it, the ops its `gpu_view` counts)."""
+        ...
+
     def gpu_view(self, windows: pl.DataFrame) -> GpuView:
         """`hostview.gpu_view` of the windows."""
         ...
@@ -92,6 +99,13 @@ class MemoryOps:
         self, group: str, range_ids: Sequence[int], names: pl.DataFrame | None
     ) -> tuple[CategoryShare, ...]:
         return category_shares(kernel_entries(self.ops, range_ids), names)
+
+    def step_categories(
+        self, window: pl.DataFrame, names: pl.DataFrame | None
+    ) -> tuple[CategoryShare, ...]:
+        w = window.row(0, named=True)
+        inside = self.ops.filter(pl.col("launch_ns").is_between(w["start_ns"], w["end_ns"]))
+        return category_shares(kernel_entries(inside, [w["owner_id"]]), names)
 
     def gpu_view(self, windows: pl.DataFrame) -> GpuView:
         return gpu_view(windows, self.ops)
@@ -129,6 +143,16 @@ class StreamedOps:
         self, group: str, range_ids: Sequence[int], names: pl.DataFrame | None
     ) -> tuple[CategoryShare, ...]:
         return category_shares(self._entries(group, range_ids), names)
+
+    def step_categories(
+        self, window: pl.DataFrame, names: pl.DataFrame | None
+    ) -> tuple[CategoryShare, ...]:
+        wid = int(window["window_id"][0])
+        planned = self.plan is not None and wid in self.plan.windows["window_id"].to_list()
+        if not planned:
+            raise ValueError(f"decode-step window {wid} was not planned")
+        entries = self.result.step_kernels.filter(pl.col("window_id") == wid)
+        return category_shares(entries.drop("window_id"), names)
 
     def _entries(self, group: str, range_ids: Sequence[int]) -> pl.DataFrame:
         """The pass's kernel entries of `group`, which must have been planned for `range_ids`."""

@@ -289,6 +289,7 @@ def expected_report(
             }
         },
         "decode_steps": steps_out,
+        "decode_step_categories": _median_step(steps_out, instances, attr, kernel_names),
         **trace_expected(attr, kernel_names),
         "static_compute": None,
         "warnings": [],
@@ -317,6 +318,32 @@ def _categories(ops: pl.DataFrame, kernel_names: pl.DataFrame) -> dict[str, dict
         c: {"time_s": by[c]["ns"] / 1e9, "share": by[c]["ns"] / total, "n_kernels": by[c]["n"]}
         for c in CATEGORIES
         if c in by
+    }
+
+
+def _median_step(
+    steps: list[dict[str, Any]],
+    instances: list[dict[str, Any]],
+    attr: Attribution,
+    kernel_names: pl.DataFrame,
+) -> dict[str, Any]:
+    """The lower median step by GPU busy time (ties: instance, step) and the categories of the
+    kernels its decode range launched while the step range was open."""
+    ranked = sorted(steps, key=lambda d: (d["gpu_busy_s"], d["instance"], d["step"]))
+    d = ranked[(len(ranked) - 1) // 2]
+    inst = instances[d["instance"]]
+    (row,) = [r for r in inst["steps"] if r["range_id"] == d["range_id"]]
+    ops = attr.ops.filter(
+        pl.col("kind") == "kernel",
+        pl.col("range_id") == inst["decode"]["range_id"],
+        pl.col("launch_ns").is_between(row["start_ns"], row["end_ns"]),
+    )
+    return {
+        "instance": d["instance"],
+        "step": d["step"],
+        "range_id": d["range_id"],
+        "gpu_busy_s": d["gpu_busy_s"],
+        "categories": _categories(ops, kernel_names),
     }
 
 

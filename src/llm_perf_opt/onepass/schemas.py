@@ -59,6 +59,11 @@ TOP_KERNELS_SCHEMA: Final = pl.Schema(
         "total_ns": pl.Int64,
     }
 )
+# Per decode-step window (`hostview.STEP_GROUP`) and kernel name or graph: the entries
+# (`kernels.kernel_entries`) of the window's ops, for a step's kernel categories.
+STEP_KERNELS_SCHEMA: Final = pl.Schema(
+    [("window_id", pl.Int64), *((k, v) for k, v in TOP_KERNELS_SCHEMA.items() if k != "group")]
+)
 # Ops with a range, per device (the GPU that ran most of the attributed work names the peak).
 DEVICE_OPS_SCHEMA: Final = pl.Schema({"device_id": pl.Int32, "n_ops": pl.Int64})
 # Every op counted, by kind (graph executions traced whole get a report line).

@@ -24,7 +24,12 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.hostview import GPU_GROUPS_SCHEMA, GPU_WINDOWS_SCHEMA, WINDOWS_SCHEMA
+from llm_perf_opt.hostview import (
+    GPU_GROUPS_SCHEMA,
+    GPU_WINDOWS_SCHEMA,
+    STEP_GROUP,
+    WINDOWS_SCHEMA,
+)
 from llm_perf_opt.intervals import searchsorted_in, segmented_prev_max, sorted_by
 from llm_perf_opt.onepass.calls import EMPTY, INT64_MAX, INT64_MIN
 from llm_perf_opt.onepass.schemas import StreamOrderError
@@ -151,6 +156,7 @@ class WindowTotals:
             .cast(pl.Int64)
             .to_numpy()
         )
+        self.is_step = (windows["group"] == STEP_GROUP).to_numpy()
         n = self.n = windows.height
         if n >= 1 << (63 - LATENCY_BITS):
             raise ValueError(f"{n} windows: latency codes hold fewer than 2^23")
@@ -174,9 +180,9 @@ class WindowTotals:
         start: np.ndarray,
         end: np.ndarray,
         op_id: np.ndarray,
-    ) -> None:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Ops with their exclusive range (`owner`) and launch; each window's ops later in start
-        order than those given before."""
+        order than those given before. Returns the (op position, window position) pairs."""
         keep = np.flatnonzero(np.isin(owner, self.owner))
         keep = keep[np.lexsort((op_id[keep], launch[keep], owner[keep]))]
         owner, launch = owner[keep], launch[keep]
@@ -190,10 +196,11 @@ class WindowTotals:
         lengths = np.maximum(hi - lo, 0)
         total = int(lengths.sum())
         if total == 0:
-            return
+            return EMPTY, EMPTY
         offsets = np.cumsum(lengths) - lengths
         member = np.arange(total, dtype=np.int64) - np.repeat(offsets - lo, lengths)
         win = np.repeat(np.arange(self.n, dtype=np.int64), lengths)
+        pairs = keep[member], win
         d = dev[member].astype(np.int64)
         m_launch, raw_start = launch[member], start[member]
         m_start = np.maximum(raw_start, self.w_start[win])
@@ -207,6 +214,7 @@ class WindowTotals:
             )
         self._sweep(win, d, m_start, m_end, m_launch)
         self._open.add(win, raw_start - m_launch, np.ones(win.size, dtype=np.int64))
+        return pairs
 
     def _sweep(
         self, win: np.ndarray, dev: np.ndarray, m_start: np.ndarray, m_end: np.ndarray,

@@ -20,6 +20,7 @@ from llm_perf_opt.onepass.schemas import (
     KIND_OPS_SCHEMA,
     LAUNCH_KINDS_SCHEMA,
     REASONS,
+    STEP_KERNELS_SCHEMA,
     TOP_KERNELS_SCHEMA,
     UNATTRIBUTED_SCHEMA,
     StreamBudget,
@@ -57,6 +58,7 @@ class StreamResult:
     op_kinds: pl.DataFrame
     gpu_windows: pl.DataFrame | None
     gpu_groups: pl.DataFrame | None
+    step_kernels: pl.DataFrame
     stats: StreamStats
 
 
@@ -103,6 +105,7 @@ class Totals:
         self.device_ops: dict[int, int] = {}
         self.group_names, self.group_of = self._groups(groups)
         self.top: list[pl.DataFrame] = []
+        self.step_top: list[pl.DataFrame] = []  # `group`: a decode-step window id
         self.windows = WindowTotals(windows, budget.latency_rows) if windows is not None else None
 
     def _groups(self, groups: pl.DataFrame | None) -> tuple[list[str], np.ndarray]:
@@ -151,10 +154,11 @@ class Totals:
         self._kinds_and_reasons(op, excl, has_own.to_numpy())
         self._top_kernels(launched, op, excl)
         if self.windows is not None:
-            self.windows.add(
+            pos, win = self.windows.add(
                 self.slot_ids[excl[rows]], op.launch[rows], op.dev[rows], op.start[rows],
                 op.end[rows], op.op_id[rows],
             )  # fmt: skip
+            self._step_kernels(launched, op, rows[pos], win)
 
     def _inclusive(
         self, op: _OpColumns, active: np.ndarray, lo: np.ndarray, hi: np.ndarray,
@@ -232,6 +236,31 @@ class Totals:
         if len(self.top) > 64:
             self.top = [_sum_top(pl.concat(self.top))]
 
+    def _step_kernels(
+        self, launched: pl.DataFrame, op: _OpColumns, member: np.ndarray, win: np.ndarray
+    ) -> None:
+        """Count and time per (decode-step window, kernel name or graph) of the windows' ops:
+        what `kernels.kernel_entries` gives of one window's ops."""
+        assert self.windows is not None
+        wanted = self.windows.is_step[win] & (op.kernel | (op.kind == GRAPH))[member]
+        if not wanted.any():
+            return
+        part = (
+            launched[member[wanted]]
+            .select(
+                pl.Series("group", self.windows.ids[win[wanted]]),
+                "kind",
+                "name_id",
+                graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")),
+                duration=pl.col("end_ns") - pl.col("start_ns"),
+            )
+            .group_by("group", "kind", "name_id", "graph_key")
+            .agg(count=pl.len().cast(pl.Int64), total_ns=pl.col("duration").sum())
+        )
+        self.step_top.append(part)
+        if len(self.step_top) > 64:
+            self.step_top = [_sum_top(pl.concat(self.step_top))]
+
     def settle(self, launch_floor: int) -> None:
         """Close the windows no op launched from now on can enter."""
         if self.windows is not None:
@@ -289,6 +318,11 @@ class Totals:
             schema=KIND_OPS_SCHEMA,
         )
         gpu_windows, gpu_groups = (None, None) if self.windows is None else self.windows.frames()
+        step_kernels = (
+            _sum_top(pl.concat(self.step_top)).rename({"group": "window_id"})
+            if self.step_top
+            else pl.DataFrame(schema=STEP_KERNELS_SCHEMA)
+        )
         return StreamResult(
             ranges=ranges,
             unattributed=unattributed,
@@ -298,6 +332,9 @@ class Totals:
             op_kinds=op_kinds,
             gpu_windows=gpu_windows,
             gpu_groups=gpu_groups,
+            step_kernels=step_kernels.select(STEP_KERNELS_SCHEMA.names()).cast(
+                dict(STEP_KERNELS_SCHEMA)  # type: ignore[arg-type]
+            ),
             stats=stats,
         )
 

@@ -140,6 +140,8 @@ CATEGORY_TABLE: Final = (
     shown("TFLOP/s while running", CATEGORY_RATE, tflops),
     shown("% of peak while running", CATEGORY_PEAK, format_pct),
 )
+# one decode step's categories: no FLOPs are counted per category of a step
+STEP_CATEGORY_TABLE: Final = CATEGORY_TABLE[:4]
 CONTEXT_TABLE: Final = (
     shown("inst", INSTANCE_NO, str),
     shown("image", IMAGE_INDEX, _blank),

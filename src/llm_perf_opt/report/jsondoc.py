@@ -15,6 +15,9 @@ from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report.fields import JSON, pick
 from llm_perf_opt.report.levels import (
     CATEGORY,
+    CATEGORY_COUNT,
+    CATEGORY_SHARE,
+    CATEGORY_TIME,
     CONTEXT,
     DECODE_STEP,
     ENGINE_PHASE_SUMS,
@@ -137,6 +140,22 @@ def _trace_json(report: MfuReport) -> dict[str, Any]:
     }
 
 
+def _step_categories_json(report: MfuReport) -> dict[str, Any] | None:
+    """The `decode_step_categories` key: the median decode step's kernel time per category."""
+    d = report.step_categories
+    if d is None:
+        return None
+    rows = CATEGORY.frame(d.categories, stage="").to_dicts()
+    fields = (CATEGORY_TIME, CATEGORY_SHARE, CATEGORY_COUNT)  # no FLOPs per step category
+    return {
+        "instance": d.instance,
+        "step": d.step,
+        "range_id": d.range_id,
+        "gpu_busy_s": d.gpu_busy_ns / 1e9,
+        "categories": {r["category"]: pick(r, fields) for r in rows},
+    }
+
+
 def _engine_json(report: MfuReport) -> dict[str, Any]:
     """The `engine`, `engine_steps` and `engine_phases` keys (docs/serving.md)."""
     engine = report.engine
@@ -197,6 +216,7 @@ def to_json(report: MfuReport) -> dict[str, Any]:
         "model": model_doc,
         "mbu": {"decode": mbu},
         "decode_steps": DECODE_STEP.rows(decode_step_frame(report), JSON),
+        "decode_step_categories": _step_categories_json(report),
         **_engine_json(report),
         **_trace_json(report),
         "static_compute": report.static_compute,

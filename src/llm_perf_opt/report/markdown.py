@@ -47,6 +47,9 @@ def to_markdown(report: MfuReport) -> str:
     for s in report.stages.values():
         if s.categories:
             out += _section(sections.category_section(s))
+    step = sections.step_category_section(report)
+    if step is not None:
+        out += _section(step)
     for s in report.stages.values():
         if s.top_kernels:
             kernels = sections.kernel_section(s)

@@ -18,6 +18,7 @@ from llm_perf_opt.report.columns import (
     MODEL_ROW,
     ROOFLINE_TABLE,
     STAGE_TABLE,
+    STEP_CATEGORY_TABLE,
     host_rows,
     phase_host_rows,
 )
@@ -211,6 +212,19 @@ def category_section(s: StageResult) -> Section:
         f"Where the kernel time goes: {s.stage}",
         head(CATEGORY_TABLE),
         cells(CATEGORY_TABLE, s.categories),
+    )
+
+
+def step_category_section(report: MfuReport) -> Section | None:
+    """The median decode step's kernel time per category (None without decode steps)."""
+    d = report.step_categories
+    if d is None or not d.categories:
+        return None
+    return Section(
+        f"Where the kernel time goes: median decode step (step {d.step}, instance {d.instance}, "
+        f"GPU busy {ms(d.gpu_busy_ns)} ms)",
+        head(STEP_CATEGORY_TABLE),
+        cells(STEP_CATEGORY_TABLE, d.categories),
     )
 
 

@@ -44,6 +44,9 @@ def render_table(report: MfuReport, console: Console) -> None:
     if roofline.rows:
         parts.append(_table(roofline))
     parts += [_table(sections.category_section(s)) for s in report.stages.values() if s.categories]
+    step = sections.step_category_section(report)
+    if step is not None:
+        parts.append(_table(step))
     parts += [_table(sections.kernel_section(s)) for s in report.stages.values() if s.top_kernels]
     parts += [_table(s) for s in sections.trace_sections(report)]
     if report.static_compute is not None:
