@@ -99,6 +99,8 @@ def _check_category_bars(page: Any, doc: dict[str, Any]) -> None:
     expected = {
         (s, c): v for s, sdoc in doc["stages"].items() for c, v in sdoc["categories"].items()
     }
+    step = (doc["decode_step_categories"] or {}).get("categories", {})
+    expected |= {("median decode step", c): v for c, v in step.items()}
     expected |= {("whole trace", c): v for c, v in (doc["trace_categories"] or {}).items()}
     assert {(g, c) for g, c, _, _ in bars} == set(expected)
     for g, c, share, ms in bars:

@@ -449,9 +449,12 @@ def roofline(report: MfuReport) -> list[LayoutDOM]:
 
 
 def category_bars(report: MfuReport) -> list[LayoutDOM]:
-    """Per stage (and the whole trace): kernel time stacked by category, as % of that range's
-    kernel time, with each category's ms, kernel count and GEMM/attention rate on hover."""
+    """Per stage, the median decode step and the whole trace: kernel time stacked by category,
+    as % of that range's kernel time, with each category's ms, kernel count and GEMM/attention
+    rate on hover."""
     ranges = [(s.stage, s.categories) for s in report.stages.values() if s.categories]
+    if report.step_categories is not None and report.step_categories.categories:
+        ranges.append(("median decode step", report.step_categories.categories))
     if report.trace_view is not None and report.trace_view.categories:
         ranges.append(("whole trace", report.trace_view.categories))
     if not ranges:
@@ -530,7 +533,8 @@ def category_bars(report: MfuReport) -> list[LayoutDOM]:
 
 def _category_tables(report: MfuReport) -> list[sections.Section]:
     stages = [sections.category_section(s) for s in report.stages.values() if s.categories]
-    return [*stages, *sections.trace_sections(report)[:1]]
+    step = sections.step_category_section(report)
+    return [*stages, *([step] if step else []), *sections.trace_sections(report)[:1]]
 
 
 def _stage_notes(report: MfuReport) -> list[str]:
