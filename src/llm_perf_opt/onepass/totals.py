@@ -220,21 +220,7 @@ class Totals:
         wanted = (group >= 0) & (op.kernel | (op.kind == GRAPH))
         if not wanted.any():
             return
-        part = (
-            launched.filter(pl.Series(wanted))
-            .select(
-                pl.Series("group", group[wanted]),
-                "kind",
-                "name_id",
-                graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")),
-                duration=pl.col("end_ns") - pl.col("start_ns"),
-            )
-            .group_by("group", "kind", "name_id", "graph_key")
-            .agg(count=pl.len().cast(pl.Int64), total_ns=pl.col("duration").sum())
-        )
-        self.top.append(part)
-        if len(self.top) > 64:
-            self.top = [_sum_top(pl.concat(self.top))]
+        self.top = _folded(self.top, _per_kernel(launched.filter(pl.Series(wanted)), group[wanted]))
 
     def _step_kernels(
         self, launched: pl.DataFrame, op: _OpColumns, member: np.ndarray, win: np.ndarray
@@ -245,21 +231,8 @@ class Totals:
         wanted = self.windows.is_step[win] & (op.kernel | (op.kind == GRAPH))[member]
         if not wanted.any():
             return
-        part = (
-            launched[member[wanted]]
-            .select(
-                pl.Series("group", self.windows.ids[win[wanted]]),
-                "kind",
-                "name_id",
-                graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")),
-                duration=pl.col("end_ns") - pl.col("start_ns"),
-            )
-            .group_by("group", "kind", "name_id", "graph_key")
-            .agg(count=pl.len().cast(pl.Int64), total_ns=pl.col("duration").sum())
-        )
-        self.step_top.append(part)
-        if len(self.step_top) > 64:
-            self.step_top = [_sum_top(pl.concat(self.step_top))]
+        rows = launched[member[wanted]]
+        self.step_top = _folded(self.step_top, _per_kernel(rows, self.windows.ids[win[wanted]]))
 
     def settle(self, launch_floor: int) -> None:
         """Close the windows no op launched from now on can enter."""
@@ -362,6 +335,27 @@ def _scatter(n: int, at: np.ndarray, values: np.ndarray) -> np.ndarray:
 def _rows(frame: pl.DataFrame, rows: np.ndarray) -> pl.DataFrame:
     """The given rows of `frame`."""
     return frame.select(pl.all().gather(pl.Series(rows, dtype=pl.Int64)))
+
+
+def _per_kernel(rows: pl.DataFrame, group: np.ndarray) -> pl.DataFrame:
+    """Count and time per (group, kernel name or graph) of `rows`, row i in `group[i]`."""
+    return (
+        rows.select(
+            pl.Series("group", group),
+            "kind",
+            "name_id",
+            graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")),
+            duration=pl.col("end_ns") - pl.col("start_ns"),
+        )
+        .group_by("group", "kind", "name_id", "graph_key")
+        .agg(count=pl.len().cast(pl.Int64), total_ns=pl.col("duration").sum())
+    )
+
+
+def _folded(parts: list[pl.DataFrame], part: pl.DataFrame) -> list[pl.DataFrame]:
+    """`parts` and `part`, summed into one frame once there are more than 64 (bounded memory)."""
+    parts = [*parts, part]
+    return [_sum_top(pl.concat(parts))] if len(parts) > 64 else parts
 
 
 def _sum_top(parts: pl.DataFrame) -> pl.DataFrame:
