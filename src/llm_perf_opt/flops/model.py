@@ -88,22 +88,28 @@ class AnalyticFlops:
     def window(self) -> int:
         return self.config.text.max_position_embeddings
 
-    def vision_flops(self, mode: str, crop_grid: tuple[int, int] | None) -> float:
+    def _vision(self, mode: str, crop_grid: tuple[int, int] | None) -> analytic.Flops:
         layout = analytic.image_layout(self.config, mode, crop_grid)
-        return float(analytic.vision_flops(self.config, layout).total_flops)
+        return analytic.vision_flops(self.config, layout)
+
+    def _prefill(self, prefill_len: int) -> analytic.Flops:
+        text, positions = self.config.text, self.lm_head_positions
+        return analytic.prefill_flops(text, prefill_len, "causal", positions)
+
+    def _decode(self, ctx_lens: Sequence[int]) -> analytic.Flops:
+        text = self.config.text
+        return analytic.total(
+            analytic.decode_flops_per_token(text, c).times(n) for c, n in Counter(ctx_lens).items()
+        )
+
+    def vision_flops(self, mode: str, crop_grid: tuple[int, int] | None) -> float:
+        return float(self._vision(mode, crop_grid).total_flops)
 
     def prefill_flops(self, prefill_len: int) -> float:
-        text, positions = self.config.text, self.lm_head_positions
-        return float(analytic.prefill_flops(text, prefill_len, "causal", positions).total_flops)
+        return float(self._prefill(prefill_len).total_flops)
 
     def decode_flops(self, ctx_lens: Sequence[int]) -> float:
-        text = self.config.text
-        return float(
-            sum(
-                n * analytic.decode_flops_per_token(text, c).total_flops
-                for c, n in Counter(ctx_lens).items()
-            )
-        )
+        return float(self._decode(ctx_lens).total_flops)
 
     def attention_flops(
         self,
@@ -113,20 +119,12 @@ class AnalyticFlops:
         prefill_len: int | None,
         ctx_lens: Sequence[int],
     ) -> float:
-        text = self.config.text
         if stage == "vision":
-            layout = analytic.image_layout(self.config, mode, crop_grid)
-            return float(analytic.vision_flops(self.config, layout).attention_flops)
+            return float(self._vision(mode, crop_grid).attention_flops)
         if stage == "prefill":
             assert prefill_len is not None
-            blocks = analytic.prefill_flops(text, prefill_len, "causal", self.lm_head_positions)
-            return float(blocks.attention_flops)
-        return float(
-            sum(
-                n * analytic.decode_flops_per_token(text, c).attention_flops
-                for c, n in Counter(ctx_lens).items()
-            )
-        )
+            return float(self._prefill(prefill_len).attention_flops)
+        return float(self._decode(ctx_lens).attention_flops)
 
     def decode_bytes(self, ctx_lens: Sequence[int]) -> float | None:
         if self.bytes_dtype is None:
