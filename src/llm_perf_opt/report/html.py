@@ -493,17 +493,15 @@ def category_bars(report: MfuReport) -> list[LayoutDOM]:
         y_range=names[::-1],
         x_range=Range1d(start=0, end=100),
     )
+    # each category's bar starts where the categories before it (in CATEGORIES order) end
+    rank = {c: i for i, c in enumerate(CATEGORIES)}
+    rows = (
+        rows.sort(pl.col("category").replace_strict(rank), maintain_order=True)
+        .with_columns(right=pl.col("share").cum_sum().over("range"))
+        .with_columns(left=pl.col("right") - pl.col("share"))
+    )
     for category in present:
         part = rows.filter(pl.col("category") == category)
-        # each category's bar starts where the categories before it (in CATEGORIES order) end
-        before = (
-            rows.filter(pl.col("category").is_in(present[: present.index(category)]))
-            .group_by("range")
-            .agg(left=pl.col("share").sum())
-        )
-        part = part.join(before, on="range", how="left").with_columns(
-            pl.col("left").fill_null(0.0), right=pl.col("left").fill_null(0.0) + pl.col("share")
-        )
         fig.hbar(
             y="range",
             left="left",
