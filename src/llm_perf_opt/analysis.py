@@ -6,10 +6,11 @@ stage ranges, attributes the GPU ops, reads the host view in a background thread
 resolves the architecture, dtype, GPU and peak, finds the runner's static compute report, and
 hands everything to the pure `mfu.compute_mfu`.
 
-Attribution runs in memory (`attribution.attribute`: every op at once, fastest) when the trace's
-ops fit the memory budget, else in one pass over batches (`onepass.attribute_stream`: memory
-bounded by the budget, not by the trace). Both give the same report; a trace the pass cannot
-read (tables not in start order) is attributed in memory, with a warning.
+Attribution is one fold (`attribution.fold`) over the GPU ops and launch calls read in start-ordered
+batches, in memory bounded by `--memory-budget`, not by the trace; the CUDA API batches also feed
+the host view on their way. A trace the batches cannot be read from (tables not stored in start
+order, a launch call the budget no longer holds) is folded again from its whole tables, sorted,
+with a note.
 """
 
 from __future__ import annotations
@@ -17,14 +18,28 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import polars as pl
 
-from llm_perf_opt.attribution import RangeSelection, attribute
+from llm_perf_opt.attribution import (
+    CALL_BATCH_SCHEMA,
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    GROUPS_SCHEMA,
+    HostViewStream,
+    OpFacts,
+    OpsPlan,
+    RangeSelection,
+    ReadAhead,
+    StreamBudget,
+    StreamOrderError,
+    StreamResult,
+    attribute_stream,
+    attribute_whole,
+    range_frame,
+)
 from llm_perf_opt.calibration import calibration_of
 from llm_perf_opt.engines import StepFormat, StepNames, formats_for, name_filter, step_names
 from llm_perf_opt.errors import (
@@ -39,22 +54,9 @@ from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
 from llm_perf_opt.flops.steps import BOUND_ASSUMPTION, step_costs
 from llm_perf_opt.flops.vision_towers import default_image_size
-from llm_perf_opt.hostview import host_view
 from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta_from_marks
 from llm_perf_opt.mfu import MfuReport, compute_mfu, plan_ops
 from llm_perf_opt.nesting import ranges_around
-from llm_perf_opt.onepass import (
-    CALL_BATCH_SCHEMA,
-    DEFAULT_MEMORY_BUDGET_BYTES,
-    GROUPS_SCHEMA,
-    HostViewStream,
-    ReadAhead,
-    StreamBudget,
-    StreamOrderError,
-    attribute_stream,
-    range_frame,
-)
-from llm_perf_opt.opfacts import MemoryOps, OpFacts, OpsPlan, StreamedOps
 from llm_perf_opt.peak_sources import resolve_peaks
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.serving import EngineReport, engine_report, step_windows
@@ -70,13 +72,6 @@ from llm_perf_opt.traceview import trace_view
 from llm_perf_opt.vocab import FAMILIES, HF_DECODER_FAMILY, STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]
-
-# Peak memory of an analysis in memory per GPU op row (the ops, their API calls, the
-# attribution's working frames): 645 bytes on the generated 10^6-kernel trace, 360 at 10^7
-# (benchmarks/bench_analysis.py); the larger, so a trace read whole stays within the budget.
-IN_MEMORY_BYTES_PER_OP: Final = 650
-IN_MEMORY: Final = "in memory"
-ONE_PASS: Final = "one pass"
 
 
 @dataclass(frozen=True)
@@ -122,8 +117,6 @@ class Analysis:
     trace_warnings: tuple[str, ...] = ()
     # the run metadata the analysis used (backend settings for the results database)
     meta: RunMeta | None = None
-    # which attribution ran: IN_MEMORY or ONE_PASS
-    engine: str = IN_MEMORY
 
 
 def analyze_trace(
@@ -161,22 +154,18 @@ def analyze_trace(
             "cuda,nvtx ...` (kernels are traced with cuda), or ask only --ranges-out"
         )
     budget = StreamBudget.of(options.memory_budget_bytes)
-    streamed = trace.gpu_op_rows() * IN_MEMORY_BYTES_PER_OP > options.memory_budget_bytes
-    # the big tables load (or their first batches) while the NVTX events are read
-    batches = _Batches.open(trace, budget) if streamed else None
-    if batches is None:
-        trace.prefetch_gpu_work()
+    # the big tables' first batches load while the NVTX events are read
+    batches = _Batches.open(trace, budget)
     try:
         meta = load_meta_file(options.meta_path) if options.meta_path else None
         if meta is None:
             meta = meta_from_marks(trace.nvtx_marks())
         refs = default_refs(meta.nvtx_domain if meta and trace.range_domains else None)
         refs.update(options.stages)
-        pruned = batches is not None and not options.every_range
+        pruned = not options.every_range
         raw = _report_ranges(trace, refs, budget, formats) if pruned else trace.nvtx_ranges()
     except BaseException:
-        if batches is not None:
-            batches.close()
+        batches.close()
         raise
     present = tuple(s for s in STAGES if not raw.filter(refs[s].expr()).is_empty())
     steps = step_names(raw["name"], formats)
@@ -206,8 +195,7 @@ def analyze_trace(
                 "(docs/serving.md)"
             )
         if require_mfu:
-            if batches is not None:
-                batches.close()
+            batches.close()
             raise SelectionError(reason)
     elif present:
         names, domains = stage_selection_refs(refs, present)
@@ -216,35 +204,38 @@ def analyze_trace(
         selection = RangeSelection(names=tuple(steps.names["name"]), domains=None)
     # the steps' host view only where they own their ops (no stage ranges)
     windows = host_windows(raw, refs, None if present else steps) if reason is None else None
-    host_views: Callable[[], pl.DataFrame] | None = None
-    attributed = None
-    if batches is not None:
-        mib = options.memory_budget_bytes / 2**20
-        say(f"attributing GPU ops to NVTX ranges in one pass (memory budget {mib:,.0f} MiB)")
-        stream = (
-            None
-            if windows is None
-            else HostViewStream(windows, trace.sync_events(), trace.resolve_strings)
-        )
-        batches.host.start(stream)
+    stages = present if reason is None else ()
+    base, plan = _plan(raw, selection, refs, options, stages, steps)
+    mib = options.memory_budget_bytes / 2**20
+    say(f"attributing GPU ops to NVTX ranges (memory budget {mib:,.0f} MiB)")
+    stream = (
+        None
+        if windows is None
+        else HostViewStream(windows, trace.sync_events(), trace.resolve_strings)
+    )
+    batches.host.start(stream)
+    try:
         try:
-            attributed = _attribute_in_one_pass(
-                raw, selection, batches, refs, options, present if reason is None else (), steps
+            result = attribute_stream(
+                base,
+                batches.ops,
+                batches.calls,
+                other_threads=options.other_threads,
+                groups=None if plan is None else plan.groups,
+                windows=None if plan is None else plan.windows,
+                memory_budget_bytes=options.memory_budget_bytes,
             )
-            host_views = batches.host.result if windows is not None else None
-        except (StreamOrderError, UnorderedTableError) as exc:
-            notes.append(f"attributed in memory, not in one pass: {exc}")
-    if attributed is None:
-        if windows is not None:
-            host_views = _read_host_views(trace, windows).result
-        say("attributing GPU ops to NVTX ranges")
-        attribution = attribute(trace, selection, other_threads=options.other_threads)
-        attributed = attribution.ranges, MemoryOps(attribution.ops)
-    ranges, ops = attributed
-    engine = ONE_PASS if isinstance(ops, StreamedOps) else IN_MEMORY
+        finally:
+            batches.close()
+        host_views = None if stream is None else stream.result
+    except (StreamOrderError, UnorderedTableError) as exc:
+        notes.append(f"attributed from the whole tables, sorted, not in batches: {exc}")
+        say("attributing GPU ops to NVTX ranges from the whole tables")
+        result, host_views = _fold_whole(trace, base, plan, windows, options)
+    ranges, ops = result.ranges, OpFacts(result, plan)
     read_warnings = (*trace.warnings, *notes)
     if reason is not None or host_views is None:
-        return Analysis(ranges, None, reason, read_warnings, meta, engine)
+        return Analysis(ranges, None, reason, read_warnings, meta)
     try:
         say("computing MFU")
         report = _report(
@@ -253,11 +244,11 @@ def analyze_trace(
     except LlmPerfOptError as exc:
         if require_mfu:
             raise
-        return Analysis(ranges, None, str(exc), read_warnings, meta, engine)
-    say("summing the whole trace")
-    view = trace_view(trace, budget.op_batch_rows, trace.kernel_names(), options.top_kernels)
+        return Analysis(ranges, None, str(exc), read_warnings, meta)
+    kernels = trace.kernel_names()
+    view = trace_view(result.trace_kernels, result.trace_busy_ns, kernels, options.top_kernels)
     report = replace(report, warnings=(*read_warnings, *report.warnings), trace_view=view)
-    analysis = Analysis(ranges, report, None, read_warnings, meta, engine)
+    analysis = Analysis(ranges, report, None, read_warnings, meta)
     if then is not None:
         then(trace, analysis)
     return analysis
@@ -328,40 +319,51 @@ def _report_ranges(
     return ranges_around(lambda first: trace.nvtx_range_batches(rows, warn=first), wanted)
 
 
-def _attribute_in_one_pass(
+def _plan(
     raw: pl.DataFrame,
     selection: RangeSelection | None,
-    batches: _Batches,
     refs: Mapping[str, RangeRef],
     options: AnalyzeOptions,
     stages: Sequence[str],
     steps: StepNames,
-) -> tuple[pl.DataFrame, OpFacts]:
-    """`onepass.attribute_stream` of the batches, summing what `compute_mfu` will ask
+) -> tuple[pl.DataFrame, OpsPlan | None]:
+    """The ranges frame the fold fills, and what it should sum: what `compute_mfu` will ask
     (`plan_ops`) of the stages' ranges, or what the engine view asks of the steps' (a trace of
     engine steps alone); no plan without either, or when planning finds the stages unusable
     (`compute_mfu` then raises the same error)."""
-    try:
-        base = range_frame(raw, selection)
-        plan = None
-        if stages:
-            with contextlib.suppress(LlmPerfOptError):  # compute_mfu raises it again
-                plan = plan_ops(base, refs, options.include_warmup, stages)
-        elif not steps.names.is_empty():
-            windows = step_windows(base, steps, options.include_warmup)
-            plan = OpsPlan(pl.DataFrame(schema=GROUPS_SCHEMA), windows)
-        result = attribute_stream(
-            base,
-            batches.ops,
-            batches.calls,
-            other_threads=options.other_threads,
-            groups=None if plan is None else plan.groups,
-            windows=None if plan is None else plan.windows,
-            memory_budget_bytes=options.memory_budget_bytes,
-        )
-    finally:
-        batches.close()
-    return result.ranges, StreamedOps(result, plan)
+    base = range_frame(raw, selection)
+    plan = None
+    if stages:
+        with contextlib.suppress(LlmPerfOptError):  # compute_mfu raises it again
+            plan = plan_ops(base, refs, options.include_warmup, stages)
+    elif not steps.names.is_empty():
+        windows = step_windows(base, steps, options.include_warmup)
+        plan = OpsPlan(pl.DataFrame(schema=GROUPS_SCHEMA), windows)
+    return base, plan
+
+
+def _fold_whole(
+    trace: Trace,
+    base: pl.DataFrame,
+    plan: OpsPlan | None,
+    windows: pl.DataFrame | None,
+    options: AnalyzeOptions,
+) -> tuple[StreamResult, Callable[[], pl.DataFrame] | None]:
+    """The fold of the trace's whole tables (any order), and the host view of `windows` from
+    the whole CUDA API table, sorted by start."""
+    result = attribute_whole(
+        base,
+        trace.gpu_ops(lean=True),
+        trace.launch_calls(),
+        other_threads=options.other_threads,
+        groups=None if plan is None else plan.groups,
+        windows=None if plan is None else plan.windows,
+    )
+    if windows is None:
+        return result, None
+    host = HostViewStream(windows, trace.sync_events(), trace.resolve_strings)
+    host.add(trace.api_call_table().sort("start_ns", maintain_order=True))
+    return result, host.result
 
 
 def host_windows(
@@ -376,21 +378,6 @@ def host_windows(
     return ranges.filter(wanted).select(
         pl.col("event_id").alias("window_id"), "global_tid", "start_ns", "end_ns"
     )
-
-
-def read_host_views(trace: Trace, windows: pl.DataFrame) -> pl.DataFrame:
-    """The host view (hostview.host_view) of the windows, from the trace's whole CUDA API
-    table and synchronization rows."""
-    return host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
-
-
-def _read_host_views(trace: Trace, windows: pl.DataFrame) -> Future[pl.DataFrame]:
-    """`read_host_views` in a background thread: the SQLite scan releases the GIL, so reading
-    the API table and its host view overlap attribution, and the table is freed before it."""
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="host-view")
-    future = pool.submit(read_host_views, trace, windows)
-    pool.shutdown(wait=False)
-    return future
 
 
 def _report(

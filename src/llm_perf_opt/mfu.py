@@ -19,6 +19,7 @@ from typing import Any
 import polars as pl
 
 from llm_perf_opt import facts, kernels
+from llm_perf_opt.attribution import OpFacts, OpsPlan
 from llm_perf_opt.errors import ConfigError, NoGpuTimeError, SelectionError
 from llm_perf_opt.flops.model import FlopsModel, StageWork, TrafficModel, stage_work
 from llm_perf_opt.hostview import (
@@ -29,7 +30,6 @@ from llm_perf_opt.hostview import (
     stage_windows,
 )
 from llm_perf_opt.kernels import CategoryShare, KernelShare, LaunchKinds
-from llm_perf_opt.opfacts import OpFacts, OpsPlan
 from llm_perf_opt.peak_sources import PeakSources
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.serving import EngineReport
@@ -217,7 +217,7 @@ def plan_ops(
     stages: Sequence[str] = STAGES,
 ) -> OpsPlan:
     """What `compute_mfu` will ask of the ops of `ranges` (a ranges frame of the attribution,
-    or `onepass.range_frame` before any op is counted: only its structure is read).
+    or `attribution.range_frame` before any op is counted: only its structure is read).
 
     Raises:
         SelectionError, AnalysisError: as `compute_mfu` does for the same ranges.
@@ -280,8 +280,8 @@ def compute_mfu(
 
     Args:
         ranges: `Attribution.ranges`.
-        ops: what the attributed ops say (`opfacts.MemoryOps(Attribution.ops)`, or
-            `opfacts.StreamedOps` of a one-pass attribution of `plan_ops(ranges, ...)`).
+        ops: what the attributed ops say: `attribution.OpFacts` of a fold planned by
+            `plan_ops(ranges, ...)`.
         refs: the range for each role of ROLES.
         inputs: run metadata and flag facts (Lp, decode steps, mode, crops).
         flops_model: FLOPs and bytes per stage.

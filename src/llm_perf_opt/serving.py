@@ -19,11 +19,11 @@ from typing import Any, Final
 import polars as pl
 
 from llm_perf_opt import facts
+from llm_perf_opt.attribution import OpFacts
 from llm_perf_opt.engines import STEP_COUNTS, StepNames, phase_expr
 from llm_perf_opt.flops.steps import StepCosts, request_work, step_work
 from llm_perf_opt.hostview import WINDOWS_SCHEMA, HostGpuView, breakdown
 from llm_perf_opt.meta import RunMeta
-from llm_perf_opt.opfacts import OpFacts
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.verdict import UnitCounts, classify
 from llm_perf_opt.vocab import STEP_PHASES, WARMUP_PREFIX

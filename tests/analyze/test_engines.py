@@ -1,10 +1,13 @@
-"""The one-pass attribution gives the analysis the same report and ranges as the in-memory one,
-on every committed trace and on generated ones; the memory budget picks the engine. (The probes
-of tests/data are too small to stream at the smallest budget; tests/onepass holds the engine
-equal on them in tiny batches.)"""
+"""The one attribution fold gives the analysis the same report and ranges however it reads the
+trace: in one batch (a budget above the trace), in many small ones (the smallest budget), or from
+the whole tables when they are not stored in start order; on every committed trace and on
+generated ones. (The probes of tests/data are too small to stream at the smallest budget;
+tests/onepass holds the fold equal on them in tiny batches.)"""
 
 from __future__ import annotations
 
+import lzma
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,18 +16,12 @@ import pytest
 from benchmarks.gen_trace import generate
 from polars.testing import assert_frame_equal
 
-from llm_perf_opt.analysis import (
-    IN_MEMORY,
-    IN_MEMORY_BYTES_PER_OP,
-    ONE_PASS,
-    Analysis,
-    AnalyzeOptions,
-    analyze_trace,
-)
-from llm_perf_opt.onepass import MIN_MEMORY_BUDGET_BYTES
+from llm_perf_opt.analysis import Analysis, AnalyzeOptions, analyze_trace
+from llm_perf_opt.attribution import MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.stages import RangeRef
 from tests.helpers.paths import REPO
+from tests.reliability.helpers import mutated
 from tests.serve.export import StepLoop, write_export
 
 DATA = REPO / "tests" / "data"
@@ -49,7 +46,6 @@ def _both(path: Path, **options: object) -> tuple[Analysis, Analysis]:
         path,
         AnalyzeOptions(**options, memory_budget_bytes=MIN_MEMORY_BUDGET_BYTES),  # type: ignore[arg-type]
     )
-    assert (memory.engine, streamed.engine) == (IN_MEMORY, ONE_PASS)
     return memory, streamed
 
 
@@ -67,7 +63,6 @@ def _assert_pruned_same(path: Path, memory: Analysis, **options: object) -> Anal
         path,
         AnalyzeOptions(**options, memory_budget_bytes=MIN_MEMORY_BUDGET_BYTES, every_range=False),  # type: ignore[arg-type]
     )
-    assert pruned.engine == ONE_PASS
     assert pruned.ranges.height <= memory.ranges.height
     ids = pruned.ranges["range_id"].implode()
     assert_frame_equal(pruned.ranges, memory.ranges.filter(pl.col("range_id").is_in(ids)))
@@ -109,19 +104,41 @@ def test_a_missing_stage_still_gives_every_range() -> None:
         AnalyzeOptions(**named, memory_budget_bytes=MIN_MEMORY_BUDGET_BYTES),  # type: ignore[arg-type]
         require_mfu=False,
     )
-    assert streamed.engine == ONE_PASS and streamed.report is None
+    assert streamed.report is None
     assert streamed.skipped_reason == memory.skipped_reason
     assert "no_such_range" in (memory.skipped_reason or "")
     assert_frame_equal(streamed.ranges, memory.ranges)
 
 
-def test_the_budget_picks_the_engine() -> None:
-    path = REPO / "traces" / "llama_1b_shape.sqlite.xz"
-    rows = 15_635  # the capture's kernel, memcpy and memset rows
-    fits = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * IN_MEMORY_BYTES_PER_OP)  # type: ignore[arg-type]
-    assert analyze_trace(path, fits).engine == IN_MEMORY
-    short = AnalyzeOptions(**LLAMA_1B, memory_budget_bytes=rows * IN_MEMORY_BYTES_PER_OP - 1)  # type: ignore[arg-type]
-    assert analyze_trace(path, short).engine == ONE_PASS
+def test_tables_out_of_start_order_are_folded_whole(tmp_path: Path) -> None:
+    """Kernel and CUDA API tables stored latest first cannot be read in start-ordered batches;
+    the fold then reads them whole, sorted, and gives the same report, with a note."""
+    ordered = tmp_path / "ordered.sqlite"
+    with lzma.open(REPO / "traces" / "dsocr_v1_base.sqlite.xz") as src, ordered.open("wb") as dst:
+        shutil.copyfileobj(src, dst)
+    reversed_tables = [
+        statement
+        for table in ("CUPTI_ACTIVITY_KIND_KERNEL", "CUPTI_ACTIVITY_KIND_RUNTIME")
+        for statement in (
+            f"CREATE TABLE latest_first AS SELECT * FROM {table} ORDER BY start DESC",
+            f"DELETE FROM {table}",
+            f"INSERT INTO {table} SELECT * FROM latest_first",
+            "DROP TABLE latest_first",
+        )
+    ]
+    shuffled = mutated(ordered, tmp_path / "shuffled.sqlite", *reversed_tables)
+    batched = analyze_trace(ordered, AnalyzeOptions())
+    whole = analyze_trace(shuffled, AnalyzeOptions())
+    assert batched.report is not None and whole.report is not None
+    added = [w for w in whole.report.warnings if w not in batched.report.warnings]
+    assert len(added) == 1
+    assert added[0].startswith("attributed from the whole tables, sorted, not in batches: ")
+    assert "table CUPTI_ACTIVITY_KIND_KERNEL is not stored in start order" in added[0]
+    assert_frame_equal(whole.ranges, batched.ranges)
+    _assert_same(
+        replace(batched, report=replace(batched.report, warnings=(), trace_path="")),
+        replace(whole, report=replace(whole.report, warnings=(), trace_path="")),
+    )
 
 
 def _serve_loop() -> StepLoop:

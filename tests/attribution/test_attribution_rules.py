@@ -14,8 +14,8 @@ from llm_perf_opt.attribution import (
     RangeSelection,
     attribute,
     attribute_frames,
-    conformed,
 )
+from llm_perf_opt.attribution.rule import conformed
 from llm_perf_opt.errors import SelectionError
 from llm_perf_opt.trace import open_trace
 

@@ -6,9 +6,10 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.categories import CATEGORIES, RULES, classify_names, with_category
-from llm_perf_opt.kernels import category_shares, kernel_entries, top_kernels
+from llm_perf_opt.kernels import category_shares
 from llm_perf_opt.trace import open_trace
 from tests.helpers.paths import TRACES
+from tests.helpers.perop import kernel_entries, top_kernels
 
 
 def _classify(*names: str) -> list[str]:

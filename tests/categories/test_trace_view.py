@@ -1,5 +1,6 @@
 """The whole-trace view: any trace, also one without stage ranges (the H100 probes carry only
-their own ranges), through the CLI; the busy time is the same in any batch size."""
+their own ranges), through the CLI; the fold's whole-trace sums are the same in any batch size
+and equal a direct computation over every op."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
+from llm_perf_opt.attribution import attribute_stream, attribute_whole, range_frame
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.traceview import trace_view
@@ -58,7 +60,11 @@ def test_busy_time_and_sums_whatever_the_batch_size(trace: Path) -> None:
     opened = open_trace(trace)
     names = opened.kernel_names()
     rows = 7 if trace in PROBES else 1013  # batch borders everywhere, in a bounded time
-    small, whole = trace_view(opened, rows, names, 5), trace_view(opened, 1 << 30, names, 5)
+    base = range_frame(opened.nvtx_ranges())
+    batched = attribute_stream(base, opened.gpu_op_batches(rows), opened.launch_call_batches(rows))
+    folded = attribute_whole(base, opened.gpu_ops(lean=True), opened.launch_calls())
+    small = trace_view(batched.trace_kernels, batched.trace_busy_ns, names, 5)
+    whole = trace_view(folded.trace_kernels, folded.trace_busy_ns, names, 5)
     assert small == whole
     ops = opened.gpu_ops()
     assert whole.gpu_busy_ns == _busy(ops)

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import RangeSelection, attribute_frames
+from llm_perf_opt.attribution.sweep import WindowTotals
 from llm_perf_opt.hostview import (
     CALLS_SCHEMA,
     OPS_SCHEMA,
     SYNCS_SCHEMA,
+    GpuView,
     HostGpuView,
     breakdown,
-    gpu_view,
-    host_view,
     stage_windows,
 )
 from llm_perf_opt.verdict import NO_BREAKDOWN, UnitCounts, Verdict, classify
 from tests.attribution.frames import gpid, gtid, ops_and_calls, ranges
+from tests.helpers.perop import gpu_view as reference_gpu_view
+from tests.helpers.perop import host_view
 
 MAIN, WORKER = gtid(1), gtid(2)
 
@@ -75,6 +79,23 @@ def syncs(*correlation_ids: int) -> pl.DataFrame:
 
 
 NO_OPS = ops()
+
+
+def gpu_view(win: pl.DataFrame, ops: pl.DataFrame) -> GpuView:
+    """The attribution fold's GPU view (`attribution.sweep.WindowTotals`) of attributed ops,
+    given in start order as the fold gives them; equal to the whole-frame reference."""
+    ordered = ops.filter(pl.col("launch_ns").is_not_null()).sort("start_ns", maintain_order=True)
+    totals = WindowTotals(win, latency_rows=1 << 20)
+    totals.add(
+        ordered["range_id"].fill_null(-1).to_numpy(),
+        *(ordered[c].to_numpy() for c in ("launch_ns", "device_id", "start_ns", "end_ns")),
+        np.arange(ordered.height, dtype=np.int64),
+    )
+    folded = GpuView(*totals.frames())
+    reference = reference_gpu_view(win, ops)
+    assert_frame_equal(folded.windows, reference.windows)
+    assert_frame_equal(folded.groups, reference.groups)
+    return folded
 
 
 def view(win: pl.DataFrame, api: pl.DataFrame, sync: pl.DataFrame | None = None,

@@ -11,7 +11,6 @@ from llm_perf_opt.errors import AnalysisError, MissingInputError, NoGpuTimeError
 from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
-from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.stages import RangeRef, default_refs
 from llm_perf_opt.verdict import NO_BREAKDOWN
 from tests.analyze.synth import (
@@ -24,6 +23,7 @@ from tests.analyze.synth import (
     runner_like_trace,
     union_ns,
 )
+from tests.helpers.mfu_inputs import synth_inputs
 
 FLOPS = LinearFlops()
 
@@ -39,12 +39,13 @@ def run(
     include_warmup: bool = False,
 ) -> MfuReport:
     trace = trace or runner_like_trace()[0]
-    attr = trace.attribution()
+    refs = refs or default_refs(DOMAIN)
+    ranges, ops = synth_inputs(trace, refs, include_warmup=include_warmup)
     parsed = parse_meta(meta or meta_dict(), "test") if use_meta else None
     return compute_mfu(
-        attr.ranges,
-        MemoryOps(attr.ops),
-        refs=refs or default_refs(DOMAIN),
+        ranges,
+        ops,
+        refs=refs,
         inputs=inputs or StageInputs(meta=parsed),
         flops_model=FLOPS,
         peak=PEAK,
@@ -243,11 +244,12 @@ def test_utilization_above_one_is_flagged() -> None:
     report = run()
     assert any(w.startswith("decode: trace MBU") for w in report.warnings)
     small = replace(FLOPS, bytes_base=1.0, bytes_per_key=0.0)
-    attr = runner_like_trace()[0].attribution()
+    refs = default_refs(DOMAIN)
+    ranges, ops = synth_inputs(runner_like_trace()[0], refs)
     quiet = compute_mfu(
-        attr.ranges,
-        MemoryOps(attr.ops),
-        refs=default_refs(DOMAIN),
+        ranges,
+        ops,
+        refs=refs,
         inputs=StageInputs(meta=parse_meta(meta_dict(), "test")),
         flops_model=small,
         peak=PEAK,

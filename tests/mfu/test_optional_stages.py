@@ -20,9 +20,9 @@ from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.flops import decoders, vision_towers
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.mfu import compute_mfu
-from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.stages import default_refs
 from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, SynthTrace
+from tests.helpers.mfu_inputs import synth_inputs
 from tests.helpers.paths import REPO
 
 LLAMA = REPO / "tests" / "data" / "hf_configs" / "llama-3.2-1b.json"
@@ -47,13 +47,14 @@ def _text_only_trace(tr: SynthTrace | None = None) -> SynthTrace:
 
 
 def test_text_only_model_line_sums_prefill_and_decode_and_names_vision_absent() -> None:
-    attr = _text_only_trace().attribution(names=("prefill", "decode"))
+    refs = default_refs(DOMAIN)
+    ranges, ops = synth_inputs(_text_only_trace(), refs, ("prefill", "decode"))
     model = read_hf_config(LLAMA)
     assert model is not None and model.text is not None
     report = compute_mfu(
-        attr.ranges,
-        MemoryOps(attr.ops),
-        refs=default_refs(DOMAIN),
+        ranges,
+        ops,
+        refs=refs,
         inputs=StageInputs(prefill_len=LP),
         flops_model=HfFlops(model, "bfloat16"),
         peak=PEAK,
@@ -76,12 +77,13 @@ def test_text_only_model_line_sums_prefill_and_decode_and_names_vision_absent() 
 
 
 def test_no_stage_at_all_is_an_error() -> None:
-    attr = _text_only_trace().attribution(names=("prefill", "decode"))
+    refs = default_refs(DOMAIN)
+    ranges, ops = synth_inputs(_text_only_trace(), refs, ("prefill", "decode"), stages=())
     with pytest.raises(SelectionError, match="no stage to analyze"):
         compute_mfu(
-            attr.ranges,
-            MemoryOps(attr.ops),
-            refs=default_refs(DOMAIN),
+            ranges,
+            ops,
+            refs=refs,
             inputs=StageInputs(prefill_len=LP),
             flops_model=LinearFlops(),
             peak=PEAK,
@@ -212,13 +214,14 @@ def _vlm_trace() -> SynthTrace:
 
 
 def test_vlm_vision_stage_uses_the_tower_at_the_given_image_size() -> None:
-    attr = _vlm_trace().attribution()
+    refs = default_refs(DOMAIN)
+    ranges, ops = synth_inputs(_vlm_trace(), refs)
     model = read_hf_config(REPO / "tests" / "data" / "hf_configs" / "qwen2.5-vl-7b-instruct.json")
     assert model is not None and model.vision is not None
     report = compute_mfu(
-        attr.ranges,
-        MemoryOps(attr.ops),
-        refs=default_refs(DOMAIN),
+        ranges,
+        ops,
+        refs=refs,
         inputs=StageInputs(prefill_len=LP),
         flops_model=HfFlops(model, "bfloat16", image_hw=(448, 672)),
         peak=PEAK,
@@ -231,14 +234,15 @@ def test_vlm_vision_stage_uses_the_tower_at_the_given_image_size() -> None:
 
 
 def test_vision_stage_with_a_text_only_config_names_the_fix() -> None:
-    attr = _vlm_trace().attribution()
+    refs = default_refs(DOMAIN)
+    ranges, ops = synth_inputs(_vlm_trace(), refs)
     model = read_hf_config(LLAMA)
     assert model is not None
     with pytest.raises(ConfigError, match="has no vision tower but the trace has a vision stage"):
         compute_mfu(
-            attr.ranges,
-            MemoryOps(attr.ops),
-            refs=default_refs(DOMAIN),
+            ranges,
+            ops,
+            refs=refs,
             inputs=StageInputs(prefill_len=LP),
             flops_model=HfFlops(model, "bfloat16"),
             peak=PEAK,

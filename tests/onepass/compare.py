@@ -10,10 +10,16 @@ import pytest
 from benchmarks.bench_onepass import STAGES, stage_inputs
 from polars.testing import assert_frame_equal
 
-from llm_perf_opt.attribution import Attribution, RangeSelection, attribute_frames
-from llm_perf_opt.hostview import HOST_SCHEMA, breakdown, gpu_view
-from llm_perf_opt.kernels import launch_kinds, top_kernels
-from llm_perf_opt.onepass import StreamResult, attribute_stream, range_frame
+from llm_perf_opt.attribution import (
+    Attribution,
+    RangeSelection,
+    StreamResult,
+    attribute_frames,
+    attribute_stream,
+    range_frame,
+)
+from llm_perf_opt.hostview import HOST_SCHEMA, breakdown
+from tests.helpers.perop import gpu_view, launch_kinds, top_kernels
 
 GPU_COLUMNS = ("gpu_window_ns", "busy_ns", "starved_ns", "queued_ns", "edge_ns", "n_gpu_ops",
                "launch_latency_median_ns")  # fmt: skip

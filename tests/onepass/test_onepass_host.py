@@ -18,17 +18,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from llm_perf_opt.errors import UnorderedTableError
-from llm_perf_opt.hostview import CALLS_SCHEMA, SYNCS_SCHEMA, host_view
-from llm_perf_opt.onepass import (
+from llm_perf_opt.attribution import (
     HOST_CALL_BATCH_SCHEMA,
     HostViewStream,
     StreamOrderError,
     range_frame,
 )
+from llm_perf_opt.errors import UnorderedTableError
+from llm_perf_opt.hostview import CALLS_SCHEMA, SYNCS_SCHEMA
 from llm_perf_opt.trace import Trace, open_trace
 from tests.attribution.frames import gpid, gtid
 from tests.helpers.paths import REPO
+from tests.helpers.perop import host_view
 from tests.reliability.helpers import mutated
 
 from .compare import batches, groups_and_windows

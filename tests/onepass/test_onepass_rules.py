@@ -1,5 +1,6 @@
-"""Each rule of the one-pass engine on hand-built frames: equal to `attribute_frames` where the
-input allows one pass, StreamOrderError where it does not."""
+"""Each rule of the attribution fold on hand-built frames: in batches equal to the whole tables
+folded at once (`attribute_frames`) where the input allows batches, StreamOrderError where it
+does not; the whole tables then still fold."""
 
 from __future__ import annotations
 
@@ -8,15 +9,16 @@ from typing import Any
 import polars as pl
 import pytest
 
-from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.onepass import (
+from llm_perf_opt.attribution import (
     CALL_BATCH_SCHEMA,
     OP_BATCH_SCHEMA,
     StreamBudget,
     StreamOrderError,
     attribute_stream,
+    attribute_whole,
     range_frame,
 )
+from llm_perf_opt.errors import ConfigError, CorruptTraceError
 from tests.attribution.frames import gtid, ops_and_calls, ranges
 
 from .compare import assert_same
@@ -254,8 +256,31 @@ def test_a_launch_latency_beyond_nine_minutes_is_an_error() -> None:
     late = (1 << 39) + 150
     ops, calls = ops_and_calls({"start": late, "end": late + 10, "launch": 150, "corr": 10})
     long_stage = ranges({"id": 1, "name": "decode", "start": 0, "end": 1_000})
-    with pytest.raises(StreamOrderError, match="more than 9 minutes away from its launch call"):
+    with pytest.raises(CorruptTraceError, match="more than 9 minutes away from its launch call"):
         assert_same(long_stage, ops, calls, None, rows=1)
+    windows = pl.DataFrame(
+        {"window_id": [1], "owner_id": [1], "group": ["decode"], "global_tid": [gtid(1)],
+         "start_ns": [0], "end_ns": [1_000]}
+    )  # fmt: skip
+    with pytest.raises(CorruptTraceError, match="more than 9 minutes away"):
+        attribute_whole(range_frame(long_stage), ops, calls, windows=windows)
+
+
+def test_what_batches_cannot_read_the_whole_tables_can() -> None:
+    """Ops and calls out of start order, ids that fall as calls start, an op before its call:
+    `attribute_whole` sorts the tables and reads every call first."""
+    ops, calls = ops_and_calls(
+        {"start": 2_000, "end": 2_100, "launch": 150, "corr": 11},
+        {"start": 1_000, "end": 1_100, "launch": 250, "corr": 10},  # ids fall as calls start
+        {"start": 1_150, "end": 1_200, "launch": 1_300, "corr": 12},  # starts before its call
+    )
+    result = attribute_whole(range_frame(STAGE), ops, calls.reverse(), keep_ops=True)
+    step = result.ranges.filter(pl.col("range_id") == 2).row(0, named=True)
+    assert (step["n_gpu_ops"], step["kernel_sum_ns"]) == (2, 200)  # the two launched in 100-900
+    decode = result.ranges.filter(pl.col("range_id") == 1).row(0, named=True)
+    assert (decode["n_gpu_ops"], decode["excl_n_gpu_ops"]) == (3, 1)
+    assert result.ops is not None
+    assert result.ops.sort("op_id")["range_id"].to_list() == [2, 3, 1]  # 250: inside cub::Scan
 
 
 def test_a_trace_without_ops_gives_the_bare_ranges() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from benchmarks.gen_trace import generate
 
-from llm_perf_opt.onepass import StreamBudget
+from llm_perf_opt.attribution import StreamBudget
 from llm_perf_opt.trace import open_trace
 from tests.helpers.paths import REPO
 

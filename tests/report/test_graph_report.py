@@ -17,10 +17,10 @@ from rich.console import Console
 from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
-from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.report import render_table, to_csv, to_json_text, to_markdown
 from llm_perf_opt.stages import default_refs
 from tests.analyze.synth import DOMAIN, GLOBAL_PID, PEAK, LinearFlops, SynthTrace, meta_dict
+from tests.helpers.mfu_inputs import synth_inputs
 
 GRAPH_ID = 7
 STEPS = 3
@@ -62,11 +62,12 @@ def graph_decode_trace(level: str, sampling: bool = True) -> SynthTrace:
 
 
 def report_of(level: str, sampling: bool = True) -> MfuReport:
-    attr = graph_decode_trace(level, sampling).attribution()
+    refs = default_refs(DOMAIN)
+    ranges, ops = synth_inputs(graph_decode_trace(level, sampling), refs)
     return compute_mfu(
-        attr.ranges,
-        MemoryOps(attr.ops),
-        refs=default_refs(DOMAIN),
+        ranges,
+        ops,
+        refs=refs,
         inputs=StageInputs(meta=parse_meta(meta_dict(), "test")),
         flops_model=LinearFlops(),
         peak=PEAK,

@@ -12,7 +12,6 @@ import pytest
 from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
-from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.plots import write_plots
 from llm_perf_opt.report import (
     CSV_COLUMNS,
@@ -25,16 +24,18 @@ from llm_perf_opt.report import (
 )
 from llm_perf_opt.stages import default_refs
 from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
+from tests.helpers.mfu_inputs import synth_inputs
 from tests.helpers.reports import RANGES_HEADER, STATIC, png_size
 
 
 @pytest.fixture(scope="module")
 def report() -> MfuReport:
-    attr = runner_like_trace()[0].attribution()
+    refs = default_refs(DOMAIN)
+    ranges, ops = synth_inputs(runner_like_trace()[0], refs)
     return compute_mfu(
-        attr.ranges,
-        MemoryOps(attr.ops),
-        refs=default_refs(DOMAIN),
+        ranges,
+        ops,
+        refs=refs,
         inputs=StageInputs(meta=parse_meta(meta_dict(), "test")),
         flops_model=LinearFlops(),
         peak=PEAK,

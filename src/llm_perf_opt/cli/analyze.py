@@ -16,6 +16,11 @@ from rich.console import Console
 import llm_perf_opt
 from llm_perf_opt import runs, vocab
 from llm_perf_opt.analysis import Analysis, AnalyzeOptions, Progress
+from llm_perf_opt.attribution import (
+    DEFAULT_MEMORY_BUDGET_BYTES,
+    MEMORY_BUDGET_FLOOR_BYTES,
+    StreamBudget,
+)
 from llm_perf_opt.cli._common import (
     MAX_TOKENS,
     ByteSize,
@@ -33,11 +38,6 @@ from llm_perf_opt.cli._common import (
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.mfu import MfuReport
-from llm_perf_opt.onepass import (
-    DEFAULT_MEMORY_BUDGET_BYTES,
-    MEMORY_BUDGET_FLOOR_BYTES,
-    StreamBudget,
-)
 from llm_perf_opt.peak_sources import parse_peak_source
 from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
 from llm_perf_opt.stages import parse_stage_option

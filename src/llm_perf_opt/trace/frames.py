@@ -414,13 +414,14 @@ class Trace(ABC):
         """
         if not self.present_columns(RUNTIME_TABLE):
             return
-
-        def clean(part: pl.DataFrame) -> pl.DataFrame:
-            part = _valid_calls(part).with_columns(global_pid=process_key(pl.col("global_tid")))
-            return part.select(API_CALL_BATCH_SCHEMA.names())
-
-        stream = self._in_start_order(api_read(with_names=True, with_end=True), rows, clean)
+        stream = self._in_start_order(api_read(with_names=True, with_end=True), rows, _call_batch)
         yield from _merged([stream], rows, ["start_ns"])
+
+    def api_call_table(self) -> pl.DataFrame:
+        """The rows of `api_call_batches` in one frame, in export order (any table order)."""
+        if not self.present_columns(RUNTIME_TABLE):
+            return pl.DataFrame(schema=API_CALL_BATCH_SCHEMA)
+        return _call_batch(self._read(api_read(with_names=True, with_end=True)))
 
     def api_calls(self, *, with_names: bool = False, with_end: bool = True) -> pl.DataFrame:
         """CUDA runtime and driver calls: `global_tid, global_pid, correlation_id, start_ns,
@@ -546,6 +547,12 @@ def _crowded_threads(placed: pl.DataFrame) -> pl.Series:
     ranges among NVTX rows with a start and a thread: never ended, not cut by the capture."""
     open_per_thread = placed.filter(pl.col("end").is_null()).group_by("globalTid").len()
     return open_per_thread.filter(pl.col("len") > MAX_OPEN_RANGES_PER_THREAD)["globalTid"]
+
+
+def _call_batch(part: pl.DataFrame) -> pl.DataFrame:
+    """Valid API calls as `API_CALL_BATCH_SCHEMA` declares them."""
+    part = _valid_calls(part).with_columns(global_pid=process_key(pl.col("global_tid")))
+    return part.select(API_CALL_BATCH_SCHEMA.names())
 
 
 def _valid_calls(calls: pl.DataFrame) -> pl.DataFrame:

@@ -10,6 +10,10 @@ calls are kept; the correlation ids of the others tell which unmatched op might 
 - an id among the live calls that none of them has: no call;
 - an id above every call read so far: no call for now, and the id is remembered, so that a call
   arriving later with it (an op that started before its launch call) raises StreamOrderError.
+
+Read `whole` (every call before the first op, no eviction: the tables read at once), none of
+that can happen: a process's calls are sorted by correlation id however their ids follow their
+starts, so the order rules above do not apply.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.onepass.schemas import StreamBudget, StreamOrderError
+from llm_perf_opt.attribution.schemas import StreamBudget, StreamOrderError
 
 # Per-call flags.
 SEEN: Final = 1  # an op of the call was counted: `n_gpu_ops` counts a launch once
@@ -54,9 +58,12 @@ class _Process:
 class LaunchCalls:
     """The call batches, read as far as the ops need them, joined to op batches."""
 
-    def __init__(self, batches: Iterator[pl.DataFrame], budget: StreamBudget) -> None:
+    def __init__(
+        self, batches: Iterator[pl.DataFrame], budget: StreamBudget, *, whole: bool = False
+    ) -> None:
         self._batches = batches
         self._budget = budget
+        self._whole = whole
         self._processes: dict[int, _Process] = {}
         self._order: list[int] = []  # process keys by index (the index goes into call refs)
         self._index: dict[int, int] = {}
@@ -102,7 +109,7 @@ class LaunchCalls:
         if start[0] < self._last_start or bool(np.any(np.diff(start) < 0)):
             raise StreamOrderError(
                 "the CUDA API calls are not in start order (a call starts before the one read "
-                "before it); attribute this trace in memory"
+                "before it)"
             )
         self._last_start = int(start[-1])
         tid = batch["global_tid"].to_numpy()
@@ -115,13 +122,25 @@ class LaunchCalls:
         self.max_live = max(self.max_live, self.live())
 
     def _append(self, proc: _Process, corr: np.ndarray, tid: np.ndarray, start: np.ndarray) -> None:
-        """Calls of one process in start order: ids must not decrease; a repeated id keeps the
-        first call (as `attribute` does)."""
+        """Calls of one process in start order: ids must not decrease (read whole: sorted by
+        id); a repeated id keeps the first call."""
+        if self._whole:
+            corr = np.concatenate([proc.corr, corr])
+            tid = np.concatenate([proc.tid, tid])
+            start = np.concatenate([proc.start, start])
+            order = np.lexsort((start, corr))
+            corr, tid, start = corr[order], tid[order], start[order]
+            fresh = np.r_[True, corr[1:] != corr[:-1]]
+            proc.corr, proc.tid, proc.start = corr[fresh], tid[fresh], start[fresh]
+            proc.flags = np.zeros(proc.corr.size, dtype=np.uint8)
+            proc.first_corr = int(proc.corr[0])
+            proc.read_max = int(proc.corr[-1])
+            return
         steps = np.diff(np.r_[proc.read_max, corr])
         if bool(np.any(steps < 0)):
             raise StreamOrderError(
                 "the correlation ids of a process's CUDA API calls do not increase with their "
-                "start times; attribute this trace in memory"
+                "start times"
             )
         fresh = steps > 0
         corr, tid, start = corr[fresh], tid[fresh], start[fresh]
@@ -130,7 +149,7 @@ class LaunchCalls:
         if proc.ahead.size and bool(np.any(np.isin(corr, proc.ahead))):
             raise StreamOrderError(
                 "a GPU op starts before its launch call (the call came after ops that started "
-                "later); attribute this trace in memory"
+                "later)"
             )
         if proc.first_corr is None:
             proc.first_corr = int(corr[0])
@@ -159,7 +178,7 @@ class LaunchCalls:
         starting at or after `keep_from_ns`."""
         live = self.live()
         cap = self._budget.live_calls
-        if live <= cap:
+        if live <= cap or self._whole:
             return
         k = live - cap * 3 // 4
         starts = [p.start for p in self._processes.values()]
@@ -182,8 +201,8 @@ class LaunchCalls:
         """No op joined from now on has a launch before this time."""
         floor = INT64_MAX if self.exhausted else self._last_start
         for proc in self._processes.values():
-            if proc.start.size:
-                floor = min(floor, int(proc.start[0]))
+            if proc.start.size:  # read whole, a process's calls are sorted by id, not start
+                floor = min(floor, int(proc.start.min() if self._whole else proc.start[0]))
         return floor
 
     # -- joining ----------------------------------------------------------------------------------
@@ -225,7 +244,7 @@ class LaunchCalls:
             if bool(np.any(corr <= proc.evicted_max)):
                 raise StreamOrderError(
                     "a GPU op ran after more CUDA API calls than the memory budget keeps had "
-                    "started since its launch; raise the memory budget or attribute in memory"
+                    "started since its launch; raise the memory budget"
                 )
             corr = corr[corr > proc.read_max]
         if corr.size == 0 or self.exhausted:
@@ -234,7 +253,7 @@ class LaunchCalls:
         if proc.ahead.size > self._budget.waiting_ops:
             raise StreamOrderError(
                 f"more than {self._budget.waiting_ops} GPU ops found no launch call among the "
-                "CUDA API calls read so far; attribute this trace in memory"
+                "CUDA API calls read so far"
             )
 
     # -- flags ------------------------------------------------------------------------------------

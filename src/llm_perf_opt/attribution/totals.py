@@ -10,29 +10,29 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.attribution import launch_slices
-from llm_perf_opt.intervals import chunk_bounds, sorted_by
-from llm_perf_opt.nesting import innermost_containing, selected_chain
-from llm_perf_opt.onepass.calls import INT64_MAX, LaunchCalls
-from llm_perf_opt.onepass.schemas import (
+from llm_perf_opt.attribution.calls import INT64_MAX, LaunchCalls
+from llm_perf_opt.attribution.rule import ATTRIBUTED_BY, UNATTRIBUTED_REASON, launch_slices
+from llm_perf_opt.attribution.schemas import (
     DEVICE_OPS_SCHEMA,
     GROUPS_SCHEMA,
     KIND_OPS_SCHEMA,
     LAUNCH_KINDS_SCHEMA,
+    OP_ASSIGNMENT_SCHEMA,
     REASONS,
     STEP_KERNELS_SCHEMA,
     TOP_KERNELS_SCHEMA,
+    TRACE_KERNELS_SCHEMA,
     UNATTRIBUTED_SCHEMA,
     StreamBudget,
 )
-from llm_perf_opt.onepass.sweep import RangeTotals, WindowTotals
+from llm_perf_opt.attribution.sweep import RangeTotals, WindowTotals
+from llm_perf_opt.intervals import chunk_bounds, sorted_by
+from llm_perf_opt.nesting import innermost_containing, selected_chain
 from llm_perf_opt.trace import OP_KINDS, process_key
 
 KINDS: Final = tuple(OP_KINDS.categories.to_list())
 KERNEL: Final = KINDS.index("kernel")
 GRAPH: Final = KINDS.index("graph")
-# (range, op) pairs summed at once, per op of a batch: a few nesting levels.
-PAIRS_PER_OP: Final = 4
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,8 @@ class StreamStats:
 
 @dataclass(frozen=True)
 class StreamResult:
-    """`ranges` equals `attribute(...).ranges`; the other frames replace what the analysis
-    computes from `Attribution.ops` (schemas in `onepass.schemas`)."""
+    """What a fold returns: `ranges` (`rule.RANGES_SCHEMA`), and the small frames the report
+    asks of the ops instead of the per-op frame (schemas in `attribution.schemas`)."""
 
     ranges: pl.DataFrame
     unattributed: pl.DataFrame
@@ -60,6 +60,12 @@ class StreamResult:
     gpu_groups: pl.DataFrame | None
     step_kernels: pl.DataFrame
     stats: StreamStats
+    # every op, attributed or not: count and time per kernel name, graph or copy/memset kind
+    # (`TRACE_KERNELS_SCHEMA`), and the union of all op intervals per device, summed
+    trace_kernels: pl.DataFrame
+    trace_busy_ns: int
+    # each op's assignment (`OP_ASSIGNMENT_SCHEMA`), in start order, when asked (`keep_ops`)
+    ops: pl.DataFrame | None = None
 
 
 class Totals:
@@ -72,9 +78,11 @@ class Totals:
         other_threads: bool,
         groups: pl.DataFrame | None,
         windows: pl.DataFrame | None,
+        *,
+        keep_ops: bool = False,
     ) -> None:
         self.ranges = ranges
-        self.max_pairs = budget.op_batch_rows * PAIRS_PER_OP
+        self.max_pairs = budget.pair_rows
         n = ranges.height
         ids = ranges["range_id"].to_numpy()
         self.pos_of = _index_of(ids)
@@ -107,6 +115,9 @@ class Totals:
         self.top: list[pl.DataFrame] = []
         self.step_top: list[pl.DataFrame] = []  # `group`: a decode-step window id
         self.windows = WindowTotals(windows, budget.latency_rows) if windows is not None else None
+        self.assigned: list[pl.DataFrame] | None = [] if keep_ops else None
+        self.whole_trace = RangeTotals(1, spans=False)
+        self.trace_top: list[pl.DataFrame] = []
 
     def _groups(self, groups: pl.DataFrame | None) -> tuple[list[str], np.ndarray]:
         """Group names and each slot's group code (-1: none)."""
@@ -148,11 +159,16 @@ class Totals:
             excl_id = np.where(excl_id >= 0, excl_id, guessed_id.fill_null(-1).to_numpy())
         excl = _lookup_ids(self.slot_of, excl_id)
         op = _OpColumns(launched)
+        if self.assigned is not None:
+            self.assigned.append(_assignment(launched, own, excl_id, has_own))
         self._inclusive(op, active, lo, hi, guessed)
         rows = np.flatnonzero(excl >= 0)
         self.exclusive.add(excl[rows], *op.stats(rows))
         self._kinds_and_reasons(op, excl, has_own.to_numpy())
         self._top_kernels(launched, op, excl)
+        everything = np.arange(launched.height)
+        self.whole_trace.add(np.zeros(launched.height, dtype=np.int64), *op.stats(everything))
+        self.trace_top = _folded(self.trace_top, _per_kernel(launched, np.zeros_like(everything)))
         if self.windows is not None:
             pos, win = self.windows.add(
                 self.slot_ids[excl[rows]], op.launch[rows], op.dev[rows], op.start[rows],
@@ -296,7 +312,20 @@ class Totals:
             if self.step_top
             else pl.DataFrame(schema=STEP_KERNELS_SCHEMA)
         )
+        ops = None
+        if self.assigned is not None:
+            ops = pl.concat([pl.DataFrame(schema=OP_ASSIGNMENT_SCHEMA), *self.assigned])
+        trace_kernels = (
+            _sum_top(pl.concat(self.trace_top)).drop("group")
+            if self.trace_top
+            else pl.DataFrame(schema=TRACE_KERNELS_SCHEMA)
+        )
         return StreamResult(
+            trace_kernels=trace_kernels.select(TRACE_KERNELS_SCHEMA.names()).cast(
+                dict(TRACE_KERNELS_SCHEMA)  # type: ignore[arg-type]
+            ),
+            trace_busy_ns=int(self.whole_trace.gpu_busy_ns[0]),
+            ops=ops,
             ranges=ranges,
             unattributed=unattributed,
             launch_kinds=launch_kinds,
@@ -310,6 +339,31 @@ class Totals:
             ),
             stats=stats,
         )
+
+
+def _assignment(
+    launched: pl.DataFrame, own: pl.Series, range_id: np.ndarray, has_own: pl.Series
+) -> pl.DataFrame:
+    """Each op's launch, range and label (`OP_ASSIGNMENT_SCHEMA`): attributed on its launching
+    thread (`own`) or another's, else why not (the order of `REASONS`)."""
+    assigned = pl.Series(range_id) >= 0
+    return launched.select(
+        "op_id",
+        "launch_tid",
+        "launch_ns",
+        range_id=pl.when(assigned).then(pl.Series(range_id)),
+        attributed_by=pl.when(own.is_not_null())
+        .then(pl.lit("launch_thread", ATTRIBUTED_BY))
+        .when(assigned)
+        .then(pl.lit("other_thread_time", ATTRIBUTED_BY)),
+        unattributed_reason=pl.when(assigned)
+        .then(None)
+        .when(pl.col("launch_ns").is_null())
+        .then(pl.lit(REASONS[0], UNATTRIBUTED_REASON))
+        .when(~has_own)
+        .then(pl.lit(REASONS[1], UNATTRIBUTED_REASON))
+        .otherwise(pl.lit(REASONS[2], UNATTRIBUTED_REASON)),
+    ).cast(dict(OP_ASSIGNMENT_SCHEMA))  # type: ignore[arg-type]
 
 
 def _index_of(ids: np.ndarray) -> np.ndarray:

@@ -1,30 +1,33 @@
-"""One pass over GPU ops and CUDA API calls in start order: `attribute`'s result in bounded memory.
+"""The one attribution engine: a fold over GPU ops in start order (`attribution.rule`).
 
-`attribute_stream` gives the ranges frame of `attribution.attribute`, equal to the last column and
-dtype, and, instead of the per-op frame, the small aggregates the analysis takes from it
-(`onepass.schemas`). Ops and calls come as two iterators of frames, each in start order; memory
-holds the ranges, the running sums, a budgeted number of op and call rows, never every op.
+`attribute_stream` folds batches read in start order, in memory bounded by a budget;
+`attribute_whole` folds whole tables in any order (sorted first, one batch, every call read
+before it). Both return the same `StreamResult` from the same code: the ranges frame
+(`rule.RANGES_SCHEMA`) and the small aggregates the report asks of the ops (`schemas`), and, on
+request, each op's assignment. Memory holds the ranges, the running sums, the op and call rows
+of the current batch and those still waiting.
 
 Per op batch:
 1. calls are read until one starts after the batch's last op (an op starts after its launch
-   call) into the window of recent calls (`onepass.calls`), and the batch is joined to them;
+   call) into the window of recent calls (`calls`), and the batch is joined to them;
 2. the batch joins the ops still waiting: a CUDA graph-level row waits until an op starts after
    its end (the node rows of its replay start inside it, so all have come) and is dropped if one
-   shares its launch, as `without_covered_graph_rows` drops it; the ops at the latest start wait
-   for a later start, so ops of equal start are summed in one round;
-3. the ops before the first waiting one are attributed as `attribute` does (the containing ranges
-   on the launching thread by `launch_slices` over the ranges overlapping the round, the
-   innermost selected one by `_innermost_containing`, other threads' ranges when asked) and
-   added to the totals of `onepass.sweep`, still in start order.
+   shares its launch (rule 1); the ops at the latest start wait for a later start, so ops of
+   equal start are summed in one round;
+3. the ops before the first waiting one are attributed (the containing ranges on the launching
+   thread by `rule.launch_slices` over the ranges overlapping the round, the innermost selected
+   one by `nesting.innermost_containing`, other threads' ranges when asked) and added to the
+   totals (`totals`, `sweep`), still in start order.
 
-What a one-pass reading needs, checked (StreamOrderError: the caller falls back to `attribute`):
-both inputs in start order; within a process, call correlation ids that grow with call start
-(CUPTI numbers calls as they start); each op's launch call among the latest calls the budget
-keeps; no op starting before its launch call, nor more than 9 minutes after it; no node row of a
-replay after its graph-level row ended (node rows before it are found through the call). Every
-committed trace and every generated one meets it. Ops
-without any call are handled as `attribute` does, except that node rows outside the interval of
-their graph-level row are not matched to it when neither has a call.
+What reading in batches needs, checked (StreamOrderError; the analysis then folds the whole
+tables): both inputs in start order; within a process, call correlation ids that grow with call
+start (CUPTI numbers calls as they start); each op's launch call among the latest calls the
+budget keeps; no op starting before its launch call; no node row of a replay after its
+graph-level row ended (node rows before it are found through the call). Every committed trace
+and every generated one meets it. Either way an op may start at most 9 minutes away from its
+launch call (launch latencies are summed as 40-bit offsets). Node rows without a call are
+matched to a graph-level row without one only while both wait in the same round (always, for
+whole tables).
 """
 
 from __future__ import annotations
@@ -37,16 +40,15 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.attribution import RangeSelection, attribute_frames
-from llm_perf_opt.onepass.calls import GRAPH_KEPT, HAS_NODE, INT64_MAX, INT64_MIN, LaunchCalls
-from llm_perf_opt.onepass.schemas import (
+from llm_perf_opt.attribution.calls import GRAPH_KEPT, HAS_NODE, INT64_MAX, INT64_MIN, LaunchCalls
+from llm_perf_opt.attribution.schemas import (
     CALL_BATCH_SCHEMA,
     DEFAULT_MEMORY_BUDGET_BYTES,
     OP_BATCH_SCHEMA,
     StreamBudget,
     StreamOrderError,
 )
-from llm_perf_opt.onepass.totals import StreamResult, StreamStats, Totals
+from llm_perf_opt.attribution.totals import StreamResult, StreamStats, Totals
 
 WAITING_SCHEMA: Final = pl.Schema(
     {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
@@ -60,19 +62,6 @@ WAITING_SCHEMA: Final = pl.Schema(
 )
 
 
-def range_frame(ranges: pl.DataFrame, selection: RangeSelection | None = None) -> pl.DataFrame:
-    """The ranges frame of `attribute` before any op is counted (structure, `path`, `selected`;
-    every count 0, spans null): the input of `attribute_stream`, and what the windows and
-    groups it takes are chosen from.
-
-    Raises:
-        SelectionError: the selection matches no range.
-    """
-    no_ops = pl.DataFrame(schema=OP_BATCH_SCHEMA)
-    no_calls = pl.DataFrame(schema=CALL_BATCH_SCHEMA)
-    return attribute_frames(ranges, no_ops, no_calls, selection).ranges
-
-
 def attribute_stream(
     ranges: pl.DataFrame,
     op_batches: Iterable[pl.DataFrame],
@@ -82,6 +71,7 @@ def attribute_stream(
     groups: pl.DataFrame | None = None,
     windows: pl.DataFrame | None = None,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    keep_ops: bool = False,
 ) -> StreamResult:
     """Attribute every GPU op in one pass (the rule of `attribution`; the pass in the module
     docstring).
@@ -95,6 +85,7 @@ def attribute_stream(
         groups: `GROUPS_SCHEMA`: the ranges whose exclusive kernels `top_kernels` sums per group.
         windows: `hostview.WINDOWS_SCHEMA`: the windows `gpu_windows`/`gpu_groups` describe.
         memory_budget_bytes: bytes for batches and waiting rows (`StreamBudget.of`).
+        keep_ops: also return each op's assignment (`StreamResult.ops`, `OP_ASSIGNMENT_SCHEMA`).
 
     Returns:
         StreamResult; `gpu_windows`/`gpu_groups` None without `windows`.
@@ -104,26 +95,56 @@ def attribute_stream(
         ConfigError: a memory budget below the minimum.
     """
     budget = StreamBudget.of(memory_budget_bytes)
+    sums = Totals(ranges, budget, other_threads, groups, windows, keep_ops=keep_ops)
     try:
-        return _run(ranges, op_batches, call_batches, other_threads, groups, windows, budget)
+        return _run(op_batches, call_batches, sums, budget, whole=False)
     finally:
         for source in (op_batches, call_batches):
             if isinstance(source, ReadAhead):
                 source.close()
 
 
-def _run(
+def attribute_whole(
     ranges: pl.DataFrame,
+    ops: pl.DataFrame,
+    calls: pl.DataFrame,
+    *,
+    other_threads: bool = False,
+    groups: pl.DataFrame | None = None,
+    windows: pl.DataFrame | None = None,
+    keep_ops: bool = False,
+) -> StreamResult:
+    """`attribute_stream` of whole tables, in any order: the same fold over the ops sorted by
+    start in one batch, every call read before it (sorted by correlation id per process), so
+    none of the order rules of a pass applies. Memory grows with the tables.
+
+    Args:
+        ranges, other_threads, groups, windows, keep_ops: as for `attribute_stream`.
+        ops: every GPU op (`OP_BATCH_SCHEMA`'s columns; others are ignored).
+        calls: every launch call (`CALL_BATCH_SCHEMA`'s columns; others are ignored).
+
+    Raises:
+        StreamOrderError: an op starts more than 9 minutes away from its launch call.
+    """
+    ops = ops.select(OP_BATCH_SCHEMA.names()).sort("start_ns", "op_id")
+    calls = calls.select(CALL_BATCH_SCHEMA.names()).sort("start_ns", maintain_order=True)
+    budget = StreamBudget.whole(ops.height, calls.height)
+    sums = Totals(ranges, budget, other_threads, groups, windows, keep_ops=keep_ops)
+    return _run([ops], [calls], sums, budget, whole=True)
+
+
+def _run(
     op_batches: Iterable[pl.DataFrame],
     call_batches: Iterable[pl.DataFrame],
-    other_threads: bool,
-    groups: pl.DataFrame | None,
-    windows: pl.DataFrame | None,
+    totals: Totals,
     budget: StreamBudget,
+    *,
+    whole: bool,
 ) -> StreamResult:
-    """The pass of `attribute_stream`."""
-    calls = LaunchCalls(iter(call_batches), budget)
-    totals = Totals(ranges, budget, other_threads, groups, windows)
+    """The pass: `whole`, every call is read before the first op batch."""
+    calls = LaunchCalls(iter(call_batches), budget, whole=whole)
+    if whole:
+        calls.read_until(INT64_MAX, INT64_MAX)
     waiting = pl.DataFrame(schema=WAITING_SCHEMA)
     last_start = INT64_MIN
     seen = waiting_max = 0
@@ -131,8 +152,7 @@ def _run(
         start = batch["start_ns"].to_numpy()
         if start[0] < last_start or bool(np.any(np.diff(start) < 0)):
             raise StreamOrderError(
-                "the GPU ops are not in start order (an op starts before the one read before "
-                "it); attribute this trace in memory"
+                "the GPU ops are not in start order (an op starts before the one read before it)"
             )
         last_start = int(start[-1])
         seen += batch.height
@@ -145,7 +165,7 @@ def _run(
         if waiting.height > budget.waiting_ops:
             raise StreamOrderError(
                 f"more than {budget.waiting_ops} GPU ops wait for a CUDA graph replay to end "
-                "or for a later start; raise the memory budget or attribute in memory"
+                "or for a later start; raise the memory budget"
             )
         calls.evict(_keep_from(waiting))
         totals.settle(min(calls.launch_floor(), _keep_from(waiting)))
@@ -230,10 +250,7 @@ def _note_nodes(joined: pl.DataFrame, calls: LaunchCalls) -> None:
     if ref.size == 0:
         return
     if bool(np.any(calls.flags(ref) & GRAPH_KEPT)):
-        raise StreamOrderError(
-            "a CUDA graph replay has node rows after its graph-level row ended; attribute this "
-            "trace in memory"
-        )
+        raise StreamOrderError("a CUDA graph replay has node rows after its graph-level row ended")
     calls.set_flags(ref, HAS_NODE)
 
 

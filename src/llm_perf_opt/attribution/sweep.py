@@ -24,6 +24,8 @@ from typing import Final
 import numpy as np
 import polars as pl
 
+from llm_perf_opt.attribution.calls import EMPTY, INT64_MAX, INT64_MIN
+from llm_perf_opt.errors import CorruptTraceError
 from llm_perf_opt.hostview import (
     GPU_GROUPS_SCHEMA,
     GPU_WINDOWS_SCHEMA,
@@ -31,8 +33,6 @@ from llm_perf_opt.hostview import (
     WINDOWS_SCHEMA,
 )
 from llm_perf_opt.intervals import searchsorted_in, segmented_prev_max, sorted_by
-from llm_perf_opt.onepass.calls import EMPTY, INT64_MAX, INT64_MIN
-from llm_perf_opt.onepass.schemas import StreamOrderError
 
 # A (key, latency) pair as one int64: the key above 40 bits of latency + 2^39 ns (±9 minutes).
 LATENCY_BITS: Final = 40
@@ -301,9 +301,10 @@ class _Counts:
         if key.size == 0:
             return
         if bool(np.any(np.abs(latency) >= LATENCY_OFFSET)):
-            raise StreamOrderError(
-                "a GPU op starts more than 9 minutes away from its launch call; attribute this "
-                "trace in memory"
+            raise CorruptTraceError(
+                "a GPU op starts more than 9 minutes away from its launch call, beyond what the "
+                "launch latencies are summed in; the export's GPU and CPU clocks disagree: "
+                "re-export it, or capture again"
             )
         self._new.append(((key << LATENCY_BITS) | (latency + LATENCY_OFFSET), count))
         self._new_rows += key.size

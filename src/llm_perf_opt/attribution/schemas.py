@@ -1,4 +1,4 @@
-"""What the one-pass engine takes and returns: declared frames, its error, its memory budget."""
+"""What the attribution fold takes and returns: declared frames, its error, its memory budget."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Final
 
 import polars as pl
 
-from llm_perf_opt.attribution import ATTRIBUTED_BY, UNATTRIBUTED_REASON
+from llm_perf_opt.attribution.rule import ATTRIBUTED_BY, UNATTRIBUTED_REASON
 from llm_perf_opt.errors import ConfigError, TraceError
 from llm_perf_opt.trace import (
     API_CALL_BATCH_SCHEMA,
@@ -64,11 +64,28 @@ TOP_KERNELS_SCHEMA: Final = pl.Schema(
 STEP_KERNELS_SCHEMA: Final = pl.Schema(
     [("window_id", pl.Int64), *((k, v) for k, v in TOP_KERNELS_SCHEMA.items() if k != "group")]
 )
+# Every op of the trace per kernel name, graph or copy/memset kind: the whole-trace view's entries.
+TRACE_KERNELS_SCHEMA: Final = pl.Schema(
+    [(k, v) for k, v in TOP_KERNELS_SCHEMA.items() if k != "group"]
+)
 # Ops with a range, per device (the GPU that ran most of the attributed work names the peak).
 DEVICE_OPS_SCHEMA: Final = pl.Schema({"device_id": pl.Int32, "n_ops": pl.Int64})
 # Every op counted, by kind (graph executions traced whole get a report line).
 KIND_OPS_SCHEMA: Final = pl.Schema({"kind": OP_KINDS, "n_ops": pl.Int64})  # type: ignore[arg-type]
 # The GPU view per window and group: `hostview.GPU_WINDOWS_SCHEMA`, `hostview.GPU_GROUPS_SCHEMA`.
+
+# Each op's assignment (`attribute_stream(..., keep_ops=True)`): what `Attribution.ops` adds to
+# the reader's op columns. Covered graph-level rows are left out (rule 1).
+OP_ASSIGNMENT_SCHEMA: Final = pl.Schema(
+    {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
+        "op_id": pl.Int64,
+        "launch_tid": pl.Int64,
+        "launch_ns": pl.Int64,
+        "range_id": pl.Int64,
+        "attributed_by": ATTRIBUTED_BY,
+        "unattributed_reason": UNATTRIBUTED_REASON,
+    }
+)
 
 # Per-op labels, as `Attribution.ops` has them.
 REASONS: Final = tuple(UNATTRIBUTED_REASON.categories.to_list())
@@ -81,6 +98,10 @@ BYTES_PER_OP_ROW: Final = 1_000
 BYTES_PER_CALL_ROW: Final = 100
 BYTES_PER_LIVE_CALL: Final = 64
 BYTES_PER_LATENCY_ROW: Final = 48  # (window, latency, count) and its copy when summed
+# (range, op) pairs summed at once, per op of a batch: a few nesting levels; reading whole
+# tables, pairs are summed this many at a time.
+PAIRS_PER_OP: Final = 4
+WHOLE_PAIR_ROWS: Final = 2_000_000
 DEFAULT_MEMORY_BUDGET_BYTES: Final = 256 << 20
 MIN_MEMORY_BUDGET_BYTES: Final = 1 << 20
 # The smallest --memory-budget the CLI uses (a smaller one is raised to it, with a note): below
@@ -90,8 +111,8 @@ MEMORY_BUDGET_FLOOR_BYTES: Final = 16 << 20
 
 
 class StreamOrderError(TraceError):
-    """The GPU ops or CUDA API calls cannot be attributed in one pass (out of order, or a launch
-    call that the window of recent calls no longer holds); `attribute()` in memory can."""
+    """The GPU ops or CUDA API calls cannot be folded in batches (out of order, or a launch call
+    that the window of recent calls no longer holds); `attribute_whole` can fold them."""
 
 
 @dataclass(frozen=True)
@@ -106,6 +127,8 @@ class StreamBudget:
     live_calls: int
     waiting_ops: int
     latency_rows: int
+    # (range, op) pairs summed at once: a few nesting levels per op of a batch
+    pair_rows: int
 
     @classmethod
     def of(cls, memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES) -> StreamBudget:
@@ -125,4 +148,12 @@ class StreamBudget:
             live_calls=memory_budget_bytes // 4 // BYTES_PER_LIVE_CALL,
             waiting_ops=memory_budget_bytes // 8 // BYTES_PER_OP_ROW,
             latency_rows=memory_budget_bytes // 8 // BYTES_PER_LATENCY_ROW,
+            pair_rows=memory_budget_bytes // 2 // BYTES_PER_OP_ROW * PAIRS_PER_OP,
         )
+
+    @classmethod
+    def whole(cls, ops: int, calls: int) -> StreamBudget:
+        """Whole tables of `ops` and `calls` rows in one batch each, nothing evicted; (range,
+        op) pairs still summed `WHOLE_PAIR_ROWS` at a time."""
+        ops, calls = max(ops, 1), max(calls, 1)
+        return cls(ops, calls, calls, ops, ops, WHOLE_PAIR_ROWS)

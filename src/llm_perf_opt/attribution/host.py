@@ -26,6 +26,8 @@ import numpy as np
 import polars as pl
 
 from llm_perf_opt import intervals
+from llm_perf_opt.attribution.calls import INT64_MIN
+from llm_perf_opt.attribution.schemas import HOST_CALL_BATCH_SCHEMA, StreamOrderError
 from llm_perf_opt.hostview import (
     HOST_SCHEMA,
     add_thread_parts,
@@ -37,8 +39,6 @@ from llm_perf_opt.hostview import (
     sort_calls,
     sync_counts,
 )
-from llm_perf_opt.onepass.calls import INT64_MIN
-from llm_perf_opt.onepass.schemas import HOST_CALL_BATCH_SCHEMA, StreamOrderError
 
 # The classes of the API names seen so far, by StringIds id (`hostview.classify_names`).
 NAME_KINDS_SCHEMA: Final = pl.Schema(
