@@ -1,10 +1,12 @@
 """Speed and peak memory of the analysis on generated traces, next to NVIDIA and a raw scan.
 
 Times, on the same file and in one run: the full `mfu-analyze --format json` (default memory
-budget: one pass over batches once the trace's ops do not fit it), the same in memory
+budget: the attribution fold over batches of the budget's size), the same in one batch
 (`--memory-budget 1T`), the same on the trace's parquetdir twin (converted once, beside it), the
 `--ranges-out` attribution alone, NVIDIA's `nsys stats -r nvtxgpuproj,nvtxkernsum` and the floor,
-a raw scan of the three big tables through the sqlite3 CLI. Each command runs in a fresh child
+a raw scan of the three big tables through the sqlite3 CLI. `--baseline SRC` adds the full
+analysis at both budgets run from another checkout's `src/` (an earlier commit: the ratio lines
+then compare this checkout with the better of the two). Each command runs in a fresh child
 of a small wrapper, so its wall time and its peak RSS (`RUSAGE_CHILDREN`: the largest process of
 the command's tree) are its own. The file is read once first, so every command sees a warm cache.
 Several `--kernels` sizes give one table each, then how peak memory and time grow between them.
@@ -13,6 +15,9 @@ Example:
     PYTHONPATH=src:. python3 benchmarks/bench_analysis.py --kernels 1e6 --repeats 3
     PYTHONPATH=src:. python3 benchmarks/bench_analysis.py --kernels 1e6,1e7,3e7 --repeats 1 \
         --rows full,memory,parquet,raw
+    git worktree add /tmp/base 1c70de1
+    PYTHONPATH=src:. python3 benchmarks/bench_analysis.py --kernels 1e6,1e7 --repeats 3 \
+        --rows full,memory,raw --baseline /tmp/base/src
 """
 
 from __future__ import annotations
@@ -47,36 +52,18 @@ RAW_SCAN_SQL = (
     "SELECT start, end, correlationId, globalTid FROM CUPTI_ACTIVITY_KIND_RUNTIME; "
     "SELECT start, end, globalTid FROM NVTX_EVENTS;"
 )
-ROWS = ("full", "memory", "parquet", "ranges", "breakdown", "nsys", "raw")
+ROWS = ("full", "memory", "base_full", "base_memory", "parquet", "ranges", "nsys", "raw")
+BASELINE_ROWS = ("base_full", "base_memory")
 LABELS = {
     "full": "mfu-analyze --format json (full analysis)",
-    "memory": "the same, in memory (--memory-budget 1T)",
+    "memory": "the same, in one batch (--memory-budget 1T)",
+    "base_full": "baseline checkout: full analysis",
+    "base_memory": "baseline checkout: --memory-budget 1T",
     "parquet": "the same, parquetdir input",
     "ranges": "mfu-analyze --ranges-out (attribution)",
-    "breakdown": "attribution + host/GPU breakdown (hostview)",
     "nsys": "nsys stats -r nvtxgpuproj,nvtxkernsum",
     "raw": "sqlite3 raw scan (floor)",
 }
-
-# Attribution of the stage ranges, then the host/GPU breakdown of every stage range and decode
-# step (what `mfu-analyze` adds to the attribution for the report's host and gpu_idle objects).
-BREAKDOWN = """
-import sys
-import polars as pl
-from llm_perf_opt.attribution import RangeSelection, attribute
-from llm_perf_opt.hostview import breakdown, gpu_view, host_view, stage_windows
-from llm_perf_opt.trace import open_trace
-stages = ("vision", "prefill", "decode")
-trace = open_trace(sys.argv[1])
-attr = attribute(trace, RangeSelection(names=stages))
-ranges = attr.ranges.sort("start_ns")
-members = {s: ranges.filter(pl.col("name") == s)["range_id"].to_list() for s in stages}
-decode = ranges.filter(pl.col("name") == "decode").select(owner="range_id", start_ns="start_ns")
-steps = ranges.filter(pl.col("name") == "decode_step").join_asof(decode, on="start_ns")
-windows = stage_windows(attr.ranges, members, steps.select("owner", "range_id").rows())
-host = host_view(windows, trace.api_calls(with_names=True), trace.sync_events())
-breakdown(windows, host, gpu_view(windows, attr.ops))
-"""
 
 # Runs argv[2:] with stdout to /dev/null and stderr to the file argv[1] and a timeout of argv[0]
 # seconds (its whole process group is killed then); prints wall seconds, peak RSS, exit code.
@@ -104,6 +91,7 @@ class Result:
 
     row: str
     command: list[str]
+    pythonpath: str
     walls_s: list[float] = field(default_factory=list)
     peak_rss_kb: int = 0
     timed_out_s: float | None = None
@@ -123,7 +111,7 @@ def measure(result: Result, timeout_s: float, workdir: Path) -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONPATH": _pythonpath()},
+        env={**os.environ, "PYTHONPATH": result.pythonpath},
     )
     facts = json.loads(out.stdout)
     result.peak_rss_kb = max(result.peak_rss_kb, int(facts["peak_rss_kb"]))
@@ -136,9 +124,10 @@ def measure(result: Result, timeout_s: float, workdir: Path) -> None:
         result.walls_s.append(float(facts["wall_s"]))
 
 
-def _pythonpath() -> str:
-    """src/ first, so `python3 -m llm_perf_opt.cli.analyze` runs this checkout."""
-    parts = [str(REPO / "src"), str(REPO), os.environ.get("PYTHONPATH", "")]
+def _pythonpath(src: Path = REPO / "src") -> str:
+    """`src` first (this checkout's by default), so `python3 -m llm_perf_opt.cli.analyze` runs
+    that checkout."""
+    parts = [str(src), str(REPO), os.environ.get("PYTHONPATH", "")]
     return os.pathsep.join(p for p in parts if p)
 
 
@@ -161,8 +150,8 @@ def commands(args: argparse.Namespace, trace: Path, workdir: Path) -> dict[str, 
         "parquet": [*analyze, str(parquet_twin(trace)), "--format", "json"],
         "ranges": [*analyze, str(trace), "--ranges-out", str(workdir / "ranges.csv")],
         "raw": ["sqlite3", str(trace), RAW_SCAN_SQL],
-        "breakdown": [sys.executable, "-c", BREAKDOWN, str(trace)],
     }
+    found["base_full"], found["base_memory"] = found["full"], found["memory"]
     if "nsys" in args.rows:
         nsys = _nsys_binary(args.nsys)
         report = ["-q", "-r", "nvtxgpuproj,nvtxkernsum", "-f", "csv", "--force-overwrite", "true"]
@@ -213,11 +202,17 @@ def report(results: dict[str, Result], facts: dict[str, int], trace: Path) -> li
             lines.append(f"    {row} failed: {r.failed}")
     pairs = (("full", "nsys"), ("full", "raw"), ("memory", "raw"), ("full", "parquet"),
              ("memory", "full"), ("ranges", "nsys"), ("ranges", "raw"),
-             ("breakdown", "ranges"))  # fmt: skip
+             ("full", "base_full"), ("memory", "base_memory"))  # fmt: skip
     for num, den in pairs:
         line = _ratio(results.get(num), results.get(den))
         if line:
             lines.append(f"{num} / {den}: {line}")
+    done = [results[r] for r in BASELINE_ROWS if r in results and results[r].median_s is not None]
+    if done and results.get("full") is not None:
+        best = min(done, key=lambda r: r.median_s or 0.0)
+        line = _ratio(results["full"], best)
+        if line:
+            lines.append(f"full / best baseline ({best.row}): {line}")
     return lines
 
 
@@ -287,7 +282,15 @@ def bench_one(args: argparse.Namespace, kernels: int) -> tuple[dict[str, Result]
     with tempfile.TemporaryDirectory(prefix="bench_analysis_") as tmp:
         workdir = Path(tmp)
         cmds = commands(args, trace, workdir)
-        results = {row: Result(row, cmds[row]) for row in ROWS if row in args.rows}
+        wanted = [r for r in ROWS if r in args.rows and (args.baseline or r not in BASELINE_ROWS)]
+        results = {
+            row: Result(
+                row,
+                cmds[row],
+                _pythonpath(args.baseline) if row in BASELINE_ROWS else _pythonpath(),
+            )
+            for row in wanted
+        }
         before = trace.stat().st_mtime_ns
         run_rows(results, args, workdir)
         if trace.stat().st_mtime_ns != before:
@@ -305,7 +308,7 @@ def growth(sizes: list[int], runs: list[dict[str, Result]]) -> list[str]:
     lines = []
     pairs = list(zip(sizes, runs, strict=True))
     for (n0, r0), (n1, r1) in itertools.pairwise(pairs):
-        for row in ("full", "memory", "parquet"):
+        for row in ("full", "memory", "base_full", "base_memory", "parquet"):
             a, b = r0.get(row), r1.get(row)
             if a is None or b is None or not a.peak_rss_kb or a.median_s is None:
                 continue
@@ -339,11 +342,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=DEFAULT_ANALYZE,
         help="command that analyzes a trace (the trace path and options are appended)",
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="src/ of another checkout: adds its full analysis at both budgets (base_* rows)",
+    )
     parser.add_argument("--nsys", help="nsys binary (default: $NSYS_STATS or get-nsys-stats.sh)")
     parser.add_argument("--json-out", type=Path, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if unknown := set(args.rows) - set(ROWS):
         parser.error(f"unknown rows {sorted(unknown)}; choose from {','.join(ROWS)}")
+    if args.baseline is not None and not (args.baseline / "llm_perf_opt").is_dir():
+        parser.error(f"--baseline {args.baseline}: no llm_perf_opt package there; give a src/")
     if args.trace is not None and len(args.kernels) > 1:
         parser.error("--trace names one trace: give one --kernels size with it")
     runs = [bench_one(args, kernels)[0] for kernels in args.kernels]

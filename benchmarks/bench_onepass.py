@@ -1,9 +1,11 @@
-"""Time and peak memory of the one-pass attribution against `attribute()` and a raw scan.
+"""Time and peak memory of the attribution fold over batches against the whole tables folded
+at once (`attribute()`, with the per-op frame) and a raw scan.
 
 Three rows on one generated trace (made once, then reused), each a fresh child process timed by
 `bench_analysis`'s wrapper (wall time, peak RSS of the child): `raw`, the sqlite3 scan of the
 columns attribution needs; `memory`, `attribute()` with the analysis's stage selection (the
-whole tables in memory); `onepass`, `onepass.attribute_stream` over the reader's batches
+whole tables in memory, each op's assignment kept); `onepass`, `attribute_stream` over the
+reader's batches
 (`Trace.gpu_op_batches` / `launch_call_batches`), with the stage groups and the host/GPU windows
 the analysis asks for. The onepass row checks that its ranges equal a stored `attribute()` result
 when `--check` is given (it then runs `attribute()` too, in a separate child).
@@ -29,7 +31,7 @@ import polars as pl
 from benchmarks.bench_analysis import RAW_SCAN_SQL, Result, measure, trace_facts
 from benchmarks.gen_trace import generate
 from benchmarks.gen_trace.cli import parse_count
-from llm_perf_opt.onepass import DEFAULT_MEMORY_BUDGET_BYTES, StreamBudget
+from llm_perf_opt.attribution import DEFAULT_MEMORY_BUDGET_BYTES, StreamBudget
 
 ROWS = ("raw", "memory", "onepass")
 STAGES = ("vision", "prefill", "decode")
@@ -49,7 +51,7 @@ import sys
 import polars as pl
 from benchmarks.bench_onepass import stage_inputs
 from llm_perf_opt.attribution import RangeSelection
-from llm_perf_opt.onepass import ReadAhead, StreamBudget, attribute_stream, range_frame
+from llm_perf_opt.attribution import ReadAhead, StreamBudget, attribute_stream, range_frame
 from llm_perf_opt.trace import open_trace
 trace, budget = open_trace(sys.argv[1]), int(sys.argv[2])
 rows = StreamBudget.of(budget)
