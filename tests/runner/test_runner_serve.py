@@ -36,10 +36,11 @@ from llm_perf_opt.runner.schedule import Entry, Request, Scheduler
 from llm_perf_opt.runner.stages import prepare_image
 from llm_perf_opt.schemas import check_run_meta
 from llm_perf_opt.vocab import FAMILIES, SERVE_SCOPES
+from tests.helpers.paths import DATA
 from tests.runner.test_runner_cli import DOMAIN, NvtxRecorder
 
 torch.set_num_threads(1)
-HF_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
+HF_CONFIGS = DATA / "hf_configs"
 NAME = re.compile(r"^execute_context_(\d+)\((\d+)\)_generation_(\d+)\((\d+)\)$")
 TINY = {
     "hidden_size": 64,

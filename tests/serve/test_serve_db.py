@@ -11,9 +11,9 @@ from click.testing import CliRunner
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
 from llm_perf_opt.resultsdb import ResultsDb
+from tests.helpers.paths import REPO
 from tests.serve.export import StepLoop, write_export
 
-REPO = Path(__file__).resolve().parents[2]
 LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
 NAMES = ["execute_context_1(512)_generation_0(0)"] + [
     f"execute_context_0(0)_generation_{b}({b})" for b in (1, 2, 2, 3, 3, 4, 4, 4)

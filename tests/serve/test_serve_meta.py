@@ -21,9 +21,9 @@ from llm_perf_opt.flops.steps import request_work, step_costs
 from llm_perf_opt.meta import RunMeta, parse_meta
 from llm_perf_opt.serving import engine_report
 from tests.analyze.synth import PEAK
+from tests.helpers.paths import REPO
 from tests.serve.export import StepLoop, write_export
 
-REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 NAMES = [
     "execute_context_2(512)_generation_0(0)",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -31,8 +30,8 @@ from llm_perf_opt.flops.steps import (
     step_costs,
     step_work,
 )
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 # (query tokens q, context c before the step, is it a context request)
 Request = tuple[int, int, bool]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from tests.helpers.paths import DATA, TRACES
+
 LLAMA_SMALL = DATA / "llama_small"
 
 
@@ -25,11 +26,10 @@ def llama_small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return exports | {"arrowdir": root / "llama_small_arrowdir"}
 
 
-REPO = DATA.parent.parent
 # Every committed SQLite trace, by name.
 SQLITE_TRACES = {
     p.name.split(".")[0]: p
-    for p in sorted((REPO / "traces").glob("*.sqlite.xz")) + sorted(DATA.rglob("*.sqlite"))
+    for p in sorted(TRACES.glob("*.sqlite.xz")) + sorted(DATA.rglob("*.sqlite"))
 }
 # What batches read, and what tells a folder to be an export.
 BATCH_TABLES = (

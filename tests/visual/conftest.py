@@ -16,9 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from llm_perf_opt.cli.analyze import main
+from tests.helpers.paths import TRACES
 
-REPO: Final = Path(__file__).resolve().parents[2]
-TRACES: Final = REPO / "traces"
 LLAMA: Final = ("--config", str(TRACES / "meta" / "llama_1b_shape.config.json"),
                 "--prefill-len", "512")  # fmt: skip
 # The flags a committed trace needs besides its run metadata (traces/README.md says how each
