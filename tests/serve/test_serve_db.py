@@ -12,7 +12,7 @@ from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
 from llm_perf_opt.resultsdb import ResultsDb
 from tests.helpers.paths import REPO
-from tests.serve.export import StepLoop, write_export
+from tests.helpers.serve_export import StepLoop, write_export
 
 LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
 NAMES = ["execute_context_1(512)_generation_0(0)"] + [

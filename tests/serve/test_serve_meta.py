@@ -22,7 +22,7 @@ from llm_perf_opt.meta import RunMeta, parse_meta
 from llm_perf_opt.serving import engine_report
 from tests.analyze.synth import PEAK
 from tests.helpers.paths import REPO
-from tests.serve.export import StepLoop, write_export
+from tests.helpers.serve_export import StepLoop, write_export
 
 LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 NAMES = [

@@ -29,7 +29,7 @@ from llm_perf_opt.serving import engine_report
 from llm_perf_opt.vocab import HF_DECODER_FAMILY
 from tests.attribution.oracle import read_projection
 from tests.helpers.paths import TRACES
-from tests.serve.export import llama_with_steps
+from tests.helpers.serve_export import llama_with_steps
 
 LLAMA_CONFIG = str(TRACES / "meta" / "llama_1b_shape.config.json")
 STEP = "execute_context_0(0)_generation_1(1)"
