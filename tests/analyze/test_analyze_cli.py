@@ -21,8 +21,7 @@ from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.trace import open_trace
 from tests.helpers.paths import SRC
 from tests.helpers.reports import RANGES_HEADER, STATIC, png_size
-
-from .synth import meta_dict
+from tests.helpers.synth import meta_dict
 
 STAGE_FLAGS = [
     "--stage", "vision=vision", "--stage", "prefill=prefill", "--stage", "decode=decode",

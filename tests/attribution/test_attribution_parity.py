@@ -18,8 +18,12 @@ from polars.testing import assert_frame_equal
 from llm_perf_opt.attribution import attribute
 from llm_perf_opt.trace import open_trace
 from tests.helpers import paths
-
-from .oracle import kernel_sums, outside_kernel_time, projection_mismatches, run_nsys_stats
+from tests.helpers.oracles import (
+    kernel_sums,
+    outside_kernel_time,
+    projection_mismatches,
+    run_nsys_stats,
+)
 
 DATA = paths.DATA / "h100_probes"
 TOY = paths.DATA / "h100_probe_toy"

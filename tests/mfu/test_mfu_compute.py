@@ -14,7 +14,7 @@ from llm_perf_opt.mfu import MfuReport, compute_mfu
 from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.stages import RangeRef, default_refs
 from llm_perf_opt.verdict import NO_BREAKDOWN
-from tests.analyze.synth import (
+from tests.helpers.synth import (
     DOMAIN,
     LP,
     PEAK,

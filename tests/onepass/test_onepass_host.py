@@ -27,7 +27,7 @@ from llm_perf_opt.onepass import (
     range_frame,
 )
 from llm_perf_opt.trace import Trace, open_trace
-from tests.attribution.frames import gpid, gtid
+from tests.helpers.frames import gpid, gtid
 from tests.helpers.paths import REPO
 from tests.reliability.helpers import mutated
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_perf_opt.attribution import RangeSelection
-from tests.attribution.frames import gpid, gtid, ranges
+from tests.helpers.frames import gpid, gtid, ranges
 from tests.helpers.strategies import nested_ranges
 
 from .compare import assert_same

@@ -17,7 +17,7 @@ from llm_perf_opt.onepass import (
     attribute_stream,
     range_frame,
 )
-from tests.attribution.frames import gtid, ops_and_calls, ranges
+from tests.helpers.frames import gtid, ops_and_calls, ranges
 
 from .compare import assert_same
 

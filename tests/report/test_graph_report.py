@@ -20,7 +20,7 @@ from llm_perf_opt.mfu import MfuReport, compute_mfu
 from llm_perf_opt.opfacts import MemoryOps
 from llm_perf_opt.report import render_table, to_csv, to_json_text, to_markdown
 from llm_perf_opt.stages import default_refs
-from tests.analyze.synth import DOMAIN, GLOBAL_PID, PEAK, LinearFlops, SynthTrace, meta_dict
+from tests.helpers.synth import DOMAIN, GLOBAL_PID, PEAK, LinearFlops, SynthTrace, meta_dict
 
 GRAPH_ID = 7
 STEPS = 3

@@ -24,9 +24,9 @@ from llm_perf_opt.report import (
     write_ranges_csv,
 )
 from llm_perf_opt.stages import default_refs
-from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
 from tests.helpers.paths import REPO
 from tests.helpers.reports import RANGES_HEADER, STATIC, png_size
+from tests.helpers.synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
 
 
 @pytest.fixture(scope="module")

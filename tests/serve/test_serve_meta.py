@@ -20,9 +20,9 @@ from llm_perf_opt.flops.model import AnalyticFlops
 from llm_perf_opt.flops.steps import request_work, step_costs
 from llm_perf_opt.meta import RunMeta, parse_meta
 from llm_perf_opt.serving import engine_report
-from tests.analyze.synth import PEAK
 from tests.helpers.paths import REPO
 from tests.helpers.serve_export import StepLoop, write_export
+from tests.helpers.synth import PEAK
 
 LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 NAMES = [

@@ -27,7 +27,7 @@ from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.serving import engine_report
 from llm_perf_opt.vocab import HF_DECODER_FAMILY
-from tests.attribution.oracle import read_projection
+from tests.helpers.oracles import read_projection
 from tests.helpers.paths import TRACES
 from tests.helpers.serve_export import llama_with_steps
 

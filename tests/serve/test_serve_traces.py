@@ -17,9 +17,9 @@ from llm_perf_opt.engines import STEP_FORMATS, formats_for, step_names
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import to_csv, to_json, to_markdown
 from llm_perf_opt.vocab import VLLM_STEP_NAME
-from tests.analyze.synth import union_ns
 from tests.helpers.paths import REPO
 from tests.helpers.serve_export import StepLoop, llama_with_steps, write_export
+from tests.helpers.synth import union_ns
 
 LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
 MALFORMED = "execute_context_1(?)_generation_0(0)"

@@ -25,7 +25,7 @@ from llm_perf_opt.errors import (
 )
 from llm_perf_opt.runs import expand_paths, is_batch
 from llm_perf_opt.trace import SqliteTrace, TableTrace, open_trace
-from tests.attribution.oracle import kernel_sums, projection_mismatches
+from tests.helpers.oracles import kernel_sums, projection_mismatches
 from tests.helpers.paths import REPO
 
 LLAMA_SQLITE: Final = REPO / "traces" / "llama_1b_shape.sqlite.xz"

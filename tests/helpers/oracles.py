@@ -12,8 +12,9 @@ from pathlib import Path
 import polars as pl
 
 from llm_perf_opt.attribution import Attribution
+from tests.helpers.paths import REPO
 
-GET_NSYS = Path(__file__).resolve().parents[2] / "scripts" / "get-nsys-stats.sh"
+GET_NSYS = REPO / "scripts" / "get-nsys-stats.sh"
 
 
 def read_csv(csv: Path) -> pl.DataFrame:
