@@ -22,9 +22,8 @@ from click.testing import CliRunner
 from llm_perf_opt.attribution import Attribution, RangeSelection, attribute
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.trace import open_trace
-from tests.helpers.paths import REPO
+from tests.helpers.paths import TRACES
 
-TRACES: Final = REPO / "traces"
 NAMES: Final = ("dsocr_v1_base", "dsocr_v1_gundam", "dsocr2_base")
 STAGES: Final = ("vision", "prefill", "decode")
 DOMAIN: Final = "llm_perf_opt"

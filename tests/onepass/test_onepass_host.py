@@ -28,12 +28,11 @@ from llm_perf_opt.onepass import (
 )
 from llm_perf_opt.trace import Trace, open_trace
 from tests.helpers.frames import gpid, gtid
-from tests.helpers.paths import REPO
-from tests.reliability.helpers import mutated
+from tests.helpers.mutate import mutated
+from tests.helpers.paths import DATA, REPO
 
 from .compare import batches, groups_and_windows
 
-DATA: Final = REPO / "tests" / "data"
 # Every committed SQLite trace (all have a CUDA API table).
 TRACES: Final = sorted((REPO / "traces").glob("*.sqlite.xz")) + sorted(DATA.rglob("*.sqlite*"))
 WHOLE: Final = 1 << 40

@@ -16,9 +16,10 @@ import pytest
 
 import llm_perf_opt.trace.files as trace_files
 from llm_perf_opt.trace import DECOMPRESS_CAP_ENV, MAX_OPEN_RANGES_PER_THREAD, open_trace
+from tests.helpers.committed import PROBE, V1_XZ
+from tests.helpers.contract import analyze, assert_error, assert_ok, scratch_left
+from tests.helpers.mutate import mutated
 from tests.helpers.paths import SRC
-
-from .helpers import PROBE, V1_XZ, analyze, assert_error, assert_ok, mutated, scratch_left
 
 V1_T32_XZ = V1_XZ.with_name("dsocr_v1_base_t32.sqlite.xz")
 

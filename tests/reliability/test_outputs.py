@@ -12,9 +12,10 @@ import pytest
 from llm_perf_opt.cli._common import output_file
 from llm_perf_opt.errors import OutputError
 from llm_perf_opt.trace import open_trace
+from tests.helpers.committed import PROBE, PROBE_STAGES, V1_META
+from tests.helpers.contract import analyze, assert_error, assert_ok
+from tests.helpers.mutate import digest, mutated
 from tests.helpers.paths import SRC
-
-from .helpers import PROBE, PROBE_STAGES, V1_META, analyze, assert_error, assert_ok, digest, mutated
 
 
 def test_d1_output_into_missing_directory(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.paths import DATA, TRACES
+from tests.helpers.committed import SQLITE_TRACES
+from tests.helpers.paths import DATA
 
 LLAMA_SMALL = DATA / "llama_small"
 
@@ -26,11 +27,6 @@ def llama_small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return exports | {"arrowdir": root / "llama_small_arrowdir"}
 
 
-# Every committed SQLite trace, by name.
-SQLITE_TRACES = {
-    p.name.split(".")[0]: p
-    for p in sorted(TRACES.glob("*.sqlite.xz")) + sorted(DATA.rglob("*.sqlite"))
-}
 # What batches read, and what tells a folder to be an export.
 BATCH_TABLES = (
     "StringIds",
