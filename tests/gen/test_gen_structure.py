@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 
 from llm_perf_opt.meta import parse_meta
+from tests.helpers.generated import TINY_KERNELS, Tiny
 from tests.helpers.paths import SRC
-
-from .conftest import TINY_KERNELS, Tiny
-from .trace_facts import PROCESS_MASK, Op, Range, connect, innermost
+from tests.helpers.trace_facts import PROCESS_MASK, Op, Range, connect, innermost
 
 SCHEMA = SRC / "llm_perf_opt" / "schemas" / "run_meta.schema.json"
 STAGE_PARENTS: dict[str, set[str | None]] = {
