@@ -1,5 +1,5 @@
-"""Engine step ranges of hand-built nsys exports (tests/serve/export.py), one per name format of
-`engines.STEP_FORMATS`: every step recognised, its GPU ops and busy time those written, the
+"""Engine step ranges of hand-built nsys exports (tests.helpers.serve_export), one per name format
+of `engines.STEP_FORMATS`: every step recognised, its GPU ops and busy time those written, the
 malformed name a warning, the zero-token step idle, and the CLI needing only --config."""
 
 from __future__ import annotations
