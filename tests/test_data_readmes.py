@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-DATA = Path(__file__).resolve().parent / "data"
+from tests.helpers.paths import DATA
 
 
 def test_every_fixture_folder_has_a_readme() -> None:

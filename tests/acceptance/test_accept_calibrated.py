@@ -11,7 +11,8 @@ from typing import Any, Final
 import pytest
 from matplotlib.image import imread
 
-from .conftest import TRACES, run_cli
+from tests.helpers.paths import TRACES
+from tests.helpers.real_traces import run_cli
 
 NAME: Final = "dsocr_v1_base_gmm"
 TRACE: Final = TRACES / f"{NAME}.sqlite.xz"

@@ -9,16 +9,15 @@ import pytest
 
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.trace import open_trace
-
-from .conftest import NAMES, STAGES, RealTraces
-from .recompute import (
+from tests.helpers.real_traces import NAMES, STAGES, RealTraces
+from tests.helpers.recompute import (
     PEAK_BF16_FLOPS,
     assert_matches,
     config_of,
     expected_report,
     measured_instances,
 )
-from .recompute_host import reference_for
+from tests.helpers.recompute_host import reference_for
 
 # (flags, mode, C of every step): fixed C lies between every trace's last real C (Lp + 5 ≤ 917)
 # and the window; max is the window, 8192.

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from llm_perf_opt.report import format_pct
-
-from .conftest import NAMES, STAGES, RealTraces, run_cli
+from tests.helpers.real_traces import NAMES, STAGES, RealTraces, run_cli
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("stage_time_split.png", "mfu_trace_vs_wall.png", "decode_step_time.png")

@@ -13,9 +13,9 @@ from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.schemas import check_run_meta
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import RUN_META_SCHEMA_ID
-
-from .conftest import DOMAIN, EXPECTED, NAMES, STAGES, TRACES, RealTraces
-from .recompute import GPU_NAME, config_of, image_layout, measured_instances
+from tests.helpers.paths import TRACES
+from tests.helpers.real_traces import DOMAIN, EXPECTED, NAMES, STAGES, RealTraces
+from tests.helpers.recompute import GPU_NAME, config_of, image_layout, measured_instances
 
 RUNNER_NAMES = {"warmup", "image", *STAGES, "decode_step"}
 N_IMAGES = 3

@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 
 from llm_perf_opt.trace import open_trace
-
-from .conftest import NAMES, STAGES, RealTraces
+from tests.helpers.real_traces import NAMES, STAGES, RealTraces
 
 
 def _without_ids(value: Any) -> Any:

@@ -19,9 +19,9 @@ from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.trace import open_trace
+from tests.helpers.paths import SRC
 from tests.helpers.reports import RANGES_HEADER, STATIC, png_size
-
-from .synth import meta_dict
+from tests.helpers.synth import meta_dict
 
 STAGE_FLAGS = [
     "--stage", "vision=vision", "--stage", "prefill=prefill", "--stage", "decode=decode",
@@ -217,7 +217,7 @@ def test_module_entry_point_help() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "PATH": ""},
+        env={"PYTHONPATH": str(SRC), "PATH": ""},
     )
     assert "Example:" in result.stdout and "--ctx-mode" in result.stdout
 

@@ -11,8 +11,7 @@ import pytest
 
 from llm_perf_opt.errors import MetaError, MissingInputError
 from llm_perf_opt.meta import load_meta_file, meta_from_marks, parse_meta
-
-from .synth import meta_dict
+from tests.helpers.synth import meta_dict
 
 
 def test_valid_metadata_parses() -> None:

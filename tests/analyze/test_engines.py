@@ -20,11 +20,10 @@ from llm_perf_opt.analysis import Analysis, AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import MIN_MEMORY_BUDGET_BYTES
 from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.stages import RangeRef
-from tests.helpers.paths import REPO
-from tests.reliability.helpers import mutated
-from tests.serve.export import StepLoop, write_export
+from tests.helpers.mutate import mutated
+from tests.helpers.paths import DATA, REPO
+from tests.helpers.serve_export import StepLoop, write_export
 
-DATA = REPO / "tests" / "data"
 LLAMA_1B = {"config_path": str(REPO / "traces/meta/llama_1b_shape.config.json"), "prefill_len": 512}
 LLAMA_SMALL = {
     "config_path": str(REPO / "traces/meta/llama_1b_shape.config.json"),

@@ -7,8 +7,7 @@ import pytest
 
 from llm_perf_opt.errors import AnalysisError, SelectionError
 from llm_perf_opt.stages import decode_steps, default_refs, group_instances
-
-from .synth import DOMAIN, SynthTrace, runner_like_trace
+from tests.helpers.synth import DOMAIN, SynthTrace, runner_like_trace
 
 REFS = default_refs(DOMAIN)
 

@@ -17,11 +17,16 @@ from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import attribute
 from llm_perf_opt.trace import open_trace
+from tests.helpers import paths
+from tests.helpers.oracles import (
+    kernel_sums,
+    outside_kernel_time,
+    projection_mismatches,
+    run_nsys_stats,
+)
 
-from .oracle import kernel_sums, outside_kernel_time, projection_mismatches, run_nsys_stats
-
-DATA = Path(__file__).resolve().parents[1] / "data" / "h100_probes"
-TOY = Path(__file__).resolve().parents[1] / "data" / "h100_probe_toy"
+DATA = paths.DATA / "h100_probes"
+TOY = paths.DATA / "h100_probe_toy"
 
 CASES = [
     (TOY / "h100_probe_nsys2025.sqlite", TOY / "h100_probe_nsys2025_nvtxgpuproj.csv",

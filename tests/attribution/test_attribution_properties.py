@@ -9,9 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_perf_opt.attribution import RangeSelection, attribute_frames
+from tests.helpers.frames import ops_and_calls, ranges
 from tests.helpers.strategies import nested_ranges
-
-from .frames import ops_and_calls, ranges
 
 
 @st.composite

@@ -18,8 +18,7 @@ from llm_perf_opt.attribution import (
 from llm_perf_opt.attribution.rule import conformed
 from llm_perf_opt.errors import SelectionError
 from llm_perf_opt.trace import open_trace
-
-from .frames import ops_and_calls, ranges
+from tests.helpers.frames import ops_and_calls, ranges
 
 
 def row(result: pl.DataFrame, name: str) -> dict[str, object]:

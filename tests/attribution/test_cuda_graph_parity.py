@@ -22,9 +22,13 @@ from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import Attribution, attribute, attribute_frames
 from llm_perf_opt.trace import open_trace
+from tests.helpers.oracles import (
+    kernel_sums,
+    outside_kernel_time,
+    projection_mismatches,
+    read_projection,
+)
 from tests.helpers.paths import TRACES
-
-from .oracle import kernel_sums, outside_kernel_time, projection_mismatches, read_projection
 
 NODE, GRAPH = "dsocr_v1_base_cg_node", "dsocr_v1_base_cg_graph"
 GRAPH_SQL: Final = TRACES.parent / "benchmarks" / "nsys_schema_3_20_3_graph_trace.sql"

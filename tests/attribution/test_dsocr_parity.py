@@ -14,9 +14,8 @@ from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.trace import open_trace
+from tests.helpers.oracles import kernel_sums, outside_kernel_time, projection_mismatches
 from tests.helpers.paths import TRACES
-
-from .oracle import kernel_sums, outside_kernel_time, projection_mismatches
 
 ORACLES = [
     ("dsocr_v1_base", "nsys2025_nvtx_gpu_proj_trace", "nsys2025_nvtx_kern_sum"),

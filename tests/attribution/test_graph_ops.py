@@ -8,8 +8,7 @@ from __future__ import annotations
 import polars as pl
 
 from llm_perf_opt.attribution import RangeSelection, attribute_frames
-
-from .frames import ops_and_calls, ranges
+from tests.helpers.frames import ops_and_calls, ranges
 
 STAGE = {"id": 1, "name": "decode", "start": 0, "end": 1_000}
 STEP = {"id": 2, "name": "decode_step", "start": 50, "end": 400}

@@ -21,9 +21,8 @@ from polars.testing import assert_frame_equal
 from llm_perf_opt.attribution import attribute
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.trace import open_trace
+from tests.helpers.oracles import kernel_sums, projection_mismatches
 from tests.helpers.paths import TRACES
-
-from .oracle import kernel_sums, projection_mismatches
 
 TRACE: Final = TRACES / "llama_1b_shape.sqlite.xz"
 CONFIG: Final = TRACES / "meta" / "llama_1b_shape.config.json"

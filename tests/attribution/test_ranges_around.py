@@ -16,9 +16,8 @@ from polars.testing import assert_frame_equal
 from llm_perf_opt.nesting import ranges_around, with_structure
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import ROLES
+from tests.helpers.frames import ranges
 from tests.helpers.paths import REPO
-
-from .frames import ranges
 
 NESTING = ["range_id", "depth", "parent_id", "path"]
 

@@ -12,16 +12,15 @@ import pytest
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.report.jsondoc import to_json
+from tests.helpers.committed import OPTIONS, stem
 from tests.helpers.paths import TRACES
-
-from .test_traces import OPTIONS, _stem
 
 SQLITE = sorted(TRACES.glob("*.sqlite.xz"))
 
 
-@pytest.mark.parametrize("path", SQLITE, ids=_stem)
+@pytest.mark.parametrize("path", SQLITE, ids=stem)
 def test_median_step_categories(path: Path) -> None:
-    options = AnalyzeOptions(**OPTIONS.get(_stem(path), {}))  # type: ignore[arg-type]
+    options = AnalyzeOptions(**OPTIONS.get(stem(path), {}))  # type: ignore[arg-type]
     analysis = analyze_trace(path, options)
     report = analysis.report
     assert report is not None

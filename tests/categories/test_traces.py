@@ -11,21 +11,16 @@ import pytest
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.categories import with_category
 from llm_perf_opt.trace import open_trace
-from tests.helpers.paths import REPO, TRACES
+from tests.helpers.committed import OPTIONS, stem
+from tests.helpers.paths import TRACES
 
 TRACE_FILES = sorted([*TRACES.glob("*.sqlite.xz"), *TRACES.glob("*.pt.trace.json.gz")])
-LLAMA = {"config_path": str(REPO / "traces/meta/llama_1b_shape.config.json"), "prefill_len": 512}
-OPTIONS = {"llama_1b_shape": LLAMA, "llama_1b_compile": LLAMA}
 # Our calibration sleep (`at::cuda::<unnamed>::spin_kernel`): `other`, and outside the bound,
 # since it computes nothing and runs outside the stages.
 CALIBRATION_SLEEP = "spin_kernel"
 
 
-def _stem(path: Path) -> str:
-    return path.name.split(".")[0]
-
-
-@pytest.mark.parametrize("path", TRACE_FILES, ids=_stem)
+@pytest.mark.parametrize("path", TRACE_FILES, ids=stem)
 def test_other_is_at_most_a_tenth_of_kernel_time(path: Path) -> None:
     trace = open_trace(path)
     ops = trace.gpu_ops().filter(pl.col("kind") == "kernel")
@@ -40,9 +35,9 @@ def test_other_is_at_most_a_tenth_of_kernel_time(path: Path) -> None:
     assert other <= 0.10 * counted["total_ns"].sum(), other
 
 
-@pytest.mark.parametrize("path", TRACE_FILES, ids=_stem)
+@pytest.mark.parametrize("path", TRACE_FILES, ids=stem)
 def test_stage_categories_sum_to_kernel_time(path: Path) -> None:
-    options = AnalyzeOptions(**OPTIONS.get(_stem(path), {}))  # type: ignore[arg-type]
+    options = AnalyzeOptions(**OPTIONS.get(stem(path), {}))  # type: ignore[arg-type]
     report = analyze_trace(path, options).report
     assert report is not None
     for stage in report.stages.values():

@@ -9,7 +9,9 @@ import os
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "api.md"
+from tests.helpers.paths import REPO
+
+DOC = REPO / "docs" / "api.md"
 
 
 def blocks(text: str) -> list[str]:

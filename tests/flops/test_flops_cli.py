@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from llm_perf_opt.cli.flops import cli
 from llm_perf_opt.flops.configs import builtin_config
+from tests.helpers.paths import SRC
 
 
 def _json(*args: str) -> dict[str, object]:
@@ -164,6 +165,6 @@ def test_analytic_path_never_imports_torch() -> None:
         "llm_perf_opt.flops.estimate; "
         "sys.exit(1 if {'torch', 'transformers', 'fvcore'} & set(sys.modules) else 0)"
     )
-    src = str(Path(__file__).resolve().parents[2] / "src")
+    src = str(SRC)
     done = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": src}, check=False)
     assert done.returncode == 0

@@ -23,8 +23,9 @@ from llm_perf_opt.flops.hf import (
     hf_model_from_dict,
 )
 from llm_perf_opt.flops.hf_model import estimate_hf_run, read_hf_config
+from tests.helpers.paths import DATA
 
-CONFIGS: Final = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
+CONFIGS: Final = DATA / "hf_configs"
 DENSE: Final = ("llama-3.2-1b", "mistral-7b-v0.1", "qwen2.5-7b", "qwen3-8b", "gemma-2b",
                 "gemma-2-9b", "gemma-3-1b")  # fmt: skip
 

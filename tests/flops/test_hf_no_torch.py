@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers.paths import DATA, SRC
 
 
 def test_hf_config_path_does_not_import_torch_or_transformers() -> None:
-    config = ROOT / "tests" / "data" / "hf_configs" / "qwen2.5-vl-7b-instruct.json"
+    config = DATA / "hf_configs" / "qwen2.5-vl-7b-instruct.json"
     code = f"""
 import sys
 from click.testing import CliRunner
@@ -26,7 +25,7 @@ print(heavy)
 """
     out = subprocess.run(
         [sys.executable, "-c", code],
-        env={"PYTHONPATH": str(ROOT / "src"), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(SRC), "PATH": "/usr/bin:/bin"},
         capture_output=True,
         text=True,
         check=True,

@@ -3,25 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
-from benchmarks.gen_trace import Summary, generate
+from benchmarks.gen_trace import generate
 
-from .trace_facts import Op, Range, connect, ops, ranges
-
-TINY_KERNELS = 2_000
-
-
-@dataclass(frozen=True)
-class Tiny:
-    """The tiny trace and what was read back from it."""
-
-    path: Path
-    summary: Summary
-    ranges: list[Range]
-    ops: list[Op]
+from tests.helpers.generated import TINY_KERNELS, Tiny
+from tests.helpers.trace_facts import connect, ops, ranges
 
 
 @pytest.fixture(scope="session")

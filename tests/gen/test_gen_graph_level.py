@@ -12,8 +12,7 @@ from benchmarks.gen_trace import Summary, generate
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import RangeSelection, attribute
 from llm_perf_opt.trace import open_trace
-
-from .conftest import TINY_KERNELS, Tiny
+from tests.helpers.generated import TINY_KERNELS, Tiny
 
 STAGES = RangeSelection(names=("vision", "prefill", "decode"), domains=("llm_perf_opt",))
 

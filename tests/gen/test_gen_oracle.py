@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import os
 import shutil
 import subprocess
 from collections import defaultdict
@@ -13,11 +12,8 @@ import pytest
 
 from llm_perf_opt.attribution import attribute
 from llm_perf_opt.trace import open_trace
-from tests.helpers.paths import REPO
-
-from .conftest import Tiny
-
-GET_NSYS = REPO / "scripts" / "get-nsys-stats.sh"
+from tests.helpers.generated import Tiny
+from tests.helpers.oracles import nsys_stats
 
 pytestmark = pytest.mark.oracle
 
@@ -26,12 +22,7 @@ pytestmark = pytest.mark.oracle
 def nvidia(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, str]]]:
     """NVIDIA's nvtxgpuproj and nvtxkernsum rows on a copy of the tiny trace (which it must not
     change)."""
-    nsys = (
-        os.environ.get("NSYS_STATS")
-        or subprocess.run(
-            ["bash", str(GET_NSYS)], check=True, capture_output=True, text=True
-        ).stdout.strip()
-    )
+    nsys = nsys_stats()
     work = tmp_path_factory.mktemp("nsys")
     copy = work / "tiny.sqlite"
     shutil.copyfile(tiny.path, copy)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from .conftest import Tiny
-from .trace_facts import connect
+from tests.helpers.generated import Tiny
+from tests.helpers.trace_facts import connect
 
 # CUPTI_ACTIVITY_KIND_MEMCPY is absent from the probe trace (it made no copies); these are its
 # columns in a real 2025.3.2 export of a capture with copies on the H100 (see benchmarks/README.md).

@@ -15,7 +15,7 @@ from benchmarks.gen_trace.plan import (
     WARMUP_ROUNDS,
 )
 
-from .trace_facts import connect, ranges
+from tests.helpers.trace_facts import connect, ranges
 
 
 def _digest(path: Path) -> str:

@@ -5,17 +5,16 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter, defaultdict
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from llm_perf_opt.meta import parse_meta
+from tests.helpers.generated import TINY_KERNELS, Tiny
+from tests.helpers.paths import SRC
+from tests.helpers.trace_facts import PROCESS_MASK, Op, Range, connect, innermost
 
-from .conftest import TINY_KERNELS, Tiny
-from .trace_facts import PROCESS_MASK, Op, Range, connect, innermost
-
-SCHEMA = Path(__file__).resolve().parents[2] / "src/llm_perf_opt/schemas/run_meta.schema.json"
+SCHEMA = SRC / "llm_perf_opt" / "schemas" / "run_meta.schema.json"
 STAGE_PARENTS: dict[str, set[str | None]] = {
     "warmup": {None},
     "image": {None, "warmup"},

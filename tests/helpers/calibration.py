@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.helpers.paths import REPO
-
-META = REPO / "traces" / "meta" / "dsocr_v1_base.run.meta.json"
+from tests.helpers.committed import V1_META
 
 # The shape the runner writes (`scripts/run_dsocr.py --calibrate`, docs/run-metadata.md).
 CALIBRATION: dict[str, Any] = {
@@ -28,6 +26,6 @@ CALIBRATION: dict[str, Any] = {
 
 def calibrated_meta(calibration: Any = CALIBRATION) -> dict[str, Any]:
     """The committed v1 base run metadata with a calibration object added."""
-    meta: dict[str, Any] = json.loads(META.read_text(encoding="utf-8"))
+    meta: dict[str, Any] = json.loads(V1_META.read_text(encoding="utf-8"))
     meta["calibration"] = calibration
     return meta

@@ -47,7 +47,7 @@ def report_inputs(
 
 
 class HandMade(Protocol):
-    """A hand-made trace: its rows in the reader's frame schemas (`tests.analyze.synth`)."""
+    """A hand-made trace: its rows in the reader's frame schemas (`tests.helpers.synth`)."""
 
     ranges: list[dict[str, Any]]
     ops: list[dict[str, Any]]

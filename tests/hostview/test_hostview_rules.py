@@ -21,7 +21,7 @@ from llm_perf_opt.hostview import (
     stage_windows,
 )
 from llm_perf_opt.verdict import NO_BREAKDOWN, UnitCounts, Verdict, classify
-from tests.attribution.frames import gpid, gtid, ops_and_calls, ranges
+from tests.helpers.frames import gpid, gtid, ops_and_calls, ranges
 from tests.helpers.perop import gpu_view as reference_gpu_view
 from tests.helpers.perop import host_view
 

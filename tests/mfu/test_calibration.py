@@ -12,7 +12,8 @@ import pytest
 from llm_perf_opt.calibration import calibration_of, parse_calibration
 from llm_perf_opt.errors import MetaError
 from llm_perf_opt.meta import load_meta_file, parse_meta
-from tests.helpers.calibration import CALIBRATION, META, calibrated_meta
+from tests.helpers.calibration import CALIBRATION, calibrated_meta
+from tests.helpers.committed import V1_META as META
 
 
 def test_good_calibration_is_read_with_its_figures() -> None:

@@ -13,7 +13,8 @@ from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
 from llm_perf_opt.stages import RangeRef, default_refs
 from llm_perf_opt.verdict import NO_BREAKDOWN
-from tests.analyze.synth import (
+from tests.helpers.mfu_inputs import synth_inputs
+from tests.helpers.synth import (
     DOMAIN,
     LP,
     PEAK,
@@ -23,7 +24,6 @@ from tests.analyze.synth import (
     runner_like_trace,
     union_ns,
 )
-from tests.helpers.mfu_inputs import synth_inputs
 
 FLOPS = LinearFlops()
 

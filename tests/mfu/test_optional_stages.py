@@ -21,9 +21,9 @@ from llm_perf_opt.flops import decoders, vision_towers
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
 from llm_perf_opt.mfu import compute_mfu
 from llm_perf_opt.stages import default_refs
-from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, SynthTrace
 from tests.helpers.mfu_inputs import synth_inputs
 from tests.helpers.paths import REPO
+from tests.helpers.synth import DOMAIN, PEAK, LinearFlops, SynthTrace
 
 LLAMA = REPO / "tests" / "data" / "hf_configs" / "llama-3.2-1b.json"
 SCHEMA = REPO / "benchmarks" / "nsys_schema_3_20_3.sql"

@@ -27,14 +27,12 @@ from llm_perf_opt.attribution import (
 from llm_perf_opt.errors import UnorderedTableError
 from llm_perf_opt.hostview import CALLS_SCHEMA, SYNCS_SCHEMA
 from llm_perf_opt.trace import Trace, open_trace
-from tests.attribution.frames import gpid, gtid
-from tests.helpers.paths import REPO
+from tests.helpers.fold_compare import batches, groups_and_windows
+from tests.helpers.frames import gpid, gtid
+from tests.helpers.mutate import mutated
+from tests.helpers.paths import DATA, REPO
 from tests.helpers.perop import host_view
-from tests.reliability.helpers import mutated
 
-from .compare import batches, groups_and_windows
-
-DATA: Final = REPO / "tests" / "data"
 # Every committed SQLite trace (all have a CUDA API table).
 TRACES: Final = sorted((REPO / "traces").glob("*.sqlite.xz")) + sorted(DATA.rglob("*.sqlite*"))
 WHOLE: Final = 1 << 40

@@ -10,10 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_perf_opt.attribution import RangeSelection
-from tests.attribution.frames import gpid, gtid, ranges
+from tests.helpers.fold_compare import assert_same
+from tests.helpers.frames import gpid, gtid, ranges
 from tests.helpers.strategies import nested_ranges
-
-from .compare import assert_same
 
 OPS_SCHEMA = {
     "op_id": pl.Int64, "kind": pl.String, "device_id": pl.Int32, "stream_id": pl.Int32,

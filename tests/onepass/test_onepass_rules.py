@@ -19,9 +19,8 @@ from llm_perf_opt.attribution import (
     range_frame,
 )
 from llm_perf_opt.errors import ConfigError, CorruptTraceError
-from tests.attribution.frames import gtid, ops_and_calls, ranges
-
-from .compare import assert_same
+from tests.helpers.fold_compare import assert_same
+from tests.helpers.frames import gtid, ops_and_calls, ranges
 
 STAGE = ranges(
     {"id": 1, "name": "decode", "start": 0, "end": 10_000, "domain": "llm_perf_opt"},

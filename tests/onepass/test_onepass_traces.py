@@ -10,9 +10,8 @@ from benchmarks.gen_trace import generate
 
 from llm_perf_opt.attribution import StreamBudget
 from llm_perf_opt.trace import open_trace
+from tests.helpers.fold_compare import assert_same, stage_selection
 from tests.helpers.paths import REPO
-
-from .compare import assert_same, stage_selection
 
 COMMITTED = sorted((REPO / "traces").glob("*.sqlite.xz"))
 SMALL = [

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import decompressed_v1
+from tests.helpers.mutate import decompressed_v1
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import PROBE, V1_META, analyze, assert_error, assert_ok, digest, mutated
+from tests.helpers.committed import PROBE, V1_META
+from tests.helpers.contract import analyze, assert_error, assert_ok
+from tests.helpers.mutate import digest, mutated
 
 HOLD_LOCK = """
 import sqlite3, sys, time

@@ -22,17 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llm_perf_opt.cli.compare import main as compare_cli
-
-from .helpers import (
-    PROBE,
-    PROBE_STAGES,
-    analyze,
-    assert_contract,
-    digest,
-    invoke,
-    scratch_left,
-    unconstrained,
-)
+from tests.helpers.committed import PROBE, PROBE_STAGES
+from tests.helpers.contract import analyze, assert_contract, invoke, scratch_left
+from tests.helpers.mutate import digest, unconstrained
 
 TABLES = (
     "CUPTI_ACTIVITY_KIND_KERNEL",

@@ -31,18 +31,10 @@ from llm_perf_opt.cli.flops import cli as flops_cli
 from llm_perf_opt.compare import compare_runs, regressions, unique_runs
 from llm_perf_opt.resultsdb import SCHEMA_TABLE, TABLES, ResultsDb
 from llm_perf_opt.runs import EXIT_SOME_FAILED, expand_traces
-
-from .helpers import (
-    PROBE,
-    PROBE_STAGES,
-    REPO,
-    analyze,
-    assert_error,
-    assert_ok,
-    digest,
-    invoke,
-    mutated,
-)
+from tests.helpers.committed import PROBE, PROBE_STAGES
+from tests.helpers.contract import analyze, assert_error, assert_ok, invoke
+from tests.helpers.mutate import digest, mutated
+from tests.helpers.paths import REPO
 
 GMM_XZ = REPO / "traces" / "dsocr_v1_base_gmm.sqlite.xz"
 GMM_STATIC = REPO / "traces" / "meta" / "dsocr_v1_base_gmm.static_compute.json"

@@ -25,10 +25,9 @@ import pytest
 
 import llm_perf_opt.fanout as fanout
 import llm_perf_opt.runs as runs
+from tests.helpers.contract import analyze, assert_error
+from tests.helpers.paths import REPO, SRC
 
-from .helpers import REPO, analyze, assert_error
-
-SRC = str(REPO / "src")
 H200_XZ = REPO / "traces" / "dsocr_v1_base_h200.sqlite.xz"
 N_TRACES = 4
 
@@ -87,7 +86,7 @@ def tmpdir_env(tmp_path: Path) -> Path:
 
 
 def start(args: list[str], tmpdir: Path, *, group: bool = False) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmpdir)}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TMPDIR": str(tmpdir)}
     return subprocess.Popen(
         [sys.executable, "-m", "llm_perf_opt.cli.analyze", *args],
         env=env,
@@ -266,7 +265,7 @@ def scheduler_without_workers(tmp_path: Path) -> Iterator[str]:
         pytest.skip("the dask command is not installed")
     info = tmp_path / "scheduler.json"
     common = ["--scheduler-file", str(info)]
-    env = {**os.environ, "PYTHONPATH": SRC}  # the scheduler unpickles the tasks' functions
+    env = {**os.environ, "PYTHONPATH": str(SRC)}  # the scheduler unpickles the tasks' functions
     procs = [
         subprocess.Popen(
             [dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", *common],
@@ -344,7 +343,7 @@ def test_a_closed_stdout_is_one_error_line(traces: Path, tmpdir_env: Path, comma
     args = [two[0], "--", two[1]] if command == "compare" else two
     read, write = os.pipe()
     os.close(read)  # nobody reads: the first write fails with EPIPE
-    env = {**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmpdir_env)}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TMPDIR": str(tmpdir_env)}
     done = subprocess.run(
         [sys.executable, "-m", f"llm_perf_opt.cli.{command}", *args, "-j", "1", "--format", "json"],
         env=env, stdout=write, stderr=subprocess.PIPE, timeout=300, check=False,

@@ -16,11 +16,12 @@ import pytest
 
 import llm_perf_opt.trace.files as trace_files
 from llm_perf_opt.trace import DECOMPRESS_CAP_ENV, MAX_OPEN_RANGES_PER_THREAD, open_trace
-
-from .helpers import PROBE, V1_XZ, analyze, assert_error, assert_ok, mutated, scratch_left
+from tests.helpers.committed import PROBE, V1_XZ
+from tests.helpers.contract import analyze, assert_error, assert_ok, scratch_left
+from tests.helpers.mutate import mutated
+from tests.helpers.paths import SRC
 
 V1_T32_XZ = V1_XZ.with_name("dsocr_v1_base_t32.sqlite.xz")
-SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def test_d9_all_ranges_open_finishes_in_seconds(v1_plain: Path, tmp_path: Path) -> None:
@@ -45,7 +46,7 @@ def test_d9_a_few_open_ranges_still_end_at_the_trace_end(tmp_path: Path) -> None
 
 
 def _start(args: list[str], tmpdir: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": SRC, "TMPDIR": str(tmpdir)}
+    env = {**os.environ, "PYTHONPATH": str(SRC), "TMPDIR": str(tmpdir)}
     return subprocess.Popen(
         [sys.executable, "-m", "llm_perf_opt.cli.analyze", *args],
         stdout=subprocess.DEVNULL,

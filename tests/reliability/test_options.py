@@ -13,18 +13,9 @@ import pytest
 from llm_perf_opt.flops.analytic import decode_flops
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.flops.context import decode_context_lens
-
-from .helpers import (
-    PROBE,
-    PROBE_STAGES,
-    V1_META,
-    analyze,
-    assert_contract,
-    assert_error,
-    assert_ok,
-    flops,
-    with_mark,
-)
+from tests.helpers.committed import PROBE, PROBE_STAGES, V1_META
+from tests.helpers.contract import analyze, assert_contract, assert_error, assert_ok, flops
+from tests.helpers.mutate import with_mark
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e300", "0", "-5", "1e-30", "abc"])

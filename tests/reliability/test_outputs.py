@@ -12,10 +12,10 @@ import pytest
 from llm_perf_opt.cli._common import output_file
 from llm_perf_opt.errors import OutputError
 from llm_perf_opt.trace import open_trace
-
-from .helpers import PROBE, PROBE_STAGES, V1_META, analyze, assert_error, assert_ok, digest, mutated
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from tests.helpers.committed import PROBE, PROBE_STAGES, V1_META
+from tests.helpers.contract import analyze, assert_error, assert_ok
+from tests.helpers.mutate import digest, mutated
+from tests.helpers.paths import SRC
 
 
 def test_d1_output_into_missing_directory(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_d1_closed_stdout_pipe(v1_plain: Path, module: str) -> None:
         [*_python_m(module), *_cli_args(module, v1_plain)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": SRC},
+        env={**os.environ, "PYTHONPATH": str(SRC)},
     )
     assert proc.stdout is not None and proc.stderr is not None
     proc.stdout.close()  # the reader is gone before anything is written
@@ -85,7 +85,7 @@ def test_d1_stdout_on_a_full_device(v1_plain: Path, module: str) -> None:
             [*_python_m(module), *_cli_args(module, v1_plain)],
             stdout=full,
             stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": SRC},
+            env={**os.environ, "PYTHONPATH": str(SRC)},
             timeout=120,
         )
     lines = done.stderr.decode().splitlines()

@@ -11,17 +11,9 @@ from pathlib import Path
 import polars as pl
 
 from llm_perf_opt.trace import open_trace
-
-from .helpers import (
-    PROBE,
-    PROBE_STAGES,
-    analyze,
-    assert_error,
-    assert_ok,
-    digest,
-    mutated,
-    with_mark,
-)
+from tests.helpers.committed import PROBE, PROBE_STAGES
+from tests.helpers.contract import analyze, assert_error, assert_ok
+from tests.helpers.mutate import digest, mutated, with_mark
 
 KERNELS = "CUPTI_ACTIVITY_KIND_KERNEL"
 

@@ -19,8 +19,8 @@ from llm_perf_opt.meta import parse_meta
 from llm_perf_opt.mfu import MfuReport, compute_mfu
 from llm_perf_opt.report import render_table, to_csv, to_json_text, to_markdown
 from llm_perf_opt.stages import default_refs
-from tests.analyze.synth import DOMAIN, GLOBAL_PID, PEAK, LinearFlops, SynthTrace, meta_dict
 from tests.helpers.mfu_inputs import synth_inputs
+from tests.helpers.synth import DOMAIN, GLOBAL_PID, PEAK, LinearFlops, SynthTrace, meta_dict
 
 GRAPH_ID = 7
 STEPS = 3

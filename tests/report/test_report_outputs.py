@@ -23,9 +23,10 @@ from llm_perf_opt.report import (
     write_ranges_csv,
 )
 from llm_perf_opt.stages import default_refs
-from tests.analyze.synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
 from tests.helpers.mfu_inputs import synth_inputs
+from tests.helpers.paths import REPO
 from tests.helpers.reports import RANGES_HEADER, STATIC, png_size
+from tests.helpers.synth import DOMAIN, PEAK, LinearFlops, meta_dict, runner_like_trace
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,7 @@ def test_json_has_the_contract_keys_and_consistent_numbers(report: MfuReport) ->
 
 def test_json_output_doc_lists_every_key(report: MfuReport) -> None:
     """docs/json-output.md documents each key the JSON can hold."""
-    doc_text = (Path(__file__).resolve().parents[2] / "docs" / "json-output.md").read_text()
+    doc_text = (REPO / "docs" / "json-output.md").read_text()
     doc = to_json(report)
     keys = set(doc) | set(doc["stages"]["decode"]) | set(doc["stages"]["decode"]["instances"][0])
     keys |= set(doc["context"]) | set(doc["context"]["instances"][0]) | set(doc["model"])

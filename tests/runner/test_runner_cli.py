@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,66 +15,16 @@ pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[r
 pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
 pytest.importorskip("nvtx", reason="needs the runner extra: pip install -e '.[runner]'")
 pytest.importorskip("PIL", reason="needs the runner extra: pip install -e '.[runner]'")
-import nvtx
 import torch
 from PIL import Image
 
 from llm_perf_opt.runner import pipeline, stages
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.schemas import load_schema, validate
+from tests.helpers.nvtx import DOMAIN, Node, NvtxRecorder
 from tests.helpers.paths import REPO
 
 torch.set_num_threads(1)
-DOMAIN = "llm_perf_opt"
-
-
-@dataclass
-class Node:
-    """One NVTX push/pop range as the runner emitted it."""
-
-    name: str
-    payload: int | None
-    children: list[Node] = field(default_factory=list)
-
-    def names(self) -> list[str]:
-        return [c.name for c in self.children]
-
-
-class NvtxRecorder:
-    """Stands in for nvtx.push_range/pop_range/mark and rebuilds the range tree."""
-
-    def __init__(self) -> None:
-        self.roots: list[Node] = []
-        self.stack: list[Node] = []
-        self.marks: list[str] = []
-        self.domains: set[str | None] = set()
-        self.events: list[str] = []
-
-    def push_range(self, message: str, domain: str | None = None, payload: Any = None) -> None:
-        self.domains.add(domain)
-        self.events.append(f"push {message}")
-        node = Node(message, payload)
-        (self.stack[-1].children if self.stack else self.roots).append(node)
-        self.stack.append(node)
-
-    def pop_range(self, domain: str | None = None) -> None:
-        self.domains.add(domain)
-        self.events.append("pop")
-        self.stack.pop()
-
-    def mark(self, message: str, domain: str | None = None) -> None:
-        self.domains.add(domain)
-        self.events.append("mark")
-        self.marks.append(message)
-
-
-@pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> NvtxRecorder:
-    rec = NvtxRecorder()
-    monkeypatch.setattr(nvtx, "push_range", rec.push_range)
-    monkeypatch.setattr(nvtx, "pop_range", rec.pop_range)
-    monkeypatch.setattr(nvtx, "mark", rec.mark)
-    return rec
 
 
 def run_cli(out: Path, *args: str) -> dict[str, Any]:

@@ -20,10 +20,9 @@ from llm_perf_opt.meta import meta_from_marks
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import RUN_META_TRACE_KEY
-from tests.runner.test_runner_cli import Node, NvtxRecorder, recorder
+from tests.helpers.nvtx import Node, NvtxRecorder
 
 torch.set_num_threads(1)
-__all__ = ["recorder"]  # the NVTX recorder fixture, shared with test_runner_cli
 
 Tree = tuple[str, tuple[Any, ...]]
 

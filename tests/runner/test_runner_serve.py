@@ -36,10 +36,11 @@ from llm_perf_opt.runner.schedule import Entry, Request, Scheduler
 from llm_perf_opt.runner.stages import prepare_image
 from llm_perf_opt.schemas import check_run_meta
 from llm_perf_opt.vocab import FAMILIES, SERVE_SCOPES
-from tests.runner.test_runner_cli import DOMAIN, NvtxRecorder
+from tests.helpers.nvtx import DOMAIN, NvtxRecorder
+from tests.helpers.paths import DATA
 
 torch.set_num_threads(1)
-HF_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "hf_configs"
+HF_CONFIGS = DATA / "hf_configs"
 NAME = re.compile(r"^execute_context_(\d+)\((\d+)\)_generation_(\d+)\((\d+)\)$")
 TINY = {
     "hidden_size": 64,
@@ -56,17 +57,6 @@ CPU_SDPA = {
         lambda q, k, v, *args, out_shape=None, **kw: sdpa_flop_count(q, k, v)
     )
 }
-
-
-@pytest.fixture
-def recorder(monkeypatch: pytest.MonkeyPatch) -> NvtxRecorder:
-    import nvtx
-
-    rec = NvtxRecorder()
-    monkeypatch.setattr(nvtx, "push_range", rec.push_range)
-    monkeypatch.setattr(nvtx, "pop_range", rec.pop_range)
-    monkeypatch.setattr(nvtx, "mark", rec.mark)
-    return rec
 
 
 def tiny_config(tmp_path: Path, source: str, **extra: Any) -> Path:

@@ -12,13 +12,12 @@ from pathlib import Path
 import pytest
 
 from llm_perf_opt.trace import open_trace
+from tests.helpers.committed import LLAMA_CONFIG
 from tests.helpers.paths import REPO
-
-CONFIG = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 
 
 def test_the_config_is_llama_3_2_1b_shaped() -> None:
-    c = json.loads(CONFIG.read_text())
+    c = json.loads(LLAMA_CONFIG.read_text())
     shape = {
         k: c[k]
         for k in (
@@ -53,7 +52,7 @@ def test_the_config_is_llama_3_2_1b_shaped() -> None:
 def test_the_script_runs_prefill_and_decode_on_a_small_config(tmp_path: Path) -> None:
     pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[runner]'")
     pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
-    small = json.loads(CONFIG.read_text())
+    small = json.loads(LLAMA_CONFIG.read_text())
     small.update(
         hidden_size=64,
         intermediate_size=128,

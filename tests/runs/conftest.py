@@ -7,11 +7,8 @@ from pathlib import Path
 import pytest
 from benchmarks.gen_trace import generate
 
-from tests.helpers.paths import REPO
-
 SMALL_KERNELS = 2_000
 SEEDS = (1, 2, 3)
-REAL_BASE = REPO / "traces" / "dsocr_v1_base.sqlite.xz"
 
 
 @pytest.fixture(scope="session")

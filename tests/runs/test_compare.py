@@ -17,8 +17,7 @@ from llm_perf_opt.cli.compare import main
 from llm_perf_opt.compare import compare_runs, regressions, small_sample_widening, verdict_of
 from llm_perf_opt.fanout import analyze_one
 from llm_perf_opt.resultsdb import ResultsDb, RunRows
-
-from .conftest import REAL_BASE
+from tests.helpers.committed import V1_XZ
 
 Row = Mapping[str, Any]
 
@@ -29,7 +28,7 @@ def invoke(*args: str | Path) -> Result:
 
 @pytest.fixture(scope="module")
 def real_rows() -> RunRows:
-    result = analyze_one(REAL_BASE, AnalyzeOptions())
+    result = analyze_one(V1_XZ, AnalyzeOptions())
     assert result.ok, result.error
     return result.rows()
 
@@ -101,7 +100,7 @@ def test_two_halves_of_one_real_trace_are_within_noise(real_rows: RunRows) -> No
 
 @pytest.mark.parametrize("trace", ["dsocr_v1_base_h200", "dsocr_v1_base_gmm"])
 def test_halves_of_the_h200_traces_are_within_noise(trace: str) -> None:
-    result = analyze_one(REAL_BASE.with_name(f"{trace}.sqlite.xz"), AnalyzeOptions())
+    result = analyze_one(V1_XZ.with_name(f"{trace}.sqlite.xz"), AnalyzeOptions())
     assert result.ok, result.error
     rows = result.rows()
     comparison = compare_runs([keep_instances(rows, {0, 2})], [keep_instances(rows, {1})])
@@ -245,8 +244,8 @@ def test_cli_on_traces_compares_their_fresh_analysis(good_traces: list[Path]) ->
     assert "same run is on both sides" in result.stderr
 
 
-H200_EAGER = REAL_BASE.with_name("dsocr_v1_base_h200.sqlite.xz")
-H200_GMM = REAL_BASE.with_name("dsocr_v1_base_gmm.sqlite.xz")
+H200_EAGER = V1_XZ.with_name("dsocr_v1_base_h200.sqlite.xz")
+H200_GMM = V1_XZ.with_name("dsocr_v1_base_gmm.sqlite.xz")
 
 
 def test_grouped_mm_improves_decode_and_prefill_busy_time_on_the_h200_traces() -> None:

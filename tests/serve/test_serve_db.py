@@ -11,10 +11,9 @@ from click.testing import CliRunner
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
 from llm_perf_opt.resultsdb import ResultsDb
-from tests.serve.export import StepLoop, write_export
+from tests.helpers.committed import LLAMA_CONFIG
+from tests.helpers.serve_export import StepLoop, write_export
 
-REPO = Path(__file__).resolve().parents[2]
-LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
 NAMES = ["execute_context_1(512)_generation_0(0)"] + [
     f"execute_context_0(0)_generation_{b}({b})" for b in (1, 2, 2, 3, 3, 4, 4, 4)
 ]
@@ -26,7 +25,8 @@ def test_phases_are_stored_and_compared(tmp_path: Path) -> None:
     new = write_export(tmp_path / "new.sqlite", StepLoop(NAMES, kernels=[3] * len(NAMES)))
     db = tmp_path / "runs.sqlite"
     result = CliRunner().invoke(
-        analyze_cli, [str(base), str(new), "--config", LLAMA, "--db", str(db), "-j", "1"]
+        analyze_cli,
+        [str(base), str(new), "--config", str(LLAMA_CONFIG), "--db", str(db), "-j", "1"],
     )
     assert result.exit_code == 0, result.output
     with ResultsDb(db, readonly=True) as results:
@@ -80,7 +80,9 @@ def test_phases_are_stored_and_compared(tmp_path: Path) -> None:
 def test_a_database_from_before_the_engine_tables_still_reads(tmp_path: Path) -> None:
     path = write_export(tmp_path / "t.sqlite", StepLoop(NAMES))
     db = tmp_path / "runs.sqlite"
-    result = CliRunner().invoke(analyze_cli, [str(path), "--config", LLAMA, "--db", str(db)])
+    result = CliRunner().invoke(
+        analyze_cli, [str(path), "--config", str(LLAMA_CONFIG), "--db", str(db)]
+    )
     assert result.exit_code == 0, result.output
     with sqlite3.connect(db) as conn:
         conn.execute("DROP TABLE engine_steps")

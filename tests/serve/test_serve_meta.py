@@ -20,11 +20,11 @@ from llm_perf_opt.flops.model import AnalyticFlops
 from llm_perf_opt.flops.steps import request_work, step_costs
 from llm_perf_opt.meta import RunMeta, parse_meta
 from llm_perf_opt.serving import engine_report
-from tests.analyze.synth import PEAK
-from tests.serve.export import StepLoop, write_export
+from tests.helpers.committed import LLAMA_CONFIG
+from tests.helpers.paths import REPO
+from tests.helpers.serve_export import StepLoop, write_export
+from tests.helpers.synth import PEAK
 
-REPO = Path(__file__).resolve().parents[2]
-LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 NAMES = [
     "execute_context_2(512)_generation_0(0)",
     "execute_context_1(200)_generation_1(1)",
@@ -102,7 +102,7 @@ def trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def attributed(trace: Path) -> pl.DataFrame:
-    return analyze_trace(trace, AnalyzeOptions(config_path=str(LLAMA))).ranges
+    return analyze_trace(trace, AnalyzeOptions(config_path=str(LLAMA_CONFIG))).ranges
 
 
 def _meta(serve: dict[str, Any]) -> RunMeta:
@@ -110,7 +110,7 @@ def _meta(serve: dict[str, Any]) -> RunMeta:
 
 
 def _costs() -> Any:
-    model = read_hf_config(LLAMA)
+    model = read_hf_config(LLAMA_CONFIG)
     assert model is not None
     return step_costs(HfFlops(model, "bfloat16"))
 

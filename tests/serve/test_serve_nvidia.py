@@ -27,12 +27,11 @@ from llm_perf_opt.meta import RunMeta
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.serving import engine_report
 from llm_perf_opt.vocab import HF_DECODER_FAMILY
-from tests.attribution.oracle import read_projection
-from tests.serve.export import llama_with_steps
+from tests.helpers.committed import LLAMA_CONFIG
+from tests.helpers.oracles import read_projection
+from tests.helpers.paths import TRACES
+from tests.helpers.serve_export import llama_with_steps
 
-REPO = Path(__file__).resolve().parents[2]
-TRACES = REPO / "traces"
-LLAMA_CONFIG = str(TRACES / "meta" / "llama_1b_shape.config.json")
 STEP = "execute_context_0(0)_generation_1(1)"
 
 
@@ -66,7 +65,7 @@ def ours(report: MfuReport) -> pl.DataFrame:
 
 def test_steps_over_decode_steps_count_nvidias_ops(tmp_path: Path) -> None:
     path, n_steps = llama_with_steps(tmp_path / "llama_steps.sqlite", STEP)
-    report = analyze_trace(path, AnalyzeOptions(config_path=LLAMA_CONFIG, prefill_len=512))
+    report = analyze_trace(path, AnalyzeOptions(config_path=str(LLAMA_CONFIG), prefill_len=512))
     assert report.report is not None and report.report.engine is not None
     steps = report.report.engine.steps
     nvidia = read_projection(oracle_of(TRACES / "llama_1b_shape.sqlite.xz")).filter(

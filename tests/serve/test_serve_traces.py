@@ -1,5 +1,5 @@
-"""Engine step ranges of hand-built nsys exports (tests/serve/export.py), one per name format of
-`engines.STEP_FORMATS`: every step recognised, its GPU ops and busy time those written, the
+"""Engine step ranges of hand-built nsys exports (tests.helpers.serve_export), one per name format
+of `engines.STEP_FORMATS`: every step recognised, its GPU ops and busy time those written, the
 malformed name a warning, the zero-token step idle, and the CLI needing only --config."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from llm_perf_opt.engines import STEP_FORMATS, formats_for, step_names
 from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.report import to_csv, to_json, to_markdown
 from llm_perf_opt.vocab import VLLM_STEP_NAME
-from tests.analyze.synth import union_ns
-from tests.serve.export import StepLoop, llama_with_steps, write_export
+from tests.helpers.committed import LLAMA_CONFIG
+from tests.helpers.paths import REPO
+from tests.helpers.serve_export import StepLoop, llama_with_steps, write_export
+from tests.helpers.synth import union_ns
 
-REPO = Path(__file__).resolve().parents[2]
-LLAMA = str(REPO / "traces" / "meta" / "llama_1b_shape.config.json")
 MALFORMED = "execute_context_1(?)_generation_0(0)"
 
 # Per format: well-formed step names (a zero-token step among them where the format has one)
@@ -93,7 +93,7 @@ def export(
 @pytest.fixture(scope="module")
 def report(export: tuple[Path, StepLoop]) -> MfuReport:
     """`mfu-analyze TRACE --config config.json` of the export."""
-    analysed = analyze_trace(export[0], AnalyzeOptions(config_path=LLAMA)).report
+    analysed = analyze_trace(export[0], AnalyzeOptions(config_path=str(LLAMA_CONFIG))).report
     assert analysed is not None and analysed.engine is not None
     return analysed
 
@@ -184,7 +184,7 @@ def test_cli_needs_only_the_config(export: tuple[Path, StepLoop], tmp_path: Path
         [
             str(path),
             "--config",
-            LLAMA,
+            str(LLAMA_CONFIG),
             "--format",
             "json",
             "-o",
@@ -225,7 +225,9 @@ def test_cli_needs_only_the_config(export: tuple[Path, StepLoop], tmp_path: Path
 
 def test_engine_none_says_how_to_read_steps(export: tuple[Path, StepLoop]) -> None:
     path, _ = export
-    result = CliRunner().invoke(analyze_cli, [str(path), "--config", LLAMA, "--engine", "none"])
+    result = CliRunner().invoke(
+        analyze_cli, [str(path), "--config", str(LLAMA_CONFIG), "--engine", "none"]
+    )
     assert result.exit_code == 0  # the whole-trace view, and a warning saying what else to ask
     assert "--engine auto or --step-pattern" in result.output
     assert "Whole trace: GPU busy" in result.output
@@ -235,7 +237,9 @@ def test_step_pattern_reads_another_engine(tmp_path: Path) -> None:
     loop = StepLoop(["fwd p=512/1 d=0", "fwd p=0/0 d=4", "fwd p=x"])
     path = write_export(tmp_path / "custom.sqlite", loop)
     pattern = r"^fwd p=(?P<ctx_tokens>\d+)/(?P<ctx_reqs>\d+) d=(?P<gen_reqs>\d+)$"
-    report = analyze_trace(path, AnalyzeOptions(config_path=LLAMA, step_pattern=pattern)).report
+    report = analyze_trace(
+        path, AnalyzeOptions(config_path=str(LLAMA_CONFIG), step_pattern=pattern)
+    ).report
     assert report is not None and report.engine is not None
     steps = report.engine.steps
     assert [(s.phase, s.ctx_tokens, s.gen_reqs) for s in steps] == [
@@ -250,7 +254,7 @@ def test_a_trace_with_stages_and_engine_steps_prints_both(tmp_path: Path) -> Non
     path, n_steps = llama_with_steps(
         tmp_path / "llama_steps.sqlite", "execute_context_0(0)_generation_1(1)"
     )
-    options = AnalyzeOptions(config_path=LLAMA, prefill_len=512)
+    options = AnalyzeOptions(config_path=str(LLAMA_CONFIG), prefill_len=512)
     report = analyze_trace(path, options).report
     assert report is not None and report.engine is not None
     assert set(report.stages) == {"prefill", "decode"}

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -31,9 +30,8 @@ from llm_perf_opt.flops.steps import (
     step_costs,
     step_work,
 )
+from tests.helpers.committed import LLAMA_CONFIG
 
-REPO = Path(__file__).resolve().parents[2]
-LLAMA = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 # (query tokens q, context c before the step, is it a context request)
 Request = tuple[int, int, bool]
 
@@ -113,9 +111,9 @@ def total(row: pl.DataFrame) -> float:
 
 
 def _llama() -> tuple[dict[str, Any], StepCosts]:
-    model = read_hf_config(LLAMA)
+    model = read_hf_config(LLAMA_CONFIG)
     assert model is not None
-    return json.loads(LLAMA.read_text()), step_costs(HfFlops(model, "bfloat16"))
+    return json.loads(LLAMA_CONFIG.read_text()), step_costs(HfFlops(model, "bfloat16"))
 
 
 def _dsocr() -> tuple[dict[str, Any], StepCosts]:
@@ -187,7 +185,7 @@ def test_moe_keys_are_the_analysed_config() -> None:
 def test_one_request_steps_equal_the_stage_flops(lp: int) -> None:
     """A step that prefills one prompt from an empty cache is the prefill stage; a step of one
     generation request at context C is one decode step (lm_head on one position each)."""
-    model = read_hf_config(LLAMA)
+    model = read_hf_config(LLAMA_CONFIG)
     assert model is not None
     flops = HfFlops(model, "bfloat16")
     costs = step_costs(flops)
@@ -218,7 +216,7 @@ def test_moe_steps_read_the_experts_their_tokens_pick() -> None:
 
 
 def test_decode_bytes_are_the_weights_and_the_cache_read() -> None:
-    model = read_hf_config(LLAMA)
+    model = read_hf_config(LLAMA_CONFIG)
     assert model is not None
     costs = step_costs(HfFlops(model, "bfloat16"))
     row = ours(costs, [(1, 999, False)])

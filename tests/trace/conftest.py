@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[1] / "data"
+from tests.helpers.committed import SQLITE_TRACES
+from tests.helpers.paths import DATA
+
 LLAMA_SMALL = DATA / "llama_small"
 
 
@@ -25,12 +27,6 @@ def llama_small(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return exports | {"arrowdir": root / "llama_small_arrowdir"}
 
 
-REPO = DATA.parent.parent
-# Every committed SQLite trace, by name.
-SQLITE_TRACES = {
-    p.name.split(".")[0]: p
-    for p in sorted((REPO / "traces").glob("*.sqlite.xz")) + sorted(DATA.rglob("*.sqlite"))
-}
 # What batches read, and what tells a folder to be an export.
 BATCH_TABLES = (
     "StringIds",

@@ -14,13 +14,11 @@ from polars.testing import assert_frame_equal
 
 from llm_perf_opt.errors import UnorderedTableError
 from llm_perf_opt.trace import Trace, open_trace
-from tests.helpers.paths import REPO
-from tests.reliability.helpers import mutated
+from tests.helpers.committed import PROBE, SQLITE_TRACES
+from tests.helpers.mutate import mutated
+from tests.helpers.paths import DATA
 
-from .conftest import SQLITE_TRACES
-
-PROBE: Final = REPO / "tests" / "data" / "h100_probes" / "probe_threads.sqlite"
-LLAMA_PARQUET: Final = REPO / "tests" / "data" / "llama_parquet"
+LLAMA_PARQUET: Final = DATA / "llama_parquet"
 KERNELS: Final = "CUPTI_ACTIVITY_KIND_KERNEL"
 
 

@@ -27,8 +27,8 @@ from llm_perf_opt.report import RENDERERS
 from llm_perf_opt.trace import open_trace, scratch_dirs
 from llm_perf_opt.trace.kineto import KinetoTrace
 from llm_perf_opt.vocab import NVTX_DOMAIN
+from tests.helpers.paths import REPO
 
-REPO = Path(__file__).resolve().parents[2]
 ALEXNET = (
     REPO / "tests" / "data" / "hta_alexnet" / "benchmark_result_2869224_1695835535_trace.json.gz"
 )

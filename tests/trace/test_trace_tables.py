@@ -25,12 +25,12 @@ from llm_perf_opt.errors import (
 )
 from llm_perf_opt.runs import expand_paths, is_batch
 from llm_perf_opt.trace import SqliteTrace, TableTrace, open_trace
-from tests.attribution.oracle import kernel_sums, projection_mismatches
+from tests.helpers.committed import LLAMA_CONFIG
+from tests.helpers.oracles import kernel_sums, projection_mismatches
 from tests.helpers.paths import REPO
 
 LLAMA_SQLITE: Final = REPO / "traces" / "llama_1b_shape.sqlite.xz"
 LLAMA_PARQUET: Final = REPO / "tests" / "data" / "llama_parquet"
-CONFIG: Final = REPO / "traces" / "meta" / "llama_1b_shape.config.json"
 LLAMA_SMALL: Final = REPO / "tests" / "data" / "llama_small"
 KERNELS: Final = "CUPTI_ACTIVITY_KIND_KERNEL"
 # Every frame a Trace returns, with the arguments that change its columns.
@@ -86,7 +86,7 @@ def test_every_frame_is_the_sqlite_exports(twin: tuple[Path, Path, int]) -> None
 
 def test_the_report_is_the_sqlite_exports(twin: tuple[Path, Path, int]) -> None:
     sqlite_path, other_path, prefill = twin
-    args = ["--config", str(CONFIG), "--prefill-len", str(prefill), "--format", "json"]
+    args = ["--config", str(LLAMA_CONFIG), "--prefill-len", str(prefill), "--format", "json"]
     reports = []
     for path in (sqlite_path, other_path):
         result = CliRunner().invoke(main, [str(path), *args], catch_exceptions=False)
@@ -132,7 +132,7 @@ def test_a_table_export_folder_is_one_trace(llama_small: dict[str, Path], tmp_pa
         runs / "b" / "llama_parquet",
         runs / "b" / "llama_small.sqlite",
     ]
-    args = [str(runs), "--config", str(CONFIG), "--prefill-len", "128", "-j", "1"]
+    args = [str(runs), "--config", str(LLAMA_CONFIG), "--prefill-len", "128", "-j", "1"]
     result = CliRunner().invoke(main, [*args, "--format", "json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -208,7 +208,7 @@ def test_damaged_table_files(tmp_path: Path, llama_small: dict[str, Path]) -> No
 def test_cli_error_is_one_line(tmp_path: Path) -> None:
     no_nvtx = _copy(LLAMA_PARQUET, tmp_path / "a")
     (no_nvtx / "NVTX_EVENTS.parquet").unlink()
-    result = CliRunner().invoke(main, [str(no_nvtx), "--config", str(CONFIG)])
+    result = CliRunner().invoke(main, [str(no_nvtx), "--config", str(LLAMA_CONFIG)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
         f"Error: {no_nvtx}: the export has no NVTX_EVENTS table. Capture with `nsys profile "

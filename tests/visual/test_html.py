@@ -16,8 +16,9 @@ from matplotlib.image import imread
 
 from llm_perf_opt.cli.compare import main as compare_main
 from llm_perf_opt.report import format_pct
-
-from .conftest import CASES, TRACES, Analyzed
+from tests.helpers.committed import CASES
+from tests.helpers.paths import TRACES
+from tests.helpers.visual import Analyzed
 
 MAX_BYTES: Final = 5 * 1024 * 1024
 # Share of the screenshot's pixels that must differ from the page background.

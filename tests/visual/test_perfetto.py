@@ -29,8 +29,8 @@ from llm_perf_opt.timeline import (
     write_timeline,
 )
 from llm_perf_opt.trace.columns import GPU_OP_TABLES
-
-from .conftest import CASES, KINETO, Analyzed
+from tests.helpers.committed import CASES, KINETO
+from tests.helpers.visual import Analyzed
 
 BEGIN, END, COUNTER = (
     TrackEvent.TYPE_SLICE_BEGIN,

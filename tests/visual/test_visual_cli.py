@@ -12,8 +12,7 @@ from click.testing import CliRunner
 
 from llm_perf_opt.cli.analyze import main as analyze_main
 from llm_perf_opt.cli.compare import main as compare_main
-
-from .conftest import TRACES
+from tests.helpers.paths import TRACES
 
 SMALL = TRACES / "llama_1b_shape.sqlite.xz"
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_perf_opt.vocab import SERVE_SCOPES
+from tests.helpers.export import SCHEMA, gtid, insert, kernel
+from tests.helpers.paths import TRACES
 
-SCHEMA = Path(__file__).resolve().parents[2] / "benchmarks" / "nsys_schema_3_20_3.sql"
 MAIN_PID, WORKER_PID = 1000, 2000
 H100 = "NVIDIA H100 80GB HBM3"
 STEP_NS = 200_000  # steps start this far apart on the CPU
@@ -34,10 +35,6 @@ SCOPES = tuple(
         SERVE_SCOPES, (1_000, 10_000, 80_000, 85_000), (10_000, 80_000, 85_000, 95_000), strict=True
     )
 )
-
-
-def gtid(pid: int, tid: int) -> int:
-    return (pid << 24) | tid
 
 
 @dataclass
@@ -55,26 +52,6 @@ class StepLoop:
 
     def kernels_of(self, k: int) -> int:
         return self.kernels[k] if self.kernels else 3 + k % 4
-
-
-def _insert(db: sqlite3.Connection, table: str, rows: list[dict[str, object]]) -> None:
-    if not rows:
-        return
-    names = list(rows[0])
-    sql = f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
-    db.executemany(sql, [tuple(r[n] for n in names) for r in rows])
-
-
-def _kernel(start: int, end: int, corr: int, gpid: int, node: int | None) -> dict[str, object]:
-    launch = dict.fromkeys(("gridY", "gridZ", "blockY", "blockZ", "registersPerThread"), 1)
-    memory = dict.fromkeys(
-        ("staticSharedMemory", "dynamicSharedMemory", "localMemoryPerThread", "localMemoryTotal"), 0
-    )
-    return {
-        "start": start, "end": end, "deviceId": 0, "contextId": 1, "streamId": 7,
-        "correlationId": corr, "globalPid": gpid, "demangledName": 2, "shortName": 2,
-        "gridX": 32, "blockX": 128, "gridId": corr, "graphNodeId": node, **launch, **memory,
-    }  # fmt: skip
 
 
 def write_export(path: Path, loop: StepLoop) -> Path:
@@ -118,15 +95,16 @@ def write_export(path: Path, loop: StepLoop) -> Path:
             end = start + KERNEL_NS + 1_000 * (k % 3)
             gpu_free = end
             step.append((start, end))
-            kernels.append(_kernel(start, end, corr, pid << 24, 100 + i if graph else None))
+            node = 100 + i if graph else None
+            kernels.append(kernel(start, end, corr, gpid=pid << 24, name=2, node=node))
         loop.written.append(step)
     with sqlite3.connect(path) as db:
         db.executescript(SCHEMA.read_text())
-        _insert(db, "StringIds", [{"id": i, "value": v} for i, v in enumerate(strings, 1)])
-        _insert(db, "NVTX_EVENTS", nvtx)
-        _insert(db, "CUPTI_ACTIVITY_KIND_RUNTIME", calls)
-        _insert(db, "CUPTI_ACTIVITY_KIND_KERNEL", kernels)
-        _insert(db, "TARGET_INFO_GPU", [{"vmId": 0, "id": 0, "name": H100, "smCount": 132,
+        insert(db, "StringIds", [{"id": i, "value": v} for i, v in enumerate(strings, 1)])
+        insert(db, "NVTX_EVENTS", nvtx)
+        insert(db, "CUPTI_ACTIVITY_KIND_RUNTIME", calls)
+        insert(db, "CUPTI_ACTIVITY_KIND_KERNEL", kernels)
+        insert(db, "TARGET_INFO_GPU", [{"vmId": 0, "id": 0, "name": H100, "smCount": 132,
                                           "memoryBandwidth": 3_352_320_000_000,
                                           "clockRate": 1_980_000_000,
                                           "totalMemory": 85_000_000_000}])  # fmt: skip
@@ -138,7 +116,7 @@ def llama_with_steps(path: Path, name: str) -> tuple[Path, int]:
     """The committed Llama-3.2-1B-shape H100 capture (decompressed at `path`) with a step range
     named `name` laid over every `decode_step` range: same thread, same times, so the same
     launches. Returns the path and the number of steps."""
-    source = Path(__file__).resolve().parents[2] / "traces" / "llama_1b_shape.sqlite.xz"
+    source = TRACES / "llama_1b_shape.sqlite.xz"
     with lzma.open(source) as src, path.open("wb") as dst:
         shutil.copyfileobj(src, dst)
     with sqlite3.connect(path) as db:

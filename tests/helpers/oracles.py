@@ -12,8 +12,9 @@ from pathlib import Path
 import polars as pl
 
 from llm_perf_opt.attribution import Attribution
+from tests.helpers.paths import REPO
 
-GET_NSYS = Path(__file__).resolve().parents[2] / "scripts" / "get-nsys-stats.sh"
+GET_NSYS = REPO / "scripts" / "get-nsys-stats.sh"
 
 
 def read_csv(csv: Path) -> pl.DataFrame:
@@ -88,14 +89,19 @@ def outside_kernel_time(csv: Path) -> int:
     return int(outside["Total Time (ns)"].cast(pl.Int64).sum())
 
 
-def run_nsys_stats(trace: Path, out_dir: Path) -> tuple[Path, Path]:
-    """Run NVIDIA's nsys stats 2022.4 on a copy of `trace`; returns the two CSV paths."""
-    nsys = (
+def nsys_stats() -> str:
+    """NVIDIA's nsys 2022.4: `$NSYS_STATS`, else the one scripts/get-nsys-stats.sh fetches."""
+    return (
         os.environ.get("NSYS_STATS")
         or subprocess.run(
             ["bash", str(GET_NSYS)], check=True, capture_output=True, text=True
         ).stdout.strip()
     )
+
+
+def run_nsys_stats(trace: Path, out_dir: Path) -> tuple[Path, Path]:
+    """Run NVIDIA's nsys stats 2022.4 on a copy of `trace`; returns the two CSV paths."""
+    nsys = nsys_stats()
     copy = out_dir / trace.name
     shutil.copyfile(trace, copy)
     prefix = out_dir / trace.stem

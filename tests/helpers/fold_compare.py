@@ -1,4 +1,5 @@
-"""The one-pass engine against `attribute_frames` and what the analysis computes from its ops."""
+"""The attribution fold in batches against the whole tables folded at once (`attribute_frames`,
+with the per-op frame), and its sums against the whole-frame references of `perop`."""
 
 from __future__ import annotations
 

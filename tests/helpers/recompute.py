@@ -21,8 +21,7 @@ from llm_perf_opt.attribution import Attribution
 from llm_perf_opt.categories import CATEGORIES, classify_names
 from llm_perf_opt.flops import analytic, traffic
 from llm_perf_opt.flops.configs import ModelConfig
-
-from .recompute_host import HostReference, with_host
+from tests.helpers.recompute_host import HostReference, with_host
 
 STAGES: Final = ("vision", "prefill", "decode")
 GPU_NAME: Final = "NVIDIA H100 80GB HBM3"

@@ -16,11 +16,11 @@ from llm_perf_opt.attribution import Attribution, RangeSelection, attribute_fram
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.peaks import PeakChoice
 from llm_perf_opt.trace import API_CALLS_SCHEMA, GPU_OPS_SCHEMA, NVTX_RANGES_SCHEMA
+from tests.helpers.frames import PID, call_row, gpid, gtid, op_row, range_row
 
-PID = 100
 TID = 100
-GLOBAL_PID = PID << 24
-GLOBAL_TID = GLOBAL_PID | TID
+GLOBAL_PID = gpid(PID)
+GLOBAL_TID = gtid(TID, PID)
 DOMAIN = "llm_perf_opt"
 LP = 300  # prefill length of every synthetic image
 # 1 PFLOP/s and 2 TB/s: round numbers to recompute MFU and MBU by hand
@@ -52,7 +52,8 @@ def union_ns(intervals: Sequence[tuple[int, int]]) -> int:
 
 @dataclass
 class SynthTrace:
-    """Append ranges and GPU ops on one thread; `frames()` gives what the reader would return."""
+    """Append ranges and GPU ops on one thread, as frames in the reader's shapes; `attribution()`
+    attributes them."""
 
     ranges: list[dict[str, Any]] = field(default_factory=list)
     ops: list[dict[str, Any]] = field(default_factory=list)
@@ -62,50 +63,33 @@ class SynthTrace:
         self, name: str, start: int, end: int, payload: int | None = None, domain: str = DOMAIN
     ) -> None:
         self.ranges.append(
-            {
-                "event_id": len(self.ranges) + 1,
-                "name": name,
-                "domain": domain,
-                "style": "PushPop",
-                "global_tid": GLOBAL_TID,
-                "pid": PID,
-                "tid": TID,
-                "start_ns": start,
-                "end_ns": end,
-                "closed": True,
-                "ends_on_other_thread": False,
-                "payload_int": payload,
-                "payload_float": None,
-                "category": None,
-            }
+            range_row(
+                len(self.ranges) + 1,
+                name,
+                start,
+                end,
+                domain=domain,
+                tid=TID,
+                pid=PID,
+                payload=payload,
+            )
         )
 
     def op(self, launch_ns: int, start: int, end: int, name_id: int = 1, kind: str = "kernel",
            stream: int = 7) -> None:  # fmt: skip
         corr = len(self.calls) + 1
-        self.calls.append(
-            {
-                "global_tid": GLOBAL_TID,
-                "global_pid": GLOBAL_PID,
-                "correlation_id": corr,
-                "start_ns": launch_ns,
-                "end_ns": launch_ns + 5,
-            }
-        )
+        self.calls.append(call_row(corr, launch_ns, launch_ns + 5, tid=TID, pid=PID))
         self.ops.append(
-            {
-                "op_id": len(self.ops) + 1,
-                "kind": kind,
-                "device_id": 0,
-                "stream_id": stream,
-                "start_ns": start,
-                "end_ns": end,
-                "global_pid": GLOBAL_PID,
-                "correlation_id": corr,
-                "name_id": name_id if kind == "kernel" else None,
-                "graph_node_id": None,
-                "bytes": None,
-            }
+            op_row(
+                len(self.ops) + 1,
+                start,
+                end,
+                corr,
+                kind=kind,
+                stream=stream,
+                pid=PID,
+                name_id=name_id if kind == "kernel" else None,
+            )
         )
 
     def attribution(self, names: tuple[str, ...] = ("vision", "prefill", "decode")) -> Attribution:
