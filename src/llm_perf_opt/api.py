@@ -5,7 +5,8 @@ call analyzes, and the object it returns holds every level of the report as a po
 the report itself and its renderings. Nothing is computed here: `analyze` calls
 `analysis.analyze_trace`, the frames are the report levels' own (`report.levels`), `compare`
 is `compare.compare_runs` over the rows the results database would hold, `flops` is what
-`mfu-flops` prints. `mfu-analyze` (one trace) and `mfu-flops` call these functions.
+`mfu-flops` prints. `mfu-analyze` (one trace), `mfu-compare` and `mfu-flops` call these
+functions.
 
 `Analysis` declares each frame on one line, `name = Frame(build, doc)`, where `build` takes one
 analyzed trace (`Run`) and returns its frame; the facade puts the `trace` column first, stacks
