@@ -5,7 +5,8 @@ call analyzes, and the object it returns holds every level of the report as a po
 the report itself and its renderings. Nothing is computed here: `analyze` calls
 `analysis.analyze_trace`, the frames are the report levels' own (`report.levels`), `compare`
 is `compare.compare_runs` over the rows the results database would hold, `flops` is what
-`mfu-flops` prints. `mfu-analyze` (one trace) and `mfu-flops` call these functions.
+`mfu-flops` prints. `mfu-analyze` (one trace), `mfu-compare` and `mfu-flops` call these
+functions.
 
 `Analysis` declares each frame on one line, `name = Frame(build, doc)`, where `build` takes one
 analyzed trace (`Run`) and returns its frame; the facade puts the `trace` column first, stacks
@@ -326,39 +327,67 @@ class Comparison:
         return [] if threshold_pct is None else self.regressions(threshold_pct)
 
 
-Side = Analysis | TracePath | Sequence[TracePath]
+@dataclass(frozen=True)
+class SideRuns:
+    """What one side of a comparison names: its traces (expanded) and its stored run ids."""
+
+    what: str
+    traces: tuple[Path, ...]
+    ids: tuple[str, ...]
+
+
+Expand = Callable[[Sequence[str]], list[Path]]
+
+
+def side_runs(
+    specs: Sequence[TracePath], what: str, expand: Expand = runs.expand_paths
+) -> SideRuns:
+    """Split one side into traces (files, folders and globs, expanded by `expand`; `mfu-compare`
+    also declares them as inputs) and run ids (the rest), before anything is analyzed.
+
+    Raises:
+        RunSpecError: the side names nothing.
+        NoTracesError: a folder or glob matched no trace (`runs.expand_traces`).
+    """
+    if not specs:
+        raise RunSpecError(f"no {what} runs given; write mfu-compare BASE... -- NEW...")
+    given = [str(s) for s in specs]
+    named = [s for s in given if runs.has_glob(s) or Path(s).exists() or not s.strip()]
+    ids = tuple(s for s in given if s not in named)
+    return SideRuns(what, tuple(expand(named)) if named else (), ids)
 
 
 def load_runs(
-    specs: Sequence[str], db_path: str | Path | None, options: AnalyzeOptions,
-    jobs: int | None, dask: str | None, what: str,
+    side: SideRuns, db_path: str | Path | None, options: AnalyzeOptions,
+    jobs: int | None = None, dask: str | None = None,
 ) -> list[RunRows]:  # fmt: skip
-    """Runs of one side: traces (files, directories, globs) analyzed now (over `jobs` processes
-    or a Dask scheduler), or run ids (or unique prefixes) of the results database `db_path`."""
-    if not specs:
-        raise RunSpecError(f"no {what} runs given; write mfu-compare BASE... -- NEW...")
-    traces = [s for s in specs if runs.has_glob(s) or Path(s).exists()]
-    ids = [s for s in specs if s not in traces]
+    """The rows of one side: its run ids read from the results database `db_path`, then its
+    traces analyzed now (over `jobs` processes or the Dask scheduler at `dask`).
+
+    Raises:
+        RunSpecError: run ids without `db_path`, or a trace whose analysis failed.
+    """
     rows: list[RunRows] = []
-    if ids:
+    if side.ids:
         if db_path is None:
             raise RunSpecError(
-                f"{ids[0]!r} is not a trace file; to compare stored runs by id pass --db FILE"
+                f"{side.ids[0]!r} is not a trace file; to compare stored runs by id pass --db FILE"
             )
         db = ResultsDb(db_path, readonly=True)
         try:
-            rows += [db.load(db.resolve(token)) for token in ids]
+            rows += [db.load(db.resolve(token)) for token in side.ids]
         finally:
             db.close()
-    if traces:
-        results = fanout.analyze_many(
-            runs.expand_paths(traces), options, jobs=jobs, dask_address=dask
-        )
+    if side.traces:
+        results = fanout.analyze_many(side.traces, options, jobs=jobs, dask_address=dask)
         for result in results:
             if not result.ok:
-                raise RunSpecError(f"{what} trace {result.trace}: {result.error}")
+                raise RunSpecError(f"{side.what} trace {result.trace}: {result.error}")
             rows.append(result.rows())
     return rows
+
+
+Side = Analysis | SideRuns | TracePath | Sequence[TracePath]
 
 
 def compare(
@@ -378,19 +407,24 @@ def compare(
 
     Each side is an `Analysis` (of one trace or several), or traces (paths, folders, globs)
     analyzed now with `options` / `option_values` (as `analyze` takes them), or run ids of
-    the results database `db`.
+    the results database `db`, or those two already split (`side_runs`). Both sides are split
+    and expanded before either is analyzed.
 
     Raises:
         LlmPerfOptError: a run that is neither a trace nor a stored run, a trace that fails.
     """
     opts = analyze_options(options, **option_values)
-    sides = []
-    for side, what in ((base, "BASE"), (new, "NEW")):
-        if isinstance(side, Analysis):
-            sides.append([r.rows() for r in side.runs])
-        else:
-            specs = [side] if isinstance(side, str | Path) else list(side)
-            sides.append(load_runs([str(s) for s in specs], db, opts, jobs, dask, what))
+    named = [
+        side if isinstance(side, Analysis | SideRuns)
+        else side_runs([side] if isinstance(side, str | Path) else side, what)
+        for side, what in ((base, "BASE"), (new, "NEW"))
+    ]  # fmt: skip
+    sides = [
+        [r.rows() for r in side.runs]
+        if isinstance(side, Analysis)
+        else load_runs(side, db, opts, jobs, dask)
+        for side in named
+    ]
     return Comparison(compare_runs(sides[0], sides[1], min_effect_pct=min_effect_pct, seed=seed))
 
 

@@ -1,4 +1,5 @@
-"""Render a `Comparison`: JSON (docs/many-runs.md), a rich table, Markdown and a PNG.
+"""Render a `Comparison`: JSON (docs/many-runs.md), Markdown and a PNG, and the header and rows
+that `mfu-compare`'s terminal table and the HTML page show.
 
 Renderers only format; every number comes from `compare.compare_runs`.
 """
@@ -10,11 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
-from rich.console import Console, Group
-from rich.text import Text
-
 from llm_perf_opt.compare import PHASE_PREFIX, Comparison, MetricDelta, Regressions, RunInfo
-from llm_perf_opt.report import format_pct, md_table, rich_table
+from llm_perf_opt.report import format_pct, md_table
 
 COMPARE_SCHEMA_ID: Final = "llm_perf_opt.mfu_compare/1"
 # How each metric is shown to a person: scale and format (JSON keeps the raw SI values).
@@ -131,17 +129,6 @@ def header(c: Comparison) -> list[str]:
     ]
 
 
-def render_table(c: Comparison, console: Console, regressions: Regressions) -> None:
-    parts: list[Any] = [Text("\n".join(header(c)))]
-    parts.append(rich_table("Base vs new per stage", HEAD, rows(c), 2))
-    notes = [f"flag: {f}" for f in c.flags] + [
-        f"regression: {regression_line(s, m, p)}" for s, m, p in regressions
-    ]
-    if notes:
-        parts.append(Text("\n".join(notes), style="yellow"))
-    console.print(Group(*parts))
-
-
 def to_markdown(c: Comparison, regressions: Regressions) -> str:
     out = ["# MFU comparison", "", *(f"- {line}" for line in header(c)), ""]
     out += [md_table(HEAD, rows(c)), ""]
@@ -155,6 +142,10 @@ def to_markdown(c: Comparison, regressions: Regressions) -> str:
             "",
         ]
     return "\n".join(out)
+
+
+# The text renderings of `--format`, each of the comparison and its regressions.
+RENDERERS: Final = {"json": to_json_text, "md": to_markdown}
 
 
 def _bar(d: MetricDelta | None, side: str) -> float:

@@ -11,32 +11,28 @@ results, and only this (client) process writes the results database and the outp
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import sqlite3
-import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import polars as pl
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from llm_perf_opt.analysis import AnalyzeOptions, static_compute_source
-from llm_perf_opt.errors import NoTracesError, OutputError, SelectionError
+from llm_perf_opt.errors import NoTracesError, OutputError
 from llm_perf_opt.fanout import (
     DASK_ENV,
     RunResult,
     iter_results,
     worker_count,
 )
-from llm_perf_opt.report import format_pct, md_table, rich_table, to_json_text, to_markdown
+from llm_perf_opt.report import format_pct, md_table, to_json_text, to_markdown
 from llm_perf_opt.resultsdb import (
     ResultsDb,
     file_hash,
@@ -44,7 +40,7 @@ from llm_perf_opt.resultsdb import (
     results_db_schema,
 )
 from llm_perf_opt.trace import table_dir_format
-from llm_perf_opt.userfiles import RunFiles, echo_stdout, output_file, writing
+from llm_perf_opt.userfiles import RunFiles, output_file, writing
 
 # Trace files; a folder of a parquetdir or arrowdir export is one trace too (`is_trace_file`).
 # `.pt.trace.json[.gz]`: the PyTorch profiler's names (any other name is read when given itself)
@@ -61,12 +57,13 @@ GLOB_CHARS: Final = frozenset("*?[")
 SUMMARY_SCHEMA_ID: Final = "llm_perf_opt.mfu_summary/1"
 # Exit code of a batch in which at least one trace failed (the others are still reported).
 EXIT_SOME_FAILED: Final = 2
-# Width of the summary table when stdout is not a terminal.
-SUMMARY_WIDTH: Final = 200
 # Characters of a failed trace's error shown in the summary table (stderr has all of it).
 ERROR_WIDTH: Final = 60
 
 Echo = Callable[[str], None]
+# Given the number of traces, a context that yields what to call with each trace's name as it
+# is done (the CLI's progress bar on a terminal).
+ProgressBar = Callable[[int], AbstractContextManager[Callable[[str], None]]]
 
 
 def has_glob(spec: str) -> bool:
@@ -217,8 +214,6 @@ class BatchRequest:
     jobs: int | None = None
     dask_address: str | None = None
     db_path: Path | None = None
-    fmt: str = "table"
-    output: Path | None = None
     outdir: Path | None = None
 
 
@@ -227,60 +222,20 @@ def dask_address_from(flag: str | None) -> str | None:
     return flag or os.environ.get(DASK_ENV) or None
 
 
-class BatchUsageError(SelectionError):
-    """An option that writes one trace's output was given with several traces."""
-
-
-# `mfu-analyze` options that write one trace's output (refused in batch mode).
-SINGLE_TRACE_OUTPUTS: Final = ("csv", "markdown", "plots", "ranges_out", "perfetto", "html")
-
-
-def is_batch(specs: Sequence[str], kw: Mapping[str, Any]) -> bool:
+def is_batch(
+    specs: Sequence[str],
+    *,
+    db: Path | None = None,
+    outdir: Path | None = None,
+    dask: str | None = None,
+) -> bool:
     """Batch mode: several traces, a directory (but a table export's folder: one trace), a glob,
-    --db, --outdir or --dask. One plain path without them is the single-trace command,
-    unchanged."""
-    if len(specs) != 1 or any(kw.get(name) is not None for name in ("db", "outdir", "dask")):
+    or a results database, report folder or Dask scheduler given. One plain path without them
+    is the single-trace command, unchanged."""
+    if len(specs) != 1 or any(v is not None for v in (db, outdir, dask)):
         return True
     path = Path(specs[0])
     return has_glob(specs[0]) or (path.is_dir() and not is_trace_file(path))
-
-
-def batch_request(
-    specs: Sequence[str], options: AnalyzeOptions, kw: Mapping[str, Any]
-) -> BatchRequest:
-    """The batch request from `mfu-analyze`'s keyword arguments.
-
-    Raises:
-        BatchUsageError: a single-trace output option was given.
-    """
-    single = [f"--{k.replace('_', '-')}" for k in SINGLE_TRACE_OUTPUTS if kw.get(k) is not None]
-    if single:
-        raise BatchUsageError(
-            f"{single[0]} writes one trace's output; with several traces use --outdir DIR"
-        )
-    return BatchRequest(
-        specs=tuple(specs),
-        options=options,
-        jobs=kw.get("jobs"),
-        dask_address=dask_address_from(kw.get("dask")),
-        db_path=kw.get("db"),
-        fmt=kw.get("format") or "table",
-        output=kw.get("output"),
-        outdir=kw.get("outdir"),
-    )
-
-
-@contextmanager
-def _progress_bar(total: int) -> Iterator[Callable[[str], None]]:
-    """Advance a progress bar over traces on stderr when it is a terminal; nothing otherwise."""
-    if not sys.stderr.isatty():
-        yield lambda _name: None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())  # fmt: skip
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("traces", total=total)
-        yield lambda name: bar.update(task, advance=1, description=name)
 
 
 @dataclass(frozen=True)
@@ -350,16 +305,28 @@ def _open_db(path: Path | None) -> ResultsDb | None:
     return None if path is None else ResultsDb(path)
 
 
-def run_batch(request: BatchRequest, echo_err: Echo, files: RunFiles | None = None) -> int:
+@dataclass(frozen=True)
+class BatchOutcome:
+    """The summary entries of a batch, in the order of its traces, and its exit status: 0 when
+    every trace was analyzed and stored, `EXIT_SOME_FAILED` otherwise."""
+
+    entries: tuple[BatchEntry, ...]
+    exit_code: int
+
+
+def run_batch(
+    request: BatchRequest,
+    echo_err: Echo,
+    files: RunFiles | None = None,
+    progress: ProgressBar | None = None,
+) -> BatchOutcome:
     """Analyze the traces; as each arrives write its database rows and --outdir reports (only
-    here, in the client) and keep its summary rows; then print the summary. Every trace and
-    every file written is declared in `files` and checked before any analysis.
+    here, in the client) and keep its summary entry. Every trace and every file written is
+    declared in `files` and checked before any analysis.
 
     A trace that fails, a run the database could not store (locked, read-only, full: the
     first such failure stops the writing) and reports that could not be written are said on
-    stderr; the others are still printed.
-
-    Returns 0 when every trace was analyzed and stored, `EXIT_SOME_FAILED` otherwise.
+    stderr; the others are still summarized.
 
     Raises:
         LlmPerfOptError: no trace matched, an output is an input, the database or the
@@ -382,7 +349,8 @@ def run_batch(request: BatchRequest, echo_err: Echo, files: RunFiles | None = No
     db_error: str | None = None
     started = time.perf_counter()
     try:
-        with _progress_bar(len(paths)) as advance:
+        bar = progress(len(paths)) if progress is not None else nullcontext(_no_progress)
+        with bar as advance:
             for i, result in iter_results(
                 paths, request.options, jobs=n_jobs, dask_address=request.dask_address
             ):
@@ -434,17 +402,20 @@ def run_batch(request: BatchRequest, echo_err: Echo, files: RunFiles | None = No
             else ""
         )
     )
-    _emit_summary(ordered, request.fmt, request.output)
-    return EXIT_SOME_FAILED if failed or not_stored else 0
+    return BatchOutcome(tuple(ordered), EXIT_SOME_FAILED if failed or not_stored else 0)
+
+
+def _no_progress(_name: str) -> None:
+    pass
 
 
 # --- summary: one row per trace x stage ----------------------------------------------------------
 
-_SUMMARY_HEAD: Final = ("trace", "run", "stage", "inst", "busy ms", "wall ms", "MFU trace",
+SUMMARY_HEAD: Final = ("trace", "run", "stage", "inst", "busy ms", "wall ms", "MFU trace",
                         "MFU wall", "MBU trace", "kernels/step", "step µs", "verdict")  # fmt: skip
 
 
-def _summary_rows(entries: Sequence[BatchEntry]) -> list[tuple[str, ...]]:
+def summary_rows(entries: Sequence[BatchEntry]) -> list[tuple[str, ...]]:
     rows: list[tuple[str, ...]] = []
     for entry in entries:
         name = Path(entry.trace).name
@@ -521,23 +492,4 @@ def render_summary(entries: Sequence[BatchEntry], fmt: str) -> str:
         return json.dumps(summary_json(entries), indent=2, allow_nan=False) + "\n"
     if fmt == "csv":
         return _summary_csv(entries)
-    return "# MFU summary\n\n" + md_table(_SUMMARY_HEAD, _summary_rows(entries)) + "\n"
-
-
-def _emit_summary(entries: Sequence[BatchEntry], fmt: str, output: Path | None) -> None:
-    """The summary on stdout or into `output`; a failure to write it is one OutputError."""
-    if fmt == "table":
-        table = rich_table("MFU per trace and stage", _SUMMARY_HEAD, _summary_rows(entries), 3)
-        if output is None and Console().is_terminal:
-            Console().print(table)
-            return
-        buffer = io.StringIO()
-        Console(file=buffer, width=SUMMARY_WIDTH).print(table)
-        text = buffer.getvalue()
-    else:
-        text = render_summary(entries, fmt)
-    if output is None:
-        echo_stdout(text)
-        return
-    with output_file(output) as handle:
-        handle.write(text)
+    return "# MFU summary\n\n" + md_table(SUMMARY_HEAD, summary_rows(entries)) + "\n"

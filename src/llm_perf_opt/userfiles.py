@@ -14,16 +14,12 @@ from __future__ import annotations
 import errno
 import json
 import math
-import os
 import stat
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final
-
-import click
 
 from llm_perf_opt.errors import ConfigError, MissingInputError, OutputError
 from llm_perf_opt.stopping import track_partial, untrack_partial
@@ -295,34 +291,3 @@ def output_error(path: Path, exc: OSError) -> OutputError:
     if exc.errno == errno.ENOENT and path.parent.is_dir():  # e.g. a new file in /proc
         reason = f"{path.parent} does not take new files"
     return OutputError(f"cannot write {path}: {reason}")
-
-
-def echo_stdout(text: str) -> None:
-    """Write `text` to stdout; a closed pipe or full disk is one error line, not a traceback."""
-    with stdout_errors():
-        click.echo(text, nl=False)
-        sys.stdout.flush()
-
-
-@contextmanager
-def stdout_errors() -> Iterator[None]:
-    """Failures writing stdout (a closed pipe, /dev/full) as one OutputError; stdout is then
-    pointed at /dev/null so the interpreter's final flush does not fail a second time."""
-    try:
-        yield
-    except OSError as exc:
-        _silence_stdout()
-        if isinstance(exc, BrokenPipeError):
-            raise OutputError("cannot write to standard output: the pipe was closed") from None
-        raise output_error(Path("<stdout>"), exc) from None
-
-
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)

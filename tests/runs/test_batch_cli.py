@@ -80,7 +80,7 @@ def test_outdir_with_one_trace_writes_its_report_there(
     good_traces: list[Path], tmp_path: Path
 ) -> None:
     outdir = tmp_path / "one"
-    assert is_batch([str(good_traces[0])], {"outdir": outdir})
+    assert is_batch([str(good_traces[0])], outdir=outdir)
     result = invoke(good_traces[0], "--outdir", outdir, "-j", "1")
     assert result.exit_code == 0, result.output
     stem = good_traces[0].stem
@@ -96,10 +96,10 @@ def test_glob_and_duplicates_expand_in_order(sweep: Path, good_traces: list[Path
 
 
 def test_one_plain_path_is_the_single_trace_command(good_traces: list[Path], sweep: Path) -> None:
-    assert not is_batch([str(good_traces[0])], {"db": None, "dask": None})
-    assert is_batch([str(good_traces[0])], {"db": "r.sqlite", "dask": None})
-    assert is_batch([str(sweep)], {}) and is_batch([str(sweep / "*.sqlite")], {})
-    assert is_batch([str(good_traces[0]), str(good_traces[1])], {})
+    assert not is_batch([str(good_traces[0])], db=None, dask=None)
+    assert is_batch([str(good_traces[0])], db=Path("r.sqlite"))
+    assert is_batch([str(sweep)]) and is_batch([str(sweep / "*.sqlite")])
+    assert is_batch([str(good_traces[0]), str(good_traces[1])])
 
 
 def test_glob_matching_nothing_is_one_error_line(sweep: Path) -> None:

@@ -115,9 +115,9 @@ def test_a_table_export_folder_is_one_trace(llama_small: dict[str, Path], tmp_pa
     shutil.copytree(LLAMA_PARQUET, runs / "b" / "llama_parquet")
     shutil.copy(llama_small["arrow"], runs / "a")
     shutil.copy(llama_small["sqlite"], runs / "b")
-    assert not is_batch([str(LLAMA_PARQUET)], {})
-    assert not is_batch([str(runs / "a" / "llama_small_arrowdir")], {})
-    assert is_batch([str(runs)], {})
+    assert not is_batch([str(LLAMA_PARQUET)])
+    assert not is_batch([str(runs / "a" / "llama_small_arrowdir")])
+    assert is_batch([str(runs)])
     found = [p.relative_to(runs).as_posix() for p in expand_paths([str(runs)])]
     assert found == [
         "a/llama_small.arrows",

@@ -9,27 +9,37 @@ number, after ending its workers and removing decompressed temporaries and half-
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import io
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final, Literal
 
 import click
+from rich.console import Console
 
 from llm_perf_opt import vocab
-from llm_perf_opt.errors import LlmPerfOptError
+from llm_perf_opt.errors import LlmPerfOptError, OutputError
 from llm_perf_opt.stopping import stop_on_signals
 from llm_perf_opt.trace import remove_scratch, scratch_dirs
-from llm_perf_opt.userfiles import RunFiles
-from llm_perf_opt.userfiles import echo_stdout as echo_stdout
+from llm_perf_opt.userfiles import RunFiles, output_error
 from llm_perf_opt.userfiles import output_file as output_file  # the CLIs' output helpers
-from llm_perf_opt.userfiles import stdout_errors as stdout_errors
 from llm_perf_opt.userfiles import writing as writing  # live with RunFiles
 
 # An error line longer than this is cut (a 1 MB NVTX name is not echoed whole).
 MAX_ERROR_CHARS: Final = 600
 # Token counts beyond this are typos, not requests (every model window is far smaller).
 MAX_TOKENS: Final = 10_000_000
+# Width of a rich table when stdout is not a terminal (files, pipes): wide enough not to wrap.
+WIDE: Final = 160
+# `--format` of each command: mfu-analyze renders the report (`report.RENDERERS`), mfu-compare
+# the comparison, which has no CSV form (its rows nest metrics in stages), mfu-flops the estimate,
+# which is a table or JSON only (its per-block breakdown is not one table).
+ANALYZE_FORMATS: Final = ("table", "json", "csv", "md")
+COMPARE_FORMATS: Final = ("table", "json", "md")
+FLOPS_FORMATS: Final = ("table", "json")
 
 
 def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
@@ -133,6 +143,85 @@ def output_option(
         else DeclaredPath("writes", dir_okay=False)
     )
     return click.option(*decls, type=kind, **kw)
+
+
+def output_options(
+    formats: Sequence[str], output_help: str | None = None, *, unset: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The main output's options: `--format`, one of `formats` (passed as `fmt`; table unless
+    given, or None with `unset`, for a command whose work depends on whether it was given), and
+    with `output_help` `--output`/`-o FILE` instead of stdout (`emit` writes either)."""
+    where = "stdout (or --output)" if output_help else "stdout"
+    fmt = click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(formats),
+        default=None if unset else "table",
+        show_default=not unset,
+        help=f"Output on {where}." + (" [default: table]" if unset else ""),
+    )
+    if output_help is None:
+        return fmt
+    out = output_option("--output", "-o", help=output_help)
+    return lambda command: fmt(out(command))
+
+
+Render = Callable[[Console], None]
+
+
+def emit(content: str | Render, output: Path | None, width: int = WIDE) -> None:
+    """The main output on stdout, or into `output`: text as it is, or what `content` prints
+    on a rich console (live on a terminal; elsewhere `width` columns wide, rendered aside and
+    then written, since rich exits by itself on a closed pipe)."""
+    if not isinstance(content, str):
+        if output is None and Console().is_terminal:
+            with stdout_errors():
+                content(Console())
+            return
+        buffer = io.StringIO()
+        content(Console(file=buffer, width=width))
+        content = buffer.getvalue()
+    if output is None:
+        echo_stdout(content)
+        return
+    with output_file(output) as handle:
+        handle.write(content)
+
+
+def echo_stdout(text: str) -> None:
+    """Write `text` to stdout; a closed pipe or full disk is one error line, not a traceback."""
+    with stdout_errors():
+        click.echo(text, nl=False)
+        sys.stdout.flush()
+
+
+@contextmanager
+def stdout_errors() -> Iterator[None]:
+    """Failures writing stdout (a closed pipe, /dev/full) as one OutputError; stdout is then
+    pointed at /dev/null so the interpreter's final flush does not fail a second time."""
+    try:
+        yield
+    except OSError as exc:
+        _silence_stdout()
+        if isinstance(exc, BrokenPipeError):
+            raise OutputError("cannot write to standard output: the pipe was closed") from None
+        raise output_error(Path("<stdout>"), exc) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def echo_err(line: str) -> None:
+    """One line on stderr (notes, warnings, what was written)."""
+    click.echo(line, err=True)
 
 
 def declared_files(ctx: click.Context | None) -> RunFiles:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -12,9 +11,10 @@ from typing import Any, Final
 
 import click
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as Bars
 
-import llm_perf_opt
-from llm_perf_opt import runs, vocab
+from llm_perf_opt import api, runs, vocab
 from llm_perf_opt.analysis import Analysis, AnalyzeOptions, Progress
 from llm_perf_opt.attribution import (
     DEFAULT_MEMORY_BUDGET_BYTES,
@@ -22,37 +22,42 @@ from llm_perf_opt.attribution import (
     StreamBudget,
 )
 from llm_perf_opt.cli._common import (
+    ANALYZE_FORMATS,
     MAX_TOKENS,
     ByteSize,
+    CliError,
     FiniteFloat,
-    echo_stdout,
+    echo_err,
+    emit,
     guarded,
     input_option,
     one_line,
     output_file,
     output_option,
+    output_options,
     prefill_logits_option,
-    stdout_errors,
     writing,
 )
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
-from llm_perf_opt.mfu import MfuReport
 from llm_perf_opt.peak_sources import parse_peak_source
-from llm_perf_opt.report import RENDERERS, render_table, write_ranges_csv
+from llm_perf_opt.report import RENDERERS, render_table, rich_table, write_ranges_csv
 from llm_perf_opt.stages import parse_stage_option
 from llm_perf_opt.trace import Trace
+from llm_perf_opt.userfiles import RunFiles
 
 # Show a status line on stderr for traces at least this large even when stderr is not a TTY.
 LARGE_TRACE_BYTES: Final = 200 * 1024 * 1024
-# Width of the table when stdout is not a terminal (files, pipes): wide enough not to wrap.
-WIDE: Final = 160
+# Width of the batch summary when stdout is not a terminal: its twelve columns need more.
+SUMMARY_WIDTH: Final = 200
 # Bounds of options that size work or output: beyond them a value is a typo, not a request.
 MIN_PEAK_TFLOPS: Final = 1e-3
 MAX_PEAK_TFLOPS: Final = 1e6
 MAX_TOP_KERNELS: Final = 10_000
 # Options whose output is the MFU report (without one, --ranges-out alone needs no MFU facts).
-REPORT_OUTPUTS: Final = ("format", "output", "csv", "markdown", "plots", "perfetto", "html")
+REPORT_OUTPUTS: Final = ("fmt", "output", "csv", "markdown", "plots", "perfetto", "html")
+# Options that write one trace's output (refused in batch mode, which has --outdir).
+SINGLE_TRACE_OUTPUTS: Final = ("csv", "markdown", "plots", "ranges_out", "perfetto", "html")
 
 
 @contextmanager
@@ -66,9 +71,22 @@ def _progress(trace: Path) -> Iterator[Progress | None]:
             yield lambda message: status.update(message)
     elif size >= LARGE_TRACE_BYTES:
         start = time.monotonic()
-        yield lambda message: click.echo(f"[{time.monotonic() - start:6.1f} s] {message}", err=True)
+        yield lambda message: echo_err(f"[{time.monotonic() - start:6.1f} s] {message}")
     else:
         yield None
+
+
+@contextmanager
+def _progress_bar(total: int) -> Iterator[Callable[[str], None]]:
+    """A batch's progress bar over traces on stderr when it is a terminal; nothing otherwise."""
+    if not sys.stderr.isatty():
+        yield lambda _name: None
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())  # fmt: skip
+    with Bars(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("traces", total=total)
+        yield lambda name: bar.update(task, advance=1, description=name)
 
 
 def _options(kw: dict[str, Any]) -> AnalyzeOptions:
@@ -105,10 +123,9 @@ def _budget_floor(value: int) -> int:
     if value >= MEMORY_BUDGET_FLOOR_BYTES:
         return value
     floor = MEMORY_BUDGET_FLOOR_BYTES >> 20
-    click.echo(
+    echo_err(
         f"note: --memory-budget {value:,} bytes raised to {floor}M (smaller batches only cost "
-        "time, not memory worth saving)",
-        err=True,
+        "time, not memory worth saving)"
     )
     return MEMORY_BUDGET_FLOOR_BYTES
 
@@ -118,7 +135,7 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
     wants_mfu = kw["ranges_out"] is None or any(kw[k] is not None for k in REPORT_OUTPUTS)
     timeline = None if kw["perfetto"] is None else _timeline(kw["perfetto"], kw)
     with _progress(trace) as progress:
-        analyzed = llm_perf_opt.analyze(
+        analyzed = api.analyze(
             trace, _options(kw), require_mfu=wants_mfu, progress=progress, then=timeline
         )
     if kw["ranges_out"] is not None:
@@ -128,12 +145,18 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
     report = analysis.report
     if report is None:
         for warning in analysis.trace_warnings:
-            click.echo(f"warning: {warning}", err=True)
-        click.echo(f"note: MFU not computed ({one_line(analysis.skipped_reason or '')})", err=True)
+            echo_err(f"warning: {warning}")
+        echo_err(f"note: MFU not computed ({one_line(analysis.skipped_reason or '')})")
         return
     for warning in report.warnings:  # also in the report; stderr so they are never missed
-        click.echo(f"warning: {warning}", err=True)
-    _emit(report, kw["format"] or "table", kw["output"])
+        echo_err(f"warning: {warning}")
+    fmt = kw["fmt"] or "table"
+    emit(
+        (lambda console: render_table(report, console))
+        if fmt == "table"
+        else RENDERERS[fmt](report),
+        kw["output"],
+    )
     for option, fmt in (("csv", "csv"), ("markdown", "md")):
         if kw[option]:
             with output_file(kw[option]) as handle:
@@ -148,7 +171,7 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
 
         with writing(kw["plots"]):
             for path in write_plots(report, kw["plots"]):
-                click.echo(f"wrote {path}", err=True)
+                echo_err(f"wrote {path}")
 
 
 def _timeline(path: Path, kw: dict[str, Any]) -> Callable[[Trace, Analysis], None]:
@@ -164,31 +187,6 @@ def _timeline(path: Path, kw: dict[str, Any]) -> Callable[[Trace, Analysis], Non
                            gpu_ops=kw["perfetto_gpu_ops"], batch_rows=rows)  # fmt: skip
 
     return write
-
-
-def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
-    """The main output: rich table or a text format, on stdout or into `output`."""
-    if fmt != "table":
-        text = RENDERERS[fmt](report)
-        if output is None:
-            echo_stdout(text)
-        else:
-            with output_file(output) as handle:
-                handle.write(text)
-        return
-    if output is None:
-        console = Console()
-        if console.is_terminal:
-            with stdout_errors():
-                render_table(report, console)
-            return
-        # Rendered aside, then written by us: rich exits 1 by itself on a closed pipe.
-        buffer = io.StringIO()
-        render_table(report, Console(file=buffer, width=WIDE))
-        echo_stdout(buffer.getvalue())
-        return
-    with output_file(output) as handle:
-        render_table(report, Console(file=handle, width=WIDE))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -286,13 +284,7 @@ def _emit(report: MfuReport, fmt: str, output: Path | None) -> None:
     "ctx_reqs, ctx_tokens, gen_reqs, gen_tokens (and c_/g_ sk, sqsq, sqsk sums), e.g. "
     "'fwd p=(?P<ctx_tokens>\\d+)/(?P<ctx_reqs>\\d+) d=(?P<gen_reqs>\\d+)'. Replaces --engine.",
 )
-@click.option(
-    "--format",
-    "format",
-    type=click.Choice(["table", "json", "csv", "md"]),
-    help="Output on stdout (or --output). [default: table]",
-)
-@output_option("--output", "-o", help="Write the --format output to this file.")
+@output_options(ANALYZE_FORMATS, "Write the --format output to this file.", unset=True)
 @output_option("--csv", help="Also write the CSV report here.")
 @output_option("--markdown", help="Also write the Markdown report here.")
 @output_option(
@@ -403,16 +395,38 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
       mfu-analyze runs/ 'sweep/*.sqlite.xz' --db results.sqlite -j 2   # batch, docs/many-runs.md
     """
     with guarded() as files:
-        echo_err = _echo_err
-        if runs.is_batch(traces, kw):
-            request = runs.batch_request(traces, _options(kw), kw)
-            sys.exit(runs.run_batch(request, echo_err, files))
+        if runs.is_batch(traces, db=kw["db"], outdir=kw["outdir"], dask=kw["dask"]):
+            sys.exit(_batch(traces, kw, files))
         (trace,) = runs.declare_traces(traces, _options(kw), files, echo_err)
         _run(trace, kw)
 
 
-def _echo_err(line: str) -> None:
-    click.echo(line, err=True)
+def _batch(traces: tuple[str, ...], kw: dict[str, Any], files: RunFiles) -> int:
+    """Analyze a batch (`runs.run_batch`), print its summary; the exit status."""
+    options = _options(kw)
+    single = [f"--{k.replace('_', '-')}" for k in SINGLE_TRACE_OUTPUTS if kw[k] is not None]
+    if single:
+        raise CliError(
+            f"{single[0]} writes one trace's output; with several traces use --outdir DIR"
+        )
+    request = runs.BatchRequest(
+        specs=traces,
+        options=options,
+        jobs=kw["jobs"],
+        dask_address=runs.dask_address_from(kw["dask"]),
+        db_path=kw["db"],
+        outdir=kw["outdir"],
+    )
+    outcome = runs.run_batch(request, echo_err, files, _progress_bar)
+    fmt = kw["fmt"] or "table"
+    if fmt == "table":
+        table = rich_table(
+            "MFU per trace and stage", runs.SUMMARY_HEAD, runs.summary_rows(outcome.entries), 3
+        )
+        emit(lambda console: console.print(table), kw["output"], SUMMARY_WIDTH)
+    else:
+        emit(runs.render_summary(outcome.entries, fmt), kw["output"])
+    return outcome.exit_code
 
 
 if __name__ == "__main__":

@@ -2,39 +2,32 @@
 
 from __future__ import annotations
 
-import io
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Console
+from rich.console import Console, Group
+from rich.text import Text
 
-from llm_perf_opt import compare_report, fanout, runs
+from llm_perf_opt import api, compare_report, fanout, runs
 from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.cli._common import (
+    COMPARE_FORMATS,
     FiniteFloat,
-    echo_stdout,
+    echo_err,
+    emit,
     guarded,
     input_option,
     output_file,
     output_option,
-    stdout_errors,
+    output_options,
     writing,
 )
-from llm_perf_opt.compare import (
-    DEFAULT_MIN_EFFECT_PCT,
-    Comparison,
-    Regressions,
-    compare_runs,
-    regressions,
-)
-from llm_perf_opt.errors import RunSpecError
-from llm_perf_opt.resultsdb import ResultsDb, RunRows
-from llm_perf_opt.userfiles import RunFiles
+from llm_perf_opt.compare import DEFAULT_MIN_EFFECT_PCT, Comparison, Regressions
+from llm_perf_opt.report import rich_table
 
-# Width of the table when stdout is not a terminal.
-WIDE = 160
 EXIT_REGRESSION = 1
 # A change in percent beyond this is a typo, not a threshold.
 MAX_PCT = 1e6
@@ -72,47 +65,6 @@ class _SplitAtDashes(click.Command):
         return super().parse_args(ctx, head)
 
 
-def _side_traces(
-    specs: tuple[str, ...], options: AnalyzeOptions, files: RunFiles, what: str
-) -> list[Path]:
-    """The traces one side names (declared as inputs of the run); the rest are run ids."""
-    if not specs:
-        raise RunSpecError(f"no {what} runs given; write mfu-compare BASE... -- NEW...")
-    traces = [s for s in specs if runs.has_glob(s) or Path(s).exists() or not s.strip()]
-    return runs.declare_traces(traces, options, files, _echo_err) if traces else []
-
-
-def _echo_err(line: str) -> None:
-    click.echo(line, err=True)
-
-
-def _load_side(
-    specs: tuple[str, ...], traces: list[Path], db_path: Path | None, options: AnalyzeOptions,
-    jobs: int | None, dask: str | None, what: str,
-) -> list[RunRows]:  # fmt: skip
-    """Runs of one side: traces (files, directories, globs) analyzed now, or stored run ids."""
-    given = {s for s in specs if runs.has_glob(s) or Path(s).exists() or not s.strip()}
-    ids = [s for s in specs if s not in given]
-    rows: list[RunRows] = []
-    if ids:
-        if db_path is None:
-            raise RunSpecError(
-                f"{ids[0]!r} is not a trace file; to compare stored runs by id pass --db FILE"
-            )
-        db = ResultsDb(db_path, readonly=True)
-        try:
-            rows += [db.load(db.resolve(token)) for token in ids]
-        finally:
-            db.close()
-    if traces:
-        results = fanout.analyze_many(traces, options, jobs=jobs, dask_address=dask)
-        for result in results:
-            if not result.ok:
-                raise RunSpecError(f"{what} trace {result.trace}: {result.error}")
-            rows.append(result.rows())
-    return rows
-
-
 @click.command(
     cls=_SplitAtDashes,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -133,15 +85,7 @@ def _load_side(
     help="Exit 1 when a stage's busy, wall or step time regressed beyond noise by more than "
     "PCT %, or a stage is missing on one side.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json", "md"]),
-    default="table",
-    show_default=True,
-    help="Output on stdout (or --output).",
-)
-@output_option("--output", "-o", help="Write the output to this file.")
+@output_options(COMPARE_FORMATS, output_help="Write the output to this file.")
 @output_option(
     "--plot",
     callback=lambda _ctx, _param, value: _png(value),
@@ -174,25 +118,37 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
     with guarded() as files:
         options = AnalyzeOptions(include_warmup=kw["include_warmup"])
         dask = runs.dask_address_from(kw["dask"])
-        named = [(specs, what) for specs, what in ((base, "BASE"), (ctx.meta["new_side"], "NEW"))]
-        traces = [_side_traces(specs, options, files, what) for specs, what in named]
-        n_traces = sum(map(len, traces))
+
+        def declare(traces: Sequence[str]) -> list[Path]:
+            return runs.declare_traces(traces, options, files, echo_err)
+
+        sides = [
+            api.side_runs(specs, what, declare)
+            for specs, what in ((base, "BASE"), (ctx.meta["new_side"], "NEW"))
+        ]
+        n_traces = sum(len(side.traces) for side in sides)
         note = fanout.worker_count(kw["jobs"], n_traces)[1] if n_traces else None
         if note is not None and dask is None:
-            click.echo(note, err=True)
-        sides = [
-            _load_side(specs, found, kw["db"], options, kw["jobs"], dask, what)
-            for (specs, what), found in zip(named, traces, strict=True)
-        ]
-        comparison = compare_runs(sides[0], sides[1], min_effect_pct=kw["min_effect"])
+            echo_err(note)
+        compared = api.compare(
+            sides[0], sides[1], db=kw["db"], min_effect_pct=kw["min_effect"],
+            jobs=kw["jobs"], dask=dask, options=options,
+        )  # fmt: skip
+        comparison = compared.comparison
         gate = kw["fail_on_regression"]
-        failing = regressions(comparison, gate) if gate is not None else []
-        for flag in comparison.flags:
-            click.echo(f"warning: {flag}", err=True)
-        _emit(comparison, failing, kw["fmt"], kw["output"])
+        failing = compared.regressions(gate) if gate is not None else []
+        for flag in compared.flags:
+            echo_err(f"warning: {flag}")
+        fmt = kw["fmt"]
+        emit(
+            (lambda console: _render_table(comparison, console, failing))
+            if fmt == "table"
+            else compare_report.RENDERERS[fmt](comparison, failing),
+            kw["output"],
+        )
         if kw["plot"] is not None:
             with writing(kw["plot"]):
-                click.echo(f"wrote {compare_report.write_png(comparison, kw['plot'])}", err=True)
+                echo_err(f"wrote {compare_report.write_png(comparison, kw['plot'])}")
         if kw["html"] is not None:
             from llm_perf_opt.compare_html import compare_html  # bokeh: only when asked
 
@@ -201,8 +157,22 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
     if failing:
         for stage, metric, pct in failing:
             line = compare_report.regression_line(stage, metric, pct)
-            click.echo(f"regression: {line}{'' if pct is None else f' (> {gate:g}%)'}", err=True)
+            echo_err(f"regression: {line}{'' if pct is None else f' (> {gate:g}%)'}")
         sys.exit(EXIT_REGRESSION)
+
+
+def _render_table(c: Comparison, console: Console, failing: Regressions) -> None:
+    """The comparison for a person at a terminal (`--format table`)."""
+    parts: list[Any] = [Text("\n".join(compare_report.header(c)))]
+    parts.append(
+        rich_table("Base vs new per stage", compare_report.HEAD, compare_report.rows(c), 2)
+    )
+    notes = [f"flag: {f}" for f in c.flags] + [
+        f"regression: {compare_report.regression_line(s, m, p)}" for s, m, p in failing
+    ]
+    if notes:
+        parts.append(Text("\n".join(notes), style="yellow"))
+    console.print(Group(*parts))
 
 
 def _png(value: Path | None) -> Path | None:
@@ -210,34 +180,6 @@ def _png(value: Path | None) -> Path | None:
     if value is not None and value.suffix.lower() != ".png":
         raise click.BadParameter(f"{value}: the plot is a PNG; name it FILE.png")
     return value
-
-
-def _emit(comparison: Comparison, failing: Regressions, fmt: str,
-          output: Path | None) -> None:  # fmt: skip
-    if fmt == "table":
-        if output is None:
-            console = Console()
-            if console.is_terminal:
-                with stdout_errors():
-                    compare_report.render_table(comparison, console, failing)
-                return
-            buffer = io.StringIO()
-            compare_report.render_table(comparison, Console(file=buffer, width=WIDE), failing)
-            echo_stdout(buffer.getvalue())
-        else:
-            with output_file(output) as handle:
-                compare_report.render_table(comparison, Console(file=handle, width=WIDE), failing)
-        return
-    text = (
-        compare_report.to_json_text(comparison, failing)
-        if fmt == "json"
-        else compare_report.to_markdown(comparison, failing)
-    )
-    if output is None:
-        echo_stdout(text)
-    else:
-        with output_file(output) as handle:
-            handle.write(text)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,14 @@ from typing import Any
 
 import click
 
-import llm_perf_opt
-from llm_perf_opt import vocab
+from llm_perf_opt import api, vocab
 from llm_perf_opt.cli._common import (
+    FLOPS_FORMATS,
     MAX_TOKENS,
-    echo_stdout,
+    emit,
     guarded,
     input_option,
+    output_options,
     prefill_logits_option,
 )
 from llm_perf_opt.errors import ConfigError
@@ -75,14 +76,7 @@ MAX_IMAGES = 10_000
     show_default=True,
     help="Weight and KV-cache dtype of the bytes.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="Output on stdout.",
-)
+@output_options(FLOPS_FORMATS)
 @click.option(
     "--image-size",
     metavar="HxW",
@@ -126,7 +120,7 @@ def cli(
     """
     with guarded():
         model = _model(model_name, config_path, tiny)
-        result = llm_perf_opt.flops(
+        result = api.flops(
             model,
             mode=mode,
             crops=crops,
@@ -139,13 +133,9 @@ def cli(
             images=images,
             prefill_logits="all" if prefill_logits == "all" else "last",
         )
-        if isinstance(model, HfModel):
-            click.echo(json.dumps(result, indent=2) if fmt == "json" else render_hf_table(result))
-            return
-        text = (
-            json.dumps(result, indent=2, allow_nan=False) if fmt == "json" else render_table(result)
-        )
-        echo_stdout(text + "\n")
+        table = render_hf_table if isinstance(model, HfModel) else render_table
+        text = json.dumps(result, indent=2, allow_nan=False) if fmt == "json" else table(result)
+        emit(text + "\n", None)
 
 
 def _model(model_name: str | None, config_path: Path | None, tiny: bool) -> ModelConfig | HfModel:
