@@ -32,7 +32,7 @@ if __package__ in (None, ""):  # run as a script: import from the repo root and 
     sys.path[:0] = [str(_ROOT), str(_ROOT / "src")]
 
 from benchmarks.gen_trace import generate
-from llm_perf_opt.resultsdb import ResultsDb
+from llm_perf_opt.batch.resultsdb import ResultsDb
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("-j 1", "-j 2", "dask 2 workers")

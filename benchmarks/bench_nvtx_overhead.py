@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
 
-from llm_perf_opt.runner.model import build_model
+from llm_perf_opt.runner.models import build_model
 from llm_perf_opt.runner.nvtx_marks import Annotator
+from llm_perf_opt.runner.nvtx_stages import prepare_image
 from llm_perf_opt.runner.pipeline import resolve_device, run_image, sdpa_backends, synchronizer
 from llm_perf_opt.runner.preprocess import synthetic_page
-from llm_perf_opt.runner.stages import prepare_image
 from llm_perf_opt.runner.torch_profile import TorchProfile, torch_profile
 
 

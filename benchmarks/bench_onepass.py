@@ -73,7 +73,7 @@ if sys.argv[3] != "-":
 def stage_inputs(base: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The analysis's top-kernel groups (stage → its ranges) and host/GPU windows (each stage
     range, and each decode step owned by its decode range)."""
-    from llm_perf_opt.hostview import stage_windows
+    from llm_perf_opt.hostview.breakdown import stage_windows
 
     members = {s: base.filter(pl.col("name") == s)["range_id"].to_list() for s in STAGES}
     decode = base.filter(pl.col("name") == "decode").sort("start_ns")

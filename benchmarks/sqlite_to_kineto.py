@@ -38,7 +38,7 @@ if __package__ in (None, ""):  # run as a script: import from the repo root and 
     _ROOT = Path(__file__).resolve().parents[1]
     sys.path[:0] = [str(_ROOT), str(_ROOT / "src")]
 
-from llm_perf_opt.meta import meta_from_marks
+from llm_perf_opt.inputs.run_meta import meta_from_marks
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import RUN_META_TRACE_KEY
 

@@ -22,8 +22,8 @@ from functools import partial
 
 import torch
 
-from llm_perf_opt.runner import stages
-from llm_perf_opt.runner.model import build_model
+from llm_perf_opt.runner import nvtx_stages
+from llm_perf_opt.runner.models import build_model
 from llm_perf_opt.runner.preprocess import synthetic_page
 from llm_perf_opt.runner.static_compute import flop_counter_flops, fvcore_flops, stage_runs
 
@@ -53,7 +53,7 @@ def main() -> int:
             family, tiny=args.tiny, dtype=DTYPES[args.dtype], device=args.device, seed=0
         )
         for mode in modes:
-            prepared = stages.prepare_image(built, synthetic_page(0, (width, height)), mode)
+            prepared = nvtx_stages.prepare_image(built, synthetic_page(0, (width, height)), mode)
             runs = stage_runs(built, prepared, prepared.prefill_len)
             for run in runs:
                 started = time.perf_counter()

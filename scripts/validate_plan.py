@@ -24,7 +24,7 @@ import polars as pl
 from llm_perf_opt.analysis import Analysis, AnalyzeOptions, analyze_trace
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import builtin_config
-from llm_perf_opt.mfu import MfuReport, StageResult
+from llm_perf_opt.metrics.mfu import MfuReport, StageResult
 from llm_perf_opt.report import format_pct
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import STAGES

@@ -41,7 +41,7 @@ from benchmarks.gen_trace.timeline import Strings
 from benchmarks.gen_trace.workload import GRAPH_NODE_ID_BASE
 from llm_perf_opt import __version__
 from llm_perf_opt.flops.configs import builtin_config
-from llm_perf_opt.meta import parse_meta
+from llm_perf_opt.inputs.run_meta import parse_meta
 from llm_perf_opt.vocab import NVTX_DOMAIN, RUN_META_SCHEMA_ID
 
 

@@ -87,9 +87,9 @@ __all__ = [
 
 
 class _Package(types.ModuleType):
-    """`compare` and `flops` are the API's functions and also modules of the package: importing
-    `llm_perf_opt.compare` or `llm_perf_opt.flops.…` would bind the package attribute to the
-    module, so that binding is skipped (the modules stay importable by their full names)."""
+    """`flops` is an API function and also a package of the package: importing
+    `llm_perf_opt.flops.…` would bind the package attribute to the module, so that binding is
+    skipped for the API's names (the modules stay importable by their full names)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name not in _API or not isinstance(value, types.ModuleType):

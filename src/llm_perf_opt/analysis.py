@@ -28,7 +28,6 @@ from llm_perf_opt.attribution import (
     CALL_BATCH_SCHEMA,
     DEFAULT_MEMORY_BUDGET_BYTES,
     GROUPS_SCHEMA,
-    HostViewStream,
     OpFacts,
     OpsPlan,
     RangeSelection,
@@ -40,35 +39,47 @@ from llm_perf_opt.attribution import (
     attribute_whole,
     range_frame,
 )
-from llm_perf_opt.calibration import calibration_of
-from llm_perf_opt.engines import StepFormat, StepNames, formats_for, name_filter, step_names
+from llm_perf_opt.attribution.nesting import ranges_around
 from llm_perf_opt.errors import (
     LlmPerfOptError,
     NoGpuOpsError,
     SelectionError,
     UnorderedTableError,
 )
-from llm_perf_opt.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
+from llm_perf_opt.flops.flops_model import AnalyticFlops, resolve_config
 from llm_perf_opt.flops.hf import HfModel, hf_model_from_dict
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
-from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
 from llm_perf_opt.flops.steps import BOUND_ASSUMPTION, step_costs
 from llm_perf_opt.flops.vision_towers import default_image_size
-from llm_perf_opt.meta import RunMeta, load_meta_file, load_static_compute, meta_from_marks
-from llm_perf_opt.mfu import MfuReport, compute_mfu, plan_ops
-from llm_perf_opt.nesting import ranges_around
-from llm_perf_opt.peak_sources import resolve_peaks
-from llm_perf_opt.peaks import PeakChoice
-from llm_perf_opt.serving import EngineReport, engine_report, step_windows
-from llm_perf_opt.stages import (
+from llm_perf_opt.hostview.stream import HostViewStream
+from llm_perf_opt.inputs.facts import StageInputs, bytes_dtype, choose_context, gpu_of, peak_dtype
+from llm_perf_opt.inputs.run_meta import (
+    RunMeta,
+    load_meta_file,
+    load_static_compute,
+    meta_from_marks,
+)
+from llm_perf_opt.inputs.stage_ranges import (
     RangeRef,
     default_refs,
     missing_stage_message,
     stage_selection_refs,
 )
+from llm_perf_opt.inputs.step_names import (
+    StepFormat,
+    StepNames,
+    formats_for,
+    name_filter,
+    step_names,
+)
+from llm_perf_opt.metrics.engine_view import EngineReport, engine_report, step_windows
+from llm_perf_opt.metrics.mfu import MfuReport, compute_mfu, plan_ops
+from llm_perf_opt.metrics.whole_trace import trace_view
+from llm_perf_opt.peaks.calibration import calibration_of
+from llm_perf_opt.peaks.sources import resolve_peaks
+from llm_perf_opt.peaks.table import PeakChoice
 from llm_perf_opt.trace import Trace, open_trace
 from llm_perf_opt.trace.columns import COMPUTE_OP_KINDS, GPU_OP_TABLES
-from llm_perf_opt.traceview import trace_view
 from llm_perf_opt.vocab import FAMILIES, HF_DECODER_FAMILY, STAGES, LmHeadPositions
 
 Progress = Callable[[str], None]

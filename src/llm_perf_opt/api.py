@@ -24,33 +24,34 @@ from typing import Any, Final, overload
 
 import polars as pl
 
-from llm_perf_opt import analysis, fanout, runs
+from llm_perf_opt import analysis
 from llm_perf_opt.analysis import AnalyzeOptions, Progress
-from llm_perf_opt.compare import (
+from llm_perf_opt.batch import fanout, runs
+from llm_perf_opt.batch.comparison import (
     DEFAULT_MIN_EFFECT_PCT,
     SEED,
     Regressions,
     compare_runs,
     regressions,
 )
-from llm_perf_opt.compare import Comparison as RunComparison
-from llm_perf_opt.compare_report import to_json_text as comparison_json
-from llm_perf_opt.compare_report import to_markdown as comparison_markdown
-from llm_perf_opt.errors import AnalysisError, ConfigError, RunSpecError
-from llm_perf_opt.flops.configs import ModelConfig, builtin_config, load_config_json
-from llm_perf_opt.flops.estimate import estimate_run, parse_crops
-from llm_perf_opt.flops.hf import HfModel
-from llm_perf_opt.flops.hf_model import estimate_hf_run, parse_image_size, read_hf_config
-from llm_perf_opt.mfu import MfuReport
-from llm_perf_opt.peak_sources import parse_peak_source
-from llm_perf_opt.report import levels, to_csv, to_json, to_json_text, to_markdown
-from llm_perf_opt.resultsdb import (
+from llm_perf_opt.batch.comparison import Comparison as RunComparison
+from llm_perf_opt.batch.resultsdb import (
     ResultsDb,
     RunRows,
     record_of,
     rows_from_report,
 )
-from llm_perf_opt.stages import parse_stage_option
+from llm_perf_opt.errors import AnalysisError, ConfigError, RunSpecError
+from llm_perf_opt.flops.configs import ModelConfig, builtin_config, load_config_json
+from llm_perf_opt.flops.estimate import estimate_run, parse_crops
+from llm_perf_opt.flops.hf import HfModel
+from llm_perf_opt.flops.hf_model import estimate_hf_run, parse_image_size, read_hf_config
+from llm_perf_opt.inputs.stage_ranges import parse_stage_option
+from llm_perf_opt.metrics.mfu import MfuReport
+from llm_perf_opt.peaks.sources import parse_peak_source
+from llm_perf_opt.report import levels, to_csv, to_json, to_json_text, to_markdown
+from llm_perf_opt.report.comparison import to_json_text as comparison_json
+from llm_perf_opt.report.comparison import to_markdown as comparison_markdown
 from llm_perf_opt.trace import Trace
 from llm_perf_opt.vocab import DEFAULT_VISION_MODE, FAMILIES, LmHeadPositions
 
@@ -148,7 +149,7 @@ class Analysis:
 
     @property
     def report(self) -> MfuReport:
-        """The `MfuReport` of the one trace (`llm_perf_opt.mfu`: stages, instances, …)."""
+        """The `MfuReport` of the one trace (`llm_perf_opt.metrics.mfu`: stages, instances, …)."""
         return self._one().report
 
     @property

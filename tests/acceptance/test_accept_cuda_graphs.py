@@ -17,7 +17,7 @@ import pytest
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import attribute_frames
-from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.trace import open_trace
 from tests.helpers.paths import TRACES
 

@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.errors import MetaError, MissingInputError
-from llm_perf_opt.meta import load_meta_file, meta_from_marks, parse_meta
+from llm_perf_opt.inputs.run_meta import load_meta_file, meta_from_marks, parse_meta
 from tests.helpers.synth import meta_dict
 
 

@@ -2,7 +2,7 @@
 trace: in one batch (a budget above the trace), in many small ones (the smallest budget), or from
 the whole tables when they are not stored in start order; on every committed trace and on
 generated ones. (The probes of tests/data are too small to stream at the smallest budget;
-tests/onepass holds the fold equal on them in tiny batches.)"""
+tests/fold holds the fold equal on them in tiny batches.)"""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from polars.testing import assert_frame_equal
 
 from llm_perf_opt.analysis import Analysis, AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import MIN_MEMORY_BUDGET_BYTES
+from llm_perf_opt.inputs.stage_ranges import RangeRef
 from llm_perf_opt.report import RENDERERS
-from llm_perf_opt.stages import RangeRef
 from tests.helpers.mutate import mutated
 from tests.helpers.paths import DATA, REPO
 from tests.helpers.serve_export import StepLoop, write_export

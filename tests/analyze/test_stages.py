@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llm_perf_opt.errors import AnalysisError, SelectionError
-from llm_perf_opt.stages import decode_steps, default_refs, group_instances
+from llm_perf_opt.inputs.stage_ranges import decode_steps, default_refs, group_instances
 from tests.helpers.synth import DOMAIN, SynthTrace, runner_like_trace
 
 REFS = default_refs(DOMAIN)

@@ -145,7 +145,7 @@ def test_ranges_out_has_exactly_the_contract_columns() -> None:
 def test_launch_lookup_first_call_wins_and_misses_are_minus_one(offset: int) -> None:
     import numpy as np
 
-    from llm_perf_opt.intervals import first_match
+    from llm_perf_opt.attribution.intervals import first_match
 
     keys = np.array([5, 3, 5, 9, -1]) + np.array([offset] * 4 + [0])
     values = np.array([10, 11, 12, 13, 14])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llm_perf_opt.intervals import (
+from llm_perf_opt.attribution.intervals import (
     chunk_bounds,
     count_in,
     covered_between,

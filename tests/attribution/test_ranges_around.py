@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from llm_perf_opt.nesting import ranges_around, with_structure
+from llm_perf_opt.attribution.nesting import ranges_around, with_structure
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import ROLES
 from tests.helpers.frames import ranges

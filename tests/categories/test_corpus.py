@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from llm_perf_opt.categories import CATEGORIES, classify_names
+from llm_perf_opt.kernels.categories import CATEGORIES, classify_names
 from tests.helpers.paths import DATA
 
 CORPUS = DATA / "kernel_names" / "names.csv"

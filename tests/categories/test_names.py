@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.cli.analyze import main as analyze_cli
-from llm_perf_opt.kernelnames import short_name, short_names
+from llm_perf_opt.kernels.names import short_name, short_names
 from tests.helpers.paths import TRACES
 
 TRACE = TRACES / "dsocr_v1_base.sqlite.xz"

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from llm_perf_opt.batch.resultsdb import SCHEMA_TABLE, SCHEMA_VERSION, ResultsDb
 from llm_perf_opt.cli.analyze import main as analyze_cli
-from llm_perf_opt.resultsdb import SCHEMA_TABLE, SCHEMA_VERSION, ResultsDb
 from tests.helpers.paths import TRACES
 
 TRACE = TRACES / "dsocr_v1_base_h200.sqlite.xz"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from llm_perf_opt.categories import CATEGORIES, RULES, classify_names, with_category
-from llm_perf_opt.kernels import category_shares
+from llm_perf_opt.kernels.categories import CATEGORIES, RULES, classify_names, with_category
+from llm_perf_opt.kernels.shares import category_shares
 from llm_perf_opt.trace import open_trace
 from tests.helpers.paths import TRACES
 from tests.helpers.perop import kernel_entries, top_kernels

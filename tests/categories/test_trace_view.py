@@ -15,8 +15,8 @@ from click.testing import CliRunner
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.attribution import attribute_stream, attribute_whole, range_frame
 from llm_perf_opt.cli.analyze import main as analyze_cli
+from llm_perf_opt.metrics.whole_trace import trace_view
 from llm_perf_opt.trace import open_trace
-from llm_perf_opt.traceview import trace_view
 from tests.helpers.paths import DATA, TRACES
 
 PROBES = sorted((DATA / "h100_probes").glob("*.sqlite"))

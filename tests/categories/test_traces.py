@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.categories import with_category
+from llm_perf_opt.kernels.categories import with_category
 from llm_perf_opt.trace import open_trace
 from tests.helpers.committed import OPTIONS, stem
 from tests.helpers.paths import TRACES

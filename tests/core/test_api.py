@@ -16,8 +16,8 @@ from polars.testing import assert_frame_equal
 import llm_perf_opt
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.flops import cli as flops_cli
+from llm_perf_opt.inputs.stage_ranges import RangeRef
 from llm_perf_opt.report import levels
-from llm_perf_opt.stages import RangeRef
 from tests.helpers.paths import SRC
 
 # the toy probe has no run metadata: the facts come as options (as in tests/core/test_no_torch)
@@ -121,7 +121,7 @@ def test_import_is_cheap_and_the_api_names_survive_their_modules() -> None:
 import sys
 import llm_perf_opt as l
 assert not {"polars", "numpy", "torch"} & set(sys.modules), sorted(sys.modules)
-import llm_perf_opt.compare, llm_perf_opt.flops.analytic
+import llm_perf_opt.batch.comparison, llm_perf_opt.flops.analytic
 from llm_perf_opt.flops import configs
 assert callable(l.flops) and callable(l.compare) and callable(l.analyze), (l.flops, l.compare)
 assert l.flops.__module__ == l.compare.__module__ == "llm_perf_opt.api"

@@ -20,8 +20,8 @@ import torch
 
 from llm_perf_opt.flops import analytic as A
 from llm_perf_opt.flops.configs import builtin_config
-from llm_perf_opt.runner import stages
-from llm_perf_opt.runner.model import BuiltModel, build_model
+from llm_perf_opt.runner import nvtx_stages
+from llm_perf_opt.runner.models import BuiltModel, build_model
 from llm_perf_opt.runner.preprocess import preprocess, synthetic_page
 from llm_perf_opt.runner.static_compute import flop_counter_flops, fvcore_flops, stage_runs
 from llm_perf_opt.vocab import FAMILIES
@@ -45,31 +45,31 @@ def _close(counted: int, expected: int, tolerance: float) -> bool:
 @pytest.mark.parametrize("mode", ["base", "gundam"])
 def test_flop_counter_mode_agrees_on_every_stage(built: BuiltModel, mode: str) -> None:
     config = built.config
-    prepared = stages.prepare_image(built, synthetic_page(0), mode)
+    prepared = nvtx_stages.prepare_image(built, synthetic_page(0), mode)
     if mode == "gundam":
         assert prepared.layout.n_crops > 1  # the A4 page is cut into crops
     layout = A.image_layout(config, mode, prepared.layout.crop_grid)
 
-    vision, embeds = flop_counter_flops(lambda: stages.vision_stage(built, prepared))
+    vision, embeds = flop_counter_flops(lambda: nvtx_stages.vision_stage(built, prepared))
     assert embeds.shape[0] == layout.image_positions
     expected = A.vision_flops(config, layout, "full").total_flops
     assert _close(vision, expected, FLOP_COUNTER_TOLERANCE), (vision, expected)
 
     prefill, (token, past) = flop_counter_flops(
-        lambda: stages.prefill_stage(built, prepared, embeds)
+        lambda: nvtx_stages.prefill_stage(built, prepared, embeds)
     )
     lp = prepared.prefill_len
     expected = A.prefill_flops(config.text, lp, "full").total_flops
     assert _close(prefill, expected, FLOP_COUNTER_TOLERANCE), (prefill, expected)
 
-    decode, _ = flop_counter_flops(lambda: stages.decode_step(built, token, past, lp))
+    decode, _ = flop_counter_flops(lambda: nvtx_stages.decode_step(built, token, past, lp))
     expected = A.decode_flops_per_token(config.text, lp + 1).total_flops
     assert _close(decode, expected, FLOP_COUNTER_TOLERANCE), (decode, expected)
 
 
 @pytest.mark.parametrize("mode", ["base", "gundam"])
 def test_fvcore_times_two_agrees_on_every_stage(built: BuiltModel, mode: str) -> None:
-    prepared = stages.prepare_image(built, synthetic_page(0), mode)
+    prepared = nvtx_stages.prepare_image(built, synthetic_page(0), mode)
     for run in stage_runs(built, prepared, prepared.prefill_len):
         count = fvcore_flops(run.module, run.inputs)
         expected = run.analytic_full.total_flops

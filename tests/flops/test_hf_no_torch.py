@@ -15,7 +15,7 @@ import sys
 from click.testing import CliRunner
 from llm_perf_opt.cli.flops import cli as flops
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
-import llm_perf_opt.mfu, llm_perf_opt.cli.analyze
+import llm_perf_opt.metrics.mfu, llm_perf_opt.cli.analyze
 r = CliRunner().invoke(flops, ["--config", {str(config)!r}, "--format", "json"])
 assert r.exit_code == 0, r.output
 model = HfFlops(read_hf_config({str(config)!r}), "bfloat16")

@@ -7,7 +7,7 @@ import pytest
 
 from llm_perf_opt.flops import analytic, decoders
 from llm_perf_opt.flops.configs import builtin_config
-from llm_perf_opt.flops.serving import text_decoder_spec
+from llm_perf_opt.flops.dsocr_decoder import text_decoder_spec
 from llm_perf_opt.vocab import FAMILIES
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from llm_perf_opt.meta import parse_meta
+from llm_perf_opt.inputs.run_meta import parse_meta
 from tests.helpers.generated import TINY_KERNELS, Tiny
 from tests.helpers.paths import SRC
 from tests.helpers.trace_facts import PROCESS_MASK, Op, Range, connect, innermost

@@ -19,7 +19,7 @@ from llm_perf_opt.attribution import (
     attribute_stream,
     range_frame,
 )
-from llm_perf_opt.hostview import HOST_SCHEMA, breakdown
+from llm_perf_opt.hostview.breakdown import HOST_SCHEMA, breakdown
 from tests.helpers.perop import gpu_view, launch_kinds, top_kernels
 
 GPU_COLUMNS = ("gpu_window_ns", "busy_ns", "starved_ns", "queued_ns", "edge_ns", "n_gpu_ops",

@@ -11,8 +11,8 @@ import polars as pl
 
 from llm_perf_opt.attribution import OpFacts, RangeSelection, attribute_whole, range_frame
 from llm_perf_opt.errors import LlmPerfOptError
-from llm_perf_opt.mfu import plan_ops
-from llm_perf_opt.stages import RangeRef, stage_selection_refs
+from llm_perf_opt.inputs.stage_ranges import RangeRef, stage_selection_refs
+from llm_perf_opt.metrics.mfu import plan_ops
 from llm_perf_opt.trace import API_CALLS_SCHEMA, GPU_OPS_SCHEMA, NVTX_RANGES_SCHEMA
 from llm_perf_opt.vocab import STAGES
 

@@ -6,19 +6,21 @@ these on real and generated traces."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 import polars as pl
 
-from llm_perf_opt import intervals
-from llm_perf_opt.hostview import (
-    CALLS_SCHEMA,
+from llm_perf_opt.attribution import intervals
+from llm_perf_opt.attribution.gpu_view import (
     GPU_GROUPS_SCHEMA,
     GPU_PARTS,
     GPU_WINDOWS_SCHEMA,
-    HOST_SCHEMA,
     WINDOWS_SCHEMA,
     GpuView,
+)
+from llm_perf_opt.hostview.breakdown import (
+    HOST_SCHEMA,
     add_thread_parts,
     call_arrays,
     call_flags,
@@ -28,7 +30,31 @@ from llm_perf_opt.hostview import (
     sort_calls,
     sync_counts,
 )
-from llm_perf_opt.kernels import KernelShare, LaunchKinds, kernel_shares, launch_kinds_of
+from llm_perf_opt.kernels.shares import KernelShare, LaunchKinds, kernel_shares, launch_kinds_of
+
+# `Trace.api_calls(with_names=True)`.
+CALLS_SCHEMA: Final = pl.Schema(
+    {
+        "global_tid": pl.Int64,
+        "global_pid": pl.Int64,
+        "correlation_id": pl.Int64,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+        "name": pl.String,
+    }
+)
+# What is used of `Trace.sync_events()`.
+SYNCS_SCHEMA: Final = pl.Schema({"global_pid": pl.Int64, "correlation_id": pl.Int64})
+# What the GPU view reads of `Attribution.ops`.
+OPS_SCHEMA: Final = pl.Schema(
+    {
+        "range_id": pl.Int64,
+        "launch_ns": pl.Int64,
+        "device_id": pl.Int32,
+        "start_ns": pl.Int64,
+        "end_ns": pl.Int64,
+    }
+)
 
 
 def launch_kinds(ops: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, LaunchKinds]:

@@ -1,9 +1,9 @@
 """The MFU report of a real trace, rebuilt from independent pieces (the acceptance oracle).
 
-Nothing here calls `llm_perf_opt.mfu` or `llm_perf_opt.report`: FLOPs and bytes come from
+Nothing here calls `llm_perf_opt.metrics.mfu` or `llm_perf_opt.report`: FLOPs and bytes come from
 `flops.analytic` and the config the runner recorded in the trace's metadata mark, GPU time from
 `attribution.attribute` on the stage ranges (inclusive columns), the peak from NVIDIA's datasheet
-(typed in here, not read from `llm_perf_opt.peaks`), wall time from the metadata's
+(typed in here, not read from `llm_perf_opt.peaks.table`), wall time from the metadata's
 `images[i].wall_s`. Warmup ranges are recognized by time containment in the `warmup` range, not by
 the analyzer's path rule.
 """
@@ -18,9 +18,9 @@ import numpy as np
 import polars as pl
 
 from llm_perf_opt.attribution import Attribution
-from llm_perf_opt.categories import CATEGORIES, classify_names
 from llm_perf_opt.flops import analytic, traffic
 from llm_perf_opt.flops.configs import ModelConfig
+from llm_perf_opt.kernels.categories import CATEGORIES, classify_names
 from tests.helpers.recompute_host import HostReference, with_host
 
 STAGES: Final = ("vision", "prefill", "decode")

@@ -14,7 +14,7 @@ import polars as pl
 
 from llm_perf_opt.attribution import Attribution, RangeSelection, attribute_frames
 from llm_perf_opt.flops.configs import builtin_config
-from llm_perf_opt.peaks import PeakChoice
+from llm_perf_opt.peaks.table import PeakChoice
 from llm_perf_opt.trace import API_CALLS_SCHEMA, GPU_OPS_SCHEMA, NVTX_RANGES_SCHEMA
 from tests.helpers.frames import PID, call_row, gpid, gtid, op_row, range_row
 

@@ -1,4 +1,4 @@
-"""Each clause of the host/GPU breakdown on hand-built frames (llm_perf_opt.hostview)."""
+"""Each clause of the host/GPU breakdown on hand-built frames (llm_perf_opt.hostview.breakdown)."""
 
 from __future__ import annotations
 
@@ -10,20 +10,13 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import RangeSelection, attribute_frames
+from llm_perf_opt.attribution.gpu_view import GpuView
 from llm_perf_opt.attribution.sweep import WindowTotals
-from llm_perf_opt.hostview import (
-    CALLS_SCHEMA,
-    OPS_SCHEMA,
-    SYNCS_SCHEMA,
-    GpuView,
-    HostGpuView,
-    breakdown,
-    stage_windows,
-)
-from llm_perf_opt.verdict import NO_BREAKDOWN, UnitCounts, Verdict, classify
+from llm_perf_opt.hostview.breakdown import HostGpuView, breakdown, stage_windows
+from llm_perf_opt.metrics.verdict import NO_BREAKDOWN, UnitCounts, Verdict, classify
 from tests.helpers.frames import gpid, gtid, ops_and_calls, ranges
+from tests.helpers.perop import CALLS_SCHEMA, OPS_SCHEMA, SYNCS_SCHEMA, host_view
 from tests.helpers.perop import gpu_view as reference_gpu_view
-from tests.helpers.perop import host_view
 
 MAIN, WORKER = gtid(1), gtid(2)
 

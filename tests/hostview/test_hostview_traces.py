@@ -12,9 +12,9 @@ from typing import Final
 import pytest
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.mfu import MfuReport
-from llm_perf_opt.plots import write_plots
+from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.report import to_json, to_markdown
+from llm_perf_opt.report.plots import write_plots
 from tests.helpers.paths import REPO
 
 # Host syncs per decode step: the eager per-expert loop syncs after every routing `nonzero`

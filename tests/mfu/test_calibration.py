@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from llm_perf_opt.calibration import calibration_of, parse_calibration
 from llm_perf_opt.errors import MetaError
-from llm_perf_opt.meta import load_meta_file, parse_meta
+from llm_perf_opt.inputs.run_meta import load_meta_file, parse_meta
+from llm_perf_opt.peaks.calibration import calibration_of, parse_calibration
 from tests.helpers.calibration import CALIBRATION, calibrated_meta
 from tests.helpers.committed import V1_META as META
 

@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 
 from llm_perf_opt.errors import AnalysisError, MissingInputError, NoGpuTimeError, SelectionError
-from llm_perf_opt.facts import ContextChoice, StageInputs
-from llm_perf_opt.meta import parse_meta
-from llm_perf_opt.mfu import MfuReport, compute_mfu
-from llm_perf_opt.stages import RangeRef, default_refs
-from llm_perf_opt.verdict import NO_BREAKDOWN
+from llm_perf_opt.inputs.facts import ContextChoice, StageInputs
+from llm_perf_opt.inputs.run_meta import parse_meta
+from llm_perf_opt.inputs.stage_ranges import RangeRef, default_refs
+from llm_perf_opt.metrics.mfu import MfuReport, compute_mfu
+from llm_perf_opt.metrics.verdict import NO_BREAKDOWN
 from tests.helpers.mfu_inputs import synth_inputs
 from tests.helpers.synth import (
     DOMAIN,

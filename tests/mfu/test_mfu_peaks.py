@@ -1,10 +1,10 @@
-"""GPU peak lookup: nsys/nvidia-smi names → datasheet rows (llm_perf_opt.peaks)."""
+"""GPU peak lookup: nsys/nvidia-smi names → datasheet rows (llm_perf_opt.peaks.table)."""
 
 from __future__ import annotations
 
 import pytest
 
-from llm_perf_opt.peaks import UnknownGpuError, choose_peak, lookup_gpu
+from llm_perf_opt.peaks.table import UnknownGpuError, choose_peak, lookup_gpu
 
 
 @pytest.mark.parametrize(

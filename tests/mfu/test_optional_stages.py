@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.errors import ConfigError, SelectionError
-from llm_perf_opt.facts import ContextChoice, StageInputs
 from llm_perf_opt.flops import decoders, vision_towers
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
-from llm_perf_opt.mfu import compute_mfu
-from llm_perf_opt.stages import default_refs
+from llm_perf_opt.inputs.facts import ContextChoice, StageInputs
+from llm_perf_opt.inputs.stage_ranges import default_refs
+from llm_perf_opt.metrics.mfu import compute_mfu
 from tests.helpers.mfu_inputs import synth_inputs
 from tests.helpers.paths import REPO
 from tests.helpers.synth import DOMAIN, PEAK, LinearFlops, SynthTrace

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from llm_perf_opt.calibration import parse_calibration
-from llm_perf_opt.peak_sources import PeakSourceError, parse_peak_source, resolve_peaks
-from llm_perf_opt.peaks import UnknownGpuError
+from llm_perf_opt.peaks.calibration import parse_calibration
+from llm_perf_opt.peaks.sources import PeakSourceError, parse_peak_source, resolve_peaks
+from llm_perf_opt.peaks.table import UnknownGpuError
 from tests.helpers.calibration import CALIBRATION
 
 H100 = "NVIDIA H100 80GB HBM3"

@@ -23,14 +23,14 @@ import sqlite_utils
 from benchmarks.gen_trace import generate
 from click.testing import Result
 
-import llm_perf_opt.resultsdb as resultsdb
+import llm_perf_opt.batch.resultsdb as resultsdb
+from llm_perf_opt.batch.comparison import compare_runs, regressions, unique_runs
+from llm_perf_opt.batch.resultsdb import SCHEMA_TABLE, TABLES, ResultsDb
+from llm_perf_opt.batch.runs import EXIT_SOME_FAILED, expand_traces
 from llm_perf_opt.cli._common import DeclaredPath, FiniteFloat
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
 from llm_perf_opt.cli.flops import cli as flops_cli
-from llm_perf_opt.compare import compare_runs, regressions, unique_runs
-from llm_perf_opt.resultsdb import SCHEMA_TABLE, TABLES, ResultsDb
-from llm_perf_opt.runs import EXIT_SOME_FAILED, expand_traces
 from tests.helpers.committed import PROBE, PROBE_STAGES
 from tests.helpers.contract import analyze, assert_error, assert_ok, invoke
 from tests.helpers.mutate import digest, mutated

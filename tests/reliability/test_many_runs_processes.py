@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pytest
 
-import llm_perf_opt.fanout as fanout
-import llm_perf_opt.runs as runs
+import llm_perf_opt.batch.fanout as fanout
+import llm_perf_opt.batch.runs as runs
 from tests.helpers.contract import analyze, assert_error
 from tests.helpers.paths import REPO, SRC
 

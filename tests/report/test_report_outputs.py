@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from llm_perf_opt.facts import ContextChoice, StageInputs
-from llm_perf_opt.meta import parse_meta
-from llm_perf_opt.mfu import MfuReport, compute_mfu
-from llm_perf_opt.plots import write_plots
+from llm_perf_opt.inputs.facts import ContextChoice, StageInputs
+from llm_perf_opt.inputs.run_meta import parse_meta
+from llm_perf_opt.inputs.stage_ranges import default_refs
+from llm_perf_opt.metrics.mfu import MfuReport, compute_mfu
 from llm_perf_opt.report import (
     CSV_COLUMNS,
     render_table,
@@ -22,7 +22,7 @@ from llm_perf_opt.report import (
     to_markdown,
     write_ranges_csv,
 )
-from llm_perf_opt.stages import default_refs
+from llm_perf_opt.report.plots import write_plots
 from tests.helpers.mfu_inputs import synth_inputs
 from tests.helpers.paths import REPO
 from tests.helpers.reports import RANGES_HEADER, STATIC, png_size

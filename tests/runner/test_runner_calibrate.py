@@ -25,7 +25,7 @@ import torch
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.runner import calibrate as cal
 from llm_perf_opt.runner.cli import main
-from llm_perf_opt.runner.model import build_model
+from llm_perf_opt.runner.models import build_model
 from llm_perf_opt.schemas import check_run_meta
 from tests.helpers.paths import TRACES
 

@@ -18,7 +18,7 @@ pytest.importorskip("PIL", reason="needs the runner extra: pip install -e '.[run
 import torch
 from PIL import Image
 
-from llm_perf_opt.runner import pipeline, stages
+from llm_perf_opt.runner import nvtx_stages, pipeline
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.schemas import load_schema, validate
 from tests.helpers.nvtx import DOMAIN, Node, NvtxRecorder
@@ -128,7 +128,7 @@ def test_image_files_are_read_and_recorded(tmp_path: Path, recorder: NvtxRecorde
 
 def _spy_on_vision(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
-    real = stages.vision_stage
+    real = nvtx_stages.vision_stage
 
     def spy(built: Any, prepared: Any) -> torch.Tensor:
         seen.append(prepared.pixel_values.clone())
@@ -285,7 +285,7 @@ def test_cudnn_attention_is_excluded_during_the_run_unless_asked(
     allow: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorder: NvtxRecorder
 ) -> None:
     seen: list[bool] = []
-    real = stages.decode_step
+    real = nvtx_stages.decode_step
 
     def spy(*args: Any) -> Any:
         seen.append(_cudnn_on())

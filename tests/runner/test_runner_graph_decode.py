@@ -21,10 +21,10 @@ import nvtx
 import torch
 
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.runner import stages
+from llm_perf_opt.runner import nvtx_stages
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.runner.graph_decode import StaticDecoder
-from llm_perf_opt.runner.model import build_model
+from llm_perf_opt.runner.models import build_model
 from llm_perf_opt.runner.preprocess import synthetic_page
 from llm_perf_opt.runner.settings import settings_from
 
@@ -76,11 +76,13 @@ def test_unwritten_cache_slots_are_masked() -> None:
     built = build_model(
         "deepseek-ocr", tiny=True, dtype=torch.float32, experts_implementation="grouped_mm"
     )
-    prepared = stages.prepare_image(built, synthetic_page(1, (1000, 1414)), "base")
+    prepared = nvtx_stages.prepare_image(built, synthetic_page(1, (1000, 1414)), "base")
     lp = prepared.prefill_len
     runs = []
     for garbage in (0.0, 1e4):
-        token, past = stages.prefill_stage(built, prepared, stages.vision_stage(built, prepared))
+        token, past = nvtx_stages.prefill_stage(
+            built, prepared, nvtx_stages.vision_stage(built, prepared)
+        )
         decoder = StaticDecoder(built, lp + 16, capture=True)  # capture is a no-op on CPU
         with torch.inference_mode():
             for layer in decoder.cache.layers:

@@ -14,9 +14,9 @@ import torch
 from transformers import DeepseekOcr2Config, DeepseekOcr2ForConditionalGeneration
 
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.runner.model import ModelLoadError, build_model, load_local
+from llm_perf_opt.runner.models import ModelLoadError, build_model, load_local
+from llm_perf_opt.runner.nvtx_stages import decode_step, prefill_stage, prepare_image, vision_stage
 from llm_perf_opt.runner.preprocess import synthetic_page
-from llm_perf_opt.runner.stages import decode_step, prefill_stage, prepare_image, vision_stage
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,7 @@ pytest.importorskip("nvtx", reason="needs the runner extra: pip install -e '.[ru
 import torch
 
 from llm_perf_opt.errors import NoGpuOpsError
-from llm_perf_opt.meta import meta_from_marks
+from llm_perf_opt.inputs.run_meta import meta_from_marks
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.trace import open_trace
 from llm_perf_opt.vocab import RUN_META_TRACE_KEY

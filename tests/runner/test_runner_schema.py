@@ -17,7 +17,7 @@ pytest.importorskip("transformers", reason="needs the runner extra: pip install 
 import torch
 
 from llm_perf_opt.errors import MetaError
-from llm_perf_opt.meta import parse_meta
+from llm_perf_opt.inputs.run_meta import parse_meta
 from llm_perf_opt.runner.cli import main
 from llm_perf_opt.schemas import (
     check_run_meta,

@@ -23,17 +23,17 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from llm_perf_opt.errors import MetaError
 from llm_perf_opt.flops import analytic, decoders
+from llm_perf_opt.flops.dsocr_decoder import text_decoder_spec
 from llm_perf_opt.flops.hf import DecoderSpec, hf_model_from_dict
-from llm_perf_opt.flops.serving import text_decoder_spec
-from llm_perf_opt.meta import check_serve, parse_meta
+from llm_perf_opt.inputs.run_meta import check_serve, parse_meta
 from llm_perf_opt.runner import serve
 from llm_perf_opt.runner.cli import main
-from llm_perf_opt.runner.model import build_model
+from llm_perf_opt.runner.models import build_model
 from llm_perf_opt.runner.nvtx_marks import Annotator
+from llm_perf_opt.runner.nvtx_stages import prepare_image
 from llm_perf_opt.runner.pipeline import run_image
 from llm_perf_opt.runner.preprocess import synthetic_page
 from llm_perf_opt.runner.schedule import Entry, Request, Scheduler
-from llm_perf_opt.runner.stages import prepare_image
 from llm_perf_opt.schemas import check_run_meta
 from llm_perf_opt.vocab import FAMILIES, SERVE_SCOPES
 from tests.helpers.nvtx import DOMAIN, NvtxRecorder

@@ -9,9 +9,8 @@ pytest.importorskip("torch", reason="needs the runner extra: pip install -e '.[r
 pytest.importorskip("transformers", reason="needs the runner extra: pip install -e '.[runner]'")
 import torch
 
-from llm_perf_opt.runner.model import BuiltModel, build_model
-from llm_perf_opt.runner.preprocess import synthetic_page
-from llm_perf_opt.runner.stages import (
+from llm_perf_opt.runner.models import BuiltModel, build_model
+from llm_perf_opt.runner.nvtx_stages import (
     INSTRUCTION_TOKEN_IDS,
     PreparedImage,
     decode_step,
@@ -21,6 +20,7 @@ from llm_perf_opt.runner.stages import (
     vision_stage,
     with_random_pixels,
 )
+from llm_perf_opt.runner.preprocess import synthetic_page
 
 torch.set_num_threads(1)
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
+from llm_perf_opt.batch.runs import EXIT_SOME_FAILED, expand_paths, is_batch
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.errors import NoTracesError
-from llm_perf_opt.runs import EXIT_SOME_FAILED, expand_paths, is_batch
 
 
 def invoke(*args: str | Path) -> Result:

@@ -13,10 +13,15 @@ import pytest
 from click.testing import CliRunner, Result
 
 from llm_perf_opt.analysis import AnalyzeOptions
+from llm_perf_opt.batch.comparison import (
+    compare_runs,
+    regressions,
+    small_sample_widening,
+    verdict_of,
+)
+from llm_perf_opt.batch.fanout import analyze_one
+from llm_perf_opt.batch.resultsdb import ResultsDb, RunRows
 from llm_perf_opt.cli.compare import main
-from llm_perf_opt.compare import compare_runs, regressions, small_sample_widening, verdict_of
-from llm_perf_opt.fanout import analyze_one
-from llm_perf_opt.resultsdb import ResultsDb, RunRows
 from tests.helpers.committed import V1_XZ
 
 Row = Mapping[str, Any]

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from llm_perf_opt import fanout
 from llm_perf_opt.analysis import AnalyzeOptions
+from llm_perf_opt.batch import fanout
+from llm_perf_opt.batch.fanout import DaskError, analyze_many
+from llm_perf_opt.batch.resultsdb import VOLATILE_COLUMNS, ResultsDb
 from llm_perf_opt.cli.analyze import main
-from llm_perf_opt.fanout import DaskError, analyze_many
-from llm_perf_opt.resultsdb import VOLATILE_COLUMNS, ResultsDb
 
 distributed = pytest.importorskip("distributed")
 

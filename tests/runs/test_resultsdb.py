@@ -17,9 +17,8 @@ import sqlite_utils
 from click.testing import CliRunner
 
 from llm_perf_opt.analysis import AnalyzeOptions
-from llm_perf_opt.cli.analyze import main
-from llm_perf_opt.fanout import analyze_one
-from llm_perf_opt.resultsdb import (
+from llm_perf_opt.batch.fanout import analyze_one
+from llm_perf_opt.batch.resultsdb import (
     TABLES,
     ResultsDb,
     ResultsDbError,
@@ -27,6 +26,7 @@ from llm_perf_opt.resultsdb import (
     options_json,
     run_id_of,
 )
+from llm_perf_opt.cli.analyze import main
 from tests.helpers.paths import REPO
 
 
@@ -106,8 +106,8 @@ KILLED_WRITER = textwrap.dedent(
     import sys
     from dataclasses import replace
     from llm_perf_opt.analysis import AnalyzeOptions
-    from llm_perf_opt.resultsdb import ResultsDb
-    from llm_perf_opt.fanout import analyze_one
+    from llm_perf_opt.batch.resultsdb import ResultsDb
+    from llm_perf_opt.batch.fanout import analyze_one
 
     result = analyze_one(sys.argv[2], AnalyzeOptions())
     step = result.report.decode_steps[0]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from llm_perf_opt.batch.resultsdb import ResultsDb
 from llm_perf_opt.cli.analyze import main as analyze_cli
 from llm_perf_opt.cli.compare import main as compare_cli
-from llm_perf_opt.resultsdb import ResultsDb
 from tests.helpers.committed import LLAMA_CONFIG
 from tests.helpers.serve_export import StepLoop, write_export
 

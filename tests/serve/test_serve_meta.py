@@ -13,13 +13,13 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.engines import formats_for, step_names
 from llm_perf_opt.flops.configs import builtin_config
+from llm_perf_opt.flops.flops_model import AnalyticFlops
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
-from llm_perf_opt.flops.model import AnalyticFlops
 from llm_perf_opt.flops.steps import request_work, step_costs
-from llm_perf_opt.meta import RunMeta, parse_meta
-from llm_perf_opt.serving import engine_report
+from llm_perf_opt.inputs.run_meta import RunMeta, parse_meta
+from llm_perf_opt.inputs.step_names import formats_for, step_names
+from llm_perf_opt.metrics.engine_view import engine_report
 from tests.helpers.committed import LLAMA_CONFIG
 from tests.helpers.paths import REPO
 from tests.helpers.serve_export import StepLoop, write_export

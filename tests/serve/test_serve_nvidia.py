@@ -18,14 +18,14 @@ import polars as pl
 import pytest
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.engines import formats_for, name_filter, step_names
+from llm_perf_opt.flops.flops_model import AnalyticFlops, resolve_config
 from llm_perf_opt.flops.hf import hf_model_from_dict
 from llm_perf_opt.flops.hf_model import HfFlops
-from llm_perf_opt.flops.model import AnalyticFlops, resolve_config
 from llm_perf_opt.flops.steps import step_costs
-from llm_perf_opt.meta import RunMeta
-from llm_perf_opt.mfu import MfuReport
-from llm_perf_opt.serving import engine_report
+from llm_perf_opt.inputs.run_meta import RunMeta
+from llm_perf_opt.inputs.step_names import formats_for, name_filter, step_names
+from llm_perf_opt.metrics.engine_view import engine_report
+from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.vocab import HF_DECODER_FAMILY
 from tests.helpers.committed import LLAMA_CONFIG
 from tests.helpers.oracles import read_projection

@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
 from llm_perf_opt.cli.analyze import main as analyze_cli
-from llm_perf_opt.engines import STEP_FORMATS, formats_for, step_names
-from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.inputs.step_names import STEP_FORMATS, formats_for, step_names
+from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.report import to_csv, to_json, to_markdown
 from llm_perf_opt.vocab import VLLM_STEP_NAME
 from tests.helpers.committed import LLAMA_CONFIG

@@ -18,11 +18,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from llm_perf_opt.engines import STEP_COUNTS
 from llm_perf_opt.flops import analytic, decoders, traffic
 from llm_perf_opt.flops.configs import builtin_config
+from llm_perf_opt.flops.flops_model import AnalyticFlops
 from llm_perf_opt.flops.hf_model import HfFlops, read_hf_config
-from llm_perf_opt.flops.model import AnalyticFlops
 from llm_perf_opt.flops.steps import (
     StepCosts,
     attention_pairs,
@@ -30,6 +29,7 @@ from llm_perf_opt.flops.steps import (
     step_costs,
     step_work,
 )
+from llm_perf_opt.inputs.step_names import STEP_COUNTS
 from tests.helpers.committed import LLAMA_CONFIG
 
 # (query tokens q, context c before the step, is it a context request)

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from polars.testing import assert_frame_equal
 
 from llm_perf_opt.attribution import attribute
+from llm_perf_opt.batch.runs import expand_paths, is_batch
 from llm_perf_opt.cli.analyze import main
 from llm_perf_opt.errors import (
     CorruptTraceError,
@@ -23,7 +24,6 @@ from llm_perf_opt.errors import (
     NoNvtxEventsError,
     WrongFileKindError,
 )
-from llm_perf_opt.runs import expand_paths, is_batch
 from llm_perf_opt.trace import SqliteTrace, TableTrace, open_trace
 from tests.helpers.committed import LLAMA_CONFIG
 from tests.helpers.oracles import kernel_sums, projection_mismatches

@@ -22,7 +22,7 @@ import pytest
 from perfetto.protos.perfetto.trace.perfetto_trace_pb2 import Trace, TrackEvent
 
 from llm_perf_opt.analysis import AnalyzeOptions, analyze_trace
-from llm_perf_opt.timeline import (
+from llm_perf_opt.report.perfetto import (
     STEP_COUNTERS,
     TimelineStats,
     _clipped,

@@ -4,15 +4,15 @@ One engine, a fold over ops in start order (`fold`): `attribute_stream` over bat
 start order, in memory bounded by a budget, or `attribute_whole` over whole tables in any order.
 What it applies is the rule (`rule`: the declarations, the range frame); what it sums, the
 `totals` (per range, kind, reason, group, decode step) and the `sweep` (busy unions, GPU view
-of windows); `calls` holds the launch calls an op batch joins. `facts.OpFacts` answers the
+of windows); `calls` holds the launch calls an op batch joins; `intervals` and `nesting` are
+the sorted interval and range-structure arithmetic it runs on. `queries.OpFacts` answers the
 report's questions from the sums; `perop.attribute` returns the per-op frame on request;
-`host.HostViewStream` sums the host side of the same windows from the CUDA API calls.
+`gpu_view` declares the GPU view of windows that the sweep sums (the host side: `hostview`).
 """
 
-from llm_perf_opt.attribution.facts import OpFacts, OpsPlan
 from llm_perf_opt.attribution.fold import ReadAhead, attribute_stream, attribute_whole
-from llm_perf_opt.attribution.host import HostViewStream
 from llm_perf_opt.attribution.perop import Attribution, attribute, attribute_frames
+from llm_perf_opt.attribution.queries import OpFacts, OpsPlan
 from llm_perf_opt.attribution.rule import (
     ATTRIBUTED_BY,
     OPS_SCHEMA,
@@ -61,7 +61,6 @@ __all__ = [
     "UNATTRIBUTED_REASON",
     "UNATTRIBUTED_SCHEMA",
     "Attribution",
-    "HostViewStream",
     "OpFacts",
     "OpsPlan",
     "RangeSelection",

@@ -39,10 +39,10 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from llm_perf_opt.errors import SelectionError
-from llm_perf_opt.nesting import (
+from llm_perf_opt.attribution.nesting import (
     with_structure,
 )
+from llm_perf_opt.errors import SelectionError
 from llm_perf_opt.trace import (
     GPU_OPS_SCHEMA,
     NVTX_RANGES_SCHEMA,

@@ -50,14 +50,13 @@ LAUNCH_KINDS_SCHEMA: Final = pl.Schema(
 # Per group and kernel name (or CUDA graph traced whole, `graph_key`): what `mfu._top_kernels`
 # ranks, every entry (a group's share denominator is the sum of its `total_ns`).
 TOP_KERNELS_SCHEMA: Final = pl.Schema(
-    {  # type: ignore[arg-type]  # mypy widens the mixed dtype values to object
-        "group": pl.String,
-        "kind": OP_KINDS,
-        "name_id": pl.Int32,
-        "graph_key": pl.UInt32,
-        "count": pl.Int64,
-        "total_ns": pl.Int64,
-    }
+    [
+        ("group", pl.String),
+        *((c, GPU_OPS_SCHEMA[c]) for c in ("kind", "name_id")),
+        ("graph_key", GPU_OPS_SCHEMA["graph_id"]),
+        ("count", pl.Int64),
+        ("total_ns", pl.Int64),
+    ]
 )
 # Per decode-step window (`hostview.STEP_GROUP`) and kernel name or graph: the entries
 # (`kernels.kernel_entries`) of the window's ops, for a step's kernel categories.
@@ -118,9 +117,10 @@ class StreamOrderError(TraceError):
 @dataclass(frozen=True)
 class StreamBudget:
     """Rows held at once, from a memory budget in bytes: half for an op batch and its pairs, a
-    sixteenth for a piece of call batch, a quarter for the window of recent launch calls (six
-    pieces), an eighth for ops that wait (a CUDA graph row until its replay ends, ops without a
-    call yet), an eighth for the launch latencies of open windows before they are summed."""
+    sixteenth for a piece of call batch, a quarter for the window of recent launch calls
+    (six pieces), an eighth for ops that wait (a CUDA graph row until its replay ends, ops
+    without a call yet), an eighth for the launch latencies of open windows before they are
+    summed."""
 
     op_batch_rows: int
     call_batch_rows: int
@@ -142,13 +142,14 @@ class StreamBudget:
                 f"a memory budget of {memory_budget_bytes} bytes is too small: give at least "
                 f"{MIN_MEMORY_BUDGET_BYTES} bytes (1 MiB)"
             )
+        op_rows = memory_budget_bytes // 2 // BYTES_PER_OP_ROW
         return cls(
-            op_batch_rows=memory_budget_bytes // 2 // BYTES_PER_OP_ROW,
+            op_batch_rows=op_rows,
             call_batch_rows=memory_budget_bytes // 16 // BYTES_PER_CALL_ROW,
             live_calls=memory_budget_bytes // 4 // BYTES_PER_LIVE_CALL,
             waiting_ops=memory_budget_bytes // 8 // BYTES_PER_OP_ROW,
             latency_rows=memory_budget_bytes // 8 // BYTES_PER_LATENCY_ROW,
-            pair_rows=memory_budget_bytes // 2 // BYTES_PER_OP_ROW * PAIRS_PER_OP,
+            pair_rows=op_rows * PAIRS_PER_OP,
         )
 
     @classmethod

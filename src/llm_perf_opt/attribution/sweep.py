@@ -25,14 +25,14 @@ import numpy as np
 import polars as pl
 
 from llm_perf_opt.attribution.calls import EMPTY, INT64_MAX, INT64_MIN
-from llm_perf_opt.errors import CorruptTraceError
-from llm_perf_opt.hostview import (
+from llm_perf_opt.attribution.gpu_view import (
     GPU_GROUPS_SCHEMA,
     GPU_WINDOWS_SCHEMA,
     STEP_GROUP,
     WINDOWS_SCHEMA,
 )
-from llm_perf_opt.intervals import searchsorted_in, segmented_prev_max, sorted_by
+from llm_perf_opt.attribution.intervals import searchsorted_in, segmented_prev_max, sorted_by
+from llm_perf_opt.errors import CorruptTraceError
 
 # A (key, latency) pair as one int64: the key above 40 bits of latency + 2^39 ns (±9 minutes).
 LATENCY_BITS: Final = 40

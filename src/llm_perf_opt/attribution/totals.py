@@ -11,6 +11,8 @@ import numpy as np
 import polars as pl
 
 from llm_perf_opt.attribution.calls import INT64_MAX, LaunchCalls
+from llm_perf_opt.attribution.intervals import chunk_bounds, sorted_by
+from llm_perf_opt.attribution.nesting import innermost_containing, selected_chain
 from llm_perf_opt.attribution.rule import ATTRIBUTED_BY, UNATTRIBUTED_REASON, launch_slices
 from llm_perf_opt.attribution.schemas import (
     DEVICE_OPS_SCHEMA,
@@ -26,8 +28,6 @@ from llm_perf_opt.attribution.schemas import (
     StreamBudget,
 )
 from llm_perf_opt.attribution.sweep import RangeTotals, WindowTotals
-from llm_perf_opt.intervals import chunk_bounds, sorted_by
-from llm_perf_opt.nesting import innermost_containing, selected_chain
 from llm_perf_opt.trace import OP_KINDS, process_key
 
 KINDS: Final = tuple(OP_KINDS.categories.to_list())

@@ -21,12 +21,12 @@ import click
 from rich.console import Console
 
 from llm_perf_opt import vocab
+from llm_perf_opt.batch.stopping import stop_on_signals
 from llm_perf_opt.errors import LlmPerfOptError, OutputError
-from llm_perf_opt.stopping import stop_on_signals
+from llm_perf_opt.inputs.user_files import RunFiles, output_error
+from llm_perf_opt.inputs.user_files import output_file as output_file  # the CLIs' output helpers
+from llm_perf_opt.inputs.user_files import writing as writing  # live with RunFiles
 from llm_perf_opt.trace import remove_scratch, scratch_dirs
-from llm_perf_opt.userfiles import RunFiles, output_error
-from llm_perf_opt.userfiles import output_file as output_file  # the CLIs' output helpers
-from llm_perf_opt.userfiles import writing as writing  # live with RunFiles
 
 # An error line longer than this is cut (a 1 MB NVTX name is not echoed whole).
 MAX_ERROR_CHARS: Final = 600

@@ -14,13 +14,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bars
 
-from llm_perf_opt import api, runs, vocab
+from llm_perf_opt import api, vocab
 from llm_perf_opt.analysis import Analysis, AnalyzeOptions, Progress
 from llm_perf_opt.attribution import (
     DEFAULT_MEMORY_BUDGET_BYTES,
     MEMORY_BUDGET_FLOOR_BYTES,
     StreamBudget,
 )
+from llm_perf_opt.batch import runs
 from llm_perf_opt.cli._common import (
     ANALYZE_FORMATS,
     MAX_TOKENS,
@@ -40,11 +41,11 @@ from llm_perf_opt.cli._common import (
 )
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
-from llm_perf_opt.peak_sources import parse_peak_source
+from llm_perf_opt.inputs.stage_ranges import parse_stage_option
+from llm_perf_opt.inputs.user_files import RunFiles
+from llm_perf_opt.peaks.sources import parse_peak_source
 from llm_perf_opt.report import RENDERERS, render_table, rich_table, write_ranges_csv
-from llm_perf_opt.stages import parse_stage_option
 from llm_perf_opt.trace import Trace
-from llm_perf_opt.userfiles import RunFiles
 
 # Show a status line on stderr for traces at least this large even when stderr is not a TTY.
 LARGE_TRACE_BYTES: Final = 200 * 1024 * 1024
@@ -167,7 +168,7 @@ def _run(trace: Path, kw: dict[str, Any]) -> None:
         with output_file(kw["html"]) as handle:
             handle.write(report_html(report))
     if kw["plots"]:
-        from llm_perf_opt.plots import write_plots  # matplotlib costs 0.3 s: only when asked
+        from llm_perf_opt.report.plots import write_plots  # matplotlib costs 0.3 s: only when asked
 
         with writing(kw["plots"]):
             for path in write_plots(report, kw["plots"]):
@@ -178,7 +179,7 @@ def _timeline(path: Path, kw: dict[str, Any]) -> Callable[[Trace, Analysis], Non
     """What writes the Perfetto trace once the report is made, from the still open trace."""
 
     def write(trace: Trace, analysis: Analysis) -> None:
-        from llm_perf_opt.timeline import write_timeline  # protobuf: only when asked
+        from llm_perf_opt.report.perfetto import write_timeline  # protobuf: only when asked
 
         assert analysis.report is not None
         rows = StreamBudget.of(kw["memory_budget"]).op_batch_rows
@@ -334,9 +335,9 @@ def _timeline(path: Path, kw: dict[str, Any]) -> Callable[[Trace, Analysis], Non
     show_default=True,
     metavar="SIZE",
     callback=lambda _ctx, _param, value: _budget_floor(value),
-    help="Memory for the trace's rows, e.g. 512M or 4G (per trace of a batch). A trace whose "
-    "GPU ops fit it is read whole (fastest); a larger one in one pass over batches, so peak "
-    "memory stays near this plus the NVTX ranges, whatever the trace's length (docs/inputs.md). "
+    help="Memory for the trace's rows, e.g. 512M or 4G (per trace of a batch). The GPU ops and "
+    "CUDA calls are attributed in one pass over batches of this size, so peak memory stays near "
+    "it plus the NVTX ranges, whatever the trace's length (docs/inputs.md). "
     f"Below {MEMORY_BUDGET_FLOOR_BYTES >> 20}M it is raised to that, with a note.",
 )
 @output_option(

@@ -11,8 +11,10 @@ import click
 from rich.console import Console, Group
 from rich.text import Text
 
-from llm_perf_opt import api, compare_report, fanout, runs
+from llm_perf_opt import api
 from llm_perf_opt.analysis import AnalyzeOptions
+from llm_perf_opt.batch import fanout, runs
+from llm_perf_opt.batch.comparison import DEFAULT_MIN_EFFECT_PCT, Comparison, Regressions
 from llm_perf_opt.cli._common import (
     COMPARE_FORMATS,
     FiniteFloat,
@@ -25,7 +27,7 @@ from llm_perf_opt.cli._common import (
     output_options,
     writing,
 )
-from llm_perf_opt.compare import DEFAULT_MIN_EFFECT_PCT, Comparison, Regressions
+from llm_perf_opt.report import comparison as comparison_report
 from llm_perf_opt.report import rich_table
 
 EXIT_REGRESSION = 1
@@ -143,32 +145,32 @@ def main(ctx: click.Context, /, base: tuple[str, ...], **kw: Any) -> None:
         emit(
             (lambda console: _render_table(comparison, console, failing))
             if fmt == "table"
-            else compare_report.RENDERERS[fmt](comparison, failing),
+            else comparison_report.RENDERERS[fmt](comparison, failing),
             kw["output"],
         )
         if kw["plot"] is not None:
             with writing(kw["plot"]):
-                echo_err(f"wrote {compare_report.write_png(comparison, kw['plot'])}")
+                echo_err(f"wrote {comparison_report.write_png(comparison, kw['plot'])}")
         if kw["html"] is not None:
-            from llm_perf_opt.compare_html import compare_html  # bokeh: only when asked
+            from llm_perf_opt.report.comparison_html import compare_html  # bokeh: only when asked
 
             with output_file(kw["html"]) as handle:
                 handle.write(compare_html(comparison, failing))
     if failing:
         for stage, metric, pct in failing:
-            line = compare_report.regression_line(stage, metric, pct)
+            line = comparison_report.regression_line(stage, metric, pct)
             echo_err(f"regression: {line}{'' if pct is None else f' (> {gate:g}%)'}")
         sys.exit(EXIT_REGRESSION)
 
 
 def _render_table(c: Comparison, console: Console, failing: Regressions) -> None:
     """The comparison for a person at a terminal (`--format table`)."""
-    parts: list[Any] = [Text("\n".join(compare_report.header(c)))]
+    parts: list[Any] = [Text("\n".join(comparison_report.header(c)))]
     parts.append(
-        rich_table("Base vs new per stage", compare_report.HEAD, compare_report.rows(c), 2)
+        rich_table("Base vs new per stage", comparison_report.HEAD, comparison_report.rows(c), 2)
     )
     notes = [f"flag: {f}" for f in c.flags] + [
-        f"regression: {compare_report.regression_line(s, m, p)}" for s, m, p in failing
+        f"regression: {comparison_report.regression_line(s, m, p)}" for s, m, p in failing
     ]
     if notes:
         parts.append(Text("\n".join(notes), style="yellow"))

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args, get_origin, get_type_hints
 
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.userfiles import load_config_file
+from llm_perf_opt.inputs.user_files import load_config_file
 from llm_perf_opt.vocab import FAMILIES, MODEL_CONFIG_SCHEMA_ID, VISION_MODES, Family
 
 

@@ -28,7 +28,7 @@ from llm_perf_opt.flops.hf import (
     hf_model_from_dict,
     unsupported_type_error,
 )
-from llm_perf_opt.userfiles import load_config_file
+from llm_perf_opt.inputs.user_files import load_config_file
 from llm_perf_opt.vocab import LmHeadPositions, parse_size
 
 # Keys of our own config JSON and of DeepSeek-OCR's config.json (read by `flops.configs`).

@@ -35,10 +35,10 @@ import polars as pl
 
 from llm_perf_opt.flops import analytic, decoders
 from llm_perf_opt.flops.analytic import Convention
+from llm_perf_opt.flops.dsocr_decoder import text_decoder_spec
+from llm_perf_opt.flops.flops_model import AnalyticFlops
 from llm_perf_opt.flops.hf import MoeMlp
 from llm_perf_opt.flops.hf_model import HfFlops, _text
-from llm_perf_opt.flops.model import AnalyticFlops
-from llm_perf_opt.flops.serving import text_decoder_spec
 from llm_perf_opt.flops.traffic import expected_experts
 
 # How the bounded attention FLOPs are bounded, stated in every report that has them.

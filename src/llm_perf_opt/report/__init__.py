@@ -13,9 +13,9 @@ from typing import Final
 from llm_perf_opt.report.csvrows import CSV_COLUMNS, to_csv, write_ranges_csv
 from llm_perf_opt.report.jsondoc import to_json, to_json_text
 from llm_perf_opt.report.markdown import to_markdown
-from llm_perf_opt.report.tables import md_table, rich_table
 from llm_perf_opt.report.terminal import render_table
 from llm_perf_opt.report.text import format_pct
+from llm_perf_opt.report.text_tables import md_table, rich_table
 
 RENDERERS: Final = {"json": to_json_text, "csv": to_csv, "md": to_markdown}
 

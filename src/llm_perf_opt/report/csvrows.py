@@ -10,7 +10,7 @@ from typing import IO, Final
 import polars as pl
 
 from llm_perf_opt.attribution import RANGES_OUT_COLUMNS
-from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.report.fields import CSV, union
 from llm_perf_opt.report.levels import (
     CATEGORY,

@@ -25,9 +25,14 @@ from bokeh.models.annotations import Legend
 from bokeh.plotting import figure
 from bokeh.resources import INLINE
 
-from llm_perf_opt.categories import CATEGORIES
-from llm_perf_opt.mfu import MfuReport
-from llm_perf_opt.palette import (
+from llm_perf_opt.kernels.categories import CATEGORIES
+from llm_perf_opt.metrics.mfu import MfuReport
+from llm_perf_opt.metrics.roofline import ridge_point, roofline_points, roofs
+from llm_perf_opt.metrics.verdict import RULE
+from llm_perf_opt.report import sections
+from llm_perf_opt.report.fields import Column, cells, head
+from llm_perf_opt.report.levels import decode_step_frame, engine_step_frame, stage_frame
+from llm_perf_opt.report.palette import (
     BUSY_COLOR,
     CATEGORY_COLORS,
     GPU_SEGMENTS,
@@ -37,13 +42,8 @@ from llm_perf_opt.palette import (
     STAGE_COLORS,
     WALL_COLOR,
 )
-from llm_perf_opt.report import sections
-from llm_perf_opt.report.columns import ENGINE_PHASE_TABLE, host_rows
-from llm_perf_opt.report.fields import Column, cells, head
-from llm_perf_opt.report.levels import decode_step_frame, engine_step_frame, stage_frame
+from llm_perf_opt.report.table_columns import ENGINE_PHASE_TABLE, host_rows
 from llm_perf_opt.report.text import WALL_SOURCES
-from llm_perf_opt.roofline import ridge_point, roofline_points, roofs
-from llm_perf_opt.verdict import RULE
 
 T = TypeVar("T")
 Figures = Callable[[T], Sequence[LayoutDOM]]

@@ -10,8 +10,10 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from llm_perf_opt.errors import AnalysisError
-from llm_perf_opt.hostview import HostGpuView
-from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.hostview.breakdown import HostGpuView
+from llm_perf_opt.metrics.mfu import MfuReport
+from llm_perf_opt.metrics.roofline import utilization_by_peak
+from llm_perf_opt.metrics.verdict import RULE
 from llm_perf_opt.report.fields import JSON, pick
 from llm_perf_opt.report.levels import (
     CATEGORY,
@@ -54,8 +56,6 @@ from llm_perf_opt.report.levels import (
     stage_frame,
 )
 from llm_perf_opt.report.text import WALL_SOURCES
-from llm_perf_opt.roofline import utilization_by_peak
-from llm_perf_opt.verdict import RULE
 
 JSON_SCHEMA_ID: Final = "llm_perf_opt.mfu_report/1"
 

@@ -13,10 +13,10 @@ from typing import Any, Final
 
 import polars as pl
 
-from llm_perf_opt.mfu import InstanceResult, MfuReport
+from llm_perf_opt.metrics.mfu import InstanceResult, MfuReport
+from llm_perf_opt.metrics.roofline import ridge_point, roofline_points
 from llm_perf_opt.report.fields import CSV, DB, EVERYWHERE, JSON, NOWHERE, Field, Level, Output
 from llm_perf_opt.report.text import host_verdict
-from llm_perf_opt.roofline import ridge_point, roofline_points
 
 STR: Final = pl.String()
 INT: Final = pl.Int64()

@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
-from llm_perf_opt.mfu import MfuReport, StageResult
-from llm_perf_opt.report.columns import (
+from llm_perf_opt.metrics.mfu import MfuReport, StageResult
+from llm_perf_opt.metrics.roofline import roofline_points, utilization_by_peak
+from llm_perf_opt.report.fields import cells, head
+from llm_perf_opt.report.levels import instances, ridge
+from llm_perf_opt.report.table_columns import (
     CATEGORY_TABLE,
     CONTEXT_TABLE,
     ENGINE_PHASE_TABLE,
@@ -22,10 +25,7 @@ from llm_perf_opt.report.columns import (
     host_rows,
     phase_host_rows,
 )
-from llm_perf_opt.report.fields import cells, head
-from llm_perf_opt.report.levels import instances, ridge
 from llm_perf_opt.report.text import count, format_pct, host_verdict, ms, num, tflops, us
-from llm_perf_opt.roofline import roofline_points, utilization_by_peak
 
 HOST_TITLE: Final = (
     "Where the wall time goes: host span in launch, sync, other API calls and outside them; "

@@ -8,9 +8,9 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from llm_perf_opt.mfu import MfuReport
+from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.report import sections
-from llm_perf_opt.report.tables import rich_table
+from llm_perf_opt.report.text_tables import rich_table
 
 
 def _table(s: sections.Section) -> Table:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from llm_perf_opt import verdict
-from llm_perf_opt.mfu import StageResult
+from llm_perf_opt.metrics import verdict
+from llm_perf_opt.metrics.mfu import StageResult
 
 # Percentages below this (in %) get two significant digits instead of one decimal.
 SMALL_PCT: Final = 1.0

@@ -26,7 +26,7 @@ from typing import Any, Final, Protocol
 import torch
 
 from llm_perf_opt.flops.configs import ModelConfig
-from llm_perf_opt.runner.model import BuiltModel
+from llm_perf_opt.runner.models import BuiltModel
 
 SAMPLE_TARGET_S: Final = 2e-4
 MAX_INNER: Final = 64

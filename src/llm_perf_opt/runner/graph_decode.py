@@ -21,7 +21,7 @@ import torch
 from transformers import StaticCache
 
 from llm_perf_opt.errors import ConfigError
-from llm_perf_opt.runner.model import BuiltModel
+from llm_perf_opt.runner.models import BuiltModel
 
 CAPTURE_WARMUP_STEPS: Final = 3  # side-stream runs before capture (cuBLAS workspaces, autotune)
 

@@ -42,12 +42,10 @@ from llm_perf_opt.errors import ConfigError, LlmPerfOptError
 from llm_perf_opt.flops.configs import builtin_config
 from llm_perf_opt.runner.calibrate import calibrate
 from llm_perf_opt.runner.graph_decode import StaticDecoder
-from llm_perf_opt.runner.meta import ImageTiming, RunFacts, build_run_meta, emit, image_entry
-from llm_perf_opt.runner.model import BuiltModel, build_model, load_local
+from llm_perf_opt.runner.metadata import ImageTiming, RunFacts, build_run_meta, emit, image_entry
+from llm_perf_opt.runner.models import BuiltModel, build_model, load_local
 from llm_perf_opt.runner.nvtx_marks import Annotator
-from llm_perf_opt.runner.preprocess import load_image, synthetic_page
-from llm_perf_opt.runner.settings import RunSettings
-from llm_perf_opt.runner.stages import (
+from llm_perf_opt.runner.nvtx_stages import (
     PreparedImage,
     decode_step,
     prefill_stage,
@@ -55,6 +53,8 @@ from llm_perf_opt.runner.stages import (
     vision_stage,
     with_random_pixels,
 )
+from llm_perf_opt.runner.preprocess import load_image, synthetic_page
+from llm_perf_opt.runner.settings import RunSettings
 from llm_perf_opt.runner.torch_profile import PROFILE_FILENAME, torch_profile
 from llm_perf_opt.vocab import FAMILIES, STORAGE_DTYPES
 
@@ -100,7 +100,7 @@ def run(settings: RunSettings) -> RunResult:
     ):
         annotator = Annotator(settings.nvtx, session)
         if settings.serve:
-            from llm_perf_opt.runner.serving import run_serve  # imports this module
+            from llm_perf_opt.runner.serve_run import run_serve  # imports this module
 
             result = run_serve(settings, annotator)
         else:

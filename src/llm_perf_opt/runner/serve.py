@@ -37,11 +37,11 @@ from transformers.initialization import no_init_weights
 
 from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops.hf import DECODER_TYPES, GqaAttention, hf_model_from_dict
-from llm_perf_opt.runner.model import BuiltModel, random_init
+from llm_perf_opt.inputs.user_files import load_config_file
+from llm_perf_opt.runner.models import BuiltModel, random_init
 from llm_perf_opt.runner.nvtx_marks import Annotator
+from llm_perf_opt.runner.nvtx_stages import PreparedImage, vision_stage
 from llm_perf_opt.runner.schedule import Entry, Request, Scheduler, step_name
-from llm_perf_opt.runner.stages import PreparedImage, vision_stage
-from llm_perf_opt.userfiles import load_config_file
 from llm_perf_opt.vocab import SERVE_SCOPES
 
 SERVE_ATTENTION: Final = "llm_perf_opt_serve"

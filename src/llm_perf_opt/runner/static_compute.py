@@ -38,8 +38,8 @@ from llm_perf_opt.errors import ConfigError
 from llm_perf_opt.flops import analytic
 from llm_perf_opt.flops.configs import ModelConfig
 from llm_perf_opt.flops.context import check_length
-from llm_perf_opt.runner import stages
-from llm_perf_opt.runner.model import BuiltModel, build_model
+from llm_perf_opt.runner import nvtx_stages
+from llm_perf_opt.runner.models import BuiltModel, build_model
 from llm_perf_opt.runner.preprocess import synthetic_page
 from llm_perf_opt.schemas import check_static_compute
 from llm_perf_opt.vocab import STATIC_COMPUTE_SCHEMA_ID
@@ -170,9 +170,9 @@ def fvcore_flops(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> FvcoreC
 
 
 class VisionForward(nn.Module):
-    """`stages.vision_stage` with the pixel tensors as inputs."""
+    """`nvtx_stages.vision_stage` with the pixel tensors as inputs."""
 
-    def __init__(self, built: BuiltModel, prepared: stages.PreparedImage) -> None:
+    def __init__(self, built: BuiltModel, prepared: nvtx_stages.PreparedImage) -> None:
         super().__init__()
         self.model = built.model
         self._built = built
@@ -182,11 +182,12 @@ class VisionForward(nn.Module):
         """pixel_values[, pixel_values_local] → image embeddings."""
         local = pixels[1] if len(pixels) > 1 else None
         prepared = replace(self._prepared, pixel_values=pixels[0], pixel_values_local=local)
-        return stages.vision_stage(self._built, prepared)
+        return nvtx_stages.vision_stage(self._built, prepared)
 
 
 class PrefillForward(nn.Module):
-    """`stages.prefill_stage` from the prompt embeddings: decoder + lm_head on the last position."""
+    """`nvtx_stages.prefill_stage` from the prompt embeddings: decoder + lm_head on the last
+    position."""
 
     def __init__(self, built: BuiltModel) -> None:
         super().__init__()
@@ -200,7 +201,8 @@ class PrefillForward(nn.Module):
 
 
 class DecodeForward(nn.Module):
-    """`stages.decode_step` on a copy of a KV cache (so repeated traces see the same context)."""
+    """`nvtx_stages.decode_step` on a copy of a KV cache (so repeated traces see the same
+    context)."""
 
     def __init__(self, built: BuiltModel, past: Any, position: int) -> None:
         super().__init__()
@@ -244,7 +246,7 @@ class StageRun:
 
 
 def stage_runs(
-    built: BuiltModel, prepared: stages.PreparedImage, seq_len: int, seed: int = 0
+    built: BuiltModel, prepared: nvtx_stages.PreparedImage, seq_len: int, seed: int = 0
 ) -> list[StageRun]:
     """Vision of `prepared`, prefill over `seq_len` random embeddings, one decode step after it.
 
@@ -407,7 +409,7 @@ def estimate_static_compute(
         raise ConfigError(f"image size {image_w}x{image_h} must be positive")
     if built is None:
         built = build_model(family, tiny=tiny, dtype=dtype, device=device, seed=seed)
-    prepared = stages.prepare_image(built, synthetic_page(0, (image_w, image_h)), mode)
+    prepared = nvtx_stages.prepare_image(built, synthetic_page(0, (image_w, image_h)), mode)
     patterns = component_patterns(built.config)
     report_stages: dict[str, Any] = {}
     for run in stage_runs(built, prepared, seq_len, seed):

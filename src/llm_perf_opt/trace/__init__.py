@@ -49,7 +49,7 @@ from llm_perf_opt.trace.files import (
 from llm_perf_opt.trace.frames import Trace
 from llm_perf_opt.trace.opening import open_trace
 from llm_perf_opt.trace.sqlite import SqliteTrace
-from llm_perf_opt.trace.tables import TableTrace
+from llm_perf_opt.trace.table_dirs import TableTrace
 
 __all__ = [
     "API_CALLS_SCHEMA",

@@ -58,7 +58,7 @@ from llm_perf_opt.trace.columns import (
     TID_BITS,
 )
 from llm_perf_opt.trace.files import new_scratch_dir, remove_scratch_dir
-from llm_perf_opt.trace.tables import TableTrace, _ArrowDir
+from llm_perf_opt.trace.table_dirs import TableTrace, _ArrowDir
 
 EXPORT_COMMAND: Final = "torch.profiler's export_chrome_trace"
 CAPTURE_HINT: Final = (

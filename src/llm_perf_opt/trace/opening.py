@@ -11,7 +11,7 @@ from llm_perf_opt.trace.files import ARROW_STREAM_MAGIC, file_head
 from llm_perf_opt.trace.frames import Trace
 from llm_perf_opt.trace.kineto import is_json_object, json_head, open_kineto
 from llm_perf_opt.trace.sqlite import open_sqlite
-from llm_perf_opt.trace.tables import open_arrow_stream, open_table_dir
+from llm_perf_opt.trace.table_dirs import open_arrow_stream, open_table_dir
 
 
 def open_trace(path: str | Path) -> Trace:
