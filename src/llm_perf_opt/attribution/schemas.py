@@ -107,6 +107,10 @@ MIN_MEMORY_BUDGET_BYTES: Final = 1 << 20
 # it batches are so small that per-batch work dominates (a 10^6-kernel trace: 85 s at 1 MiB,
 # 19-30 s from 4 MiB to 256 MiB on the shared 2-core machine, the same JSON).
 MEMORY_BUDGET_FLOOR_BYTES: Final = 16 << 20
+# The most op rows (and call rows) a batch holds, whatever the budget: larger batches only cost
+# memory (a 10^7-kernel trace in one batch: 53 s and 7.5 GB, against 29 s and 0.57 GB in batches
+# of a 256 MiB budget, benchmarks/bench_analysis.py).
+MAX_BATCH_ROWS: Final = 1 << 20
 
 
 class StreamOrderError(TraceError):
@@ -117,10 +121,10 @@ class StreamOrderError(TraceError):
 @dataclass(frozen=True)
 class StreamBudget:
     """Rows held at once, from a memory budget in bytes: half for an op batch and its pairs, a
-    sixteenth for a piece of call batch, a quarter for the window of recent launch calls
-    (six pieces), an eighth for ops that wait (a CUDA graph row until its replay ends, ops
-    without a call yet), an eighth for the launch latencies of open windows before they are
-    summed."""
+    sixteenth for a piece of call batch (each at most `MAX_BATCH_ROWS`), a quarter for the window
+    of recent launch calls (six pieces), an eighth for ops that wait (a CUDA graph row until its
+    replay ends, ops without a call yet), an eighth for the launch latencies of open windows
+    before they are summed."""
 
     op_batch_rows: int
     call_batch_rows: int
@@ -142,10 +146,10 @@ class StreamBudget:
                 f"a memory budget of {memory_budget_bytes} bytes is too small: give at least "
                 f"{MIN_MEMORY_BUDGET_BYTES} bytes (1 MiB)"
             )
-        op_rows = memory_budget_bytes // 2 // BYTES_PER_OP_ROW
+        op_rows = min(memory_budget_bytes // 2 // BYTES_PER_OP_ROW, MAX_BATCH_ROWS)
         return cls(
             op_batch_rows=op_rows,
-            call_batch_rows=memory_budget_bytes // 16 // BYTES_PER_CALL_ROW,
+            call_batch_rows=min(memory_budget_bytes // 16 // BYTES_PER_CALL_ROW, MAX_BATCH_ROWS),
             live_calls=memory_budget_bytes // 4 // BYTES_PER_LIVE_CALL,
             waiting_ops=memory_budget_bytes // 8 // BYTES_PER_OP_ROW,
             latency_rows=memory_budget_bytes // 8 // BYTES_PER_LATENCY_ROW,
