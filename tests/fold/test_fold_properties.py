@@ -1,5 +1,6 @@
-"""On random nested traces that allow one pass, the engine equals `attribute_frames` for every
-batch size, selection and `other_threads`."""
+"""On random nested traces that allow reading in batches, the fold in batches equals the whole
+tables folded at once (`attribute_frames`) for every batch size, selection and
+`other_threads`."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The one-pass engine equals the in-memory attribution on every committed trace and on
-generated ones, whatever the batch size."""
+"""The attribution fold in batches equals the whole tables folded at once (and its sums the
+whole-frame references) on every committed trace and on generated ones, whatever the batch
+size."""
 
 from __future__ import annotations
 

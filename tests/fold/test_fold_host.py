@@ -1,4 +1,5 @@
-"""`HostViewStream` over API call batches equals `hostview.host_view` over the whole table: on
+"""`HostViewStream` over API call batches equals the whole-table host view
+(`tests/helpers/perop.host_view`): on
 every committed trace with a CUDA API table, a generated one, both backends where a Parquet or
 Arrow twin exists, random nested calls, and hand-built ties and nested calls across batch
 borders; `Trace.api_call_batches` reads the table in start order or raises."""
