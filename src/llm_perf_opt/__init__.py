@@ -44,11 +44,11 @@ from llm_perf_opt.errors import (
 )
 
 if TYPE_CHECKING:
-    from llm_perf_opt.api import Analysis, Comparison, analyze, compare, flops
+    from llm_perf_opt.api import Analysis, Comparison, analyze, analyze_batch, compare, flops
 
 __version__ = "0.1.0"
 
-_API = frozenset({"Analysis", "Comparison", "analyze", "compare", "flops"})
+_API = frozenset({"Analysis", "Comparison", "analyze", "analyze_batch", "compare", "flops"})
 
 __all__ = [
     "Analysis",
@@ -81,6 +81,7 @@ __all__ = [
     "WrongFileKindError",
     "__version__",
     "analyze",
+    "analyze_batch",
     "compare",
     "flops",
 ]

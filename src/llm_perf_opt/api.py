@@ -16,6 +16,7 @@ the traces and keeps a frame once built.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from llm_perf_opt.flops.estimate import estimate_run, parse_crops
 from llm_perf_opt.flops.hf import HfModel
 from llm_perf_opt.flops.hf_model import estimate_hf_run, parse_image_size, read_hf_config
 from llm_perf_opt.inputs.stage_ranges import parse_stage_option
+from llm_perf_opt.inputs.user_files import RunFiles
 from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.peaks.sources import parse_peak_source
 from llm_perf_opt.report import levels, to_csv, to_json, to_json_text, to_markdown
@@ -238,6 +240,11 @@ def analyze_options(options: AnalyzeOptions | None = None, **values: Any) -> Ana
     return dataclasses.replace(options or AnalyzeOptions(), **parsed)
 
 
+def _to_stderr(line: str) -> None:
+    """Say a line of a batch (a trace that failed, a note) on stderr."""
+    print(line, file=sys.stderr)
+
+
 def _paths(path_or_paths: TracePath | Sequence[TracePath]) -> list[TracePath]:
     """The traces: a `Path` as it is; a string that is a glob or a folder of traces, expanded as
     the command line does (`runs.expand_paths`)."""
@@ -288,6 +295,51 @@ def analyze(
         )
         analyzed.append(Run(str(path), opts, result, time.perf_counter() - started))
     return Analysis(analyzed)
+
+
+def analyze_batch(
+    specs: Sequence[str],
+    options: AnalyzeOptions | None = None,
+    *,
+    jobs: int | None = None,
+    dask: str | None = None,
+    db: str | Path | None = None,
+    outdir: str | Path | None = None,
+    echo: runs.Echo = _to_stderr,
+    files: RunFiles | None = None,
+    progress: runs.ProgressBar | None = None,
+    **option_values: Any,
+) -> runs.BatchOutcome:
+    """Analyze many traces as `mfu-analyze DIR/ 'glob' --db ... -j N` does: in worker processes
+    (or on the Dask scheduler at `dask`), each run stored in the results database `db` and its
+    reports written into `outdir` as it arrives; a trace that fails is said through `echo` and
+    the others go on.
+
+    Args:
+        specs: traces, folders of traces or globs.
+        options, option_values: as for `analyze`.
+        jobs: worker processes (None: one per CPU, at most one per trace).
+        files: the run's declared inputs and outputs, checked before any analysis (the CLI's
+            own options join them); None: a new declaration.
+        progress: a progress bar over the traces (the CLI's; None: none).
+
+    Returns:
+        The summary entries in the order of the traces and the exit status (0 when every trace
+        was analyzed and stored).
+
+    Raises:
+        LlmPerfOptError: no trace matched, an output is an input, the database or the scheduler
+            is unusable.
+    """
+    request = runs.BatchRequest(
+        specs=tuple(specs),
+        options=analyze_options(options, **option_values),
+        jobs=jobs,
+        dask_address=runs.dask_address_from(dask),
+        db_path=None if db is None else Path(db),
+        outdir=None if outdir is None else Path(outdir),
+    )
+    return runs.run_batch(request, echo, files, progress)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ report's levels, options as the command line takes them, a cheap and torch-free 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,41 @@ assert "torch" not in sys.modules
         [sys.executable, "-c", code], env={"PYTHONPATH": str(SRC)}, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_batch_stores_every_run_as_mfu_analyze_does(probe_trace: Path, tmp_path: Path) -> None:
+    """`analyze_batch` is the batch mode of mfu-analyze: the same rows in the results database,
+    the same exit status; a trace that fails is said and the others go on."""
+    traces = tmp_path / "traces"
+    traces.mkdir()
+    for name in ("a", "b"):
+        (traces / f"{name}.sqlite").write_bytes(probe_trace.read_bytes())
+    (traces / "broken.sqlite").write_bytes(b"not a trace")
+    said: list[str] = []
+    outcome = llm_perf_opt.analyze_batch(
+        [str(traces)], jobs=1, db=tmp_path / "api.sqlite", echo=said.append, **PROBE_OPTIONS
+    )
+    assert [Path(e.trace).name for e in outcome.entries] == [
+        "a.sqlite",
+        "b.sqlite",
+        "broken.sqlite",
+    ]
+    assert [e.ok for e in outcome.entries] == [True, True, False]
+    assert outcome.exit_code != 0 and any("broken.sqlite" in line for line in said)
+    cli = CliRunner().invoke(
+        analyze_cli, [str(traces), "-j", "1", "--db", str(tmp_path / "cli.sqlite"), *PROBE_FLAGS]
+    )
+    assert cli.exit_code == outcome.exit_code
+    for table in ("runs", "stages"):
+        api_rows, cli_rows = (_rows(tmp_path / db, table) for db in ("api.sqlite", "cli.sqlite"))
+        assert api_rows  # two copies of one trace are one run (its content hash)
+        assert api_rows == cli_rows
+
+
+def _rows(db: Path, table: str) -> list[dict[str, object]]:
+    """A results-database table's rows less what differs between two runs of one analysis."""
+    varying = {"run_id", "analysis_s"}
+    with sqlite3.connect(db) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute(f"SELECT * FROM {table}").fetchall()
+    return [{k: v for k, v in dict(r).items() if k not in varying} for r in rows]

@@ -403,22 +403,24 @@ def main(traces: tuple[str, ...], **kw: Any) -> None:
 
 
 def _batch(traces: tuple[str, ...], kw: dict[str, Any], files: RunFiles) -> int:
-    """Analyze a batch (`runs.run_batch`), print its summary; the exit status."""
+    """Analyze a batch (`api.analyze_batch`), print its summary; the exit status."""
     options = _options(kw)
     single = [f"--{k.replace('_', '-')}" for k in SINGLE_TRACE_OUTPUTS if kw[k] is not None]
     if single:
         raise CliError(
             f"{single[0]} writes one trace's output; with several traces use --outdir DIR"
         )
-    request = runs.BatchRequest(
-        specs=traces,
-        options=options,
+    outcome = api.analyze_batch(
+        traces,
+        options,
         jobs=kw["jobs"],
-        dask_address=runs.dask_address_from(kw["dask"]),
-        db_path=kw["db"],
+        dask=kw["dask"],
+        db=kw["db"],
         outdir=kw["outdir"],
+        echo=echo_err,
+        files=files,
+        progress=_progress_bar,
     )
-    outcome = runs.run_batch(request, echo_err, files, _progress_bar)
     fmt = kw["fmt"] or "table"
     if fmt == "table":
         table = rich_table(
