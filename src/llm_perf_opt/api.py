@@ -28,14 +28,14 @@ import polars as pl
 from llm_perf_opt import analysis
 from llm_perf_opt.analysis import AnalyzeOptions, Progress
 from llm_perf_opt.batch import fanout, runs
-from llm_perf_opt.batch.comparison import (
+from llm_perf_opt.batch.deltas import (
     DEFAULT_MIN_EFFECT_PCT,
     SEED,
     Regressions,
     compare_runs,
     regressions,
 )
-from llm_perf_opt.batch.comparison import Comparison as RunComparison
+from llm_perf_opt.batch.deltas import Comparison as RunComparison
 from llm_perf_opt.batch.resultsdb import (
     ResultsDb,
     RunRows,

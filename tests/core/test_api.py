@@ -122,7 +122,7 @@ def test_import_is_cheap_and_the_api_names_survive_their_modules() -> None:
 import sys
 import llm_perf_opt as l
 assert not {"polars", "numpy", "torch"} & set(sys.modules), sorted(sys.modules)
-import llm_perf_opt.batch.comparison, llm_perf_opt.flops.analytic
+import llm_perf_opt.batch.deltas, llm_perf_opt.flops.analytic
 from llm_perf_opt.flops import configs
 assert callable(l.flops) and callable(l.compare) and callable(l.analyze), (l.flops, l.compare)
 assert l.flops.__module__ == l.compare.__module__ == "llm_perf_opt.api"

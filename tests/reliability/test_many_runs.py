@@ -24,7 +24,7 @@ from benchmarks.gen_trace import generate
 from click.testing import Result
 
 import llm_perf_opt.batch.resultsdb as resultsdb
-from llm_perf_opt.batch.comparison import compare_runs, regressions, unique_runs
+from llm_perf_opt.batch.deltas import compare_runs, regressions, unique_runs
 from llm_perf_opt.batch.resultsdb import SCHEMA_TABLE, TABLES, ResultsDb
 from llm_perf_opt.batch.runs import EXIT_SOME_FAILED, expand_traces
 from llm_perf_opt.cli._common import DeclaredPath, FiniteFloat

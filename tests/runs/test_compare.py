@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from llm_perf_opt.analysis import AnalyzeOptions
-from llm_perf_opt.batch.comparison import (
+from llm_perf_opt.batch.deltas import (
     compare_runs,
     regressions,
     small_sample_widening,

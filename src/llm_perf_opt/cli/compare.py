@@ -14,7 +14,7 @@ from rich.text import Text
 from llm_perf_opt import api
 from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.batch import fanout, runs
-from llm_perf_opt.batch.comparison import DEFAULT_MIN_EFFECT_PCT, Comparison, Regressions
+from llm_perf_opt.batch.deltas import DEFAULT_MIN_EFFECT_PCT, Comparison, Regressions
 from llm_perf_opt.cli._common import (
     COMPARE_FORMATS,
     FiniteFloat,

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Final
 
-from llm_perf_opt.batch.comparison import (
+from llm_perf_opt.batch.deltas import (
     PHASE_PREFIX,
     Comparison,
     MetricDelta,

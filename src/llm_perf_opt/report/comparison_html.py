@@ -11,7 +11,7 @@ from typing import Any, Final
 from bokeh.models import ColumnDataSource, HoverTool, LayoutDOM
 from bokeh.models.annotations import BoxAnnotation, Span, Whisker
 
-from llm_perf_opt.batch.comparison import Comparison, Regressions
+from llm_perf_opt.batch.deltas import Comparison, Regressions
 from llm_perf_opt.report import comparison
 from llm_perf_opt.report.html import Part, new_figure, page
 from llm_perf_opt.report.palette import BUSY_COLOR
