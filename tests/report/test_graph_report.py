@@ -14,11 +14,12 @@ import json
 import pytest
 from rich.console import Console
 
+from llm_perf_opt.cli.terminal import render_table
 from llm_perf_opt.inputs.facts import ContextChoice, StageInputs
 from llm_perf_opt.inputs.run_meta import parse_meta
 from llm_perf_opt.inputs.stage_ranges import default_refs
 from llm_perf_opt.metrics.mfu import MfuReport, compute_mfu
-from llm_perf_opt.report import render_table, to_csv, to_json_text, to_markdown
+from llm_perf_opt.report import to_csv, to_json_text, to_markdown
 from tests.helpers.mfu_inputs import synth_inputs
 from tests.helpers.synth import DOMAIN, GLOBAL_PID, PEAK, LinearFlops, SynthTrace, meta_dict
 

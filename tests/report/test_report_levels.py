@@ -14,8 +14,9 @@ from rich.console import Console
 from llm_perf_opt.analysis import AnalyzeOptions
 from llm_perf_opt.batch.fanout import analyze_one
 from llm_perf_opt.batch.resultsdb import RunRecord, rows_from_report
+from llm_perf_opt.cli.terminal import rich_table
 from llm_perf_opt.metrics.mfu import MfuReport
-from llm_perf_opt.report import CSV_COLUMNS, md_table, rich_table, to_csv, to_json
+from llm_perf_opt.report import CSV_COLUMNS, md_table, to_csv, to_json
 from llm_perf_opt.report.fields import Field, Level, union
 from llm_perf_opt.report.sections import stage_section
 from tests.helpers.paths import REPO

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from llm_perf_opt.cli.terminal import render_table
 from llm_perf_opt.inputs.facts import ContextChoice, StageInputs
 from llm_perf_opt.inputs.run_meta import parse_meta
 from llm_perf_opt.inputs.stage_ranges import default_refs
 from llm_perf_opt.metrics.mfu import MfuReport, compute_mfu
 from llm_perf_opt.report import (
     CSV_COLUMNS,
-    render_table,
     to_csv,
     to_json,
     to_json_text,

@@ -39,12 +39,13 @@ from llm_perf_opt.cli._common import (
     prefill_logits_option,
     writing,
 )
+from llm_perf_opt.cli.terminal import render_table, rich_table
 from llm_perf_opt.flops.estimate import parse_crops
 from llm_perf_opt.flops.hf_model import parse_image_size
 from llm_perf_opt.inputs.stage_ranges import parse_stage_option
 from llm_perf_opt.inputs.user_files import RunFiles
 from llm_perf_opt.peaks.sources import parse_peak_source
-from llm_perf_opt.report import RENDERERS, render_table, rich_table, write_ranges_csv
+from llm_perf_opt.report import RENDERERS, write_ranges_csv
 from llm_perf_opt.trace import Trace
 
 # Show a status line on stderr for traces at least this large even when stderr is not a TTY.

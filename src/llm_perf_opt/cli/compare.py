@@ -27,8 +27,8 @@ from llm_perf_opt.cli._common import (
     output_options,
     writing,
 )
+from llm_perf_opt.cli.terminal import rich_table
 from llm_perf_opt.report import comparison as comparison_report
-from llm_perf_opt.report import rich_table
 
 EXIT_REGRESSION = 1
 # A change in percent beyond this is a typo, not a threshold.

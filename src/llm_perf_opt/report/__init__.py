@@ -1,4 +1,5 @@
-"""Render an `MfuReport`: JSON (docs/json-output.md), CSV, Markdown and a rich terminal view.
+"""Render an `MfuReport`: JSON (docs/json-output.md), CSV, Markdown, HTML, PNG plots, the Perfetto
+timeline and a comparison (the terminal view is `cli.terminal`'s).
 
 Renderers only format; every number comes from `mfu.compute_mfu`. Each level of the report is
 declared once (`levels`: what JSON, CSV and the results database write; `columns`: the tables a
@@ -13,9 +14,8 @@ from typing import Final
 from llm_perf_opt.report.csvrows import CSV_COLUMNS, to_csv, write_ranges_csv
 from llm_perf_opt.report.jsondoc import to_json, to_json_text
 from llm_perf_opt.report.markdown import to_markdown
-from llm_perf_opt.report.terminal import render_table
+from llm_perf_opt.report.md_tables import md_table
 from llm_perf_opt.report.text import format_pct
-from llm_perf_opt.report.text_tables import md_table, rich_table
 
 RENDERERS: Final = {"json": to_json_text, "csv": to_csv, "md": to_markdown}
 
@@ -24,8 +24,6 @@ __all__ = [
     "RENDERERS",
     "format_pct",
     "md_table",
-    "render_table",
-    "rich_table",
     "to_csv",
     "to_json",
     "to_json_text",

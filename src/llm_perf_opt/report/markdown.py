@@ -5,8 +5,8 @@ from __future__ import annotations
 from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.metrics.verdict import RULE
 from llm_perf_opt.report import sections
+from llm_perf_opt.report.md_tables import md_table
 from llm_perf_opt.report.text import WALL_SOURCES
-from llm_perf_opt.report.text_tables import md_table
 
 
 def _section(s: sections.Section) -> list[str]:

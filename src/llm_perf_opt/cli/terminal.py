@@ -1,7 +1,9 @@
-"""The report for a person at a terminal (`--format table`), as rich tables."""
+"""The report and summaries for a person at a terminal (`--format table`), as rich tables:
+the only rendering that needs rich, so it lives with the commands."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.console import Console, Group
@@ -10,7 +12,19 @@ from rich.text import Text
 
 from llm_perf_opt.metrics.mfu import MfuReport
 from llm_perf_opt.report import sections
-from llm_perf_opt.report.text_tables import rich_table
+
+
+def rich_table(
+    title: str, head: Sequence[str], rows: Iterable[Sequence[str]], left: int = 1
+) -> Table:
+    """A rich table whose first `left` columns are left-justified, the others right; no cell
+    wraps."""
+    table = Table(title=title, title_justify="left", title_style="bold")
+    for i, h in enumerate(head):
+        table.add_column(h, justify="left" if i < left else "right", no_wrap=True)
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 def _table(s: sections.Section) -> Table:
