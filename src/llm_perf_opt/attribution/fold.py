@@ -83,7 +83,7 @@ def attribute_stream(
         call_batches: frames of `CALL_BATCH_SCHEMA` (`Trace.launch_calls()` rows) in start order.
         other_threads: also attribute launches from range-less threads by time containment.
         groups: `GROUPS_SCHEMA`: the ranges whose exclusive kernels `top_kernels` sums per group.
-        windows: `hostview.WINDOWS_SCHEMA`: the windows `gpu_windows`/`gpu_groups` describe.
+        windows: `gpu_view.WINDOWS_SCHEMA`: the windows `gpu_windows`/`gpu_groups` describe.
         memory_budget_bytes: bytes for batches and waiting rows (`StreamBudget.of`).
         keep_ops: also return each op's assignment (`StreamResult.ops`, `OP_ASSIGNMENT_SCHEMA`).
 
@@ -184,7 +184,7 @@ class ReadAhead(Iterator[pl.DataFrame]):
         self._queue: queue.Queue[pl.DataFrame | BaseException | None] = queue.Queue(depth)
         self._stop = threading.Event()
         self._thread = threading.Thread(
-            target=self._fill, args=(batches,), name="onepass-read", daemon=True
+            target=self._fill, args=(batches,), name="fold-read", daemon=True
         )
         self._thread.start()
 

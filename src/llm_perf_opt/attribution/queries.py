@@ -29,7 +29,7 @@ from llm_perf_opt.kernels.shares import (
 @dataclass(frozen=True)
 class OpsPlan:
     """What a report will ask of the ops: the top-kernel groups (`schemas.GROUPS_SCHEMA`: a
-    stage and its instance ranges) and the host/GPU windows (`hostview.WINDOWS_SCHEMA`)."""
+    stage and its instance ranges) and the host/GPU windows (`gpu_view.WINDOWS_SCHEMA`)."""
 
     groups: pl.DataFrame
     windows: pl.DataFrame

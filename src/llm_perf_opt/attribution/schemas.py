@@ -28,7 +28,7 @@ HOST_CALL_BATCH_SCHEMA: Final = API_CALL_BATCH_SCHEMA
 # instance ranges). A range belongs to one group at most.
 GROUPS_SCHEMA: Final = pl.Schema({"range_id": pl.Int64, "group": pl.String})
 
-# Outputs beside the ranges frame (which equals `attribute(...).ranges`).
+# Outputs beside the ranges frame (`rule.RANGES_SCHEMA`).
 # `Attribution.unattributed()`: ops with no selected range, by reason.
 UNATTRIBUTED_SCHEMA: Final = pl.Schema(
     {
@@ -58,8 +58,8 @@ TOP_KERNELS_SCHEMA: Final = pl.Schema(
         ("total_ns", pl.Int64),
     ]
 )
-# Per decode-step window (`hostview.STEP_GROUP`) and kernel name or graph: the entries
-# (`kernels.kernel_entries`) of the window's ops, for a step's kernel categories.
+# Per decode-step window (`gpu_view.STEP_GROUP`) and kernel name or graph: the kernel entries
+# of the window's ops, for a step's kernel categories.
 STEP_KERNELS_SCHEMA: Final = pl.Schema(
     [("window_id", pl.Int64), *((k, v) for k, v in TOP_KERNELS_SCHEMA.items() if k != "group")]
 )
@@ -71,7 +71,7 @@ TRACE_KERNELS_SCHEMA: Final = pl.Schema(
 DEVICE_OPS_SCHEMA: Final = pl.Schema({"device_id": pl.Int32, "n_ops": pl.Int64})
 # Every op counted, by kind (graph executions traced whole get a report line).
 KIND_OPS_SCHEMA: Final = pl.Schema({"kind": OP_KINDS, "n_ops": pl.Int64})  # type: ignore[arg-type]
-# The GPU view per window and group: `hostview.GPU_WINDOWS_SCHEMA`, `hostview.GPU_GROUPS_SCHEMA`.
+# The GPU view per window and group: `gpu_view.GPU_WINDOWS_SCHEMA`, `gpu_view.GPU_GROUPS_SCHEMA`.
 
 # Each op's assignment (`attribute_stream(..., keep_ops=True)`): what `Attribution.ops` adds to
 # the reader's op columns. Covered graph-level rows are left out (rule 1).

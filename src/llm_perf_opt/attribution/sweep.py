@@ -6,15 +6,15 @@ k start at s_k ≥ s_i for every earlier op i, and let C be the largest earlier 
 Since s_j ≤ s_k, op j covers [s_k, C] (when s_k < C), and no earlier op reaches past C; so the part
 of [s_k, e_k] not yet covered is [max(s_k, C), e_k], of length max(0, e_k − max(s_k, C)). Summing
 that over the ops in any start order (ties in any order, streams overlapping or not, one batch or
-many) gives the union, which is what `attribution._range_stats` sums after sorting by
-(range, device, start).
+many) gives the union, which is what a sort by (range, device, start) and a running maximum of
+ends over all the ops at once gives (the reference in tests/helpers/perop.py).
 
-The GPU view of a window (`hostview._gpu_view`) sweeps the same way with the window's clamped
+The GPU view of a window (`gpu_view`) sweeps the same way with the window's clamped
 starts and also splits each gap before an op at the op's launch. A gap belongs to the first op of
 a run of equal starts in (launch, op id) order; runs of equal starts never straddle a batch
 border (the engine holds back the ops at the latest start until a later start arrives), and the
 ops clamped to the window start come first and have no gap at all, so ordering each batch by
-(window, device, start, launch, op id) reproduces the in-memory order exactly.
+(window, device, start, launch, op id) reproduces the order of all the ops sorted at once.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ class RangeTotals:
         _raise(self._covered, self.n, dev[seg], pos[seg], np.maximum.reduceat(end, seg))
 
     def frame(self, prefix: str) -> pl.DataFrame:
-        """The sums as `attribute`'s columns (spans null where a range has no op)."""
+        """The sums as `rule.RANGES_SCHEMA`'s columns (spans null where a range has no op)."""
         columns = {
             f"{prefix}n_gpu_ops": self.n_gpu_ops,
             f"{prefix}n_op_rows": self.n_op_rows,

@@ -1,4 +1,4 @@
-"""The totals of a one-pass attribution: released ops attributed as `attribute` does, summed
+"""The totals of the attribution fold: released ops attributed by the rule (`rule`), summed
 per range, kind, reason, group of ranges and host/GPU window."""
 
 from __future__ import annotations
@@ -210,7 +210,7 @@ class Totals:
 
     def _kinds_and_reasons(self, op: _OpColumns, excl: np.ndarray, has_own: np.ndarray) -> None:
         """Ops per kind, kernels and graph executions per slot, ops per device, free ops per
-        reason (the order of `attribution._op_table`'s reasons)."""
+        reason (in the order of `rule.UNATTRIBUTED_REASON`)."""
         np.add.at(self.kind_ops, op.kind, 1)
         mine = excl >= 0
         kernels = mine & op.kernel
@@ -242,7 +242,7 @@ class Totals:
         self, launched: pl.DataFrame, op: _OpColumns, member: np.ndarray, win: np.ndarray
     ) -> None:
         """Count and time per (decode-step window, kernel name or graph) of the windows' ops:
-        what `kernels.kernel_entries` gives of one window's ops."""
+        the kernel entries of one window's ops, as `_top_kernels` sums a group's."""
         assert self.windows is not None
         wanted = self.windows.is_step[win] & (op.kernel | (op.kind == GRAPH))[member]
         if not wanted.any():

@@ -58,23 +58,6 @@ class LaunchKinds:
     graph_sum_ns: int = 0
 
 
-def launch_kinds(ops: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, LaunchKinds]:
-    """Kernel and graph-execution counts, and graph time, per (exclusively attributed) range."""
-    is_graph = pl.col("kind") == "graph"
-    counted = (
-        ops.filter(
-            pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
-        )
-        .group_by("range_id")
-        .agg(
-            n_kernels=(~is_graph).sum(),
-            n_graph_ops=is_graph.sum(),
-            graph_sum_ns=pl.when(is_graph).then(pl.col("end_ns") - pl.col("start_ns")).sum(),
-        )
-    )
-    return launch_kinds_of(counted, range_ids)
-
-
 def launch_kinds_of(counted: pl.DataFrame, range_ids: Sequence[int]) -> dict[int, LaunchKinds]:
     """`LaunchKinds` of `range_ids` from a frame of `range_id, n_kernels, n_graph_ops,
     graph_sum_ns` (ranges without a row launched nothing)."""
@@ -87,29 +70,9 @@ def launch_kinds_of(counted: pl.DataFrame, range_ids: Sequence[int]) -> dict[int
     }
 
 
-def top_kernels(
-    ops: pl.DataFrame, range_ids: Sequence[int], names: pl.DataFrame | None, k: int
-) -> tuple[KernelShare, ...]:
-    """The `k` kernel names with the most GPU time among ops attributed to `range_ids`; the
-    executions of one CUDA graph traced whole count as one entry, `CUDA graph <graphId>`."""
-    if k <= 0:
-        return ()
-    return kernel_shares(kernel_entries(ops, range_ids), names, k)
-
-
-def kernel_entries(ops: pl.DataFrame, range_ids: Sequence[int]) -> pl.DataFrame:
-    """`kind, name_id, graph_key, count, total_ns` per kernel name (or graph traced whole) of
-    the ops attributed to `range_ids`: what top kernels and categories are drawn from."""
-    kernels = ops.filter(
-        pl.col("kind").is_in(["kernel", "graph"]), pl.col("range_id").is_in(list(range_ids))
-    ).with_columns(graph_key=pl.when(pl.col("kind") == "graph").then(pl.col("graph_id")))
-    return kernels.group_by("kind", "name_id", "graph_key").agg(
-        count=pl.len(), total_ns=(pl.col("end_ns") - pl.col("start_ns")).sum()
-    )
-
-
 def category_shares(entries: pl.DataFrame, names: pl.DataFrame | None) -> tuple[CategoryShare, ...]:
-    """Time, share and count per category of the entries (`kernel_entries`), in the order of
+    """Time, share and count per category of kernel entries (`kind, name_id, graph_key, count,
+    total_ns`, as the attribution fold sums them), in the order of
     `categories.CATEGORIES`; the times are integer sums, so they add up to the entries' time."""
     if entries.is_empty():
         return ()
