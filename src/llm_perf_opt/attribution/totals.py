@@ -136,6 +136,7 @@ class Totals:
         """Attribute released ops (in start order) and add them to every total."""
         first = calls.first_of_launch(ready["call"].to_numpy())
         launched = ready.with_columns(first_of_launch=pl.Series(first))
+        self._whole_trace(launched)  # still in start order: the busy union needs no sort
         tid, ns = (launched[c].fill_null(INT64_MAX).to_numpy() for c in ("launch_tid", "launch_ns"))
         if not sorted_by(tid, ns, launched["op_id"].to_numpy()):  # one stream: in launch order
             launched = launched.sort("launch_tid", "launch_ns", "op_id", nulls_last=True)
@@ -159,16 +160,15 @@ class Totals:
             excl_id = np.where(excl_id >= 0, excl_id, guessed_id.fill_null(-1).to_numpy())
         excl = _lookup_ids(self.slot_of, excl_id)
         op = _OpColumns(launched)
+        # why an op has no range (an index of `REASONS`), read where it has none
+        reason = np.where(~op.has_launch, 0, np.where(~has_own.to_numpy(), 1, 2))
         if self.assigned is not None:
-            self.assigned.append(_assignment(launched, own, excl_id, has_own))
+            self.assigned.append(_assignment(launched, own, excl_id, reason))
         self._inclusive(op, active, lo, hi, guessed)
         rows = np.flatnonzero(excl >= 0)
         self.exclusive.add(excl[rows], *op.stats(rows))
-        self._kinds_and_reasons(op, excl, has_own.to_numpy())
+        self._kinds_and_reasons(op, excl, reason)
         self._top_kernels(launched, op, excl)
-        everything = np.arange(launched.height)
-        self.whole_trace.add(np.zeros(launched.height, dtype=np.int64), *op.stats(everything))
-        self.trace_top = _folded(self.trace_top, _per_kernel(launched, np.zeros_like(everything)))
         if self.windows is not None:
             pos, win = self.windows.add(
                 self.slot_ids[excl[rows]], op.launch[rows], op.dev[rows], op.start[rows],
@@ -208,9 +208,18 @@ class Totals:
         for a, b in itertools.pairwise(cuts):
             self.inclusive.add(pos[a:b], *op.stats(member[a:b]))
 
-    def _kinds_and_reasons(self, op: _OpColumns, excl: np.ndarray, has_own: np.ndarray) -> None:
+    def _whole_trace(self, ops: pl.DataFrame) -> None:
+        """Every op, attributed or not, in start order: the busy union per device and the
+        count and time per kernel name, graph or copy/memset kind."""
+        dev, start, end = (ops[c].to_numpy() for c in ("device_id", "start_ns", "end_ns"))
+        kernel = (ops["kind"] == "kernel").to_numpy()
+        everywhere = np.zeros(ops.height, dtype=np.int64)
+        self.whole_trace.add(everywhere, dev, start, end, kernel, ops["first_of_launch"].to_numpy())
+        self.trace_top = _folded(self.trace_top, _per_kernel(ops, everywhere))
+
+    def _kinds_and_reasons(self, op: _OpColumns, excl: np.ndarray, reason: np.ndarray) -> None:
         """Ops per kind, kernels and graph executions per slot, ops per device, free ops per
-        reason (in the order of `rule.UNATTRIBUTED_REASON`)."""
+        reason."""
         np.add.at(self.kind_ops, op.kind, 1)
         mine = excl >= 0
         kernels = mine & op.kernel
@@ -221,7 +230,6 @@ class Totals:
         devices, counts = np.unique(op.dev[mine], return_counts=True)
         for d, c in zip(devices.tolist(), counts.tolist(), strict=True):
             self.device_ops[d] = self.device_ops.get(d, 0) + c
-        reason = np.where(~op.has_launch, 0, np.where(~has_own, 1, 2))
         free = ~mine
         duration = op.end - op.start
         np.add.at(self.reason_ops, reason[free], 1)
@@ -342,11 +350,12 @@ class Totals:
 
 
 def _assignment(
-    launched: pl.DataFrame, own: pl.Series, range_id: np.ndarray, has_own: pl.Series
+    launched: pl.DataFrame, own: pl.Series, range_id: np.ndarray, reason: np.ndarray
 ) -> pl.DataFrame:
     """Each op's launch, range and label (`OP_ASSIGNMENT_SCHEMA`): attributed on its launching
-    thread (`own`) or another's, else why not (the order of `REASONS`)."""
+    thread (`own`) or another's, else why not (`reason`, an index of `REASONS`)."""
     assigned = pl.Series(range_id) >= 0
+    why = pl.Series(REASONS, dtype=UNATTRIBUTED_REASON).gather(reason)
     return launched.select(
         "op_id",
         "launch_tid",
@@ -356,13 +365,7 @@ def _assignment(
         .then(pl.lit("launch_thread", ATTRIBUTED_BY))
         .when(assigned)
         .then(pl.lit("other_thread_time", ATTRIBUTED_BY)),
-        unattributed_reason=pl.when(assigned)
-        .then(None)
-        .when(pl.col("launch_ns").is_null())
-        .then(pl.lit(REASONS[0], UNATTRIBUTED_REASON))
-        .when(~has_own)
-        .then(pl.lit(REASONS[1], UNATTRIBUTED_REASON))
-        .otherwise(pl.lit(REASONS[2], UNATTRIBUTED_REASON)),
+        unattributed_reason=pl.when(~assigned).then(why),
     ).cast(dict(OP_ASSIGNMENT_SCHEMA))  # type: ignore[arg-type]
 
 
