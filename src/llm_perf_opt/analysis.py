@@ -219,11 +219,7 @@ def analyze_trace(
     base, plan = _plan(raw, selection, refs, options, stages, steps)
     mib = options.memory_budget_bytes / 2**20
     say(f"attributing GPU ops to NVTX ranges (memory budget {mib:,.0f} MiB)")
-    stream = (
-        None
-        if windows is None
-        else HostViewStream(windows, trace.sync_events(), trace.resolve_strings)
-    )
+    stream = _host_stream(trace, windows)
     batches.host.start(stream)
     try:
         try:
@@ -370,11 +366,18 @@ def _fold_whole(
         groups=None if plan is None else plan.groups,
         windows=None if plan is None else plan.windows,
     )
-    if windows is None:
+    host = _host_stream(trace, windows)
+    if host is None:
         return result, None
-    host = HostViewStream(windows, trace.sync_events(), trace.resolve_strings)
     host.add(trace.api_call_table().sort("start_ns", maintain_order=True))
     return result, host.result
+
+
+def _host_stream(trace: Trace, windows: pl.DataFrame | None) -> HostViewStream | None:
+    """A host view of `windows` to feed the CUDA API calls to (None: no windows)."""
+    if windows is None:
+        return None
+    return HostViewStream(windows, trace.sync_events(), trace.resolve_strings)
 
 
 def host_windows(
